@@ -1,0 +1,1 @@
+"""Deepgram Flux streaming speech-to-text on Amazon SageMaker."""
