@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -9,3 +11,8 @@ import pytest
 def anyio_backend(request: pytest.FixtureRequest) -> str:
     """Run each ``@pytest.mark.anyio`` test once per backend."""
     return str(request.param)
+
+
+#: Bytes captured from the official AWS SDK client (copied from shared/protocol/vectors so the
+#: suite runs on a fresh machine).
+VECTORS = Path(__file__).parent / "vectors"

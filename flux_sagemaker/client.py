@@ -1,0 +1,948 @@
+"""FluxClient: one Flux session on SageMaker, over one or more HTTP/2 streams.
+
+The client is the thin shell around the sans-I/O core. It resolves where to connect and as whom
+(:mod:`.config`), signs the request (:mod:`.core.signing`), opens a stream (:mod:`.pool`), and
+pumps bytes between :class:`~.core.protocol.StreamProtocol` and the stream. A session outlives
+its streams: a retryable failure opens a new stream and replays the audio since the last
+completed turn, and a long session rolls over to a fresh stream before SageMaker's 30-minute
+limit. Both happen behind the event iterator, which only sees an informational event.
+
+Tasks: per client, one reader task per live stream and one supervisor task for the timers
+(coalescing flush, silence keepalive, stall watchdog, rollover). Writes happen in the caller's
+task under one lock, so signing order equals wire order.
+"""
+
+from __future__ import annotations
+
+import builtins
+import logging
+import math
+import random
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from types import TracebackType
+from typing import Any, Self
+
+import anyio
+import anyio.abc
+import attrs
+import botocore.session
+from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
+
+from .config import ResolvedConfig, resolve_config
+from .core import commands
+from .core.audio import AudioCoalescer, AudioFormat
+from .core.error_mapping import operation_error
+from .core.events import (
+    ConfigureFailure,
+    ConfigureSuccess,
+    Connected,
+    EndOfTurn,
+    ServerMessage,
+    TurnInfo,
+)
+from .core.lifecycle import ClientEvent, Reconnected, StreamRolledOver
+from .core.protocol import StreamEnded, StreamFailed, StreamProtocol
+from .core.recovery import Backoff, ReplayBuffer, RetryPolicy
+from .core.request import InvokeRequest
+from .core.settings import INVOCATION_PATH, BundleCapabilities, FluxSettings
+from .core.signing import EventSigner, sign_request
+from .core.turns import TurnTracker
+from .errors import (
+    CapabilityError,
+    FluxError,
+    StreamStalled,
+    TimeoutError,
+    TransportError,
+    UsageError,
+    ValidationError,
+)
+from .options import KeepalivePolicy, RolloverPolicy
+from .pool import ConnectionPool
+from .transport import H2Stream, Timeouts
+
+__all__ = ["ClientStats", "FluxClient", "FluxEvent"]
+
+logger = logging.getLogger("flux_sagemaker")
+
+FluxEvent = ServerMessage | ClientEvent
+
+# A failed stream's body is read for its error message; SageMaker's are small JSON documents.
+_MAX_ERROR_BODY = 64 * 1024
+# Keepalive silence goes out in steps of this many seconds while a turn is open.
+_SILENCE_STEP = 0.08
+
+
+@attrs.define
+class ClientStats:
+    """Counters of one FluxClient, for logs and benchmarks."""
+
+    streams_opened: int = 0
+    """HTTP/2 streams opened (1 + reconnects + rollovers)."""
+    reconnects: int = 0
+    """Streams replaced after a failure."""
+    rollovers: int = 0
+    """Streams replaced before the maximum stream duration."""
+    audio_bytes_accepted: int = 0
+    """Audio bytes accepted from the application."""
+    audio_bytes_sent: int = 0
+    """Audio bytes written to streams, replays and keepalive silence included."""
+    audio_events_sent: int = 0
+    """Signed audio events written."""
+    silence_bytes_sent: int = 0
+    """Keepalive silence the client added on its own."""
+    replayed_bytes: int = 0
+    """Audio sent again after reconnects and rollovers."""
+    dropped_bytes: int = 0
+    """Audio that could not be replayed because the replay buffer was full."""
+    events_received: int = 0
+    """Server messages received."""
+
+
+@attrs.define(eq=False)
+class _Stream:
+    """One live HTTP/2 stream of the session."""
+
+    h2: H2Stream
+    proto: StreamProtocol
+    opened_at: float
+    expires_at: float | None
+    retired: bool = False
+    """Replaced by a newer stream: it drains, and its events are dropped."""
+
+
+class FluxClient:
+    """A Deepgram Flux session on a SageMaker endpoint.
+
+    Use it as an async context manager; entering returns once Flux has sent ``Connected``::
+
+        async with FluxClient("my-flux", region="us-east-1", settings=settings) as flux:
+            ...  # one task sends audio, another iterates the events
+
+    Args:
+        endpoint_name: The SageMaker endpoint serving Flux.
+        region: AWS region; default from ``AWS_REGION``, ``AWS_DEFAULT_REGION`` or the profile.
+        settings: Flux parameters, validated already (default: ``flux-general-en``,
+            linear16 at 16 kHz).
+        endpoint_url: Override the endpoint (a VPC endpoint, or the mock's ``http://`` URL);
+            default from ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME`` and the AWS config.
+        use_fips: Use the FIPS endpoint; default from ``AWS_USE_FIPS_ENDPOINT``.
+        use_dualstack: Use the dual-stack endpoint.
+        target_variant: The production variant to invoke.
+        session: A botocore session whose credentials and config to use.
+        profile: An AWS profile name (instead of ``session``).
+        credentials: botocore credentials; default: botocore's default chain.
+        ssl_context: TLS context; default verifies against ``AWS_CA_BUNDLE`` or the system store.
+        timeouts: Connect, ``Connected``, close and PING timeouts.
+        retry: How failed streams are retried; ``RetryPolicy(enabled=False)`` raises at once.
+        keepalive: Silence keepalive and stall watchdog.
+        rollover: When long sessions move to a fresh stream.
+        capabilities: What the endpoint's Flux bundle accepts (``Configure``, ...).
+        coalesce_ms: Audio is sent in events of about this length; ``0`` sends each chunk.
+        replay_buffer_bytes: Bound of the audio kept for replay after a failure.
+        max_buffered_events: Events held for a slow consumer; beyond it the client stops
+            reading, and HTTP/2 flow control slows the server down.
+        pool: A shared :class:`ConnectionPool`; default: a pool owned by this client.
+    """
+
+    def __init__(
+        self,
+        endpoint_name: str,
+        *,
+        region: str | None = None,
+        settings: FluxSettings | None = None,
+        endpoint_url: str | None = None,
+        use_fips: bool | None = None,
+        use_dualstack: bool | None = None,
+        target_variant: str | None = None,
+        session: botocore.session.Session | None = None,
+        profile: str | None = None,
+        credentials: Credentials | None = None,
+        ssl_context: ssl.SSLContext | None = None,
+        timeouts: Timeouts | None = None,
+        retry: RetryPolicy | None = None,
+        keepalive: KeepalivePolicy | None = None,
+        rollover: RolloverPolicy | None = None,
+        capabilities: BundleCapabilities | None = None,
+        coalesce_ms: float = 80,
+        replay_buffer_bytes: int = 8 * 1024 * 1024,
+        max_buffered_events: int = 1024,
+        pool: ConnectionPool | None = None,
+    ) -> None:
+        self._settings = settings if settings is not None else FluxSettings()
+        self._capabilities = capabilities if capabilities is not None else BundleCapabilities()
+        self._settings.check_capabilities(self._capabilities)
+        self._config: ResolvedConfig = resolve_config(
+            region=region,
+            endpoint_url=endpoint_url,
+            use_fips=use_fips,
+            use_dualstack=use_dualstack,
+            session=session,
+            profile=profile,
+            credentials=credentials,
+            ssl_context=ssl_context,
+        )
+        self._endpoint_name = endpoint_name
+        self._target_variant = target_variant
+        # Validates the endpoint name, variant and query string before any I/O.
+        self._request_for(self._settings)
+        if isinstance(max_buffered_events, bool) or max_buffered_events < 1:
+            raise ValidationError(f"max_buffered_events must be >= 1, got {max_buffered_events!r}")
+        self._timeouts = timeouts if timeouts is not None else Timeouts()
+        self._retry = retry if retry is not None else RetryPolicy()
+        self._keepalive = keepalive if keepalive is not None else KeepalivePolicy()
+        self._rollover = rollover if rollover is not None else RolloverPolicy()
+        self._format = AudioFormat.from_settings(self._settings)
+        self._coalescer = AudioCoalescer(self._format, target_ms=coalesce_ms)
+        self._coalesce_s = coalesce_ms / 1000
+        self._replay = ReplayBuffer(
+            replay_buffer_bytes, alignment=self._format.sample_width or 1
+        )
+        self._tracker = TurnTracker()
+        self._pool = pool
+        self._owns_pool = pool is None
+        self._max_buffered_events = max_buffered_events
+        self._stats = ClientStats()
+        self._state = "new"
+        self._current: _Stream | None = None
+        self._streams: list[_Stream] = []
+        self._send_lock = anyio.Lock()
+        self._pending_configures: deque[commands.Configure] = deque()
+        self._task_group: anyio.abc.TaskGroup | None = None
+        self._events_in, self._events_out = anyio.create_memory_object_stream[
+            FluxEvent | FluxError
+        ](max_buffered_events)
+        self._wake = anyio.Event()
+        self._closed_event = anyio.Event()
+        self._error: FluxError | None = None
+        self._connected_delivered = False
+        self._request_id: str | None = None
+        now = anyio.current_time() if _in_event_loop() else 0.0
+        self._last_app_audio = now
+        self._last_audio_sent = now
+        self._last_server_data = now
+        self._pending_since: float | None = None
+        self._last_chunk_s = 0.0
+
+    # -- public properties --------------------------------------------------------------------
+
+    @property
+    def settings(self) -> FluxSettings:
+        """The settings in force (updated by acknowledged ``configure`` calls)."""
+        return self._settings
+
+    @property
+    def capabilities(self) -> BundleCapabilities:
+        """What the endpoint's Flux bundle is assumed to accept."""
+        return self._capabilities
+
+    @property
+    def request_id(self) -> str | None:
+        """SageMaker's request id of the current stream."""
+        return self._request_id
+
+    @property
+    def stats(self) -> ClientStats:
+        """Counters for logs and benchmarks."""
+        return self._stats
+
+    @property
+    def is_closed(self) -> bool:
+        """Whether the session has ended (closed, failed or exited)."""
+        return self._state == "closed"
+
+    @property
+    def turn_open(self) -> bool:
+        """Whether Flux is in the middle of a turn, as far as the events tell."""
+        return self._tracker.turn_open
+
+    def __repr__(self) -> str:
+        return (
+            f"<FluxClient endpoint={self._endpoint_name!r} "
+            f"url={self._config.endpoint.url!r} state={self._state}>"
+        )
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        if self._state != "new":
+            raise UsageError("a FluxClient can be entered only once")
+        self._state = "opening"
+        now = anyio.current_time()
+        self._last_app_audio = self._last_audio_sent = self._last_server_data = now
+        task_group = anyio.create_task_group()
+        await task_group.__aenter__()
+        self._task_group = task_group
+        try:
+            if self._pool is None:
+                self._pool = ConnectionPool()
+                await self._pool.__aenter__()
+            stream = await self._open_with_retry(first_error=None)
+            self._install(stream)
+            self._state = "open"
+            task_group.start_soon(self._supervise)
+        except BaseException as exc:
+            await self._shutdown(exc)
+            raise
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        if exc is None and self._state == "open":
+            try:
+                await self.close()
+            except FluxError as close_error:
+                logger.warning("closing the Flux session failed: %s", close_error)
+        await self._shutdown(exc)
+
+    async def _shutdown(self, exc: BaseException | None) -> None:
+        """Free every stream and task; never hangs, never raises a group."""
+        self._state = "closed"
+        self._closed_event.set()
+        self._wake.set()
+        with anyio.CancelScope(shield=True):
+            for stream in self._streams:
+                with anyio.move_on_after(self._timeouts.close):
+                    await stream.h2.aclose()
+            self._streams.clear()
+            self._current = None
+            if self._task_group is not None:
+                self._task_group.cancel_scope.cancel()
+                try:
+                    await self._task_group.__aexit__(None, None, None)
+                except BaseException:  # noqa: BLE001 - background tasks never raise by design
+                    logger.exception("a Flux background task failed")
+                self._task_group = None
+            if self._owns_pool and self._pool is not None:
+                with anyio.move_on_after(self._timeouts.close):
+                    await self._pool.__aexit__(None, None, None)
+            self._events_in.close()
+
+    async def close(self) -> None:
+        """End the session cleanly: send ``CloseStream``, drain every event, end the input.
+
+        The events that arrive while draining are still delivered to the iterator; if the
+        server ends a turn without ``EndOfTurn``, a synthetic final ``EndOfTurn`` is delivered.
+        Closing twice does nothing.
+        """
+        if self._state in ("closing", "closed"):
+            return
+        self._check_open("close")
+        self._state = "closing"
+        current = self._current
+        if current is not None:
+            async with self._send_lock:
+                await self._flush_audio(current)
+                await self._write(current, current.proto.send_close_stream())
+        with anyio.move_on_after(self._timeouts.close):
+            await self._closed_event.wait()
+        if not self._closed_event.is_set():
+            logger.warning("Flux did not end the stream within %.1f s of CloseStream",
+                           self._timeouts.close)
+            self._finish(TimeoutError(
+                f"the stream did not end within {self._timeouts.close} s of CloseStream",
+                retryable=False,
+            ))
+
+    # -- sending ------------------------------------------------------------------------------
+
+    def _check_open(self, what: str) -> None:
+        if self._state == "new" or self._state == "opening":
+            raise UsageError(f"cannot {what}: enter the client with 'async with' first")
+        if self._state != "open":
+            if self._error is not None:
+                raise UsageError(f"cannot {what}: the session failed: {self._error}")
+            raise UsageError(f"cannot {what}: the session is closed")
+
+    async def send_audio(self, audio: bytes | bytearray | memoryview) -> None:
+        """Send audio in the session's encoding.
+
+        Audio is coalesced into events of about ``coalesce_ms``; a partial event is sent at
+        the latest one window later. While a stream is being replaced, audio is kept in the
+        replay buffer and sent on the new stream. Waits while HTTP/2 flow control holds the
+        stream back.
+
+        Raises:
+            ValidationError: ``audio`` is not bytes-like or not a whole number of samples.
+            UsageError: the session is not open.
+        """
+        self._check_open("send audio")
+        events = self._coalescer.push(audio)  # validates type and alignment first
+        size = memoryview(audio).nbytes
+        if size == 0:
+            return
+        self._stats.audio_bytes_accepted += size
+        self._replay.append(audio)
+        now = anyio.current_time()
+        self._last_app_audio = now
+        self._last_chunk_s = self._format.duration(size) if self._format.bytes_per_second else 0.0
+        if self._coalescer.pending_bytes and self._pending_since is None:
+            self._pending_since = now
+            self._wake.set()
+        elif not self._coalescer.pending_bytes:
+            self._pending_since = None
+        if events:
+            await self._send_events(events)
+
+    async def _send_events(self, events: Sequence[bytes]) -> None:
+        async with self._send_lock:
+            current = self._current
+            if current is None or current.retired:
+                return  # being replaced: the replay buffer has the audio
+            for event in events:
+                await self._write_audio(current, event)
+
+    async def _write_audio(self, stream: _Stream, audio: bytes) -> None:
+        self._stats.audio_bytes_sent += len(audio)
+        self._stats.audio_events_sent += 1
+        self._last_audio_sent = anyio.current_time()
+        await self._write(stream, stream.proto.send_audio(audio))
+
+    async def _flush_audio(self, stream: _Stream) -> None:
+        """Send the pending partial audio event (caller holds the send lock)."""
+        pending = self._coalescer.flush()
+        self._pending_since = None
+        if pending:
+            await self._write_audio(stream, pending)
+
+    async def _write(self, stream: _Stream, data: bytes) -> None:
+        """Write to a stream; a transport failure there starts recovery, not an exception."""
+        if not data:
+            return
+        try:
+            await stream.h2.send(data)
+        except FluxError as exc:
+            self._on_failure(stream, exc)
+
+    async def configure(
+        self,
+        *,
+        eot_threshold: float | None = None,
+        eager_eot_threshold: float | None = None,
+        eot_timeout_ms: int | None = None,
+        keyterms: Sequence[str] | None = None,
+        language_hints: Sequence[str] | None = None,
+        numerals: bool | None = None,
+    ) -> None:
+        """Change thresholds, keyterms, language hints or numerals mid-stream.
+
+        Sends Flux's ``Configure``; its ``ConfigureSuccess`` or ``ConfigureFailure`` arrives
+        through the iterator, and an acknowledged change also applies to later streams.
+
+        Raises:
+            ValidationError: a value is out of range (checked before sending).
+            CapabilityError: the endpoint's bundle does not accept ``Configure``; use
+                :meth:`update_settings`, which reconnects instead.
+        """
+        self._check_open("configure")
+        message = commands.Configure(
+            eot_threshold=eot_threshold,
+            eager_eot_threshold=eager_eot_threshold,
+            eot_timeout_ms=eot_timeout_ms,
+            keyterms=keyterms,
+            language_hints=language_hints,
+            numerals=numerals,
+        )
+        message.apply_to(self._settings)  # validates against the settings in force
+        if not self._capabilities.configure:
+            raise CapabilityError(
+                "this endpoint's Flux bundle does not accept Configure (it would end the "
+                "stream); use update_settings(), which opens a new stream with the new settings"
+            )
+        await self._send_control(message.to_json(), on_sent=lambda: self._pending_configures.append(message))
+
+    async def update_settings(self, **changes: Any) -> None:
+        """Apply new thresholds, keyterms, hints or numerals wherever the bundle allows.
+
+        With a bundle that accepts ``Configure``, this is :meth:`configure`. Otherwise the
+        session switches to a new stream opened with the new settings, replaying the audio
+        since the last completed turn (a :class:`StreamRolledOver` event says so).
+        """
+        if self._capabilities.configure:
+            await self.configure(**changes)
+            return
+        self._check_open("update settings")
+        message = commands.Configure(**changes)
+        new_settings = message.apply_to(self._settings)
+        new_settings.check_capabilities(self._capabilities)
+        self._settings = new_settings
+        await self._switch_stream("settings changed", planned=True)
+
+    async def force_end_turn(self) -> None:
+        """Ask Flux to end the current turn now (``EndOfTurn`` with trigger ``manual``).
+
+        Raises:
+            CapabilityError: the endpoint's bundle does not accept ``ForceEndTurn``.
+        """
+        self._check_open("force the end of the turn")
+        if not self._capabilities.force_end_turn:
+            raise CapabilityError(
+                "this endpoint's Flux bundle does not accept ForceEndTurn (it would end the stream)"
+            )
+        await self._send_control(commands.force_end_turn())
+
+    async def _send_control(self, message: bytes, on_sent: Any = None) -> None:
+        async with self._send_lock:
+            current = self._current
+            if current is None or current.retired:
+                raise UsageError("the stream is being replaced; try again after Reconnected")
+            await self._flush_audio(current)
+            await self._write(current, current.proto.send_json(message))
+            if on_sent is not None:
+                on_sent()
+
+    # -- events -------------------------------------------------------------------------------
+
+    def __aiter__(self) -> Self:
+        return self
+
+    async def __anext__(self) -> FluxEvent:
+        try:
+            item = await self._events_out.receive()
+        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        if isinstance(item, FluxError):
+            raise item
+        return item
+
+    async def _deliver(self, item: FluxEvent | FluxError) -> None:
+        try:
+            await self._events_in.send(item)
+        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            pass
+
+    # -- streams ------------------------------------------------------------------------------
+
+    def _request_for(self, settings: FluxSettings) -> InvokeRequest:
+        return InvokeRequest(
+            endpoint=self._config.endpoint,
+            endpoint_name=self._endpoint_name,
+            query_string=settings.query_string(),
+            invocation_path=INVOCATION_PATH,
+            target_variant=self._target_variant,
+        )
+
+    async def _frozen_credentials(self) -> ReadOnlyCredentials:
+        credentials = self._config.credentials
+        if credentials is None:
+            raise ValidationError(
+                "no AWS credentials found: configure the default chain (environment, "
+                "~/.aws, SSO, instance role) or pass credentials=..."
+            )
+        if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
+            # A refresh can block on the network (STS, SSO, IMDS): keep it off the loop.
+            frozen = await anyio.to_thread.run_sync(credentials.get_frozen_credentials)
+        else:
+            frozen = credentials.get_frozen_credentials()
+        return frozen  # type: ignore[no-any-return]
+
+    def _credential_expiry(self) -> float | None:
+        """Monotonic time at which the current credentials expire, if they do."""
+        credentials = self._config.credentials
+        expiry = getattr(credentials, "_expiry_time", None)
+        if expiry is None:
+            return None
+        from datetime import datetime, timezone
+
+        remaining = (expiry - datetime.now(timezone.utc)).total_seconds()
+        return anyio.current_time() + remaining
+
+    async def _open_stream(self) -> _Stream:
+        """Open one stream and wait for Flux's ``Connected``."""
+        assert self._pool is not None
+        frozen = await self._frozen_credentials()
+        signed = sign_request(self._request_for(self._settings), frozen, self._config.region)
+        endpoint = self._config.endpoint
+        h2 = await self._pool.open_stream(
+            endpoint,
+            method=signed.method,
+            authority=signed.authority,
+            path=signed.path,
+            headers=signed.headers,
+            ssl_context=self._config.ssl_context,
+            timeouts=self._timeouts,
+        )
+        self._stats.streams_opened += 1
+        try:
+            with anyio.fail_after(self._timeouts.connected):
+                status, headers = await h2.response()
+                request_id = _header(headers, "x-amzn-requestid")
+                if status != 200:
+                    body = await _read_body(h2, _MAX_ERROR_BODY)
+                    raise operation_error(status, headers, body)
+                proto = StreamProtocol(
+                    EventSigner(
+                        credentials=frozen,
+                        region=self._config.region,
+                        seed_signature=signed.signature,
+                    ),
+                    request_id=request_id,
+                )
+                early: list[Any] = []
+                while proto.flux_request_id is None:
+                    chunk = await h2.receive()
+                    events = proto.receive_eof() if chunk is None else proto.receive_data(chunk)
+                    for event in events:
+                        if isinstance(event, StreamFailed):
+                            raise event.error
+                        if isinstance(event, StreamEnded):
+                            raise TransportError(
+                                "the server ended the stream before Flux said Connected",
+                                request_id=request_id,
+                            )
+                        early.append(event)
+        except FluxError:
+            await _aclose_quietly(h2, self._timeouts.close)
+            raise
+        except builtins.TimeoutError:
+            await _aclose_quietly(h2, self._timeouts.close)
+            raise TimeoutError(
+                f"Flux did not say Connected within {self._timeouts.connected} s",
+                request_id=request_id,
+            ) from None
+        self._request_id = request_id
+        now = anyio.current_time()
+        expiry = self._credential_expiry()
+        stream = _Stream(h2=h2, proto=proto, opened_at=now, expires_at=expiry)
+        self._streams.append(stream)
+        self._last_server_data = now
+        for event in early:
+            await self._handle_event(stream, event)
+        return stream
+
+    async def _open_with_retry(self, first_error: FluxError | None) -> _Stream:
+        """Open a stream, retrying retryable failures under the retry policy."""
+        backoff = Backoff(self._retry, random.random)
+        error = first_error
+        while True:
+            if error is not None:
+                if not (self._retry.enabled and error.retryable):
+                    raise error
+                delay = backoff.next_delay(anyio.current_time())
+                if delay is None:
+                    raise error
+                logger.info("Flux stream failed (%s); retrying in %.2f s", error, delay)
+                await anyio.sleep(delay)
+            try:
+                return await self._open_stream()
+            except FluxError as exc:
+                error = exc
+
+    def _install(self, stream: _Stream) -> None:
+        self._current = stream
+        assert self._task_group is not None
+        self._task_group.start_soon(self._read_stream, stream)
+
+    async def _read_stream(self, stream: _Stream) -> None:
+        """Reader task of one stream: feed the protocol until the stream ends or fails."""
+        try:
+            while True:
+                try:
+                    chunk = await stream.h2.receive()
+                except FluxError as exc:
+                    self._on_failure(stream, exc)
+                    return
+                self._last_server_data = anyio.current_time()
+                events = stream.proto.receive_eof() if chunk is None else stream.proto.receive_data(chunk)
+                for event in events:
+                    if isinstance(event, StreamFailed):
+                        self._on_failure(stream, event.error)
+                        return
+                    if isinstance(event, StreamEnded):
+                        await self._on_stream_ended(stream)
+                        return
+                    await self._handle_event(stream, event)
+                if chunk is None:
+                    return
+        finally:
+            if stream.retired or self._state == "closed":
+                with anyio.CancelScope(shield=True):
+                    await self._retire(stream)
+
+    async def _handle_event(self, stream: _Stream, event: ServerMessage) -> None:
+        if stream.retired:
+            return  # a newer stream replays this audio; its events are the ones that count
+        self._stats.events_received += 1
+        if isinstance(event, Connected):
+            if self._connected_delivered:
+                return
+            self._connected_delivered = True
+        elif isinstance(event, ConfigureSuccess):
+            if self._pending_configures:
+                self._settings = self._pending_configures.popleft().apply_to(self._settings)
+        elif isinstance(event, ConfigureFailure):
+            if self._pending_configures:
+                self._pending_configures.popleft()
+        elif isinstance(event, TurnInfo):
+            observed = self._tracker.observe(event)
+            if observed is None:
+                return
+            event = observed
+            if isinstance(event, EndOfTurn) and self._format.bytes_per_second:
+                self._replay.trim_to(self._format.byte_offset(event.audio_window_end))
+                if self._rollover_due(stream, at_boundary=True):
+                    self._wake.set()
+        await self._deliver(event)
+
+    async def _on_stream_ended(self, stream: _Stream) -> None:
+        if stream.retired:
+            return
+        if self._state == "closing":
+            synthetic = self._tracker.stream_ended()
+            if synthetic is not None:
+                await self._deliver(synthetic)
+            await self._end_input(stream)
+            self._finish(None)
+            return
+        # The server ended the stream without being asked: recover like from a failure.
+        self._on_failure(
+            stream,
+            TransportError("the server ended the stream unexpectedly", request_id=stream.proto.request_id),
+        )
+
+    def _on_failure(self, stream: _Stream, error: FluxError) -> None:
+        """A stream failed: recover in the background, or end the session with ``error``."""
+        if stream.retired or self._state == "closed" or stream is not self._current:
+            return
+        stream.retired = True
+        if self._state == "closing" or not (self._retry.enabled and error.retryable):
+            self._task_group_start(self._fail, error)
+            return
+        logger.warning("Flux stream failed (%s); recovering", error)
+        self._task_group_start(self._recover, stream, error)
+
+    def _task_group_start(self, func: Any, *args: Any) -> None:
+        if self._task_group is not None:
+            self._task_group.start_soon(func, *args)
+
+    async def _fail(self, error: FluxError) -> None:
+        synthetic = self._tracker.stream_ended()
+        if synthetic is not None:
+            await self._deliver(synthetic)
+        self._finish(error)
+
+    def _finish(self, error: FluxError | None) -> None:
+        """End the session: the iterator drains what was delivered, then raises or stops."""
+        if error is not None and self._error is None:
+            self._error = error
+            try:
+                self._events_in.send_nowait(error)
+            except anyio.WouldBlock:
+                # A full queue: deliver the error once the consumer has made room.
+                self._task_group_start(self._deliver_then_close, error)
+                self._state = "closed"
+                self._closed_event.set()
+                return
+            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+                pass
+        self._state = "closed"
+        self._closed_event.set()
+        self._events_in.close()
+        self._wake.set()
+
+    async def _deliver_then_close(self, error: FluxError) -> None:
+        await self._deliver(error)
+        self._events_in.close()
+
+    async def _recover(self, failed: _Stream, error: FluxError) -> None:
+        self._current = None
+        await self._retire(failed)
+        try:
+            stream = await self._open_with_retry(first_error=error)
+        except FluxError as final:
+            await self._fail(final)
+            return
+        replayed = await self._take_over(stream)
+        self._stats.reconnects += 1
+        await self._deliver(
+            Reconnected(
+                reason=str(error),
+                error=error,
+                replayed_audio_s=self._format.duration(replayed) if self._format.bytes_per_second else 0.0,
+                dropped_audio_s=self._format.duration(self._replay.dropped_bytes)
+                if self._format.bytes_per_second
+                else 0.0,
+            )
+        )
+
+    async def _switch_stream(self, reason: str, *, planned: bool) -> None:
+        """Move the session to a fresh stream while the current one still works."""
+        old = self._current
+        try:
+            stream = await self._open_with_retry(first_error=None)
+        except FluxError as exc:
+            logger.warning("could not open the next Flux stream (%s); staying on the current one", exc)
+            return
+        if old is not None:
+            old.retired = True
+        replayed = await self._take_over(stream, old=old)
+        self._stats.rollovers += 1
+        await self._deliver(
+            StreamRolledOver(
+                reason=reason,
+                replayed_audio_s=self._format.duration(replayed) if self._format.bytes_per_second else 0.0,
+            )
+        )
+
+    async def _take_over(self, stream: _Stream, old: _Stream | None = None) -> int:
+        """Make ``stream`` current and replay the audio since the last completed turn."""
+        async with self._send_lock:
+            if old is not None and not old.proto.input_ended:
+                try:
+                    await old.h2.send(old.proto.send_close_stream())
+                except FluxError:
+                    pass
+            self._coalescer.flush()  # the replay buffer holds that audio too
+            self._pending_since = None
+            replay = self._replay.replay()
+            start = self._replay.start_offset
+            self._tracker.start_stream(
+                self._format.duration(start) if self._format.bytes_per_second else 0.0
+            )
+            self._install(stream)
+            step = self._coalescer.target_bytes or len(replay) or 1
+            for offset in range(0, len(replay), step):
+                await self._write_audio(stream, replay[offset : offset + step])
+            self._stats.replayed_bytes += len(replay)
+            self._stats.dropped_bytes = self._replay.dropped_bytes
+        return len(replay)
+
+    async def _end_input(self, stream: _Stream) -> None:
+        if stream.proto.input_ended:
+            return
+        try:
+            with anyio.move_on_after(self._timeouts.close):
+                await stream.h2.send(stream.proto.end_input())
+                await stream.h2.end_input()
+        except FluxError:
+            pass
+
+    async def _retire(self, stream: _Stream) -> None:
+        await self._end_input(stream)
+        await _aclose_quietly(stream.h2, self._timeouts.close)
+        if stream in self._streams:
+            self._streams.remove(stream)
+
+    # -- timers -------------------------------------------------------------------------------
+
+    def _rollover_due(self, stream: _Stream, *, at_boundary: bool) -> bool:
+        now = anyio.current_time()
+        age = now - stream.opened_at
+        limit = self._rollover.max_stream_duration
+        if stream.expires_at is not None:
+            limit = min(limit, stream.expires_at - self._rollover.credential_margin - stream.opened_at)
+        if age >= limit:
+            return True
+        return at_boundary and age >= limit - self._rollover.margin
+
+    async def _supervise(self) -> None:
+        """The session's timers: coalescing flush, keepalive silence, stall watchdog, rollover."""
+        while self._state in ("open", "closing"):
+            now = anyio.current_time()
+            deadline = now + 1.0
+            current = self._current
+            if current is not None and not current.retired and self._state == "open":
+                deadline = min(deadline, await self._tick(current, now))
+            self._wake = anyio.Event()
+            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+                await self._wake.wait()
+
+    async def _tick(self, stream: _Stream, now: float) -> float:
+        """Run what is due; return when to look again."""
+        next_at = now + 1.0
+        if self._pending_since is not None:
+            due = self._pending_since + self._coalesce_s
+            if now >= due:
+                async with self._send_lock:
+                    if self._current is stream:
+                        await self._flush_audio(stream)
+            else:
+                next_at = min(next_at, due)
+        keep = self._keepalive
+        silent_for = now - self._last_app_audio
+        if keep.turn_silence_after is not None and self._tracker.turn_open:
+            gap = max(keep.turn_silence_after, 2 * self._last_chunk_s)
+            if silent_for >= gap:
+                # Silence in real time: one coalescing window per window of quiet.
+                await self._send_silence(stream, _SILENCE_STEP)
+                self._last_app_audio += _SILENCE_STEP
+            next_at = min(next_at, now + _SILENCE_STEP)
+        elif keep.idle_interval is not None:
+            idle_for = now - max(self._last_app_audio, self._last_audio_sent)
+            if idle_for >= keep.idle_interval:
+                await self._send_silence(stream, None)
+            else:
+                next_at = min(next_at, now + keep.idle_interval - idle_for)
+        if keep.stall_timeout is not None:
+            quiet_for = now - self._last_server_data
+            audio_recent = now - self._last_audio_sent < keep.stall_timeout
+            if quiet_for >= keep.stall_timeout and audio_recent and not self._events_full():
+                self._on_failure(
+                    stream,
+                    StreamStalled(
+                        f"no server event for {quiet_for:.1f} s while audio was flowing",
+                        request_id=stream.proto.request_id,
+                    ),
+                )
+                return now
+            next_at = min(next_at, self._last_server_data + keep.stall_timeout)
+        if self._rollover_due(stream, at_boundary=not self._tracker.turn_open):
+            await self._switch_stream("maximum stream duration", planned=True)
+        return next_at
+
+    def _events_full(self) -> bool:
+        stats = self._events_in.statistics()
+        return stats.current_buffer_used >= stats.max_buffer_size
+
+    async def _send_silence(self, stream: _Stream, duration: float | None) -> None:
+        """Keepalive audio: ``duration`` seconds, or one sample when ``None``."""
+        width = self._format.sample_width
+        if width is None:
+            return  # compressed audio: silence cannot be synthesised
+        one_sample = self._format.silence(1.0)[:width]
+        silence = one_sample if duration is None else self._format.silence(duration)
+        async with self._send_lock:
+            if self._current is not stream:
+                return
+            await self._flush_audio(stream)
+            self._replay.append(silence)
+            self._stats.silence_bytes_sent += len(silence)
+            await self._write_audio(stream, silence)
+
+
+def _in_event_loop() -> bool:
+    try:
+        anyio.current_time()
+    except RuntimeError:
+        return False
+    return True
+
+
+def _header(headers: Sequence[tuple[str, str]], name: str) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+async def _read_body(stream: H2Stream, limit: int) -> bytes:
+    body = bytearray()
+    while len(body) < limit:
+        chunk = await stream.receive()
+        if chunk is None:
+            break
+        body += chunk
+    return bytes(body[:limit])
+
+
+async def _aclose_quietly(stream: H2Stream, timeout: float) -> None:
+    with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
+        try:
+            await stream.aclose()
+        except FluxError:
+            pass

@@ -1,0 +1,126 @@
+"""Where to connect and as whom, resolved the way the AWS SDKs do it, through botocore.
+
+Users already configure AWS with environment variables and ``~/.aws/config``; this module reads
+the same settings through botocore so that an application (the Pipecat adapter included) can be
+pointed at a VPC endpoint or at the mock endpoint without code changes:
+
+- region: the argument, else ``AWS_REGION``, ``AWS_DEFAULT_REGION``, the profile's ``region``;
+- endpoint URL: the argument, else ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``, ``AWS_ENDPOINT_URL``,
+  the profile's ``services`` section or ``endpoint_url`` (unless
+  ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS`` is set);
+- FIPS and dual-stack: the argument, else ``AWS_USE_FIPS_ENDPOINT`` / ``use_fips_endpoint`` and
+  ``AWS_USE_DUALSTACK_ENDPOINT`` / ``use_dualstack_endpoint``;
+- CA bundle: ``ssl_context`` argument, else ``AWS_CA_BUNDLE`` / ``ca_bundle``, else the system store;
+- credentials: the argument, else botocore's default chain (environment, shared files and
+  profiles, SSO, assume-role, container and instance metadata), refreshed as it expires.
+"""
+
+from __future__ import annotations
+
+import os
+import ssl
+from typing import Any
+
+import attrs
+import botocore.session
+from botocore.configprovider import ConfiguredEndpointProvider
+from botocore.credentials import Credentials
+from botocore.exceptions import BotoCoreError
+
+from .core.request import Endpoint, resolve_endpoint
+from .errors import ValidationError
+
+__all__ = ["ResolvedConfig", "default_ssl_context", "resolve_config"]
+
+# The botocore client name whose configured endpoint settings apply (AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME).
+_CLIENT_NAME = "sagemaker-runtime"
+
+
+@attrs.frozen
+class ResolvedConfig:
+    """Everything needed to open streams, resolved once per FluxClient."""
+
+    region: str
+    endpoint: Endpoint
+    ssl_context: ssl.SSLContext | None = attrs.field(repr=False)
+    credentials: Credentials | None = attrs.field(repr=False)
+
+
+def default_ssl_context(ca_bundle: str | None = None) -> ssl.SSLContext:
+    """A verifying TLS context that offers only ``h2`` through ALPN."""
+    context = ssl.create_default_context(cafile=ca_bundle)
+    context.set_alpn_protocols(["h2"])
+    return context
+
+
+def _flag(value: Any) -> bool:
+    if isinstance(value, str):
+        return value.strip().lower() == "true"
+    return bool(value)
+
+
+def resolve_config(
+    *,
+    region: str | None = None,
+    endpoint_url: str | None = None,
+    use_fips: bool | None = None,
+    use_dualstack: bool | None = None,
+    session: botocore.session.Session | None = None,
+    profile: str | None = None,
+    credentials: Credentials | None = None,
+    ssl_context: ssl.SSLContext | None = None,
+) -> ResolvedConfig:
+    """Resolve region, endpoint, TLS and credentials from the arguments and the AWS config.
+
+    This reads files and the environment but does no network I/O: botocore resolves
+    credential providers lazily, and the client fetches frozen credentials off the event
+    loop for each new stream.
+    """
+    explicit_url = endpoint_url is not None
+    explicit_flags = bool(use_fips) or bool(use_dualstack)
+    if session is not None and profile is not None:
+        raise ValidationError("pass either a botocore session or a profile name, not both")
+    try:
+        if session is None:
+            session = botocore.session.Session(profile=profile)
+        region = (
+            region
+            or os.environ.get("AWS_REGION")
+            or session.get_config_variable("region")
+            or None
+        )
+        if not region:
+            raise ValidationError(
+                "no AWS region: pass region=..., or set AWS_REGION or a region in the AWS profile"
+            )
+        if endpoint_url is None and not _flag(
+            session.get_config_variable("ignore_configured_endpoint_urls")
+        ):
+            endpoint_url = ConfiguredEndpointProvider(
+                full_config=session.full_config,
+                scoped_config=session.get_scoped_config(),
+                client_name=_CLIENT_NAME,
+            ).provide()
+        if use_fips is None:
+            use_fips = _flag(session.get_config_variable("use_fips_endpoint"))
+        if use_dualstack is None:
+            use_dualstack = _flag(session.get_config_variable("use_dualstack_endpoint"))
+        ca_bundle = session.get_config_variable("ca_bundle")
+        if credentials is None:
+            credentials = session.get_credentials()
+    except BotoCoreError as exc:
+        raise ValidationError(f"invalid AWS configuration: {exc}") from exc
+    if endpoint_url is not None and not (explicit_url and explicit_flags):
+        # An endpoint URL wins over FIPS/dual-stack flags; only passing both as arguments
+        # is an error (raised by resolve_endpoint), as in the AWS SDKs.
+        use_fips = use_dualstack = False
+    endpoint = resolve_endpoint(
+        region, use_fips=use_fips, use_dualstack=use_dualstack, endpoint_url=endpoint_url
+    )
+    if endpoint.scheme == "https" and ssl_context is None:
+        ssl_context = default_ssl_context(ca_bundle)
+    elif endpoint.scheme == "http":
+        ssl_context = None
+    return ResolvedConfig(
+        region=region, endpoint=endpoint, ssl_context=ssl_context, credentials=credentials
+    )

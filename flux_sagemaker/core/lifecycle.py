@@ -1,0 +1,46 @@
+"""Events the client itself adds to the event iterator, beside Flux's own messages."""
+
+from __future__ import annotations
+
+import attrs
+
+from ..errors import FluxError
+
+__all__ = ["ClientEvent", "Reconnected", "StreamRolledOver"]
+
+
+@attrs.frozen
+class Reconnected:
+    """A stream failed and the session continues on a new one.
+
+    The audio since the last completed turn was sent again, so no speech is lost; turn indexes
+    and audio times continue on the session's timeline.
+    """
+
+    reason: str
+    """What happened to the old stream, in words."""
+    error: FluxError = attrs.field(eq=False)
+    """The retryable error that ended the old stream."""
+    attempts: int = 1
+    """Streams tried until one opened."""
+    replayed_audio_s: float = 0.0
+    """Seconds of audio sent again on the new stream."""
+    dropped_audio_s: float = 0.0
+    """Seconds of audio lost because the replay buffer was full (0 unless it overflowed)."""
+
+
+@attrs.frozen
+class StreamRolledOver:
+    """The session moved to a fresh stream on purpose, at a turn boundary.
+
+    This happens before SageMaker's 30-minute stream limit, before the credentials expire,
+    and when settings change on a bundle that cannot ``Configure``.
+    """
+
+    reason: str
+    """Why the session switched streams."""
+    replayed_audio_s: float = 0.0
+    """Seconds of audio since the last completed turn sent again on the new stream."""
+
+
+ClientEvent = Reconnected | StreamRolledOver

@@ -1,0 +1,237 @@
+"""Turn tracking across the HTTP/2 streams of one logical Flux session, sans-I/O.
+
+Every Flux stream starts its own ``turn_index`` at 0 and its own audio clock at 0 s. A session
+that reconnects after a failure, or rolls over before SageMaker's 30-minute limit, is made of
+several streams; :class:`TurnTracker` rewrites their ``TurnInfo`` events onto one session
+timeline and keeps a lenient, ``turn_index``-keyed view of the open turn (Flux spec 4.3):
+
+- ``StartOfTurn`` opens a turn; so does an ``Update``, ``EagerEndOfTurn`` or ``TurnResumed`` with
+  a non-empty transcript when no ``StartOfTurn`` came (seen in the wild);
+- ``EndOfTurn`` closes it, whatever its index (an event for a new index abandons an open turn
+  whose ``EndOfTurn`` never came: nothing is invented for it);
+- when the server ends a stream normally while a turn is open, :meth:`TurnTracker.stream_ended`
+  promotes the last event of the turn to a synthetic ``EndOfTurn`` (Flux spec 4.5, step 4).
+
+Replay rules. After a failure, the client opens a new stream and sends again the audio kept since
+the last ``EndOfTurn`` (:class:`~flux_sagemaker.core.recovery.ReplayBuffer`), calling
+:meth:`TurnTracker.start_stream` with the session time at which that audio begins. The server
+then transcribes some audio a second time. On such a stream, with ``L`` the session
+``audio_window_end`` of the last delivered ``EndOfTurn`` and ``H`` the largest
+``audio_window_end`` delivered so far, both taken when the stream starts:
+
+1. any ``TurnInfo`` whose ``audio_window_end`` is at most ``L + OVERLAP_TOLERANCE`` lies in audio
+   already finalized and is dropped; when it is an ``EndOfTurn``, that stream turn is counted as
+   a duplicate, so the stream's later turns keep consecutive session indexes;
+2. an ``Update`` whose ``audio_window_end`` is at most ``H`` re-covers audio already reported and
+   is dropped (the transcript the user sees never goes back);
+3. a ``StartOfTurn`` for a turn whose ``StartOfTurn`` was already delivered is dropped.
+
+Other events pass: an ``EndOfTurn`` is never dropped outside rule 1, so a final is not lost. A
+turn the new stream re-detects from the tail of already-finalized audio *and* extends past
+``L + OVERLAP_TOLERANCE`` (for example merged with new speech) is delivered: repeating words is
+preferred to losing them. Stale events (a session index below one already completed) are dropped.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+import attrs
+
+from flux_sagemaker.core.events import (
+    EndOfTurn,
+    ServerMessage,
+    StartOfTurn,
+    TurnInfo,
+    Update,
+)
+from flux_sagemaker.errors import ValidationError
+
+__all__ = ["OVERLAP_TOLERANCE", "TurnTracker"]
+
+#: Seconds of slack in rule 1. An ``EndOfTurn`` the new stream re-detects on replayed audio can
+#: land a frame (~80 ms) after the original; no real turn is that short. Flux's own floats
+#: carry noise too (``0.47999996``).
+OVERLAP_TOLERANCE: Final = 0.08
+
+
+@attrs.define(eq=False)
+class TurnTracker:
+    """One turn timeline for a session of one or more streams.
+
+    Call :meth:`observe` for every server message, :meth:`start_stream` when a new stream of the
+    same session opens (not needed for the first one, which starts at 0 s), and
+    :meth:`stream_ended` when the server ends a stream normally. After a failed stream, call
+    :meth:`start_stream` for the next one without :meth:`stream_ended`: the open turn carries on.
+    """
+
+    # Session bookkeeping.
+    _next_index: int = attrs.field(init=False, default=0)
+    _last_end: float | None = attrs.field(init=False, default=None)
+    _high_water: float = attrs.field(init=False, default=0.0)
+    # The open turn, on the session timeline.
+    _open_index: int | None = attrs.field(init=False, default=None)
+    _open_start: float = attrs.field(init=False, default=0.0)
+    _start_delivered: bool = attrs.field(init=False, default=False)
+    _last: TurnInfo | None = attrs.field(init=False, default=None, repr=False)
+    # The current stream: where its clock and its turn 0 sit on the session timeline.
+    _offset: float = attrs.field(init=False, default=0.0)
+    _base: int = attrs.field(init=False, default=0)
+    _skipped: int = attrs.field(init=False, default=0)
+    _finalized_until: float | None = attrs.field(init=False, default=None)
+    _reported_until: float | None = attrs.field(init=False, default=None)
+
+    @property
+    def turn_open(self) -> bool:
+        """Whether a turn has started and not yet ended."""
+        return self._open_index is not None
+
+    @property
+    def turns_completed(self) -> int:
+        """Turn indexes the session has used up: the session index of the next turn."""
+        return self._next_index
+
+    @property
+    def last_end_of_turn_audio_end(self) -> float | None:
+        """Session ``audio_window_end`` of the last delivered ``EndOfTurn``, or ``None``.
+
+        Audio before it is final: the client may trim its replay buffer up to here.
+        """
+        return self._last_end
+
+    @property
+    def open_turn_audio_start(self) -> float | None:
+        """Session ``audio_window_start`` of the open turn, or ``None`` when no turn is open.
+
+        A replay must start at or before this point for the new stream to hear the whole turn.
+        """
+        return self._open_start if self._open_index is not None else None
+
+    @property
+    def audio_offset(self) -> float:
+        """Session time, in seconds, at which the current stream's audio begins."""
+        return self._offset
+
+    def start_stream(self, audio_offset_s: float) -> None:
+        """A new stream of this session starts; its audio begins at ``audio_offset_s``.
+
+        ``audio_offset_s`` is the session time of the first byte the new stream receives: after
+        a reconnect, where the replayed audio starts; after a rollover, where the audio sent so
+        far ends. It may not go back before the previous stream's start.
+
+        Raises:
+            ValidationError: ``audio_offset_s`` is negative, not finite, or before the current
+                stream's offset.
+        """
+        if not (math.isfinite(audio_offset_s) and audio_offset_s >= self._offset):
+            raise ValidationError(
+                f"audio_offset_s must be a finite number >= {self._offset} (the previous "
+                f"stream's start), got {audio_offset_s!r}"
+            )
+        self._offset = float(audio_offset_s)
+        self._base = self._next_index
+        self._skipped = 0
+        overlaps_final = self._last_end is not None and audio_offset_s < self._last_end
+        self._finalized_until = self._last_end if overlaps_final else None
+        self._reported_until = self._high_water if audio_offset_s < self._high_water else None
+
+    def observe(self, event: ServerMessage) -> ServerMessage | None:
+        """Rewrite ``event`` onto the session timeline and update the turn state.
+
+        Returns:
+            The event to hand to the user (a ``TurnInfo`` with session ``turn_index`` and
+            session audio times; ``raw`` is kept as received), the event itself when it is not
+            a ``TurnInfo``, or ``None`` when it must be dropped (see the module's replay rules).
+        """
+        if not isinstance(event, TurnInfo):
+            return event
+        end = event.audio_window_end + self._offset
+        if self._finalized_until is not None and end <= self._finalized_until + OVERLAP_TOLERANCE:
+            if isinstance(event, EndOfTurn):
+                self._skipped = max(self._skipped, event.turn_index + 1)
+            return None
+        if (
+            self._reported_until is not None
+            and isinstance(event, Update)
+            and end <= self._reported_until
+        ):
+            return None
+        index = self._base + event.turn_index - self._skipped
+        if index < self._next_index:
+            return None  # a turn already completed
+        if isinstance(event, StartOfTurn) and index == self._open_index and self._start_delivered:
+            return None
+        session_event = self._rewrite(event, index)
+        self._track(session_event)
+        return session_event
+
+    def _rewrite(self, event: TurnInfo, index: int) -> TurnInfo:
+        offset = self._offset
+        if offset == 0.0 and index == event.turn_index:
+            return event
+        words = event.words
+        if offset != 0.0:
+            words = tuple(
+                attrs.evolve(
+                    w,
+                    start=None if w.start is None else w.start + offset,
+                    end=None if w.end is None else w.end + offset,
+                )
+                for w in words
+            )
+        return attrs.evolve(
+            event,
+            turn_index=index,
+            audio_window_start=event.audio_window_start + offset,
+            audio_window_end=event.audio_window_end + offset,
+            words=words,
+        )
+
+    def _track(self, event: TurnInfo) -> None:
+        index = event.turn_index
+        self._high_water = max(self._high_water, event.audio_window_end)
+        self._next_index = max(self._next_index, index)
+        if isinstance(event, EndOfTurn):
+            self._complete(event)
+        elif type(event) is TurnInfo:
+            pass  # an unknown event: delivered, but it says nothing about the turn state
+        elif self._open_index == index:
+            self._last = event
+            self._start_delivered = self._start_delivered or isinstance(event, StartOfTurn)
+        elif isinstance(event, StartOfTurn) or event.transcript:
+            self._open_index = index
+            self._open_start = event.audio_window_start
+            self._start_delivered = isinstance(event, StartOfTurn)
+            self._last = event
+        else:
+            # An empty event for another index: between turns. Abandon a turn left open.
+            self._close()
+
+    def _complete(self, event: EndOfTurn) -> None:
+        self._next_index = max(self._next_index, event.turn_index + 1)
+        end = event.audio_window_end
+        self._last_end = end if self._last_end is None else max(self._last_end, end)
+        self._close()
+
+    def _close(self) -> None:
+        self._open_index = None
+        self._start_delivered = False
+        self._last = None
+
+    def stream_ended(self) -> EndOfTurn | None:
+        """The server ended the current stream normally; finish the open turn, if any.
+
+        Returns:
+            A synthetic ``EndOfTurn`` (``synthetic=True``, ``trigger=None``) carrying the fields
+            of the open turn's last event, on the session timeline, when a turn was open and its
+            last transcript is non-empty; ``None`` otherwise (no open turn, or a turn whose
+            words all vanished, which is no turn to finalize). Either way no turn is open after.
+        """
+        last = self._last
+        if self._open_index is None or last is None or not last.transcript:
+            self._close()
+            return None
+        final = EndOfTurn.promote(last)
+        self._complete(final)
+        return final

@@ -1,0 +1,1 @@
+"""MockFluxEndpoint: a local SageMaker endpoint running a scripted Flux (filled in later)."""

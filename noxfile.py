@@ -1,0 +1,104 @@
+"""Development sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``bench``, ``soak``, ``interop``."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from pathlib import Path
+
+import nox
+
+PYTHONS = ["3.11", "3.12", "3.13"]
+ROOT = Path(__file__).parent
+
+nox.options.sessions = ["tests", "lint", "typecheck"]
+nox.options.reuse_existing_virtualenvs = True
+# A missing interpreter is skipped (and reported), never silently passed: on CI nox would otherwise
+# fail the whole run for a Python version that the machine simply does not have.
+nox.options.error_on_missing_interpreters = False
+
+
+def _add_pyenv_interpreters() -> None:
+    """Put pyenv's interpreters on PATH so that nox finds python3.12 and python3.13 there too."""
+    try:
+        root = subprocess.run(
+            ["pyenv", "root"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        root = os.environ.get("PYENV_ROOT", str(Path.home() / ".pyenv"))
+    versions = Path(root) / "versions"
+    if not versions.is_dir():
+        return
+    extra = [str(path / "bin") for path in sorted(versions.iterdir(), reverse=True)]
+    os.environ["PATH"] = os.pathsep.join([*os.environ.get("PATH", "").split(os.pathsep), *extra])
+
+
+_add_pyenv_interpreters()
+
+
+def _install(session: nox.Session, *extras: str, groups: tuple[str, ...] = ()) -> None:
+    spec = f".[{','.join(extras)}]" if extras else "."
+    session.install("--upgrade", "pip")
+    args = [spec]
+    for group in groups:
+        args += ["--group", group]
+    session.install(*args)
+
+
+@nox.session(python=PYTHONS)
+def tests(session: nox.Session) -> None:
+    """Run the whole test suite (core, end to end, CLI, Pipecat adapter) with branch coverage."""
+    _install(session, "testing", "pipecat", groups=("test",))
+    session.run(
+        "coverage", "run", "-m", "pytest", *session.posargs, env={"COVERAGE_FILE": ".coverage"}
+    )
+    session.run("coverage", "report", "--fail-under=90")
+    session.run(
+        "coverage",
+        "report",
+        "--include=flux_sagemaker/core/*",
+        "--fail-under=95",
+    )
+
+
+@nox.session(python="3.11")
+def lint(session: nox.Session) -> None:
+    """ruff check and ruff format --check."""
+    session.install("--group", "lint")
+    session.run("ruff", "check", ".")
+    session.run("ruff", "format", "--check", ".")
+
+
+@nox.session(python="3.11")
+def typecheck(session: nox.Session) -> None:
+    """mypy --strict on the package."""
+    _install(session, "testing", groups=("typecheck",))
+    session.run("mypy", "--strict", "flux_sagemaker")
+
+
+@nox.session(python="3.11")
+def docs(session: nox.Session) -> None:
+    """Build the documentation site with mkdocs --strict."""
+    _install(session, "testing", groups=("docs",))
+    session.run("mkdocs", "build", "--strict", "--site-dir", "site")
+
+
+@nox.session(python="3.11")
+def bench(session: nox.Session) -> None:
+    """Run the benchmarks and rewrite docs/benchmarks.md (long; not part of CI)."""
+    _install(session, "testing", groups=("bench",))
+    session.run("python", "-m", "benchmarks", *session.posargs)
+
+
+@nox.session(python="3.11")
+def soak(session: nox.Session) -> None:
+    """Hundreds of concurrent streams with random faults for a bounded time (not part of CI)."""
+    _install(session, "testing", groups=("test",))
+    session.run("python", "-m", "benchmarks.soak", *session.posargs)
+
+
+@nox.session(python="3.12")
+def interop(session: nox.Session) -> None:
+    """The official AWS SDK client streams through the mock endpoint (Python 3.12+)."""
+    _install(session, "testing", groups=("test", "interop"))
+    session.run("pytest", "tests/interop", "-p", "no:cacheprovider", *session.posargs)
