@@ -801,8 +801,10 @@ class FluxClient:
             self._pending_since = None
             replay = self._replay.replay()
             start = self._replay.start_offset
+            # Without a byte rate (Opus, containers) nothing is replayed and times cannot be
+            # mapped: None places the new stream after everything already delivered.
             self._tracker.start_stream(
-                self._format.duration(start) if self._format.bytes_per_second else 0.0
+                self._format.duration(start) if self._format.bytes_per_second else None
             )
             self._install(stream)
             step = self._coalescer.target_bytes or len(replay) or 1

@@ -38,7 +38,10 @@ MAX_EVENT_FACTOR: Final = 4
 
 @attrs.frozen
 class AudioFormat:
-    """The shape of the audio a session sends, as declared in its query string."""
+    """The shape of the audio a session sends, as declared in its query string.
+
+    An encoding this module does not know is treated like Opus: opaque bytes, no sample width.
+    """
 
     encoding: str | None
     """``linear16``, ``linear32``, ``mulaw``, ``alaw``, ``opus``, ``ogg-opus``, or ``None`` for

@@ -85,7 +85,7 @@ _STATUS_CLASSES: Final[Mapping[int, type[OperationError]]] = {
 #: guess either way; failing fast shows the user the real reason sooner.
 RETRYABLE_SERVER_ERROR_CODES: Final = frozenset({"INTERNAL_SERVER_ERROR"})
 
-HeadersLike = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
+_Headers = Mapping[str, str] | Iterable[tuple[str | bytes, str | bytes]]
 
 
 def _text(value: object) -> str:
@@ -100,7 +100,7 @@ def _truncate(text: str) -> str:
     return f"{text[:MAX_MESSAGE_CHARS]}... ({len(text) - MAX_MESSAGE_CHARS} more characters)"
 
 
-def _header_dict(headers: HeadersLike) -> dict[str, str]:
+def _header_dict(headers: _Headers) -> dict[str, str]:
     items = headers.items() if isinstance(headers, Mapping) else headers
     return {_text(name).lower(): _text(value) for name, value in items}
 
@@ -145,7 +145,7 @@ def _message(fields: Mapping[str, Any], fallback: str) -> str:
     return fallback
 
 
-def operation_error(status: int, headers: HeadersLike, body: bytes) -> OperationError:
+def operation_error(status: int, headers: _Headers, body: bytes) -> OperationError:
     """Map a non-2xx response to SageMaker's opening request onto the most specific error.
 
     The class is chosen by ``x-amzn-errortype`` (the part before ``:``), else the body's

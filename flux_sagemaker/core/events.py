@@ -126,16 +126,12 @@ class TurnInfo:
         return sum(w.confidence for w in self.words) / len(self.words)
 
 
-def _event(name: TurnEventType) -> Any:
-    return attrs.field(default=name.value, init=False)
-
-
 @final
 @attrs.frozen(kw_only=True)
 class StartOfTurn(TurnInfo):
     """The user started speaking; the transcript is non-empty (the barge-in trigger)."""
 
-    event: str = _event(TurnEventType.START_OF_TURN)
+    event: str = attrs.field(default=TurnEventType.START_OF_TURN.value, init=False)
 
 
 @final
@@ -143,7 +139,7 @@ class StartOfTurn(TurnInfo):
 class Update(TurnInfo):
     """About every 0.25 s of audio, inside or between turns (then with an empty transcript)."""
 
-    event: str = _event(TurnEventType.UPDATE)
+    event: str = attrs.field(default=TurnEventType.UPDATE.value, init=False)
 
 
 @final
@@ -151,7 +147,7 @@ class Update(TurnInfo):
 class EagerEndOfTurn(TurnInfo):
     """The turn probably ended (eager mode); a ``TurnResumed`` or ``EndOfTurn`` follows."""
 
-    event: str = _event(TurnEventType.EAGER_END_OF_TURN)
+    event: str = attrs.field(default=TurnEventType.EAGER_END_OF_TURN.value, init=False)
 
 
 @final
@@ -159,7 +155,7 @@ class EagerEndOfTurn(TurnInfo):
 class TurnResumed(TurnInfo):
     """The user kept speaking after an ``EagerEndOfTurn``; drop any speculative work."""
 
-    event: str = _event(TurnEventType.TURN_RESUMED)
+    event: str = attrs.field(default=TurnEventType.TURN_RESUMED.value, init=False)
 
 
 @final
@@ -167,7 +163,7 @@ class TurnResumed(TurnInfo):
 class EndOfTurn(TurnInfo):
     """The turn is final."""
 
-    event: str = _event(TurnEventType.END_OF_TURN)
+    event: str = attrs.field(default=TurnEventType.END_OF_TURN.value, init=False)
     synthetic: bool = False
     """Made by the client from the last ``Update``: the server ended an open turn without one."""
 
@@ -277,6 +273,8 @@ def _show(value: object) -> str:
 
 def _float(obj: dict[str, Any], key: str, default: float | None) -> Any:
     value = obj.get(key)
+    if type(value) is float and math.isfinite(value):  # the common case first
+        return value
     if value is None:
         return default
     if isinstance(value, str) and _NUMERIC.fullmatch(value):

@@ -40,6 +40,14 @@ __all__ = [
     "FluxSettings",
     "Model",
     "Redact",
+    "check_eager_eot_threshold",
+    "check_eot_threshold",
+    "check_eot_timeout_ms",
+    "check_keyterms",
+    "check_language_hints",
+    "check_numerals",
+    "check_tags",
+    "format_float",
 ]
 
 INVOCATION_PATH: Final = "v2/listen"

@@ -113,25 +113,35 @@ class TurnTracker:
         """Session time, in seconds, at which the current stream's audio begins."""
         return self._offset
 
-    def start_stream(self, audio_offset_s: float) -> None:
+    def start_stream(self, audio_offset_s: float | None) -> None:
         """A new stream of this session starts; its audio begins at ``audio_offset_s``.
 
         ``audio_offset_s`` is the session time of the first byte the new stream receives: after
         a reconnect, where the replayed audio starts; after a rollover, where the audio sent so
         far ends. It may not go back before the previous stream's start.
 
+        ``None`` means the offset is unknown (Opus or containerized audio, whose bytes do not
+        map to seconds): the stream is placed after everything delivered so far, and the replay
+        rules are off, since nothing says which audio is heard twice.
+
         Raises:
             ValidationError: ``audio_offset_s`` is negative, not finite, or before the current
                 stream's offset.
         """
-        if not (math.isfinite(audio_offset_s) and audio_offset_s >= self._offset):
+        if audio_offset_s is not None and not (
+            math.isfinite(audio_offset_s) and audio_offset_s >= self._offset
+        ):
             raise ValidationError(
                 f"audio_offset_s must be a finite number >= {self._offset} (the previous "
-                f"stream's start), got {audio_offset_s!r}"
+                f"stream's start) or None, got {audio_offset_s!r}"
             )
-        self._offset = float(audio_offset_s)
         self._base = self._next_index
         self._skipped = 0
+        if audio_offset_s is None:
+            self._offset = max(self._offset, self._high_water)
+            self._finalized_until = self._reported_until = None
+            return
+        self._offset = float(audio_offset_s)
         overlaps_final = self._last_end is not None and audio_offset_s < self._last_end
         self._finalized_until = self._last_end if overlaps_final else None
         self._reported_until = self._high_water if audio_offset_s < self._high_water else None

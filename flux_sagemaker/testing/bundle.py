@@ -14,6 +14,8 @@ from typing import Any
 
 import attrs
 
+from flux_sagemaker.errors import RemoteProtocolError, ValidationError
+
 __all__ = [
     "FLUX_ENGLISH_20260311",
     "FLUX_MULTI_20260417",
@@ -30,7 +32,6 @@ __all__ = [
 
 LANGUAGES = frozenset({"en", "es", "fr", "de", "hi", "ru", "pt", "ja", "it", "nl"})
 MAX_KEYTERMS = 100
-_UNPARSABLE = "UNPARSABLE_CLIENT_MESSAGE"
 
 
 @attrs.frozen
@@ -81,13 +82,13 @@ class ActiveConfig:
     numerals: bool
 
 
-class FatalMessage(Exception):
+class FatalMessage(RemoteProtocolError):
     """The client message is unparsable: the server sends a fatal ``Error`` and closes."""
 
     code = "UNPARSABLE_CLIENT_MESSAGE"
 
 
-class ConfigureRejected(Exception):
+class ConfigureRejected(ValidationError):
     """A Configure value is out of range: ``ConfigureFailure``, the stream continues."""
 
     def __init__(self, code: str, description: str) -> None:

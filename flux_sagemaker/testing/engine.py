@@ -28,7 +28,7 @@ from __future__ import annotations
 import enum
 import uuid
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import attrs
@@ -72,14 +72,16 @@ def _word_confidence(word: str) -> float:
     return round(0.85 + (zlib.crc32(word.encode()) % 15) / 100, 2)
 
 
+def _floats(values: Iterable[float] | None) -> tuple[float, ...] | None:
+    return None if values is None else tuple(values)
+
+
 @attrs.frozen
 class ScriptedTurn:
     """One turn of the script: what the engine reveals while the caller speaks."""
 
     transcript: str
-    confidences: tuple[float, ...] | None = attrs.field(
-        default=None, converter=attrs.converters.optional(tuple)
-    )
+    confidences: tuple[float, ...] | None = attrs.field(default=None, converter=_floats)
     """One per whitespace-separated word; default: a stable pseudo-random 0.85..0.99."""
     language: str = "en"
     """Reported in ``languages`` on ``flux-general-multi``."""
@@ -92,7 +94,7 @@ class ScriptedTurn:
     def __attrs_post_init__(self) -> None:
         if not self.transcript.split():
             raise ValidationError("a scripted turn needs a non-empty transcript")
-        if self.confidences is not None and len(self.confidences) != len(self.words()):
+        if self.confidences is not None and len(self.confidences) != len(self.transcript.split()):
             raise ValidationError("confidences must have one value per word of the transcript")
 
     def words(self) -> list[tuple[str, float]]:

@@ -36,6 +36,7 @@ from flux_sagemaker.core.eventstream import (
 from flux_sagemaker.errors import FrameError, ValidationError
 
 from tests.conftest import VECTORS
+
 CAPTURE = VECTORS / "aws-sdk-capture"
 JSON_VECTORS: dict[str, dict[str, Any]] = json.loads(
     (VECTORS / "eventstream-vectors.json").read_text()

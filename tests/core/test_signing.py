@@ -6,7 +6,6 @@ import hashlib
 import hmac
 import json
 from datetime import UTC, datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -27,7 +26,6 @@ from flux_sagemaker.core.signing import (
     signing_key,
 )
 from flux_sagemaker.errors import LocalProtocolError, ValidationError
-
 from tests.conftest import VECTORS
 
 CAPTURE = VECTORS / "aws-sdk-capture"

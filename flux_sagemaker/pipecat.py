@@ -1,0 +1,624 @@
+"""Pipecat adapter: ``DeepgramFluxSageMakerSTTService`` on :class:`~flux_sagemaker.FluxClient`.
+
+A drop-in replacement for Pipecat 1.14's own service of the same name: the same keyword-only
+constructor, nested ``Settings``, event handlers and frames. The protocol work (signing, the
+credential chain, 80 ms coalescing, keepalive silence, recovery with replay, the final turn at
+close, Configure capabilities) is the client's; this module maps Flux events to Pipecat frames,
+the way ``DeepgramFluxSTTBase`` does, and hands audio over while a session connects.
+
+Audio path: ``run_stt`` appends to a bounded queue that one sender task drains into the client,
+so audio that arrives before ``Connected`` (or while a new session opens) is sent, not dropped.
+A close marker in the same queue ends a session only after the audio queued before it.
+"""
+
+# Pipecat leaves some methods it expects subclasses to call unannotated.
+# mypy: disable-error-code="no-untyped-call"
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from collections.abc import AsyncGenerator, Iterable
+from dataclasses import dataclass
+from typing import Any, Final
+
+import anyio
+
+try:
+    from loguru import logger
+    from pipecat.frames.frames import (
+        CancelFrame,
+        EndFrame,
+        Frame,
+        InterimTranscriptionFrame,
+        ProposedUserStartedSpeakingFrame,
+        ProposedUserStoppedSpeakingFrame,
+        STTMetadataFrame,
+        TranscriptionFrame,
+    )
+    from pipecat.processors.frame_processor import FrameProcessorSetup
+    from pipecat.services.deepgram.flux.stt_base import (
+        DeepgramFluxSTTSettings,
+        language_to_deepgram_flux_language,
+    )
+    from pipecat.services.settings import STTSettings
+    from pipecat.services.stt_service import STTService
+    from pipecat.transcriptions.language import Language
+    from pipecat.turns.eager_end_of_turn_mixin import EagerEndOfTurnSTTServiceMixin
+    from pipecat.utils.errors import ErrorCategory
+    from pipecat.utils.time import time_now_iso8601
+    from pipecat.utils.tracing.service_decorators import traced_stt
+except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
+    raise ImportError(
+        f"flux_sagemaker.pipecat needs Pipecat ({exc}): pip install 'flux-sagemaker[pipecat]'"
+    ) from exc
+
+from .client import FluxClient
+from .core.events import (
+    ConfigureFailure,
+    ConfigureSuccess,
+    EagerEndOfTurn,
+    EndOfTurn,
+    ServerWarning,
+    StartOfTurn,
+    TurnInfo,
+    TurnResumed,
+    Update,
+)
+from .core.settings import FluxSettings
+from .errors import (
+    AccessDeniedError,
+    FluxError,
+    FluxServerError,
+    ModelError,
+    ThrottlingError,
+    TransportError,
+    UsageError,
+    ValidationError,
+)
+from .options import KeepalivePolicy
+
+__all__ = ["DeepgramFluxSageMakerSTTService", "DeepgramFluxSageMakerSTTSettings"]
+
+_MULTILINGUAL_MODEL: Final = "flux-general-multi"
+# Keyword arguments that configure the FluxClient rather than Pipecat's STTService.
+_CLIENT_OPTIONS: Final = frozenset(
+    {
+        "endpoint_url", "use_fips", "use_dualstack", "target_variant", "session", "profile",
+        "credentials", "ssl_context", "timeouts", "retry", "keepalive", "rollover",
+        "capabilities", "coalesce_ms", "replay_buffer_bytes", "max_buffered_events", "pool",
+    }
+)  # fmt: skip
+# Settings Flux changes mid-stream (FluxClient.update_settings: Configure, or a new stream where
+# the bundle refuses Configure), and their FluxClient names.
+_UPDATABLE: Final = {
+    "eot_threshold": "eot_threshold",
+    "eager_eot_threshold": "eager_eot_threshold",
+    "eot_timeout_ms": "eot_timeout_ms",
+    "keyterm": "keyterms",
+    "language_hints": "language_hints",
+    "numerals": "numerals",
+}
+# Settings only the connection's query string carries: changing them opens a new session.
+_CONNECTION_FIELDS: Final = frozenset({"model", "redact", "profanity_filter"})
+_LOCAL_FIELDS: Final = frozenset({"min_confidence"})
+# Audio held while no session accepts it (connecting, reconnecting): beyond this the oldest
+# audio goes, since a live conversation cannot use speech older than that anyway.
+_MAX_PENDING_AUDIO_SECONDS: Final = 10.0
+# How long stop() waits for the last turns after CloseStream before giving up on them.
+_STOP_TIMEOUT: Final = 15.0
+_ERROR_CATEGORIES: Final = (
+    (ValidationError, ErrorCategory.INVALID_REQUEST),
+    (ModelError, ErrorCategory.INVALID_REQUEST),  # the container refused the parameters
+    (ThrottlingError, ErrorCategory.RATE_LIMIT),
+    (AccessDeniedError, ErrorCategory.AUTHORIZATION),
+    (TransportError, ErrorCategory.CONNECTIVITY),
+)
+
+
+class _Close:
+    """The queue marker that ends the current session after the audio queued before it."""
+
+
+_CLOSE: Final = _Close()
+
+
+class _PendingAudio:
+    """Audio waiting for a session, bounded in bytes (oldest audio dropped first)."""
+
+    def __init__(self) -> None:
+        self._items: deque[bytes | _Close] = deque()
+        self._bytes = 0
+        self._limit = 0
+        self._ready = anyio.Event()
+
+    def set_limit(self, limit: int) -> None:
+        self._limit = limit
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+    def put(self, item: bytes | _Close) -> int:
+        """Queue ``item``; return how many bytes of older audio were dropped for it."""
+        self._items.append(item)
+        dropped = 0
+        if isinstance(item, bytes):
+            self._bytes += len(item)
+            while self._limit and self._bytes > self._limit and isinstance(self._items[0], bytes):
+                old = self._items.popleft()
+                assert isinstance(old, bytes)
+                self._bytes -= len(old)
+                dropped += len(old)
+        self._ready.set()
+        return dropped
+
+    async def get(self) -> bytes | _Close:
+        while not self._items:
+            self._ready = anyio.Event()
+            await self._ready.wait()
+        item = self._items.popleft()
+        if isinstance(item, bytes):
+            self._bytes -= len(item)
+        return item
+
+
+def _language_codes(hints: Iterable[Language]) -> list[str]:
+    """Pipecat languages as Flux codes: unmapped ones dropped, first occurrence kept."""
+    codes: list[str] = []
+    for hint in hints:
+        code = language_to_deepgram_flux_language(hint)
+        if code and code not in codes:
+            codes.append(code)
+    return codes
+
+
+@dataclass
+class DeepgramFluxSageMakerSTTSettings(DeepgramFluxSTTSettings):
+    """Settings for the Deepgram Flux SageMaker STT service (all of ``DeepgramFluxSTTSettings``)."""
+
+
+class DeepgramFluxSageMakerSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
+    """Deepgram Flux speech-to-text on a SageMaker endpoint, on :class:`FluxClient`.
+
+    Same surface and frames as Pipecat's ``DeepgramFluxSageMakerSTTService``: Flux detects
+    turns itself, and the service recommends ``ExternalUserTurnStrategies`` (or the eager ones
+    with ``enable_eager_end_of_turn``) through its ``STTMetadataFrame``.
+
+    Event handlers: ``on_connected``, ``on_disconnected``, ``on_connection_error``,
+    ``on_start_of_turn``, ``on_end_of_turn``, ``on_eager_end_of_turn``, ``on_turn_resumed``,
+    ``on_update``.
+
+    Example::
+
+        stt = DeepgramFluxSageMakerSTTService(
+            endpoint_name="my-deepgram-flux-endpoint",
+            region="us-east-2",
+            settings=DeepgramFluxSageMakerSTTService.Settings(eot_threshold=0.7),
+        )
+    """
+
+    Settings = DeepgramFluxSageMakerSTTSettings
+    _settings: DeepgramFluxSageMakerSTTSettings
+    # Threshold used when eager end of turn is on and the settings leave it unset (Pipecat's).
+    _DEFAULT_EAGER_EOT_THRESHOLD = 0.5
+
+    def __init__(
+        self,
+        *,
+        endpoint_name: str,
+        region: str,
+        encoding: str = "linear16",
+        sample_rate: int | None = None,
+        mip_opt_out: bool | None = None,
+        tag: list[str] | None = None,
+        should_interrupt: bool = True,
+        watchdog_min_timeout: float = 0.5,
+        enable_eager_end_of_turn: bool = False,
+        settings: DeepgramFluxSageMakerSTTSettings | None = None,
+        **kwargs: Any,
+    ) -> None:
+        """Initialize the service.
+
+        Args:
+            endpoint_name: The SageMaker endpoint serving Flux.
+            region: The endpoint's AWS region.
+            encoding: Audio encoding. Defaults to "linear16".
+            sample_rate: Audio sample rate in Hz; ``None`` uses the pipeline's input rate.
+            mip_opt_out: Opt out of the Deepgram Model Improvement Program.
+            tag: Usage-reporting tags.
+            should_interrupt: Whether a user turn interrupts the bot (passed to the turn
+                strategies the service recommends).
+            watchdog_min_timeout: Seconds without audio during an open turn after which
+                silence is sent so the turn can end (the client's
+                ``KeepalivePolicy.turn_silence_after``).
+            enable_eager_end_of_turn: Answer Flux's predicted end of turn; sets
+                ``eager_eot_threshold`` to 0.5 when the settings leave it unset.
+            settings: A settings delta applied over the defaults.
+            **kwargs: FluxClient options (``endpoint_url``, ``ssl_context``, ``session``,
+                ``profile``, ``credentials``, ``timeouts``, ``retry``, ``keepalive``,
+                ``rollover``, ``capabilities``, ``coalesce_ms``, ``pool``, ...); the rest go
+                to Pipecat's ``STTService``.
+        """
+        self._client_options: dict[str, Any] = {
+            name: kwargs.pop(name) for name in _CLIENT_OPTIONS & kwargs.keys()
+        }
+        self._client_options.setdefault(
+            "keepalive", KeepalivePolicy(turn_silence_after=watchdog_min_timeout)
+        )
+        store = self.Settings(
+            model="flux-general-en",
+            language=None,
+            eager_eot_threshold=None,
+            eot_threshold=None,
+            eot_timeout_ms=None,
+            keyterm=[],
+            min_confidence=None,
+            language_hints=None,
+            numerals=None,
+            profanity_filter=None,
+            redact=None,
+        )
+        if settings is not None:
+            store.apply_update(settings)
+        super().__init__(
+            settings=store,
+            sample_rate=sample_rate,
+            enable_eager_end_of_turn=enable_eager_end_of_turn,
+            **kwargs,
+        )
+        # Flux predicts no end of turn without a threshold, which would leave the feature inert.
+        if self.eager_end_of_turn_enabled and self._settings.eager_eot_threshold is None:
+            self._settings.eager_eot_threshold = self._DEFAULT_EAGER_EOT_THRESHOLD
+        self._endpoint_name = endpoint_name
+        self._region = region
+        self._encoding = encoding
+        self._mip_opt_out = mip_opt_out
+        self._tag = list(tag or [])
+        self._should_interrupt = should_interrupt
+        self._pending = _PendingAudio()
+        self._session_task: asyncio.Task[None] | None = None
+        self._flux: FluxClient | None = None  # while a session is connected
+        self._set_up = False
+        self._accepting = True  # False once stopping: later audio is not sent
+        self._reconnect_after_turn = False
+        self._user_is_speaking = False
+        self._turn_transcript = ""
+        self._turn_language: Language | None = None
+        for name in ("start_of_turn", "turn_resumed", "end_of_turn", "eager_end_of_turn", "update"):
+            self._register_event_handler(f"on_{name}")
+
+    def can_generate_metrics(self) -> bool:
+        """Whether the service generates metrics: it does (usage, TTFB)."""
+        return True
+
+    def service_metadata_frame(self) -> STTMetadataFrame:
+        """Recommend turn strategies that leave turn detection to Flux."""
+        frame = super().service_metadata_frame()
+        frame.user_turn_strategies = self.recommended_user_turn_strategies(
+            enable_interruptions=self._should_interrupt
+        )
+        return frame
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def setup(self, setup: FrameProcessorSetup) -> None:  # type: ignore[override]
+        """Resolve the sample rate and start connecting in the background."""
+        await super().setup(setup)
+        self._set_up = True
+        self._pending.set_limit(int(self.sample_rate * 2 * _MAX_PENDING_AUDIO_SECONDS))
+        self._start_session()
+
+    async def stop(self, frame: EndFrame) -> None:
+        """Send the queued audio, close the stream and deliver every remaining turn."""
+        await self._finish(drain=True)
+        await super().stop(frame)
+
+    async def cancel(self, frame: CancelFrame) -> None:
+        """Abandon the session at once."""
+        await self._finish(drain=False)
+        await super().cancel(frame)
+
+    async def cleanup(self) -> None:
+        """Release the session if it is still open."""
+        await super().cleanup()
+        await self._finish(drain=False)
+
+    async def run_stt(self, audio: bytes) -> AsyncGenerator[Frame | None, None]:
+        """Queue audio for Flux; transcripts arrive as frames from the event task.
+
+        Args:
+            audio: Raw audio bytes to transcribe.
+
+        Yields:
+            Frame: None (transcription results come from the session's event task).
+        """
+        if self._accepting:
+            dropped = self._pending.put(bytes(audio))
+            if dropped:
+                logger.warning(f"{self}: no Flux session; dropped {dropped} bytes of old audio")
+        yield None
+
+    def _start_session(self) -> None:
+        if self._session_task is None or self._session_task.done():
+            self._session_task = self.create_task(self._run_sessions(), name="flux_session")
+
+    async def _finish(self, *, drain: bool) -> None:
+        self._accepting = False
+        task, self._session_task = self._session_task, None
+        if task is None or task.done():
+            return
+        if drain:
+            self._pending.put(_CLOSE)
+            await asyncio.wait({task}, timeout=_STOP_TIMEOUT)
+        if not task.done():
+            await self.cancel_task(task)
+
+    async def _run_sessions(self) -> None:
+        """Open sessions one after another while closes we asked for end them."""
+        while await self._run_session() and (self._accepting or len(self._pending)):
+            pass
+
+    async def _run_session(self) -> bool:
+        """One FluxClient session; True if it ended because we closed it."""
+        connected = False
+        failure: FluxError | None = None
+        try:
+            client = FluxClient(
+                self._endpoint_name,
+                region=self._region,
+                settings=self._flux_settings(),
+                **self._client_options,
+            )
+            async with client as flux:
+                connected = True
+                self._flux = flux
+                await self._call_event_handler("on_connected")
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._send_audio, flux)
+                    try:
+                        async for event in flux:
+                            await self._handle_event(event)
+                    except FluxError as exc:
+                        failure = exc
+                    tg.cancel_scope.cancel()
+        except FluxError as exc:
+            failure = exc
+        finally:
+            self._flux = None
+        if not connected:
+            assert failure is not None
+            msg = f"Flux connection failed: {failure}"
+            await self.push_error(msg, exception=failure, force_treat_as_permanent=True)
+            await self._call_event_handler("on_connection_error", str(failure))
+            return False
+        await self._call_event_handler("on_disconnected")
+        if failure is not None:
+            # The client already retried what was retryable: nothing will bring it back.
+            msg = f"Flux session failed: {failure}"
+            await self.push_error(msg, exception=failure, force_treat_as_permanent=True)
+            await self._end_turn_cut_short()
+            return False
+        return True
+
+    async def _send_audio(self, flux: FluxClient) -> None:
+        try:
+            while True:
+                item = await self._pending.get()
+                if isinstance(item, _Close):
+                    await flux.close()
+                    return
+                await flux.send_audio(item)
+        except FluxError as exc:
+            logger.debug(f"{self}: stopped sending audio: {exc}")  # the iterator says why
+
+    def _flux_settings(self) -> FluxSettings:
+        s = self._settings
+        hints: list[str] = []
+        if s.language_hints:
+            if s.model == _MULTILINGUAL_MODEL:
+                hints = _language_codes(s.language_hints)
+            else:
+                logger.warning(f"language_hints only supported on {_MULTILINGUAL_MODEL}; ignored")
+        return FluxSettings(
+            model=s.model,
+            encoding=self._encoding,
+            sample_rate=self.sample_rate,
+            eot_threshold=s.eot_threshold,
+            eager_eot_threshold=s.eager_eot_threshold,
+            eot_timeout_ms=s.eot_timeout_ms,
+            keyterms=s.keyterm,
+            language_hints=hints,
+            numerals=s.numerals,
+            profanity_filter=s.profanity_filter,
+            redact=s.redact,
+            mip_opt_out=self._mip_opt_out,
+            tags=self._tag,
+            extra_params=dict(s.extra),
+            allow_unknown_model=True,  # Pipecat passes any model name through
+        )
+
+    def _classify_error(self, exception: Exception) -> ErrorCategory | None:
+        if isinstance(exception, FluxServerError):
+            if exception.code == "UNPARSABLE_CLIENT_MESSAGE":
+                return ErrorCategory.INVALID_REQUEST
+            return None
+        for cls, category in _ERROR_CATEGORIES:
+            if isinstance(exception, cls):
+                return category
+        return None
+
+    # -- settings -----------------------------------------------------------------------------
+
+    async def _update_settings(self, delta: STTSettings) -> dict[str, Any]:  # type: ignore[override]
+        """Apply a settings delta: mid-stream where Flux allows it, else with a new session."""
+        changed: dict[str, Any] = await super()._update_settings(delta)
+        if not changed:
+            return changed
+        updatable = changed.keys() & _UPDATABLE.keys()
+        reconnect = bool(changed.keys() & (_CONNECTION_FIELDS | self._settings.extra.keys()))
+        if updatable and not reconnect:
+            reconnect = not await self._update_session(updatable)
+        if reconnect:
+            await self._reconnect_when_idle()
+        self._warn_unhandled_updated_settings(
+            changed.keys() - _UPDATABLE.keys() - _CONNECTION_FIELDS - _LOCAL_FIELDS
+            - self._settings.extra.keys()
+        )  # fmt: skip
+        return changed
+
+    async def _update_session(self, fields: set[str]) -> bool:
+        """Apply ``fields`` to the live session; False if only a new session can."""
+        flux = self._flux
+        if flux is None:
+            return False
+        changes: dict[str, Any] = {}
+        for name in fields:
+            value = getattr(self._settings, name)
+            if value is None:
+                return False  # back to the server default: only the query string can say that
+            if name == "language_hints":
+                if self._settings.model != _MULTILINGUAL_MODEL:
+                    logger.warning(f"language_hints only supported on {_MULTILINGUAL_MODEL}")
+                    continue
+                value = _language_codes(value)
+            changes[_UPDATABLE[name]] = value
+        if not changes:
+            return True
+        try:
+            await flux.update_settings(**changes)
+        except ValidationError as exc:
+            await self.push_error(f"Flux settings rejected: {exc}", exception=exc)
+        except UsageError:
+            return False  # the session is being replaced or closed
+        return True
+
+    async def _reconnect_when_idle(self) -> None:
+        # A new session mid-turn would cut the turn in two; wait for its end.
+        if self._user_is_speaking:
+            self._reconnect_after_turn = True
+        else:
+            await self._request_reconnect()
+
+    async def _do_reconnect(self) -> None:
+        """Start a new session with the current settings (Pipecat's reconnect hook)."""
+        if not (self._set_up and self._accepting):
+            return
+        if self._session_task is not None and not self._session_task.done():
+            self._pending.put(_CLOSE)  # closes after the queued audio; the loop reopens
+        else:
+            self._start_session()
+
+    # -- events -> frames (DeepgramFluxSTTBase's mapping) ----------------------------------------
+
+    async def _handle_event(self, event: object) -> None:
+        match event:
+            case StartOfTurn():
+                await self._handle_start_of_turn(event)
+            case Update():
+                await self._handle_update(event)
+            case EagerEndOfTurn():
+                await self._push_eager_end_of_turn(
+                    event.transcript,
+                    user_id=self._user_id,
+                    language=self._detected_language(event),
+                    result=event.raw,
+                )
+                await self._call_event_handler("on_eager_end_of_turn", event.transcript)
+            case TurnResumed():
+                await self._cancel_eager_end_of_turn()
+                await self._call_event_handler("on_turn_resumed")
+            case EndOfTurn(synthetic=True):
+                # The stream ended inside the turn: the transcript so far, not finalized.
+                await self._end_turn_cut_short(event)
+                await self._call_event_handler("on_end_of_turn", event.transcript)
+            case EndOfTurn():
+                await self._handle_end_of_turn(event)
+            case ConfigureSuccess():
+                logger.info(f"{self}: Configure accepted: {event.raw}")
+            case ConfigureFailure():
+                await self.push_error(f"Configure rejected: [{event.code}] {event.description}")
+            case ServerWarning():
+                logger.warning(f"{self}: Flux warning [{event.code}] {event.description}")
+            case _:
+                logger.debug(f"{self}: {event!r}")
+        if self._reconnect_after_turn and not self._user_is_speaking:
+            self._reconnect_after_turn = False
+            await self._request_reconnect()
+
+    def _detected_language(self, event: TurnInfo) -> Language | None:
+        if event.languages:
+            try:
+                return Language(event.languages[0])
+            except ValueError:
+                logger.debug(f"Unmapped Deepgram Flux language code: {event.languages[0]}")
+                return None
+        return Language.EN if self._settings.model == "flux-general-en" else None
+
+    async def _handle_start_of_turn(self, event: StartOfTurn) -> None:
+        self._user_is_speaking = True
+        self._turn_transcript = event.transcript
+        self._turn_language = None
+        await self.broadcast_frame(ProposedUserStartedSpeakingFrame)
+        await self._call_event_handler("on_start_of_turn", event.transcript)
+
+    async def _handle_update(self, event: Update) -> None:
+        if not event.transcript:
+            return
+        language = self._detected_language(event)
+        self._turn_transcript = event.transcript
+        self._turn_language = language
+        await self.push_frame(
+            InterimTranscriptionFrame(
+                event.transcript, self._user_id, time_now_iso8601(), language, result=event.raw
+            )
+        )
+        await self._call_event_handler("on_update", event.transcript)
+
+    async def _handle_end_of_turn(self, event: EndOfTurn) -> None:
+        self._user_is_speaking = False
+        self._turn_transcript = ""
+        self._clear_eager_end_of_turn()
+        confidence = event.average_confidence
+        language = self._detected_language(event)
+        min_confidence = self._settings.min_confidence
+        # No threshold (None or 0.0) accepts; otherwise a turn without word confidences drops.
+        if not min_confidence or (confidence is not None and confidence > min_confidence):
+            await self.emit_stt_usage_metrics()
+            await self.push_frame(
+                TranscriptionFrame(
+                    event.transcript,
+                    self._user_id,
+                    time_now_iso8601(),
+                    language,
+                    result=event.raw,
+                    finalized=True,
+                )
+            )
+        else:
+            logger.warning(f"Transcription confidence below min_confidence threshold: {confidence}")
+        await self._handle_transcription(event.transcript, True, language)
+        await self.broadcast_frame(ProposedUserStoppedSpeakingFrame)
+        await self._call_event_handler("on_end_of_turn", event.transcript)
+
+    async def _end_turn_cut_short(self, event: EndOfTurn | None = None) -> None:
+        """End a turn the stream closed inside of, with the transcript so far (unfinalized)."""
+        if not self._user_is_speaking:
+            return
+        self._user_is_speaking = False
+        self._clear_eager_end_of_turn()
+        transcript, language = self._turn_transcript, self._turn_language
+        if event is not None:
+            transcript, language = event.transcript, self._detected_language(event)
+        self._turn_transcript = ""
+        if transcript:
+            await self.emit_stt_usage_metrics()
+            await self.push_frame(
+                TranscriptionFrame(transcript, self._user_id, time_now_iso8601(), language)
+            )
+        await self.broadcast_frame(ProposedUserStoppedSpeakingFrame)
+
+    @traced_stt
+    async def _handle_transcription(
+        self, transcript: str, is_final: bool, language: Language | None = None
+    ) -> None:
+        """Mark a transcription for tracing (the decorator records the span)."""

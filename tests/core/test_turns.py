@@ -1,0 +1,470 @@
+"""TurnTracker: turn state, synthetic finals, and one timeline across streams."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from flux_sagemaker import errors
+from flux_sagemaker.core.events import (
+    Connected,
+    EagerEndOfTurn,
+    EndOfTurn,
+    ServerMessage,
+    StartOfTurn,
+    TurnInfo,
+    TurnResumed,
+    Update,
+    parse_server_message,
+)
+from flux_sagemaker.core.turns import OVERLAP_TOLERANCE, TurnTracker
+
+REQUEST_ID = "ad12514a-0d38-4f7e-8fba-cce10d8f174c"
+
+
+class Server:
+    """Writes TurnInfo messages the way one Flux stream does, through the real parser."""
+
+    def __init__(self) -> None:
+        self.sequence_id = 0
+
+    def msg(self, **fields: Any) -> ServerMessage:
+        self.sequence_id += 1
+        obj = {"request_id": REQUEST_ID, "sequence_id": self.sequence_id, **fields}
+        return parse_server_message(json.dumps(obj).encode())
+
+    def turn(
+        self, event: str, index: int, start: float, end: float, transcript: str = "", **extra: Any
+    ) -> TurnInfo:
+        words = [
+            {"word": w, "confidence": 0.9, "start": start + 0.1 * i, "end": start + 0.1 * i + 0.05}
+            for i, w in enumerate(transcript.split())
+        ]
+        message = self.msg(
+            type="TurnInfo",
+            event=event,
+            turn_index=index,
+            audio_window_start=start,
+            audio_window_end=end,
+            transcript=transcript,
+            words=words,
+            end_of_turn_confidence=0.5,
+            **extra,
+        )
+        assert isinstance(message, TurnInfo)
+        return message
+
+
+def feed(tracker: TurnTracker, events: Sequence[ServerMessage]) -> list[ServerMessage]:
+    out = []
+    for event in events:
+        result = tracker.observe(event)
+        if result is not None:
+            out.append(result)
+    return out
+
+
+def summary(events: list[ServerMessage]) -> list[tuple[str, int, float]]:
+    out = []
+    for e in events:
+        assert isinstance(e, TurnInfo)
+        out.append((e.event, e.turn_index, e.audio_window_end))
+    return out
+
+
+def test_plain_turn_passes_through_unchanged() -> None:
+    s = Server()
+    tracker = TurnTracker()
+    connected = s.msg(type="Connected")
+    events = [
+        connected,
+        s.turn("Update", 0, 0.0, 0.24),
+        s.turn("Update", 0, 0.0, 0.48),
+        s.turn("StartOfTurn", 0, 0.0, 0.72, "hello"),
+        s.turn("Update", 0, 0.0, 0.96, "hello there"),
+        s.turn("EndOfTurn", 0, 0.0, 1.3, "hello there", trigger="model"),
+        s.turn("Update", 1, 1.3, 1.54),
+    ]
+    out = feed(tracker, events)
+    assert out == events
+    assert all(a is b for a, b in zip(out, events, strict=True))  # no copies without offsets
+    assert isinstance(out[0], Connected)
+    assert not tracker.turn_open
+    assert tracker.turns_completed == 1
+    assert tracker.last_end_of_turn_audio_end == 1.3
+    assert tracker.open_turn_audio_start is None
+    assert tracker.stream_ended() is None
+
+
+def test_state_follows_the_turn() -> None:
+    s = Server()
+    tracker = TurnTracker()
+    assert tracker.last_end_of_turn_audio_end is None
+    tracker.observe(s.turn("Update", 0, 0.0, 0.24))
+    assert not tracker.turn_open
+    tracker.observe(s.turn("StartOfTurn", 0, 0.0, 0.48, "hi"))
+    assert tracker.turn_open
+    assert tracker.open_turn_audio_start == 0.0
+    tracker.observe(s.turn("EndOfTurn", 0, 0.0, 0.8, "hi", trigger="timeout"))
+    assert not tracker.turn_open
+    assert tracker.turns_completed == 1
+
+
+def test_eager_cycles() -> None:
+    s = Server()
+    tracker = TurnTracker()
+    events = [
+        s.turn("StartOfTurn", 0, 0.0, 0.5, "I want"),
+        s.turn("EagerEndOfTurn", 0, 0.0, 1.0, "I want to"),
+        s.turn("TurnResumed", 0, 0.0, 1.25, "I want to go"),
+        s.turn("EagerEndOfTurn", 0, 0.0, 1.5, "I want to go home"),
+        s.turn("TurnResumed", 0, 0.0, 1.75, "I want to go home now"),
+        s.turn("EagerEndOfTurn", 0, 0.0, 2.0, "I want to go home now"),
+    ]
+    assert feed(tracker, events) == events
+    assert isinstance(events[1], EagerEndOfTurn)
+    assert isinstance(events[2], TurnResumed)
+    assert tracker.turn_open
+    # The stream ends during the eager wait: the eager transcript becomes the final.
+    final = tracker.stream_ended()
+    assert isinstance(final, EndOfTurn)
+    assert final.synthetic
+    assert final.trigger is None
+    assert final.transcript == "I want to go home now"
+    assert final.turn_index == 0
+    assert final.audio_window_end == 2.0
+    assert final.raw == events[-1].raw
+    assert not tracker.turn_open
+    assert tracker.turns_completed == 1
+    assert tracker.last_end_of_turn_audio_end == 2.0
+
+
+def test_update_opens_turn_without_start() -> None:
+    s = Server()
+    tracker = TurnTracker()
+    tracker.observe(s.turn("Update", 0, 0.0, 0.24))
+    assert not tracker.turn_open
+    tracker.observe(s.turn("Update", 0, 0.2, 0.48, "good"))
+    assert tracker.turn_open
+    assert tracker.open_turn_audio_start == 0.2
+    tracker.observe(s.turn("Update", 0, 0.2, 0.72, "good morning"))
+    # A late StartOfTurn for the Update-opened turn is still delivered once.
+    start = s.turn("StartOfTurn", 0, 0.2, 0.8, "good morning")
+    assert tracker.observe(start) is start
+    assert tracker.observe(s.turn("StartOfTurn", 0, 0.2, 0.9, "good morning")) is None
+    final = tracker.stream_ended()
+    assert final is not None
+    assert final.synthetic
+    assert final.transcript == "good morning"
+    assert final.audio_window_start == 0.2
+
+
+def test_stream_end_after_end_of_turn_gives_nothing() -> None:
+    s = Server()
+    tracker = TurnTracker()
+    feed(
+        tracker,
+        [
+            s.turn("StartOfTurn", 0, 0.0, 0.5, "yes"),
+            s.turn("EndOfTurn", 0, 0.0, 0.9, "yes", trigger="manual"),
+            s.turn("Update", 1, 0.9, 1.15),
+        ],
+    )
+    assert tracker.stream_ended() is None
+    assert tracker.turns_completed == 1
+
+
+def test_open_turn_with_empty_last_transcript_gives_nothing() -> None:
+    s = Server()
+    tracker = TurnTracker()
+    tracker.observe(s.turn("StartOfTurn", 0, 0.0, 0.5, "um"))
+    tracker.observe(s.turn("Update", 0, 0.0, 0.75, ""))
+    assert tracker.turn_open
+    assert tracker.stream_ended() is None
+    assert not tracker.turn_open
+    assert tracker.turns_completed == 0
+
+
+def test_unknown_event_is_neutral() -> None:
+    s = Server()
+    tracker = TurnTracker()
+    tracker.observe(s.turn("StartOfTurn", 0, 0.0, 0.5, "so"))
+    odd = s.turn("SpeakerChanged", 0, 0.0, 0.6, "")
+    assert type(odd) is TurnInfo
+    assert tracker.observe(odd) is odd
+    assert tracker.turn_open
+    final = tracker.stream_ended()
+    assert final is not None
+    assert final.transcript == "so"
+
+
+def test_new_index_abandons_turn_without_end() -> None:
+    s = Server()
+    tracker = TurnTracker()
+    tracker.observe(s.turn("StartOfTurn", 0, 0.0, 0.5, "lost"))
+    # The EndOfTurn of turn 0 never came; an empty Update of turn 1 says it is over.
+    tracker.observe(s.turn("Update", 1, 0.9, 1.2))
+    assert not tracker.turn_open
+    assert tracker.turns_completed == 1
+    assert tracker.stream_ended() is None
+    # A different index with a transcript switches the open turn.
+    tracker.observe(s.turn("StartOfTurn", 1, 1.2, 1.5, "first"))
+    tracker.observe(s.turn("Update", 2, 1.9, 2.2, "second"))
+    assert tracker.turn_open
+    assert tracker.open_turn_audio_start == 1.9
+    # A stale event of a completed turn is dropped.
+    tracker.observe(s.turn("EndOfTurn", 2, 1.9, 2.5, "second"))
+    assert tracker.observe(s.turn("Update", 1, 1.2, 1.7, "first")) is None
+
+
+def test_end_of_turn_without_open_turn_counts() -> None:
+    s = Server()
+    tracker = TurnTracker()
+    eot = s.turn("EndOfTurn", 0, 0.0, 5.0, "", trigger="timeout")
+    assert tracker.observe(eot) is eot
+    assert tracker.turns_completed == 1
+    assert tracker.last_end_of_turn_audio_end == 5.0
+
+
+def test_rollover_continues_indexes_and_times() -> None:
+    """Stream A ends cleanly at 10 s; stream B carries on from there."""
+    a, b = Server(), Server()
+    tracker = TurnTracker()
+    feed(
+        tracker,
+        [
+            a.turn("StartOfTurn", 0, 0.0, 1.0, "one"),
+            a.turn("EndOfTurn", 0, 0.0, 2.0, "one"),
+            a.turn("StartOfTurn", 1, 2.0, 3.0, "two"),
+            a.turn("Update", 1, 2.0, 9.5, "two three"),
+        ],
+    )
+    final = tracker.stream_ended()
+    assert final is not None
+    assert final.turn_index == 1
+    assert tracker.turns_completed == 2
+    tracker.start_stream(10.0)
+    assert tracker.audio_offset == 10.0
+    raw_start = b.turn("StartOfTurn", 0, 0.5, 1.0, "four five")
+    start = tracker.observe(raw_start)
+    assert isinstance(start, StartOfTurn)
+    assert start.turn_index == 2
+    assert start.audio_window_start == 10.5
+    assert start.audio_window_end == 11.0
+    assert [(w.start, w.end) for w in start.words] == [
+        (pytest.approx(10.5), pytest.approx(10.55)),
+        (pytest.approx(10.6), pytest.approx(10.65)),
+    ]
+    assert start.raw == raw_start.raw  # raw stays as received
+    assert start.raw["turn_index"] == 0
+    assert start.sequence_id == raw_start.sequence_id
+    end = tracker.observe(b.turn("EndOfTurn", 0, 0.5, 1.5, "four five", trigger="model"))
+    assert isinstance(end, EndOfTurn)
+    assert end.turn_index == 2
+    assert end.trigger == "model"
+    assert not end.synthetic
+    assert tracker.last_end_of_turn_audio_end == 11.5
+    nxt = tracker.observe(b.turn("Update", 1, 1.5, 1.75))
+    assert isinstance(nxt, TurnInfo)
+    assert nxt.turn_index == 3
+
+
+def test_word_without_timings_keeps_none() -> None:
+    tracker = TurnTracker()
+    tracker.start_stream(3.0)
+    raw = parse_server_message(
+        json.dumps(
+            {
+                "type": "TurnInfo",
+                "event": "StartOfTurn",
+                "turn_index": 0,
+                "audio_window_start": 0,
+                "audio_window_end": 0.5,
+                "transcript": "hi",
+                "words": [{"word": "hi", "confidence": 0.9}],
+            }
+        )
+    )
+    out = tracker.observe(raw)
+    assert isinstance(out, TurnInfo)
+    assert out.words[0].start is None
+    assert out.words[0].end is None
+    assert out.audio_window_start == 3.0
+
+
+def test_reconnect_mid_turn_replays_without_duplicates() -> None:
+    """A fails during turn 1; B replays from the end of turn 0 (4.0 s)."""
+    a, b = Server(), Server()
+    tracker = TurnTracker()
+    delivered = feed(
+        tracker,
+        [
+            a.turn("StartOfTurn", 0, 0.0, 1.0, "alpha"),
+            a.turn("EndOfTurn", 0, 0.0, 4.0, "alpha beta"),
+            a.turn("Update", 1, 4.0, 4.25),
+            a.turn("StartOfTurn", 1, 4.0, 5.0, "gamma"),
+            a.turn("Update", 1, 4.0, 6.0, "gamma delta"),
+        ],
+    )
+    assert len(delivered) == 5
+    assert tracker.turn_open
+    assert tracker.open_turn_audio_start == 4.0
+    # Failure: no stream_ended(); the next stream replays from 4.0 s.
+    tracker.start_stream(4.0)
+    out = feed(
+        tracker,
+        [
+            b.turn("Update", 0, 0.0, 0.25),  # re-covers reported audio: dropped
+            b.turn("StartOfTurn", 0, 0.0, 1.0, "gamma"),  # turn 1 already started: dropped
+            b.turn("Update", 0, 0.0, 2.0, "gamma delta"),  # at 6.0 s, already reported: dropped
+            b.turn("Update", 0, 0.0, 2.25, "gamma delta epsilon"),
+            b.turn("EndOfTurn", 0, 0.0, 2.5, "gamma delta epsilon"),
+            b.turn("Update", 1, 2.5, 2.75),
+        ],
+    )
+    assert summary(out) == [
+        ("Update", 1, 6.25),
+        ("EndOfTurn", 1, 6.5),
+        ("Update", 2, 6.75),
+    ]
+    assert tracker.turns_completed == 2
+
+
+def test_replay_overlap_drops_finalized_turn() -> None:
+    """B's replay starts 1 s before the last EndOfTurn (the buffer was trimmed coarsely)."""
+    a, b = Server(), Server()
+    tracker = TurnTracker()
+    feed(
+        tracker,
+        [
+            a.turn("StartOfTurn", 0, 0.0, 1.0, "one"),
+            a.turn("EndOfTurn", 0, 0.0, 3.0, "one two"),
+        ],
+    )
+    tracker.start_stream(2.0)
+    out = feed(
+        tracker,
+        [
+            # B re-detects the tail of turn 0, ending a frame later than A did.
+            b.turn("StartOfTurn", 0, 0.0, 0.5, "two"),
+            b.turn("EndOfTurn", 0, 0.0, 1.0 + OVERLAP_TOLERANCE / 2, "two"),
+            b.turn("Update", 1, 1.05, 1.3),
+            b.turn("StartOfTurn", 1, 1.05, 1.6, "three"),
+            b.turn("EndOfTurn", 1, 1.05, 2.0, "three"),
+        ],
+    )
+    assert summary(out) == [
+        ("Update", 1, 3.3),
+        ("StartOfTurn", 1, 3.6),
+        ("EndOfTurn", 1, 4.0),
+    ]
+    assert tracker.turns_completed == 2
+    assert tracker.last_end_of_turn_audio_end == 4.0
+
+
+def test_replay_overlap_keeps_turn_extending_past_final() -> None:
+    a, b = Server(), Server()
+    tracker = TurnTracker()
+    tracker.observe(a.turn("EndOfTurn", 0, 0.0, 3.0, "one two"))
+    tracker.start_stream(2.0)
+    # B merged the replayed tail with new speech: repeated words beat lost words.
+    out = feed(
+        tracker,
+        [
+            b.turn("StartOfTurn", 0, 0.0, 1.5, "two three"),
+            b.turn("EndOfTurn", 0, 0.0, 2.0, "two three"),
+        ],
+    )
+    assert [index for _, index, _ in summary(out)] == [1, 1]
+
+
+def test_start_stream_validation() -> None:
+    tracker = TurnTracker()
+    tracker.start_stream(0.0)
+    tracker.start_stream(5.0)
+    for bad in (4.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(errors.ValidationError, match="audio_offset_s"):
+            tracker.start_stream(bad)
+
+
+def test_update_is_session_event_type() -> None:
+    s = Server()
+    tracker = TurnTracker()
+    tracker.start_stream(1.0)
+    out = tracker.observe(s.turn("Update", 0, 0.0, 0.25))
+    assert isinstance(out, Update)
+    assert out.audio_window_end == 1.25
+
+
+def test_replay_from_session_start() -> None:
+    """The replay buffer was never trimmed: B hears everything again from 0 s."""
+    a, b = Server(), Server()
+    tracker = TurnTracker()
+    feed(
+        tracker,
+        [
+            a.turn("StartOfTurn", 0, 0.0, 0.5, "hi"),
+            a.turn("EndOfTurn", 0, 0.0, 1.0, "hi"),
+            a.turn("StartOfTurn", 1, 1.0, 1.5, "there"),
+        ],
+    )
+    tracker.start_stream(0.0)
+    out = feed(
+        tracker,
+        [
+            b.turn("StartOfTurn", 0, 0.0, 0.5, "hi"),
+            b.turn("EndOfTurn", 0, 0.0, 1.0, "hi"),
+            b.turn("StartOfTurn", 1, 1.0, 1.5, "there"),  # turn 1 already started
+            b.turn("Update", 1, 1.0, 1.75, "there you"),
+            b.turn("EndOfTurn", 1, 1.0, 2.0, "there you go"),
+        ],
+    )
+    assert summary(out) == [("Update", 1, 1.75), ("EndOfTurn", 1, 2.0)]
+    assert tracker.turns_completed == 2
+
+
+def test_index_rewritten_without_time_offset() -> None:
+    a, b = Server(), Server()
+    tracker = TurnTracker()
+    tracker.observe(a.turn("EndOfTurn", 0, 0.0, 1.0, "hi"))
+    tracker.start_stream(0.0)
+    raw = b.turn("StartOfTurn", 0, 0.0, 1.5, "hi there")
+    out = tracker.observe(raw)
+    assert isinstance(out, StartOfTurn)
+    assert out.turn_index == 1
+    assert out.audio_window_end == 1.5
+    assert out.words == raw.words
+
+
+def test_unknown_offset_continues_after_delivered_audio() -> None:
+    """Opus or containerized audio: bytes give no seconds, so the client passes None."""
+    a, b = Server(), Server()
+    tracker = TurnTracker()
+    feed(
+        tracker,
+        [
+            a.turn("StartOfTurn", 0, 0.0, 1.0, "one"),
+            a.turn("EndOfTurn", 0, 0.0, 2.0, "one"),
+            a.turn("Update", 1, 2.0, 2.5),
+        ],
+    )
+    tracker.start_stream(None)
+    assert tracker.audio_offset == 2.5
+    out = feed(
+        tracker,
+        [
+            b.turn("Update", 0, 0.0, 0.25),  # no replay rules: kept
+            b.turn("StartOfTurn", 0, 0.0, 0.5, "two"),
+            b.turn("EndOfTurn", 0, 0.0, 1.0, "two"),
+        ],
+    )
+    assert summary(out) == [("Update", 1, 2.75), ("StartOfTurn", 1, 3.0), ("EndOfTurn", 1, 3.5)]
+    tracker.start_stream(None)
+    assert tracker.audio_offset == 3.5
+    with pytest.raises(errors.ValidationError, match="audio_offset_s"):
+        tracker.start_stream(1.0)
+    assert tracker.audio_offset == 3.5
+    assert tracker.turns_completed == 2

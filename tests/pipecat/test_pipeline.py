@@ -1,0 +1,137 @@
+"""The adapter in a real Pipecat pipeline (``run_test``), against the mock endpoint over sockets."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from pipecat.frames.frames import (
+    Frame,
+    InputAudioRawFrame,
+    InterimTranscriptionFrame,
+    MetricsFrame,
+    ProposedUserStartedSpeakingFrame,
+    ProposedUserStoppedSpeakingFrame,
+    TranscriptionFrame,
+)
+from pipecat.metrics.metrics import STTUsageMetricsData
+from pipecat.pipeline.worker import PipelineParams
+from pipecat.tests.utils import run_test
+from pipecat.transcriptions.language import Language
+
+from flux_sagemaker.pipecat import DeepgramFluxSageMakerSTTService
+from flux_sagemaker.samples import load_sample
+from flux_sagemaker.testing import MockFluxEndpoint
+
+from .helpers import SAMPLE_RATE, chunks, flux_frames, spoken_turns
+
+pytestmark = pytest.mark.timeout(30)
+
+
+def audio_frames(audio: bytes) -> list[Frame]:
+    """20 ms transport frames, as a Pipecat input transport pushes them."""
+    return [InputAudioRawFrame(c, SAMPLE_RATE, 1) for c in chunks(audio)]
+
+
+def service(endpoint: MockFluxEndpoint, **kwargs: Any) -> DeepgramFluxSageMakerSTTService:
+    """The adapter pointed at the mock endpoint."""
+    return DeepgramFluxSageMakerSTTService(
+        endpoint_name="flux-test",
+        region="us-east-1",
+        endpoint_url=endpoint.url,
+        credentials=endpoint.credentials,
+        **kwargs,
+    )
+
+
+async def run(stt: DeepgramFluxSageMakerSTTService, frames: list[Frame]) -> list[Frame]:
+    down, _up = await run_test(
+        stt,
+        frames_to_send=frames,
+        pipeline_params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE, enable_usage_metrics=True),
+        start_timeout=10.0,
+    )
+    return list(down)
+
+
+def transcripts(frames: list[Frame]) -> list[str]:
+    return [f.text for f in frames if isinstance(f, TranscriptionFrame)]
+
+
+@pytest.mark.anyio
+async def test_scripted_conversation_frames() -> None:
+    sample = load_sample()
+    async with MockFluxEndpoint(script=list(sample.turns)) as endpoint:
+        stt = service(endpoint)
+        events: list[tuple[str, Any]] = []
+        for name in ("on_connected", "on_start_of_turn", "on_end_of_turn", "on_disconnected"):
+
+            async def record(_svc: Any, *args: Any, _name: str = name) -> None:
+                events.append((_name, args))
+
+            stt.add_event_handler(name, record)
+        frames = flux_frames(await run(stt, audio_frames(sample.pcm)))
+
+    assert transcripts(frames) == list(sample.turns)
+    finals = [f for f in frames if isinstance(f, TranscriptionFrame)]
+    assert all(f.language == Language.EN for f in finals)
+    assert all(f.result["type"] == "TurnInfo" for f in finals)
+    kinds = [type(f) for f in frames]
+    assert kinds.count(ProposedUserStartedSpeakingFrame) == 2
+    assert kinds.count(ProposedUserStoppedSpeakingFrame) == 2
+    assert InterimTranscriptionFrame in kinds
+    # Each turn: started, interims, then (usage, transcript, stopped), in that order.
+    first_final = kinds.index(TranscriptionFrame)
+    assert kinds.index(ProposedUserStartedSpeakingFrame) < first_final
+    assert kinds[first_final + 1] is ProposedUserStoppedSpeakingFrame
+    usage = [
+        d.value
+        for f in frames
+        if isinstance(f, MetricsFrame)
+        for d in f.data
+        if isinstance(d, STTUsageMetricsData)
+    ]
+    assert usage
+    assert sum(u.audio_seconds for u in usage) == pytest.approx(len(sample.pcm) / (2 * SAMPLE_RATE))
+    names = [n for n, _ in events]
+    assert names[0] == "on_connected"
+    assert ("on_end_of_turn", (sample.turns[0],)) in events
+    assert names.count("on_start_of_turn") == 2
+
+
+@pytest.mark.anyio
+async def test_audio_before_connected_is_sent_not_dropped() -> None:
+    audio = spoken_turns(1)
+    async with MockFluxEndpoint(script=["only turn"]) as endpoint:
+        # Every frame is queued as soon as the pipeline starts, long before Connected.
+        frames = flux_frames(await run(service(endpoint), audio_frames(audio)))
+        received = endpoint.audio_received
+    assert received == audio
+    assert transcripts(frames) == ["only turn"]
+
+
+@pytest.mark.anyio
+async def test_end_frame_right_after_audio_drains_every_turn() -> None:
+    # The second turn has no trailing pause: only CloseStream (and the client's synthetic
+    # EndOfTurn) can end it.
+    audio = spoken_turns(1) + spoken_turns(1, pause_ms=40)
+    async with MockFluxEndpoint(script=["first turn", "second turn"]) as endpoint:
+        frames = flux_frames(await run(service(endpoint), audio_frames(audio)))
+    assert transcripts(frames) == ["first turn", "second turn"]
+    kinds = [type(f) for f in frames]
+    assert kinds.count(ProposedUserStoppedSpeakingFrame) == 2
+
+
+@pytest.mark.anyio
+async def test_min_confidence_drops_low_confidence_turns() -> None:
+    from flux_sagemaker.testing import ScriptedTurn
+
+    script = [
+        ScriptedTurn("sure thing", confidences=(0.5, 0.6)),
+        ScriptedTurn("all good", confidences=(0.99, 0.98)),
+    ]
+    async with MockFluxEndpoint(script=script) as endpoint:
+        stt = service(endpoint, settings=DeepgramFluxSageMakerSTTService.Settings(min_confidence=0.9))
+        frames = flux_frames(await run(stt, audio_frames(spoken_turns(2))))
+    assert transcripts(frames) == ["all good"]
+    assert [type(f) for f in frames].count(ProposedUserStoppedSpeakingFrame) == 2
