@@ -202,6 +202,7 @@ class FluxClient:
         self._tracker = TurnTracker()
         self._pool = pool
         self._owns_pool = pool is None
+        self._pool_entered = False
         self._max_buffered_events = max_buffered_events
         self._stats = ClientStats()
         self._state = "new"
@@ -277,7 +278,9 @@ class FluxClient:
         try:
             if self._pool is None:
                 self._pool = ConnectionPool()
+            if self._owns_pool:
                 await self._pool.__aenter__()
+                self._pool_entered = True
             stream = await self._open_with_retry(first_error=None)
             self._install(stream)
             self._state = "open"
@@ -309,19 +312,21 @@ class FluxClient:
             for stream in self._streams:
                 with anyio.move_on_after(self._timeouts.close):
                     await stream.h2.aclose()
-            self._streams.clear()
-            self._current = None
-            if self._task_group is not None:
-                self._task_group.cancel_scope.cancel()
-                try:
-                    await self._task_group.__aexit__(None, None, None)
-                except BaseException:  # noqa: BLE001 - background tasks never raise by design
-                    logger.exception("a Flux background task failed")
-                self._task_group = None
-            if self._owns_pool and self._pool is not None:
-                with anyio.move_on_after(self._timeouts.close):
-                    await self._pool.__aexit__(None, None, None)
-            self._events_in.close()
+        self._streams.clear()
+        self._current = None
+        # Task groups exit in reverse order of entry, outside any scope opened here: the owned
+        # pool was entered inside our task group. Both cancel their own tasks, so neither hangs.
+        if self._owns_pool and self._pool is not None and self._pool_entered:
+            self._pool_entered = False
+            await self._pool.__aexit__(None, None, None)
+        if self._task_group is not None:
+            task_group, self._task_group = self._task_group, None
+            task_group.cancel_scope.cancel()
+            try:
+                await task_group.__aexit__(None, None, None)
+            except Exception:
+                logger.exception("a Flux background task failed")
+        self._events_in.close()
 
     async def close(self) -> None:
         """End the session cleanly: send ``CloseStream``, drain every event, end the input.

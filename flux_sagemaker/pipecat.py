@@ -361,7 +361,7 @@ class DeepgramFluxSageMakerSTTService(EagerEndOfTurnSTTServiceMixin, STTService)
     async def _run_session(self) -> bool:
         """One FluxClient session; True if it ended because we closed it."""
         connected = False
-        failure: FluxError | None = None
+        failure: Exception | None = None
         try:
             client = FluxClient(
                 self._endpoint_name,
@@ -381,7 +381,7 @@ class DeepgramFluxSageMakerSTTService(EagerEndOfTurnSTTServiceMixin, STTService)
                     except FluxError as exc:
                         failure = exc
                     tg.cancel_scope.cancel()
-        except FluxError as exc:
+        except Exception as exc:  # a session must not die unreported, whatever ended it
             failure = exc
         finally:
             self._flux = None

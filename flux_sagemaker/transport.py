@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import copy
 import math
 import ssl
 from collections.abc import AsyncIterator, Sequence
@@ -97,6 +98,16 @@ class Timeouts:
     """Client level: longest graceful close (draining after ``CloseStream``, releasing streams)."""
 
 
+def _fresh(exc: errors.FluxError) -> errors.FluxError:
+    """A copy of a stored error, so tasks raising it concurrently do not share one traceback."""
+    try:
+        new = copy.copy(exc)
+    except Exception:  # an error class that cannot be rebuilt from its args
+        return exc.with_traceback(None)
+    new.__cause__ = exc.__cause__
+    return new
+
+
 def error_code_name(code: int) -> str:
     """Name an HTTP/2 error code (``CANCEL``), or show it in hex when unknown."""
     try:
@@ -150,7 +161,7 @@ class _StreamBase:
             if self._remote_ended:
                 return None
             if self._error is not None:
-                raise self._error.with_traceback(None)
+                raise _fresh(self._error)
             if self._recv_event is None:
                 self._recv_event = anyio.Event()
             try:
@@ -164,13 +175,18 @@ class _StreamBase:
         await self._conn._acknowledge(self.stream_id, len(chunk))
         return chunk
 
+    def _finished_then_reset(self) -> bool:
+        """A complete response then RST_STREAM(NO_ERROR) (RFC 9113 section 8.1): nothing to end."""
+        exc = self._error
+        return self._remote_ended and isinstance(exc, errors.StreamReset) and exc.error_code == 0
+
     def _check_sendable(self) -> None:
         if self._closed:
             raise errors.UsageError(f"send on stream {self.stream_id} after aclose()")
         if self._local_ended:
             raise errors.UsageError(f"send on stream {self.stream_id} after its end")
         if self._error is not None:
-            raise self._error.with_traceback(None)
+            raise _fresh(self._error)
 
     async def _send(self, data: bytes, end_stream: bool) -> None:
         conn, h2c, sid = self._conn, self._conn._h2, self.stream_id
@@ -179,6 +195,8 @@ class _StreamBase:
             event = None
             async with conn._write_lock:
                 try:
+                    if end_stream and not view and self._finished_then_reset():
+                        return
                     self._check_sendable()
                     window = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
                     if view and window <= 0:
@@ -198,7 +216,7 @@ class _StreamBase:
                             return
                 except h2.exceptions.H2Error as exc:
                     if self._error is not None:
-                        raise self._error.with_traceback(None) from exc
+                        raise _fresh(self._error) from exc
                     raise errors.LocalProtocolError(f"cannot send on stream {sid}: {exc}") from exc
                 finally:
                     await conn._flush_locked()
@@ -462,7 +480,7 @@ class H2Stream(_StreamBase):
             if self._error is None:
                 msg = f"stream {self.stream_id} ended without response headers"
                 raise errors.RemoteProtocolError(msg)
-            raise self._error.with_traceback(None)
+            raise _fresh(self._error)
         return self.status, self.headers
 
     async def send(self, data: bytes) -> None:
@@ -482,9 +500,6 @@ class H2Stream(_StreamBase):
         After a complete response followed by RST_STREAM(NO_ERROR) (RFC 9113 section 8.1) there
         is nothing left to end, and this returns quietly.
         """
-        exc = self._error
-        if self._remote_ended and isinstance(exc, errors.StreamReset) and exc.error_code == 0:
-            return
         await self._send(b"", end_stream=True)
 
     async def aclose(self) -> None:
@@ -624,7 +639,7 @@ class H2Connection(_H2Base):
 
     def _check_open(self) -> None:
         if self._error is not None:
-            raise self._error.with_traceback(None)
+            raise _fresh(self._error)
         if self._goaway is not None:
             code = self._goaway[0]
             raise errors.GoAway(
@@ -734,7 +749,7 @@ class H2Connection(_H2Base):
             await self._flush_locked()
         while not self._settings_seen:
             if self._error is not None:
-                raise self._error
+                raise _fresh(self._error)
             try:
                 data = await self._stream.receive(_READ_SIZE)
             except anyio.EndOfStream as exc:

@@ -289,9 +289,10 @@ async def close_client(client: Any) -> None:
 def crt_client_class(ca_file: str | None) -> Any:
     """``AWSCRTHTTPClient`` itself, or a subclass that trusts ``ca_file`` instead of the system store.
 
-    awscrt has no public TLS option in the SDK, so the subclass swaps the private ``_tls_ctx``. It
-    must also override ``__deepcopy__``: the 0.11/0.12 SDK client deep-copies its config (and so
-    its transport) on first use, and the stock ``__deepcopy__`` builds a default TLS context.
+    The SDK has no public TLS option, so the subclass swaps awscrt's private ``_tls_ctx``. A class
+    (not a patched instance) is what deepgram-sagemaker needs: it calls ``AWSCRTHTTPClient()``.
+    The SDK config shares its transport when copied, but the stock ``__deepcopy__`` would quietly
+    fall back to the system trust store, so the subclass keeps its own.
     """
     from awscrt import io as crt_io
     from smithy_http.aio.crt import AWSCRTHTTPClient

@@ -1,1 +1,4 @@
-"""The sans-I/O protocol core: bytes in, events and bytes out; nothing here awaits or reads a clock."""
+"""The sans-I/O protocol core: bytes in, events and bytes out.
+
+Nothing here awaits, sleeps or reads a clock.
+"""

@@ -47,6 +47,8 @@ class BundleProfile:
     """``CloseStream`` ends an open turn with ``EndOfTurn`` (June-2026 SageMaker bundles)."""
     max_eot_threshold: float = 1.0
     max_eot_timeout_ms: int = 60000
+    rejected_params: frozenset[str] = frozenset()
+    """Query parameters the container refuses at the handshake (SageMaker answers 424)."""
 
 
 #: The newest documented behaviour: everything accepted, CloseStream does not finalize.
@@ -59,6 +61,7 @@ FLUX_ENGLISH_20260311 = BundleProfile(
     finalize_on_close=True,
     max_eot_threshold=0.9,
     max_eot_timeout_ms=10000,
+    rejected_params=frozenset({"numerals", "profanity_filter"}),
 )
 #: ``flux-multi-20260417``: Configure but no ForceEndTurn; older ranges; finalizes on close.
 FLUX_MULTI_20260417 = BundleProfile(
@@ -67,6 +70,7 @@ FLUX_MULTI_20260417 = BundleProfile(
     finalize_on_close=True,
     max_eot_threshold=0.9,
     max_eot_timeout_ms=10000,
+    rejected_params=frozenset({"numerals", "profanity_filter"}),
 )
 
 

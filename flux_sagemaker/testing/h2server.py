@@ -312,8 +312,8 @@ class H2Server:
 
     async def _serve_connection(self, sock: anyio.abc.SocketStream) -> None:
         self._connections_accepted += 1
-        stream: anyio.abc.ByteStream = sock
         try:
+            stream: anyio.abc.ByteStream = sock
             if self.ssl_context is not None:
                 with anyio.fail_after(_TLS_HANDSHAKE_TIMEOUT):
                     stream = await TLSStream.wrap(
@@ -322,12 +322,14 @@ class H2Server:
                         ssl_context=self.ssl_context,
                         standard_compatible=False,
                     )
+            conn = ServerConnection(stream, self)
+            self.connections.append(conn)
+            try:
+                await conn.run()
+            finally:
+                self.connections.remove(conn)
         except (OSError, TimeoutError, anyio.BrokenResourceError, anyio.EndOfStream):
-            await anyio.aclose_forcefully(sock)  # the client refused our certificate, or left
-            return
-        conn = ServerConnection(stream, self)
-        self.connections.append(conn)
-        try:
-            await conn.run()
+            pass  # the client refused our certificate, or left during the handshake
         finally:
-            self.connections.remove(conn)
+            with anyio.CancelScope(shield=True):
+                await anyio.aclose_forcefully(sock)

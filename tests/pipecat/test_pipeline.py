@@ -36,11 +36,7 @@ def audio_frames(audio: bytes) -> list[Frame]:
 def service(endpoint: MockFluxEndpoint, **kwargs: Any) -> DeepgramFluxSageMakerSTTService:
     """The adapter pointed at the mock endpoint."""
     return DeepgramFluxSageMakerSTTService(
-        endpoint_name="flux-test",
-        region="us-east-1",
-        endpoint_url=endpoint.url,
-        credentials=endpoint.credentials,
-        **kwargs,
+        endpoint_name="flux-test", **endpoint.client_kwargs(), **kwargs
     )
 
 
@@ -105,8 +101,8 @@ async def test_audio_before_connected_is_sent_not_dropped() -> None:
     async with MockFluxEndpoint(script=["only turn"]) as endpoint:
         # Every frame is queued as soon as the pipeline starts, long before Connected.
         frames = flux_frames(await run(service(endpoint), audio_frames(audio)))
-        received = endpoint.audio_received
-    assert received == audio
+        received = endpoint.received_audio()
+    assert received == [audio]
     assert transcripts(frames) == ["only turn"]
 
 

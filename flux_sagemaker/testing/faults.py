@@ -1,0 +1,106 @@
+"""What the mock endpoint can do wrong on purpose: request failures and in-stream faults."""
+
+from __future__ import annotations
+
+import enum
+import json
+
+import attrs
+
+__all__ = ["Fault", "FaultKind", "RequestFailure"]
+
+
+class FaultKind(enum.Enum):
+    """The in-stream faults :class:`~flux_sagemaker.testing.MockFluxEndpoint` can inject."""
+
+    #: Close the TCP connection without a frame.
+    DROP_CONNECTION = "drop_connection"
+    #: Send GOAWAY (last stream id below this stream), then close the connection.
+    GOAWAY = "goaway"
+    #: Reset the stream with RST_STREAM(INTERNAL_ERROR).
+    RESET_STREAM = "reset_stream"
+    #: Keep reading audio but send no event any more (Flux went silent).
+    STALL = "stall"
+    #: Stop reading the socket and answering PINGs (the whole peer went silent).
+    SILENT_CONNECTION = "silent_connection"
+    #: Send SageMaker's ``ModelStreamError`` exception event and end the response.
+    MODEL_STREAM_ERROR = "model_stream_error"
+    #: Send SageMaker's ``InternalStreamFailure`` exception event and end the response.
+    INTERNAL_STREAM_FAILURE = "internal_stream_failure"
+    #: Send a fatal Flux ``Error`` message and end the response.
+    FLUX_ERROR = "flux_error"
+    #: Delay every later event by ``latency`` seconds.
+    LATENCY = "latency"
+    #: End the response cleanly, as if the server were done.
+    END_STREAM = "end_stream"
+
+
+@attrs.frozen(kw_only=True)
+class Fault:
+    """A fault that strikes one stream once it has received ``after_audio_s`` of audio.
+
+    Attributes:
+        kind: What goes wrong.
+        after_audio_s: Seconds of audio the stream must have received first.
+        stream_index: Which stream of the endpoint (0 = the first one opened) it strikes.
+        latency: Seconds of delay, for :attr:`FaultKind.LATENCY`.
+        error_code: The error code sent with exception events and Flux errors.
+    """
+
+    kind: FaultKind
+    after_audio_s: float = 0.0
+    stream_index: int = 0
+    latency: float = 0.0
+    error_code: str = ""
+
+
+@attrs.frozen(kw_only=True)
+class RequestFailure:
+    """An error answer to the next request(s), as SageMaker sends it before a stream starts."""
+
+    status: int
+    error_type: str
+    message: str
+    extra: tuple[tuple[str, object], ...] = ()
+
+    def body(self) -> bytes:
+        """The JSON body SageMaker would send."""
+        return json.dumps({"message": self.message, **dict(self.extra)}).encode()
+
+    @classmethod
+    def throttling(cls) -> RequestFailure:
+        """``ThrottlingException`` (400), retryable."""
+        return cls(status=400, error_type="ThrottlingException", message="Rate exceeded")
+
+    @classmethod
+    def service_unavailable(cls) -> RequestFailure:
+        """``ServiceUnavailable`` (503), retryable."""
+        return cls(
+            status=503, error_type="ServiceUnavailable", message="Service is unavailable"
+        )
+
+    @classmethod
+    def internal_error(cls) -> RequestFailure:
+        """``InternalFailure`` (500), retryable."""
+        return cls(
+            status=500, error_type="InternalFailure", message="An internal error occurred"
+        )
+
+    @classmethod
+    def model_error(cls, message: str = "Failed to establish WebSocket connection") -> RequestFailure:
+        """``ModelError`` (424): the container refused the session."""
+        return cls(
+            status=424,
+            error_type="ModelError",
+            message=message,
+            extra=(("OriginalStatusCode", 400), ("OriginalMessage", message)),
+        )
+
+    @classmethod
+    def access_denied(cls) -> RequestFailure:
+        """``AccessDeniedException`` (403)."""
+        return cls(
+            status=403,
+            error_type="AccessDeniedException",
+            message="User is not authorized to perform: sagemaker:InvokeEndpoint",
+        )

@@ -1,0 +1,506 @@
+"""MockFluxEndpoint: a SageMaker bidirectional-stream endpoint running a scripted Flux, in process.
+
+A real HTTP/2 server (:mod:`.h2server`) that checks what SageMaker checks (:mod:`.verifier`:
+path, headers, the request's SigV4, every event's chained signature and CRC; the query string
+against Flux's parameter rules for the simulated bundle), plays Flux (:mod:`.engine`, clocked by
+the audio it receives), injects faults (:mod:`.faults`) and records what each stream received.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import ssl
+import uuid
+from collections import deque
+from collections.abc import Mapping, Sequence
+from types import TracebackType
+from typing import Any
+
+import anyio
+import attrs
+import h2.errors
+from botocore.credentials import Credentials
+
+from ..core.eventstream import encode_headers, encode_message, encode_message_raw
+from ..core.settings import FluxSettings
+from ..errors import FluxError, ValidationError
+from .bundle import NEWEST, BundleProfile
+from .certs import TestCA
+from .engine import EngineParams, FluxEngine, ScriptedTurn
+from .faults import Fault, FaultKind, RequestFailure
+from .h2server import H2Server, ServerStream
+from .verifier import (
+    EventVerifier,
+    InputEnded,
+    InputEvent,
+    RequestVerifier,
+    VerificationFailure,
+)
+
+__all__ = ["MockFluxEndpoint", "RecordedStream"]
+
+#: The credentials a MockFluxEndpoint accepts unless told otherwise (AWS's documented example).
+DEFAULT_ACCESS_KEY = "AKIDEXAMPLE"
+DEFAULT_SECRET_KEY = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"  # noqa: S105 - public example key
+
+_RESPONSE_HEADERS = encode_headers(
+    {
+        ":message-type": "event",
+        ":event-type": "PayloadPart",
+        ":content-type": "application/octet-stream",
+        "DataType": "UTF8",
+        "CompletionState": "COMPLETE",
+    }
+)
+
+
+@attrs.define(eq=False)
+class RecordedStream:
+    """What one stream of the endpoint received and sent."""
+
+    index: int
+    """Order in which the endpoint accepted the stream (0 = first)."""
+    headers: list[tuple[str, str]] = attrs.field(repr=False)
+    """The request headers."""
+    status: int = 0
+    """The HTTP status answered."""
+    settings: FluxSettings | None = None
+    """The Flux parameters of the query string, when valid."""
+    audio: bytearray = attrs.field(factory=bytearray, repr=lambda a: f"<{len(a)} bytes>")
+    """Every audio byte received, in order."""
+    audio_events: int = 0
+    """BINARY payload parts received."""
+    texts: list[str] = attrs.field(factory=list)
+    """Every UTF8 payload part (control message) received."""
+    sent: list[dict[str, Any]] = attrs.field(factory=list, repr=False)
+    """The Flux messages sent back."""
+    input_ended: bool = False
+    """The final empty signed envelope arrived."""
+    error: str | None = None
+    """Why the endpoint refused the request or broke off the stream."""
+    fault: Fault | None = None
+    """The fault injected into this stream, if any."""
+
+    @property
+    def event_types(self) -> list[str]:
+        """``type`` (and ``event`` for TurnInfo) of every message sent, for assertions."""
+        return [m.get("event", m["type"]) if m["type"] == "TurnInfo" else m["type"] for m in self.sent]
+
+
+class MockFluxEndpoint:
+    """A local SageMaker endpoint that plays Deepgram Flux; use it with ``async with``.
+
+    Args:
+        script: The transcripts of the turns to reveal, in order (strings or
+            :class:`~flux_sagemaker.testing.ScriptedTurn`).
+        tls: Serve HTTPS with a per-run CA (needs ``trustme``); default plaintext HTTP/2.
+        bundle: Which Flux bundle to simulate (what it accepts, how it closes).
+        credentials: Accepted ``access key -> (secret key, session token or None)``.
+        region: The region the request must be signed for.
+        endpoint_name: Accept only this endpoint name (default: any).
+        faults: In-stream faults to inject, each into the stream it names.
+        script_scope: ``"endpoint"``: a stream opened after another one continues the script
+            where the completed turns left it (for reconnect tests); ``"stream"``: every
+            stream starts the script from the beginning (for concurrent sessions).
+        max_stream_duration: End a stream with ``ModelStreamError``
+            (``ModelInvocationTimeExceeded``) after this many seconds, like SageMaker's limit.
+    """
+
+    def __init__(
+        self,
+        *,
+        script: Sequence[str | ScriptedTurn] = (),
+        tls: bool = False,
+        bundle: BundleProfile = NEWEST,
+        credentials: Mapping[str, tuple[str, str | None]] | None = None,
+        region: str = "us-east-1",
+        endpoint_name: str | None = None,
+        faults: Sequence[Fault] = (),
+        script_scope: str = "endpoint",
+        max_stream_duration: float | None = None,
+    ) -> None:
+        if script_scope not in ("endpoint", "stream"):
+            raise ValidationError(f"script_scope must be 'endpoint' or 'stream', got {script_scope!r}")
+        self.script = tuple(ScriptedTurn(t) if isinstance(t, str) else t for t in script)
+        self.bundle = bundle
+        self.region = region
+        self.endpoint_name = endpoint_name
+        self.script_scope = script_scope
+        self.max_stream_duration = max_stream_duration
+        self._credentials = dict(
+            credentials
+            if credentials is not None
+            else {DEFAULT_ACCESS_KEY: (DEFAULT_SECRET_KEY, None)}
+        )
+        self._verifier = RequestVerifier(self._credentials, region=region)
+        self._faults = list(faults)
+        self._request_failures: deque[RequestFailure] = deque()
+        self._ca = TestCA() if tls else None
+        self._server = H2Server(
+            self._handle, ssl_context=self._ca.server_context if self._ca else None
+        )
+        self._stream_counter = itertools.count()
+        self._turns_done = 0
+        self.streams: list[RecordedStream] = []
+        """Every stream the endpoint accepted or refused, in order."""
+
+    # -- configuration ------------------------------------------------------------------------
+
+    def inject(self, fault: Fault) -> None:
+        """Add an in-stream fault (it strikes the stream ``fault.stream_index``)."""
+        self._faults.append(fault)
+
+    def fail_requests(self, failure: RequestFailure, count: int = 1) -> None:
+        """Answer the next ``count`` requests with ``failure`` instead of opening a stream."""
+        self._request_failures.extend([failure] * count)
+
+    def rotate_credentials(self, access_key: str, secret_key: str, token: str | None = None) -> None:
+        """Accept only these credentials from now on (tests of credential refresh)."""
+        self._credentials.clear()
+        self._credentials[access_key] = (secret_key, token)
+
+    # -- what clients need --------------------------------------------------------------------
+
+    @property
+    def url(self) -> str:
+        """``http://127.0.0.1:PORT`` or ``https://127.0.0.1:PORT``."""
+        return self._server.url
+
+    @property
+    def port(self) -> int:
+        """The listening port."""
+        return self._server.port
+
+    @property
+    def ca_pem_path(self) -> str | None:
+        """The per-run CA certificate as a PEM file (TLS only), e.g. for ``AWS_CA_BUNDLE``."""
+        return str(self._ca.ca_pem_path) if self._ca else None
+
+    @property
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client TLS context that trusts the per-run CA (TLS only)."""
+        return self._ca.client_context if self._ca else None
+
+    @property
+    def credentials(self) -> Credentials:
+        """botocore credentials the endpoint accepts."""
+        access_key, (secret, token) = next(iter(self._credentials.items()))
+        return Credentials(access_key, secret, token)
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments that point a ``FluxClient`` at this endpoint."""
+        return {
+            "endpoint_url": self.url,
+            "region": self.region,
+            "credentials": self.credentials,
+            "ssl_context": self.ssl_context,
+        }
+
+    @property
+    def connections_accepted(self) -> int:
+        """TCP connections accepted so far."""
+        return self._server.stats.connections_accepted
+
+    def received_audio(self) -> list[bytes]:
+        """The audio each stream received, in stream order."""
+        return [bytes(s.audio) for s in self.streams]
+
+    # -- lifecycle ----------------------------------------------------------------------------
+
+    async def __aenter__(self) -> MockFluxEndpoint:
+        await self._server.__aenter__()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            await self._server.__aexit__(exc_type, exc, tb)
+        finally:
+            if self._ca is not None:
+                self._ca.cleanup()
+
+    # -- the handler --------------------------------------------------------------------------
+
+    async def _handle(self, stream: ServerStream) -> None:
+        record = RecordedStream(index=next(self._stream_counter), headers=list(stream.headers))
+        self.streams.append(record)
+        request_id = str(uuid.uuid4())
+        try:
+            verified = self._verifier.verify(
+                stream.method, stream.path, [(":authority", stream.authority), *stream.headers]
+            )
+            if self.endpoint_name is not None and verified.endpoint_name != self.endpoint_name:
+                raise VerificationFailure(
+                    404, "ValidationError", f"Endpoint {verified.endpoint_name} not found."
+                )
+            if self._request_failures:
+                failure = self._request_failures.popleft()
+                await self._refuse(stream, record, request_id, failure)
+                return
+            settings = self._parse_settings(verified.query_string)
+        except VerificationFailure as exc:
+            await self._refuse(
+                stream,
+                record,
+                request_id,
+                RequestFailure(status=exc.status, error_type=exc.error_type, message=exc.message),
+            )
+            return
+        except ValidationError as exc:
+            # SageMaker does not pass on the container's reason: a generic 424.
+            record.error = str(exc)
+            await self._refuse(stream, record, request_id, RequestFailure.model_error())
+            return
+        record.settings = settings
+        events = self._verifier.event_verifier(verified)
+        script = self.script[self._turns_done :] if self.script_scope == "endpoint" else self.script
+        engine = FluxEngine(params=_engine_params(settings), script=script, bundle=self.bundle)
+        await stream.send_headers(
+            200,
+            [
+                ("content-type", "application/vnd.amazon.eventstream"),
+                ("x-amzn-requestid", request_id),
+                ("x-amzn-invoked-production-variant", "AllTraffic"),
+            ],
+        )
+        record.status = 200
+        await _StreamSession(self, stream, record, events, engine).run()
+
+    def _parse_settings(self, query_string: str | None) -> FluxSettings:
+        if not query_string:
+            raise ValidationError("the model query string is missing")
+        settings = FluxSettings.from_query_string(query_string, allow_extra_params=False)
+        rejected = self.bundle.rejected_params & set(_param_names(query_string))
+        if rejected:
+            raise ValidationError(f"unsupported_parameter: {', '.join(sorted(rejected))}")
+        if settings.encoding not in ("linear16", "linear32", "mulaw", "alaw"):
+            raise ValidationError(f"the mock cannot decode {settings.encoding or 'containers'}")
+        if settings.eot_threshold is not None and settings.eot_threshold > self.bundle.max_eot_threshold:
+            raise ValidationError("eot_threshold out of range for this bundle")
+        if settings.eot_timeout_ms is not None and settings.eot_timeout_ms > self.bundle.max_eot_timeout_ms:
+            raise ValidationError("eot_timeout_ms out of range for this bundle")
+        return settings
+
+    async def _refuse(
+        self, stream: ServerStream, record: RecordedStream, request_id: str, failure: RequestFailure
+    ) -> None:
+        record.status = failure.status
+        record.error = record.error or f"{failure.error_type}: {failure.message}"
+        await stream.send_headers(
+            failure.status,
+            [
+                ("content-type", "application/json"),
+                ("x-amzn-errortype", f"{failure.error_type}:http://internal.amazon.com/coral/"),
+                ("x-amzn-requestid", request_id),
+            ],
+        )
+        await stream.send_data(failure.body(), end_stream=True)
+
+    def _fault_for(self, index: int) -> Fault | None:
+        for fault in self._faults:
+            if fault.stream_index == index:
+                return fault
+        return None
+
+
+def _param_names(query_string: str) -> list[str]:
+    return [pair.partition("=")[0] for pair in query_string.split("&") if pair]
+
+
+def _engine_params(settings: FluxSettings) -> EngineParams:
+    return EngineParams(
+        model=settings.model,
+        encoding=settings.encoding or "linear16",
+        sample_rate=settings.sample_rate or 16000,
+        eot_threshold=settings.eot_threshold if settings.eot_threshold is not None else 0.7,
+        eager_eot_threshold=settings.eager_eot_threshold,
+        eot_timeout_ms=settings.eot_timeout_ms if settings.eot_timeout_ms is not None else 5000,
+        keyterms=settings.keyterms,
+        language_hints=settings.language_hints,
+        numerals=bool(settings.numerals),
+    )
+
+
+def _payload_part(message: Mapping[str, Any]) -> bytes:
+    body = json.dumps(message, separators=(",", ":")).encode()
+    return encode_message_raw(_RESPONSE_HEADERS, body)
+
+
+def _exception_event(exception_type: str, message: str, error_code: str) -> bytes:
+    fields: dict[str, str] = {"Message": message}
+    if error_code:
+        fields["ErrorCode"] = error_code
+    return encode_message(
+        {
+            ":message-type": "exception",
+            ":exception-type": exception_type,
+            ":content-type": "application/json",
+        },
+        json.dumps(fields).encode(),
+    )
+
+
+@attrs.define(eq=False)
+class _StreamSession:
+    """One accepted stream: verify events, run the engine, inject the fault."""
+
+    endpoint: MockFluxEndpoint
+    stream: ServerStream
+    record: RecordedStream
+    events: EventVerifier
+    engine: FluxEngine
+    fault: Fault | None = None
+    latency: float = 0.0
+    stalled: bool = False
+    response_ended: bool = False
+    opened_at: float = 0.0
+
+    async def run(self) -> None:
+        self.fault = self.endpoint._fault_for(self.record.index)
+        self.record.fault = self.fault
+        self.opened_at = anyio.current_time()
+        await self._send(self.engine.connected())
+        try:
+            while True:
+                chunk = await self.stream.receive()
+                if chunk is None:
+                    self.events.eof()
+                    break
+                for event in self.events.receive_data(chunk):
+                    if isinstance(event, InputEnded):
+                        self.record.input_ended = True
+                        continue
+                    if await self._on_event(event):
+                        return
+                if self.engine.closed and not self.response_ended:
+                    await self._end_response()
+        except VerificationFailure as exc:
+            self.record.error = str(exc)
+            await self._send_raw(
+                encode_message(
+                    {
+                        ":message-type": "error",
+                        ":error-code": exc.error_type,
+                        ":error-message": exc.message,
+                    }
+                )
+            )
+            await self._end_response()
+            return
+        except FluxError as exc:
+            # The client went away (reset, dropped connection): nothing left to answer.
+            self.record.error = self.record.error or str(exc)
+            return
+        if not self.response_ended:
+            await self._end_response()
+
+    async def _on_event(self, event: InputEvent) -> bool:
+        """Handle one input event; return True when the stream was broken off."""
+        if event.data_type == "BINARY":
+            self.record.audio += event.payload
+            self.record.audio_events += 1
+            if self._expired():
+                await self._break(
+                    FaultKind.MODEL_STREAM_ERROR,
+                    "ModelInvocationTimeExceeded",
+                    "Model invocation exceeded the maximum time",
+                )
+                return True
+            fault = self.fault
+            if fault is not None and self.engine.audio_seconds_received + self._duration(event.payload) >= fault.after_audio_s:
+                self.fault = None
+                if await self._strike(fault):
+                    return True
+            messages = self.engine.receive_audio(event.payload)
+        else:
+            text = event.payload.decode("utf-8", "replace")
+            self.record.texts.append(text)
+            messages = self.engine.receive_text(event.payload)
+        await self._send(messages)
+        return False
+
+    def _duration(self, payload: bytes) -> float:
+        params = self.engine.params
+        width = 4 if params.encoding == "linear32" else 2 if params.encoding == "linear16" else 1
+        return len(payload) / (width * params.sample_rate)
+
+    def _expired(self) -> bool:
+        limit = self.endpoint.max_stream_duration
+        return limit is not None and anyio.current_time() - self.opened_at >= limit
+
+    async def _strike(self, fault: Fault) -> bool:
+        kind = fault.kind
+        connection = self.stream.connection
+        self.record.error = f"fault: {kind.value}"
+        if kind is FaultKind.DROP_CONNECTION:
+            await connection.abort()
+            return True
+        if kind is FaultKind.GOAWAY:
+            await connection.goaway(error_code=0, last_stream_id=max(0, self.stream.stream_id - 2))
+            await connection.abort()
+            return True
+        if kind is FaultKind.RESET_STREAM:
+            await self.stream.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
+            return True
+        if kind is FaultKind.SILENT_CONNECTION:
+            connection.pause()
+            return True
+        if kind is FaultKind.STALL:
+            self.stalled = True
+            return False
+        if kind is FaultKind.LATENCY:
+            self.latency = fault.latency
+            return False
+        if kind is FaultKind.END_STREAM:
+            await self._end_response()
+            return True
+        if kind is FaultKind.FLUX_ERROR:
+            await self._send(
+                [
+                    {
+                        "type": "Error",
+                        "sequence_id": self.engine.messages_sent,
+                        "code": fault.error_code or "INTERNAL_SERVER_ERROR",
+                        "description": "injected fault",
+                    }
+                ]
+            )
+            await self._end_response()
+            return True
+        if kind is FaultKind.INTERNAL_STREAM_FAILURE:
+            await self._break(kind, fault.error_code, "Internal stream failure")
+            return True
+        await self._break(kind, fault.error_code or "StreamBroken", "The model stream broke")
+        return True
+
+    async def _break(self, kind: FaultKind, error_code: str, message: str) -> None:
+        name = "InternalStreamFailure" if kind is FaultKind.INTERNAL_STREAM_FAILURE else "ModelStreamError"
+        await self._send_raw(_exception_event(name, message, error_code))
+        await self._end_response()
+
+    async def _send(self, messages: Sequence[dict[str, Any]]) -> None:
+        if self.stalled or self.response_ended:
+            return
+        for message in messages:
+            self.record.sent.append(message)
+            if message.get("type") == "TurnInfo" and message.get("event") == "EndOfTurn":
+                if self.endpoint.script_scope == "endpoint":
+                    self.endpoint._turns_done += 1
+            if self.latency:
+                await anyio.sleep(self.latency)
+            await self._send_raw(_payload_part(message))
+
+    async def _send_raw(self, data: bytes) -> None:
+        if not self.response_ended:
+            await self.stream.send_data(data)
+
+    async def _end_response(self) -> None:
+        if self.response_ended:
+            return
+        self.response_ended = True
+        await self.stream.end()

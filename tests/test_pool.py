@@ -1,0 +1,217 @@
+"""ConnectionPool: sharing, limits, dead and idle connections, the default pool."""
+
+from __future__ import annotations
+
+import ssl
+
+import anyio
+import pytest
+import trustme
+
+from flux_sagemaker import errors
+from flux_sagemaker.pool import ConnectionPool, default_pool
+from flux_sagemaker.testing.h2server import H2Server, ServerStream
+from flux_sagemaker.transport import H2Stream, Timeouts
+
+pytestmark = pytest.mark.anyio
+
+TIMEOUTS = Timeouts(ping_interval=None)
+
+
+async def echo(stream: ServerStream) -> None:
+    await stream.send_headers(200)
+    while (chunk := await stream.receive()) is not None:
+        await stream.send_data(chunk)
+    await stream.end()
+
+
+async def open_to(pool: ConnectionPool, server: H2Server) -> H2Stream:
+    return await pool.open_stream(
+        ("http", "127.0.0.1", server.port),
+        authority=f"127.0.0.1:{server.port}",
+        path="/",
+        headers=[],
+        ssl_context=None,
+        timeouts=TIMEOUTS,
+    )
+
+
+async def exchange(pool: ConnectionPool, server: H2Server, payload: bytes) -> bytes:
+    stream = await open_to(pool, server)
+    out = bytearray()
+
+    async def reader() -> None:
+        while (chunk := await stream.receive()) is not None:
+            out.extend(chunk)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(reader)
+        await stream.send(payload)
+        await stream.end_input()
+    return bytes(out)
+
+
+async def test_100_concurrent_streams_share_one_connection() -> None:
+    results: dict[int, bytes] = {}
+    with anyio.fail_after(10):
+        async with H2Server(echo) as server, ConnectionPool() as pool:
+
+            async def one(i: int) -> None:
+                results[i] = await exchange(pool, server, f"stream {i} ".encode() * (i + 1) * 50)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(100):
+                    tg.start_soon(one, i)
+            assert pool.stats.connections_opened == 1
+            assert pool.stats.streams_opened == 100
+            assert server.stats.connections_accepted == 1
+    assert results == {i: f"stream {i} ".encode() * (i + 1) * 50 for i in range(100)}
+
+
+async def test_connection_is_reused_after_streams_end() -> None:
+    with anyio.fail_after(10):
+        async with H2Server(echo) as server, ConnectionPool() as pool:
+            assert await exchange(pool, server, b"one") == b"one"
+            assert await exchange(pool, server, b"two") == b"two"
+            assert pool.stats.connections_opened == 1
+            assert pool.stats.streams_opened == 2
+            assert server.stats.connections_accepted == 1
+
+
+@pytest.mark.parametrize(("server_limit", "pool_limit"), [(2, None), (1000, 2)])
+async def test_stream_limit_opens_more_connections(
+    server_limit: int, pool_limit: int | None
+) -> None:
+    release = anyio.Event()
+
+    async def held(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        await release.wait()
+        await stream.end()
+
+    with anyio.fail_after(10):
+        async with (
+            H2Server(held, max_concurrent_streams=server_limit) as server,
+            ConnectionPool(max_streams_per_connection=pool_limit) as pool,
+        ):
+            streams: list[H2Stream] = []
+
+            async def one() -> None:
+                streams.append(await open_to(pool, server))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(5):
+                    tg.start_soon(one)
+            assert len(streams) == 5
+            assert pool.stats.connections_opened == 3
+            assert server.stats.connections_accepted == 3
+            release.set()
+            for stream in streams:
+                assert await stream.receive() is None
+                await stream.aclose()
+
+
+async def test_goaway_connection_is_replaced() -> None:
+    async def goaway_then_echo(stream: ServerStream) -> None:
+        await stream.connection.goaway()
+        await echo(stream)
+
+    with anyio.fail_after(10):
+        async with H2Server(goaway_then_echo) as server, ConnectionPool() as pool:
+            assert await exchange(pool, server, b"drained") == b"drained"
+            assert await exchange(pool, server, b"fresh") == b"fresh"
+            assert pool.stats.connections_opened == 2
+
+
+async def test_dead_connection_is_replaced() -> None:
+    async def abort_first(stream: ServerStream) -> None:
+        if server.stats.connections_accepted == 1:
+            await stream.connection.abort()
+        else:
+            await echo(stream)
+
+    with anyio.fail_after(10):
+        async with H2Server(abort_first) as server, ConnectionPool() as pool:
+            lost = await open_to(pool, server)
+            with pytest.raises(errors.ConnectionLost):
+                await lost.receive()
+            assert await exchange(pool, server, b"again") == b"again"
+            assert pool.stats.connections_opened == 2
+
+
+async def test_idle_connection_is_closed() -> None:
+    with anyio.fail_after(10):
+        async with H2Server(echo) as server, ConnectionPool(idle_timeout=0.1) as pool:
+            assert await exchange(pool, server, b"x") == b"x"
+            while server.connections or pool.stats.connections:
+                await anyio.sleep(0.02)
+            assert await exchange(pool, server, b"y") == b"y"
+            assert pool.stats.connections_opened == 2
+
+
+async def test_concurrent_first_requests_share_one_failed_connect() -> None:
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    wrong_trust = ssl.create_default_context()
+    trustme.CA().configure_trust(wrong_trust)
+    failures: list[BaseException] = []
+    with anyio.fail_after(10):
+        async with H2Server(echo, ssl_context=server_ctx) as server, ConnectionPool() as pool:
+
+            async def one() -> None:
+                try:
+                    await pool.open_stream(
+                        ("https", "127.0.0.1", server.port),
+                        authority="x",
+                        path="/",
+                        headers=[],
+                        ssl_context=wrong_trust,
+                        timeouts=TIMEOUTS,
+                    )
+                except errors.ConnectError as exc:
+                    failures.append(exc)
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(10):
+                    tg.start_soon(one)
+            assert len(failures) == 10
+            assert server.stats.connections_accepted == 1
+            assert pool.stats.connections_opened == 0
+
+
+async def test_pool_must_be_entered() -> None:
+    pool = ConnectionPool()
+    with pytest.raises(errors.UsageError):
+        await pool.open_stream(
+            ("http", "127.0.0.1", 1), authority="x", path="/", headers=[], ssl_context=None
+        )
+
+
+async def test_pool_exit_fails_open_streams() -> None:
+    async def hold(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(10):
+        async with H2Server(hold) as server:
+            async with ConnectionPool() as pool:
+                stream = await open_to(pool, server)
+                await stream.response()
+            with pytest.raises(errors.ConnectionLost):
+                await stream.receive()
+
+
+async def test_default_pool_is_shared_per_event_loop() -> None:
+    with anyio.fail_after(10):
+        async with H2Server(echo) as server:
+            pool = await default_pool()
+            assert await default_pool() is pool
+            assert await exchange(pool, server, b"default") == b"default"
+
+
+def test_pool_arguments_are_validated() -> None:
+    with pytest.raises(errors.ValidationError):
+        ConnectionPool(max_streams_per_connection=0)
+    with pytest.raises(errors.ValidationError):
+        ConnectionPool(idle_timeout=0)

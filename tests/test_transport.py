@@ -1,0 +1,434 @@
+"""The HTTP/2 client transport against the test server, over real TCP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import ssl
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import anyio
+import pytest
+import trustme
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from flux_sagemaker import errors
+from flux_sagemaker.testing.h2server import H2Server, ServerStream
+from flux_sagemaker.transport import H2Connection, H2Stream, Timeouts, connect, open_connection
+
+pytestmark = pytest.mark.anyio
+
+CANCEL = 0x8
+INTERNAL_ERROR = 0x2
+NO_PING = Timeouts(ping_interval=None)
+
+
+@pytest.fixture(scope="module")
+def ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def server_tls(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(ctx)
+    return ctx
+
+
+@pytest.fixture
+def client_tls(ca: trustme.CA) -> ssl.SSLContext:
+    ctx = ssl.create_default_context()
+    ca.configure_trust(ctx)
+    return ctx
+
+
+@contextlib.asynccontextmanager
+async def serve_and_connect(
+    handler: Callable[[ServerStream], Awaitable[None]],
+    *,
+    timeouts: Timeouts = NO_PING,
+    server_tls: ssl.SSLContext | None = None,
+    client_tls: ssl.SSLContext | None = None,
+    **kwargs: int,
+) -> AsyncIterator[tuple[H2Server, H2Connection]]:
+    server_kwargs = {k: v for k, v in kwargs.items() if k == "max_concurrent_streams"}
+    client_kwargs = {k: v for k, v in kwargs.items() if k != "max_concurrent_streams"}
+    async with (
+        H2Server(handler, ssl_context=server_tls, **server_kwargs) as server,
+        open_connection(
+            "127.0.0.1", server.port, ssl_context=client_tls, timeouts=timeouts, **client_kwargs
+        ) as conn,
+    ):
+        yield server, conn
+
+
+async def open_post(conn: H2Connection, path: str = "/") -> H2Stream:
+    return await conn.open_stream("POST", "http", "localhost", path, [("x-test", "1")])
+
+
+async def read_all(stream: H2Stream) -> bytes:
+    out = bytearray()
+    while (chunk := await stream.receive()) is not None:
+        out += chunk
+    return bytes(out)
+
+
+async def echo(stream: ServerStream) -> None:
+    await stream.send_headers(200, [("content-type", "application/octet-stream")])
+    while (chunk := await stream.receive()) is not None:
+        await stream.send_data(chunk)
+    await stream.end()
+
+
+def pattern(n: int, seed: int = 7) -> bytes:
+    return bytes((i * seed + i // 251) % 256 for i in range(n))
+
+
+@pytest.mark.parametrize("tls", [False, True])
+async def test_bidirectional_echo_exceeds_windows(
+    tls: bool, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    data = pattern(3 * 1024 * 1024 + 17)
+    with anyio.fail_after(10):
+        async with serve_and_connect(
+            echo,
+            server_tls=server_tls if tls else None,
+            client_tls=client_tls if tls else None,
+        ) as (server, conn):
+            stream = await open_post(conn)
+            status, headers = await stream.response(timeout=5)
+            assert status == 200
+            assert ("content-type", "application/octet-stream") in headers
+            received = bytearray()
+
+            async def reader() -> None:
+                received.extend(await read_all(stream))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(reader)
+                for i in range(0, len(data), 100_000):
+                    await stream.send(data[i : i + 100_000])
+                await stream.end_input()
+            assert bytes(received) == data
+            assert conn.stream_count == 0
+            assert server.handler_errors == []
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(chunks=st.lists(st.binary(max_size=70_000), max_size=12))
+async def test_request_body_arrives_intact(chunks: list[bytes]) -> None:
+    async def collect(stream: ServerStream) -> None:
+        body = bytearray()
+        while (chunk := await stream.receive()) is not None:
+            body += chunk
+        await stream.send_headers(200, [("x-len", str(len(body)))])
+        await stream.send_data(bytes(body), end_stream=True)
+
+    with anyio.fail_after(10):
+        async with serve_and_connect(collect, receive_window=65_535) as (_, conn):
+            stream = await open_post(conn)
+            for chunk in chunks:
+                await stream.send(chunk)
+            await stream.end_input()
+            _, headers = await stream.response()
+            assert dict(headers)["x-len"] == str(sum(map(len, chunks)))
+            assert await read_all(stream) == b"".join(chunks)
+
+
+async def test_slow_reader_bounds_client_buffer() -> None:
+    window = 32_768
+    data = pattern(1024 * 1024)
+    sent_all = anyio.Event()
+
+    async def firehose(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        await stream.send_data(data, end_stream=True)
+        sent_all.set()
+
+    with anyio.fail_after(10):
+        async with serve_and_connect(firehose, receive_window=window) as (_, conn):
+            stream = await open_post(conn)
+            await stream.end_input()
+            await stream.response()
+            while stream.buffered < window:
+                await anyio.sleep(0.01)
+            await anyio.sleep(0.2)  # give an unbounded transport time to overfill
+            assert stream.buffered == window
+            assert not sent_all.is_set()  # the server is blocked on our closed window
+            assert await read_all(stream) == data
+            await sent_all.wait()
+
+
+async def test_rst_stream_raises_stream_reset_after_buffered_data() -> None:
+    async def reset_after_data(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        await stream.send_data(b"partial")
+        await stream.reset(INTERNAL_ERROR)
+
+    with anyio.fail_after(10):
+        async with serve_and_connect(reset_after_data) as (_, conn):
+            stream = await open_post(conn)
+            assert (await stream.response())[0] == 200
+            assert await stream.receive() == b"partial"
+            with pytest.raises(errors.StreamReset) as info:
+                await stream.receive()
+            assert info.value.error_code == INTERNAL_ERROR
+            assert info.value.retryable
+            with pytest.raises(errors.StreamReset):
+                await stream.send(b"more")
+            await stream.aclose()
+            assert conn.is_available  # one stream's reset leaves the connection usable
+
+
+async def test_goaway_drains_lower_streams_and_fails_higher_ones() -> None:
+    both_started = anyio.Event()
+    started: list[int] = []
+
+    async def handler(stream: ServerStream) -> None:
+        started.append(stream.stream_id)
+        await stream.send_headers(200)
+        if len(started) == 2:
+            both_started.set()
+        if stream.stream_id == 1:
+            await both_started.wait()
+            await stream.connection.goaway(last_stream_id=1)
+            await stream.send_data(b"finished after goaway", end_stream=True)
+            assert await stream.receive() is None
+        else:
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(10):
+        async with serve_and_connect(handler) as (_, conn):
+            low, high = await open_post(conn), await open_post(conn)
+            assert (low.stream_id, high.stream_id) == (1, 3)
+            with pytest.raises(errors.GoAway) as info:
+                await read_all(high)
+            assert info.value.retryable
+            assert info.value.error_code == 0
+            assert not conn.is_available
+            with pytest.raises(errors.GoAway):
+                await open_post(conn)
+            await low.end_input()
+            assert await read_all(low) == b"finished after goaway"
+
+
+async def test_aborted_tcp_fails_every_stream_with_connection_lost() -> None:
+    async def handler(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        if stream.stream_id == 3:
+            await stream.connection.abort()
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(10):  # no PING: only the EOF can end these waits
+        async with serve_and_connect(handler, timeouts=NO_PING) as (_, conn):
+            first = await open_post(conn)
+            await first.response()
+            second = await open_post(conn)
+            for stream in (first, second):
+                with pytest.raises(errors.ConnectionLost):
+                    await stream.receive()
+            assert isinstance(conn.error, errors.ConnectionLost)
+            with pytest.raises(errors.ConnectionLost):
+                await first.send(b"x")
+            with pytest.raises(errors.ConnectionLost):
+                await open_post(conn)
+
+
+async def test_silent_peer_fails_by_ping_timeout() -> None:
+    async def handler(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        stream.connection.pause()
+        await anyio.sleep_forever()
+
+    timeouts = Timeouts(ping_interval=0.2, ping_timeout=0.3)
+    with anyio.fail_after(10):
+        async with serve_and_connect(handler, timeouts=timeouts) as (_, conn):
+            stream = await open_post(conn)
+            await stream.response()
+            with pytest.raises(errors.ConnectionLost, match="PING"):
+                await stream.receive()
+            assert not conn.is_available
+
+
+async def test_ping_keeps_a_quiet_connection_alive() -> None:
+    async def handler(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        assert await stream.receive() == b"late"
+        await stream.send_data(b"ok", end_stream=True)
+
+    timeouts = Timeouts(ping_interval=0.05, ping_timeout=0.5)
+    with anyio.fail_after(10):
+        async with serve_and_connect(handler, timeouts=timeouts) as (_, conn):
+            stream = await open_post(conn)
+            await stream.response()
+            await anyio.sleep(0.4)  # several PING rounds, all answered
+            await stream.send(b"late")
+            await stream.end_input()
+            assert await read_all(stream) == b"ok"
+            assert conn.error is None
+
+
+async def test_tls_with_wrong_ca_is_connect_error(server_tls: ssl.SSLContext) -> None:
+    other = ssl.create_default_context()
+    trustme.CA().configure_trust(other)
+    with anyio.fail_after(10):
+        async with H2Server(echo, ssl_context=server_tls) as server:
+            with pytest.raises(errors.ConnectError, match="certificate"):
+                await connect("127.0.0.1", server.port, ssl_context=other)
+
+
+async def test_server_without_h2_alpn_is_connect_error(
+    server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    with anyio.fail_after(10):
+        async with H2Server(echo, ssl_context=server_tls, alpn_protocols=("http/1.1",)) as server:
+            with pytest.raises(errors.ConnectError, match="ALPN gave None"):
+                await connect("127.0.0.1", server.port, ssl_context=client_tls)
+
+
+async def test_plaintext_http1_server_is_connect_error() -> None:
+    async def http1(sock: anyio.abc.SocketStream) -> None:
+        async with sock:
+            await sock.send(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\n\r\n")
+
+    with anyio.fail_after(10):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, http1)
+            with pytest.raises(errors.ConnectError):
+                await connect("127.0.0.1", port, ssl_context=None)
+            tg.cancel_scope.cancel()
+
+
+async def test_refused_connection_is_connect_error() -> None:
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+    port = listener.extra(anyio.abc.SocketAttribute.local_port)
+    await listener.aclose()
+    with anyio.fail_after(10), pytest.raises(errors.ConnectError):
+        await connect("127.0.0.1", port, ssl_context=None)
+
+
+async def test_peer_max_concurrent_streams_is_respected() -> None:
+    active = 0
+    peak = 0
+    release = anyio.Event()
+
+    async def handler(stream: ServerStream) -> None:
+        nonlocal active, peak
+        active += 1
+        peak = max(peak, active)
+        await stream.send_headers(200)
+        await release.wait()
+        await stream.send_data(b"done", end_stream=True)
+        await stream.receive()
+        active -= 1
+
+    with anyio.fail_after(10):
+        async with serve_and_connect(handler, max_concurrent_streams=2) as (_, conn):
+            assert conn.max_concurrent_streams == 2
+            streams = [await open_post(conn), await open_post(conn)]
+            assert not conn.has_capacity
+            third: list[H2Stream] = []
+
+            async def open_third() -> None:
+                third.append(await open_post(conn))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(open_third)
+                await anyio.wait_all_tasks_blocked()
+                assert third == []  # waiting for a slot
+                release.set()
+                for stream in streams:
+                    await stream.end_input()
+                    assert await read_all(stream) == b"done"
+            await third[0].end_input()
+            assert await read_all(third[0]) == b"done"
+            assert peak == 2
+
+
+async def test_response_timeout() -> None:
+    async def silent(stream: ServerStream) -> None:
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(10):
+        async with serve_and_connect(silent) as (_, conn):
+            stream = await open_post(conn)
+            with pytest.raises(errors.TimeoutError):
+                await stream.response(timeout=0.1)
+
+
+async def test_stream_aclose_resets_and_is_idempotent() -> None:
+    seen: list[BaseException] = []
+    got_reset = anyio.Event()
+
+    async def handler(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        try:
+            await stream.receive()
+        except errors.StreamReset as exc:
+            seen.append(exc)
+            got_reset.set()
+
+    with anyio.fail_after(10):
+        async with serve_and_connect(handler) as (_, conn):
+            stream = await open_post(conn)
+            await stream.response()
+            await stream.aclose()
+            await stream.aclose()
+            await got_reset.wait()
+            assert isinstance(seen[0], errors.StreamReset)
+            assert seen[0].error_code == CANCEL
+            with pytest.raises(errors.UsageError):
+                await stream.send(b"x")
+            assert conn.stream_count == 0
+
+
+async def test_connection_aclose_fails_open_streams() -> None:
+    async def handler(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        await anyio.sleep_forever()
+
+    with anyio.fail_after(10):
+        async with serve_and_connect(handler) as (_, conn):
+            stream = await open_post(conn)
+            await stream.response()
+            await conn.aclose()
+            await conn.aclose()
+            with pytest.raises(errors.ConnectionLost):
+                await stream.receive()
+            assert not conn.is_available
+
+
+async def test_many_streams_on_one_connection() -> None:
+    async def handler(stream: ServerStream) -> None:
+        body = await stream.receive()
+        await stream.send_headers(200)
+        await stream.send_data((body or b"") * 2, end_stream=True)
+
+    results: dict[int, bytes] = {}
+    with anyio.fail_after(10):
+        async with serve_and_connect(handler) as (server, conn):
+
+            async def one(i: int) -> None:
+                stream = await open_post(conn)
+                await stream.send(str(i).encode())
+                await stream.end_input()
+                results[i] = await read_all(stream)
+
+            async with anyio.create_task_group() as tg:
+                for i in range(300):
+                    tg.start_soon(one, i)
+            assert server.stats.connections_accepted == 1
+            assert server.stats.streams_started == 300
+    assert results == {i: str(i).encode() * 2 for i in range(300)}
+
+
+def test_timeouts_are_validated() -> None:
+    with pytest.raises(errors.ValidationError, match="connect"):
+        Timeouts(connect=0)
+    with pytest.raises(errors.ValidationError, match="ping_timeout"):
+        Timeouts(ping_timeout=-1)
+    assert Timeouts(read=None).read is None
