@@ -196,8 +196,10 @@ class FluxClient:
         self._format = AudioFormat.from_settings(self._settings)
         self._coalescer = AudioCoalescer(self._format, target_ms=coalesce_ms)
         self._coalesce_s = coalesce_ms / 1000
+        # Compressed or containerized audio cannot be cut at a turn boundary: no replay.
         self._replay = ReplayBuffer(
-            replay_buffer_bytes, alignment=self._format.sample_width or 1
+            replay_buffer_bytes if self._format.bytes_per_second else 0,
+            alignment=self._format.sample_width or 1,
         )
         self._tracker = TurnTracker()
         self._pool = pool
@@ -218,6 +220,7 @@ class FluxClient:
         self._closed_event = anyio.Event()
         self._error: FluxError | None = None
         self._connected_delivered = False
+        self._attempts = 0
         self._request_id: str | None = None
         now = anyio.current_time() if _in_event_loop() else 0.0
         self._last_app_audio = now
@@ -327,6 +330,7 @@ class FluxClient:
             except Exception:
                 logger.exception("a Flux background task failed")
         self._events_in.close()
+        self._events_out.close()
 
     async def close(self) -> None:
         """End the session cleanly: send ``CloseStream``, drain every event, end the input.
@@ -340,11 +344,13 @@ class FluxClient:
         self._check_open("close")
         self._state = "closing"
         current = self._current
-        if current is not None:
-            async with self._send_lock:
-                await self._flush_audio(current)
-                await self._write(current, current.proto.send_close_stream())
+        # One deadline for all of it: a sender blocked on flow control holds the send lock,
+        # and a peer that stopped reading never opens the window for CloseStream either.
         with anyio.move_on_after(self._timeouts.close):
+            if current is not None:
+                async with self._send_lock:
+                    await self._flush_audio(current)
+                    await self._write(current, current.proto.send_close_stream())
             await self._closed_event.wait()
         if not self._closed_event.is_set():
             logger.warning("Flux did not end the stream within %.1f s of CloseStream",
@@ -400,6 +406,11 @@ class FluxClient:
             if current is None or current.retired:
                 return  # being replaced: the replay buffer has the audio
             for event in events:
+                if current.retired:
+                    return  # replaced meanwhile: the replay buffer has the rest
+                if self._state != "open":
+                    # close() or a failure overtook this call: never write after CloseStream.
+                    self._check_open("send audio")
                 await self._write_audio(current, event)
 
     async def _write_audio(self, stream: _Stream, audio: bytes) -> None:
@@ -476,7 +487,7 @@ class FluxClient:
         new_settings = message.apply_to(self._settings)
         new_settings.check_capabilities(self._capabilities)
         self._settings = new_settings
-        await self._switch_stream("settings changed", planned=True)
+        await self._switch_stream("settings changed")
 
     async def force_end_turn(self) -> None:
         """Ask Flux to end the current turn now (``EndOfTurn`` with trigger ``manual``).
@@ -496,6 +507,7 @@ class FluxClient:
             current = self._current
             if current is None or current.retired:
                 raise UsageError("the stream is being replaced; try again after Reconnected")
+            self._check_open("send a control message")  # close() may have overtaken us
             await self._flush_audio(current)
             await self._write(current, current.proto.send_json(message))
             if on_sent is not None:
@@ -621,9 +633,13 @@ class FluxClient:
         return stream
 
     async def _open_with_retry(self, first_error: FluxError | None) -> _Stream:
-        """Open a stream, retrying retryable failures under the retry policy."""
+        """Open a stream, retrying retryable failures under the retry policy.
+
+        ``self._attempts`` counts the streams tried, for the ``Reconnected`` event.
+        """
         backoff = Backoff(self._retry, random.random)
         error = first_error
+        self._attempts = 0
         while True:
             if error is not None:
                 if not (self._retry.enabled and error.retryable):
@@ -633,6 +649,7 @@ class FluxClient:
                     raise error
                 logger.info("Flux stream failed (%s); retrying in %.2f s", error, delay)
                 await anyio.sleep(delay)
+            self._attempts += 1
             try:
                 return await self._open_stream()
             except FluxError as exc:
@@ -690,7 +707,7 @@ class FluxClient:
             event = observed
             if isinstance(event, EndOfTurn) and self._format.bytes_per_second:
                 self._replay.trim_to(self._format.byte_offset(event.audio_window_end))
-                if self._rollover_due(stream, at_boundary=True):
+                if self._rollover_due(stream, at_boundary=True) is not None:
                     self._wake.set()
         await self._deliver(event)
 
@@ -762,20 +779,21 @@ class FluxClient:
         except FluxError as final:
             await self._fail(final)
             return
-        replayed = await self._take_over(stream)
         self._stats.reconnects += 1
+        resumed_at, replayed = self._replay_window()
         await self._deliver(
             Reconnected(
                 reason=str(error),
                 error=error,
-                replayed_audio_s=self._format.duration(replayed) if self._format.bytes_per_second else 0.0,
-                dropped_audio_s=self._format.duration(self._replay.dropped_bytes)
-                if self._format.bytes_per_second
-                else 0.0,
+                attempts=self._attempts,
+                resumed_at_s=resumed_at,
+                replayed_audio_s=replayed,
+                dropped_audio_s=self._seconds(self._replay.dropped_bytes),
             )
         )
+        await self._take_over(stream)
 
-    async def _switch_stream(self, reason: str, *, planned: bool) -> None:
+    async def _switch_stream(self, reason: str) -> None:
         """Move the session to a fresh stream while the current one still works."""
         old = self._current
         try:
@@ -785,16 +803,21 @@ class FluxClient:
             return
         if old is not None:
             old.retired = True
-        replayed = await self._take_over(stream, old=old)
         self._stats.rollovers += 1
+        resumed_at, replayed = self._replay_window()
         await self._deliver(
-            StreamRolledOver(
-                reason=reason,
-                replayed_audio_s=self._format.duration(replayed) if self._format.bytes_per_second else 0.0,
-            )
+            StreamRolledOver(reason=reason, resumed_at_s=resumed_at, replayed_audio_s=replayed)
         )
+        await self._take_over(stream, old=old)
 
-    async def _take_over(self, stream: _Stream, old: _Stream | None = None) -> int:
+    def _seconds(self, n_bytes: int) -> float:
+        return self._format.duration(n_bytes) if self._format.bytes_per_second else 0.0
+
+    def _replay_window(self) -> tuple[float, float]:
+        """Where the next stream's audio starts on the session timeline, and how much is replayed."""
+        return self._seconds(self._replay.start_offset), self._seconds(self._replay.held_bytes)
+
+    async def _take_over(self, stream: _Stream, old: _Stream | None = None) -> None:
         """Make ``stream`` current and replay the audio since the last completed turn."""
         async with self._send_lock:
             if old is not None and not old.proto.input_ended:
@@ -817,7 +840,9 @@ class FluxClient:
                 await self._write_audio(stream, replay[offset : offset + step])
             self._stats.replayed_bytes += len(replay)
             self._stats.dropped_bytes = self._replay.dropped_bytes
-        return len(replay)
+            if self._state == "closing":
+                # close() was called while the stream was being replaced.
+                await self._write(stream, stream.proto.send_close_stream())
 
     async def _end_input(self, stream: _Stream) -> None:
         if stream.proto.input_ended:
@@ -837,15 +862,18 @@ class FluxClient:
 
     # -- timers -------------------------------------------------------------------------------
 
-    def _rollover_due(self, stream: _Stream, *, at_boundary: bool) -> bool:
-        now = anyio.current_time()
-        age = now - stream.opened_at
-        limit = self._rollover.max_stream_duration
+    def _rollover_due(self, stream: _Stream, *, at_boundary: bool) -> str | None:
+        """Why the session should move to a fresh stream now, or ``None``."""
+        age = anyio.current_time() - stream.opened_at
+        policy = self._rollover
+        limits = [(policy.max_stream_duration, "maximum stream duration")]
         if stream.expires_at is not None:
-            limit = min(limit, stream.expires_at - self._rollover.credential_margin - stream.opened_at)
-        if age >= limit:
-            return True
-        return at_boundary and age >= limit - self._rollover.margin
+            lifetime = stream.expires_at - policy.credential_margin - stream.opened_at
+            limits.append((lifetime, "credentials expire"))
+        for limit, reason in limits:
+            if age >= limit or (at_boundary and age >= limit - policy.margin):
+                return reason
+        return None
 
     async def _supervise(self) -> None:
         """The session's timers: coalescing flush, keepalive silence, stall watchdog, rollover."""
@@ -883,8 +911,8 @@ class FluxClient:
             idle_for = now - max(self._last_app_audio, self._last_audio_sent)
             if idle_for >= keep.idle_interval:
                 await self._send_silence(stream, None)
-            else:
-                next_at = min(next_at, now + keep.idle_interval - idle_for)
+                idle_for = 0.0
+            next_at = min(next_at, now + keep.idle_interval - idle_for)
         if keep.stall_timeout is not None:
             quiet_for = now - self._last_server_data
             audio_recent = now - self._last_audio_sent < keep.stall_timeout
@@ -898,8 +926,9 @@ class FluxClient:
                 )
                 return now
             next_at = min(next_at, self._last_server_data + keep.stall_timeout)
-        if self._rollover_due(stream, at_boundary=not self._tracker.turn_open):
-            await self._switch_stream("maximum stream duration", planned=True)
+        reason = self._rollover_due(stream, at_boundary=not self._tracker.turn_open)
+        if reason is not None:
+            await self._switch_stream(reason)
         return next_at
 
     def _events_full(self) -> bool:

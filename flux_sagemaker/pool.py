@@ -37,6 +37,7 @@ from flux_sagemaker.transport import (
     H2Connection,
     H2Stream,
     Timeouts,
+    _fresh,
     connect,
 )
 

@@ -19,9 +19,9 @@ Design (per connection, not per stream, so thousands of streams stay cheap):
   (RST_STREAM, GOAWAY above ``last_stream_id``) goes to that stream only. Every wait ends when the
   connection fails or a timeout expires.
 
-h2 moves to CLOSED on GOAWAY and then rejects every frame (python-hyper/h2#1181). We reopen its
-state machine after a GOAWAY so streams at or below ``last_stream_id`` can finish; no new streams
-are opened on such a connection.
+h2 moves to CLOSED on GOAWAY and then rejects every frame (python-hyper/h2#1181), even the rest
+of the same read. :class:`DrainingH2Connection` reopens its state machine as the GOAWAY frame is
+processed, so streams at or below ``last_stream_id`` can finish; we open no new streams there.
 """
 
 from __future__ import annotations
@@ -49,6 +49,7 @@ from flux_sagemaker import errors
 
 __all__ = [
     "DEFAULT_RECEIVE_WINDOW",
+    "DrainingH2Connection",
     "H2Connection",
     "H2Stream",
     "Timeouts",
@@ -116,6 +117,20 @@ def error_code_name(code: int) -> str:
         return f"0x{code:x}"
 
 
+class DrainingH2Connection(h2.connection.H2Connection):
+    """h2's connection with graceful GOAWAY: frames after a received GOAWAY are still processed.
+
+    Uses h2 internals (the per-frame handler, ``state_machine``, ``_data_to_send``); h2 4.x.
+    """
+
+    def _receive_goaway_frame(self, frame: Any) -> Any:
+        state, pending = self.state_machine.state, bytes(self._data_to_send)
+        result = super()._receive_goaway_frame(frame)
+        self.state_machine.state = state  # h2 set CLOSED
+        self._data_to_send[:0] = pending  # h2 dropped our queued WINDOW_UPDATEs and PING ACKs
+        return result
+
+
 @attrs.define(eq=False)
 class _StreamBase:
     """Per-stream state shared by client and server streams: a receive queue and flow control."""
@@ -164,6 +179,9 @@ class _StreamBase:
                 raise _fresh(self._error)
             if self._recv_event is None:
                 self._recv_event = anyio.Event()
+            if limit is None:
+                await self._recv_event.wait()
+                continue
             try:
                 with anyio.fail_after(limit):
                     await self._recv_event.wait()
@@ -258,7 +276,7 @@ class _H2Base:
         self._stream = stream
         self._h2 = h2conn
         self._write_timeout = write_timeout
-        self._write_lock = anyio.Lock()
+        self._write_lock = anyio.Lock(fast_acquire=True)  # no yield when uncontended
         self._outbox = bytearray()
         self._streams: dict[int, _StreamBase] = {}
         self._error: errors.FluxError | None = None
@@ -307,16 +325,19 @@ class _H2Base:
                 self._outbox.clear()
             if not data or self._error is not None:
                 return
+            timeout = self._write_timeout
+            deadline = math.inf if timeout is None else anyio.current_time() + timeout
             try:
-                # Shielded: a cancelled half-written frame would corrupt the connection.
-                with anyio.CancelScope(shield=True), anyio.fail_after(self._write_timeout):
+                # Shielded: a cancelled half-written frame would corrupt the connection. One
+                # scope for shield and deadline: cancel scopes are the hot path's main cost.
+                with anyio.CancelScope(shield=True, deadline=deadline) as scope:
                     await self._stream.send(data)
-            except TimeoutError as exc:
-                msg = f"writing to the {self._peer} took longer than {self._write_timeout} s"
-                raise self._fail(errors.TimeoutError(msg)) from exc
             except _NETWORK_ERRORS as exc:
                 msg = f"connection to the {self._peer} lost while writing: {exc!r}"
                 raise self._fail(errors.ConnectionLost(msg)) from exc
+            if scope.cancelled_caught:
+                msg = f"writing to the {self._peer} took longer than {timeout} s"
+                raise self._fail(errors.TimeoutError(msg))
 
     async def _flush_soon(self) -> None:
         """Flush from the reader or a consumer without ever waiting for the lock."""
@@ -534,7 +555,7 @@ class H2Connection(_H2Base):
         max_streams: int | None = None,
     ) -> None:
         config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
-        h2conn = h2.connection.H2Connection(config)
+        h2conn = DrainingH2Connection(config)
         h2conn.local_settings = h2.settings.Settings(
             client=True,
             initial_values={
@@ -601,6 +622,7 @@ class H2Connection(_H2Base):
         Raises ``GoAway`` after the peer's GOAWAY, or the connection's error.
         """
         self._opening += 1  # before any await: the pool counts it in has_capacity
+        reserved = True
         try:
             while True:
                 async with self._write_lock:
@@ -617,6 +639,8 @@ class H2Connection(_H2Base):
                             self._h2.send_headers(sid, [*request, *headers])
                             stream = H2Stream(self, sid)
                             self._streams[sid] = stream
+                            self._opening -= 1  # now counted in _streams
+                            reserved = False
                             return stream
                         event = self._capacity_event = self._capacity_event or anyio.Event()
                     except h2.exceptions.H2Error as exc:
@@ -633,7 +657,8 @@ class H2Connection(_H2Base):
                     )
                     raise errors.TimeoutError(msg) from exc
         finally:
-            self._opening -= 1
+            if reserved:
+                self._opening -= 1
             if not self._streams and not self._opening:
                 self._idle_since = anyio.current_time()
 
@@ -731,8 +756,6 @@ class H2Connection(_H2Base):
 
     def _on_goaway(self, code: int, last_stream_id: int | None) -> None:
         self._goaway = (code, last_stream_id or 0)
-        # See the module docstring: let streams <= last_stream_id finish (python-hyper/h2#1181).
-        self._h2.state_machine.state = h2.connection.ConnectionState.CLIENT_OPEN
         last = last_stream_id or 0
         for sid, stream in list(self._streams.items()):
             if sid > last:

@@ -111,6 +111,30 @@ async def test_stream_limit_opens_more_connections(
                 await stream.aclose()
 
 
+async def test_exactly_the_limit_fits_one_connection() -> None:
+    release = anyio.Event()
+
+    async def held(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        await release.wait()
+        await stream.end()
+
+    with anyio.fail_after(10):
+        async with H2Server(held, max_concurrent_streams=10) as server, ConnectionPool() as pool:
+            streams: list[H2Stream] = []
+
+            async def one() -> None:
+                streams.append(await open_to(pool, server))
+
+            async with anyio.create_task_group() as tg:
+                for _ in range(10):
+                    tg.start_soon(one)
+            assert pool.stats.connections_opened == 1
+            release.set()
+            for stream in streams:
+                assert await stream.receive() is None
+
+
 async def test_goaway_connection_is_replaced() -> None:
     async def goaway_then_echo(stream: ServerStream) -> None:
         await stream.connection.goaway()
@@ -143,7 +167,7 @@ async def test_idle_connection_is_closed() -> None:
     with anyio.fail_after(10):
         async with H2Server(echo) as server, ConnectionPool(idle_timeout=0.1) as pool:
             assert await exchange(pool, server, b"x") == b"x"
-            while server.connections or pool.stats.connections:
+            while server.connections or pool.stats.connections:  # noqa: ASYNC110 - polling
                 await anyio.sleep(0.02)
             assert await exchange(pool, server, b"y") == b"y"
             assert pool.stats.connections_opened == 2

@@ -152,7 +152,7 @@ async def test_slow_reader_bounds_client_buffer() -> None:
             stream = await open_post(conn)
             await stream.end_input()
             await stream.response()
-            while stream.buffered < window:
+            while stream.buffered < window:  # noqa: ASYNC110 - polling a counter
                 await anyio.sleep(0.01)
             await anyio.sleep(0.2)  # give an unbounded transport time to overfill
             assert stream.buffered == window

@@ -131,7 +131,8 @@ class StreamStats:
             "errors": self.errors,
         }
         if keep_times:
-            out["events"] = self.events  # [ms since first audio, type, (TurnInfo event, window end)]
+            # [ms since first audio, type] (+ [event, audio_window_end] for TurnInfo)
+            out["events"] = self.events
         return out
 
 
@@ -141,17 +142,22 @@ def _cpu_sample() -> tuple[float, float, float, float]:
 
 
 def _cpu_delta(
-    a: tuple[float, float, float, float], b: tuple[float, float, float, float], streams: float
+    a: tuple[float, float, float, float],
+    b: tuple[float, float, float, float],
+    stream_seconds: float | None = None,
 ) -> dict[str, Any]:
+    """CPU used between two samples; ``stream_seconds`` defaults to one stream for the wall time."""
     wall, cpu = b[0] - a[0], b[1] - a[1]
-    stream_seconds = streams * wall if streams else 0.0
+    if stream_seconds is None:
+        stream_seconds = wall
+    per = round(cpu * 1000 / stream_seconds, 3) if stream_seconds else None
     return {
         "wall_s": round(wall, 3),
         "cpu_ms": round(cpu * 1000, 1),
         "user_ms": round((b[2] - a[2]) * 1000, 1),
         "sys_ms": round((b[3] - a[3]) * 1000, 1),
         "stream_seconds": round(stream_seconds, 2),
-        "cpu_ms_per_stream_second": round(cpu * 1000 / stream_seconds, 3) if stream_seconds else None,
+        "cpu_ms_per_stream_second": per,
     }
 
 
@@ -222,14 +228,11 @@ class Run:
         await asyncio.gather(*(self._one(st, body) for st in self.stats))
         end = _cpu_sample()
         audio_s = sum(st.audio_bytes for st in self.stats) / (2 * self.args.sample_rate)
-        session = _cpu_delta(begin, end, 0)
-        session["stream_seconds"] = round(audio_s, 2)
-        session["cpu_ms_per_stream_second"] = (
-            round(session["cpu_ms"] / audio_s, 3) if audio_s else None
-        )
+        session = _cpu_delta(begin, end, audio_s)
         steady = None
         if self._steady_start and self._steady_end and self._steady_end > self._steady_start:
-            steady = _cpu_delta(self._steady_start, self._steady_end, len(self.stats))
+            window = self._steady_end[0] - self._steady_start[0]
+            steady = _cpu_delta(self._steady_start, self._steady_end, window * len(self.stats))
         received: Counter[str] = Counter()
         for st in self.stats:
             received.update(st.received)
@@ -287,7 +290,7 @@ async def close_client(client: Any) -> None:
 
 
 def crt_client_class(ca_file: str | None) -> Any:
-    """``AWSCRTHTTPClient`` itself, or a subclass that trusts ``ca_file`` instead of the system store.
+    """``AWSCRTHTTPClient``, or a subclass that trusts ``ca_file`` instead of the system store.
 
     The SDK has no public TLS option, so the subclass swaps awscrt's private ``_tls_ctx``. A class
     (not a patched instance) is what deepgram-sagemaker needs: it calls ``AWSCRTHTTPClient()``.

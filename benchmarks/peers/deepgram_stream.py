@@ -65,8 +65,8 @@ def point_transport_at(endpoint_url: str | None, ca_file: str | None) -> None:
             async def resolve(**overrides: Any) -> Any:
                 return await real.resolve(**(overrides | {"endpoint_uri": endpoint_url}))
 
-        dg_transport.AsyncSageMakerRuntimeHTTP2Config = _EndpointOverride  # type: ignore[misc,assignment]
-    dg_transport.AWSCRTHTTPClient = crt_client_class(ca_file)  # type: ignore[misc]
+        dg_transport.AsyncSageMakerRuntimeHTTP2Config = _EndpointOverride
+    dg_transport.AWSCRTHTTPClient = crt_client_class(ca_file)
 
 
 def connect_kwargs(query: str) -> dict[str, Any]:

@@ -23,6 +23,8 @@ class Reconnected:
     """The retryable error that ended the old stream."""
     attempts: int = 1
     """Streams tried until one opened."""
+    resumed_at_s: float = 0.0
+    """Session audio time at which the new stream's audio begins (the replay's start)."""
     replayed_audio_s: float = 0.0
     """Seconds of audio sent again on the new stream."""
     dropped_audio_s: float = 0.0
@@ -39,6 +41,8 @@ class StreamRolledOver:
 
     reason: str
     """Why the session switched streams."""
+    resumed_at_s: float = 0.0
+    """Session audio time at which the new stream's audio begins (the replay's start)."""
     replayed_audio_s: float = 0.0
     """Seconds of audio since the last completed turn sent again on the new stream."""
 

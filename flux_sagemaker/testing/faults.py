@@ -33,6 +33,8 @@ class FaultKind(enum.Enum):
     LATENCY = "latency"
     #: End the response cleanly, as if the server were done.
     END_STREAM = "end_stream"
+    #: Answer 200 but never send ``Connected`` (nor anything else); ``after_audio_s`` is ignored.
+    NO_CONNECTED = "no_connected"
 
 
 @attrs.frozen(kw_only=True)

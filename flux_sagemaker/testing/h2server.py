@@ -33,7 +33,13 @@ from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSStream
 
 from flux_sagemaker import errors
-from flux_sagemaker.transport import _MAX_WINDOW, DEFAULT_RECEIVE_WINDOW, _H2Base, _StreamBase
+from flux_sagemaker.transport import (
+    _MAX_WINDOW,
+    DEFAULT_RECEIVE_WINDOW,
+    DrainingH2Connection,
+    _H2Base,
+    _StreamBase,
+)
 
 __all__ = ["H2Server", "Handler", "ServerConnection", "ServerStats", "ServerStream"]
 
@@ -114,7 +120,7 @@ class ServerConnection(_H2Base):
 
     def __init__(self, stream: anyio.abc.ByteStream, server: H2Server) -> None:
         config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
-        h2conn = h2.connection.H2Connection(config)
+        h2conn = DrainingH2Connection(config)
         h2conn.local_settings = h2.settings.Settings(
             client=False,
             initial_values={

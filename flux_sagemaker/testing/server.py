@@ -71,8 +71,13 @@ class RecordedStream:
     """Every audio byte received, in order."""
     audio_events: int = 0
     """BINARY payload parts received."""
+    audio_event_sizes: list[int] = attrs.field(factory=list, repr=False)
+    """The size of each BINARY payload part, in order."""
     texts: list[str] = attrs.field(factory=list)
     """Every UTF8 payload part (control message) received."""
+    inputs: list[str] = attrs.field(factory=list, repr=False)
+    """The kind of every input event in arrival order: ``BINARY``, ``UTF8``, or ``END`` for the
+    final empty signed envelope (to check what came before what)."""
     sent: list[dict[str, Any]] = attrs.field(factory=list, repr=False)
     """The Flux messages sent back."""
     input_ended: bool = False
@@ -364,6 +369,11 @@ class _StreamSession:
         self.fault = self.endpoint._fault_for(self.record.index)
         self.record.fault = self.fault
         self.opened_at = anyio.current_time()
+        if self.fault is not None and self.fault.kind is FaultKind.NO_CONNECTED:
+            # Answer 200 but say nothing, ever: the client's Connected timeout must fire.
+            self.fault = None
+            self.record.error = f"fault: {FaultKind.NO_CONNECTED.value}"
+            self.stalled = True
         await self._send(self.engine.connected())
         try:
             while True:
@@ -374,6 +384,7 @@ class _StreamSession:
                 for event in self.events.receive_data(chunk):
                     if isinstance(event, InputEnded):
                         self.record.input_ended = True
+                        self.record.inputs.append("END")
                         continue
                     if await self._on_event(event):
                         return
@@ -401,9 +412,11 @@ class _StreamSession:
 
     async def _on_event(self, event: InputEvent) -> bool:
         """Handle one input event; return True when the stream was broken off."""
+        self.record.inputs.append(event.data_type)
         if event.data_type == "BINARY":
             self.record.audio += event.payload
             self.record.audio_events += 1
+            self.record.audio_event_sizes.append(len(event.payload))
             if self._expired():
                 await self._break(
                     FaultKind.MODEL_STREAM_ERROR,
@@ -448,8 +461,9 @@ class _StreamSession:
             await self.stream.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
             return True
         if kind is FaultKind.SILENT_CONNECTION:
+            # Hold the stream open on a peer that answers nothing, not even PINGs.
             connection.pause()
-            return True
+            await anyio.sleep_forever()
         if kind is FaultKind.STALL:
             self.stalled = True
             return False

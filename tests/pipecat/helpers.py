@@ -12,13 +12,19 @@ from pipecat.frames.frames import (
     EagerTranscriptionFrame,
     ErrorFrame,
     Frame,
+    InputAudioRawFrame,
     InterimTranscriptionFrame,
     MetricsFrame,
     ProposedUserStartedSpeakingFrame,
     ProposedUserStoppedSpeakingFrame,
     TranscriptionFrame,
 )
+from pipecat.pipeline.worker import PipelineParams
 from pipecat.processors.frame_processor import FrameDirection
+from pipecat.tests.utils import run_test
+
+from flux_sagemaker.pipecat import DeepgramFluxSageMakerSTTService
+from flux_sagemaker.testing import MockFluxEndpoint
 
 SAMPLE_RATE = 16000
 FRAME_MS = 20
@@ -91,3 +97,33 @@ class Recorder:
     def summaries(self) -> list[tuple[Any, ...]]:
         """``(direction, summary)`` of every pushed frame."""
         return [(d.name, *summary(f)) for d, f in self.pushed]
+
+
+def audio_frames(audio: bytes) -> list[Frame]:
+    """20 ms transport frames, as a Pipecat input transport pushes them."""
+    return [InputAudioRawFrame(c, SAMPLE_RATE, 1) for c in chunks(audio)]
+
+
+def service(endpoint: MockFluxEndpoint, **kwargs: Any) -> DeepgramFluxSageMakerSTTService:
+    """The adapter pointed at the mock endpoint (FluxClient options among ``kwargs``)."""
+    return DeepgramFluxSageMakerSTTService(
+        endpoint_name="flux-test", **endpoint.client_kwargs(), **kwargs
+    )
+
+
+async def run(
+    stt: DeepgramFluxSageMakerSTTService, frames: Sequence[Frame]
+) -> tuple[list[Frame], list[Frame]]:
+    """Run ``frames`` then an EndFrame through a real pipeline; (downstream, upstream) frames."""
+    down, up = await run_test(
+        stt,
+        frames_to_send=frames,
+        pipeline_params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE, enable_usage_metrics=True),
+        start_timeout=10.0,
+    )
+    return list(down), list(up)
+
+
+def transcripts(frames: Sequence[Frame]) -> list[str]:
+    """The text of every TranscriptionFrame."""
+    return [f.text for f in frames if isinstance(f, TranscriptionFrame)]

@@ -170,11 +170,20 @@ _words = st.lists(
     ),
     max_size=4,
 )
+
+
+def _turn_message(
+    event: str, text: str, words: list[Any], index: int, languages: list[str] | None
+) -> dict[str, Any]:
+    message = {"type": "TurnInfo", "event": event, "transcript": text, "words": words}
+    message["turn_index"] = index
+    if languages is not None:
+        message["languages"] = languages
+    return message
+
+
 _turn_messages = st.builds(
-    lambda event, text, words, index, languages: {
-        "type": "TurnInfo", "event": event, "transcript": text, "words": words,
-        "turn_index": index, **({"languages": languages} if languages is not None else {}),
-    },  # fmt: skip
+    _turn_message,
     st.sampled_from(["StartOfTurn", "Update", "EagerEndOfTurn", "TurnResumed", "EndOfTurn", "X"]),
     st.sampled_from(["", "hi", "hi there", "table for two"]),
     _words,

@@ -7,7 +7,6 @@ from typing import Any
 import pytest
 from pipecat.frames.frames import (
     Frame,
-    InputAudioRawFrame,
     InterimTranscriptionFrame,
     MetricsFrame,
     ProposedUserStartedSpeakingFrame,
@@ -15,43 +14,20 @@ from pipecat.frames.frames import (
     TranscriptionFrame,
 )
 from pipecat.metrics.metrics import STTUsageMetricsData
-from pipecat.pipeline.worker import PipelineParams
-from pipecat.tests.utils import run_test
 from pipecat.transcriptions.language import Language
 
 from flux_sagemaker.pipecat import DeepgramFluxSageMakerSTTService
 from flux_sagemaker.samples import load_sample
 from flux_sagemaker.testing import MockFluxEndpoint
 
-from .helpers import SAMPLE_RATE, chunks, flux_frames, spoken_turns
+from .helpers import SAMPLE_RATE, audio_frames, flux_frames, run, service, spoken_turns, transcripts
 
 pytestmark = pytest.mark.timeout(30)
 
 
-def audio_frames(audio: bytes) -> list[Frame]:
-    """20 ms transport frames, as a Pipecat input transport pushes them."""
-    return [InputAudioRawFrame(c, SAMPLE_RATE, 1) for c in chunks(audio)]
-
-
-def service(endpoint: MockFluxEndpoint, **kwargs: Any) -> DeepgramFluxSageMakerSTTService:
-    """The adapter pointed at the mock endpoint."""
-    return DeepgramFluxSageMakerSTTService(
-        endpoint_name="flux-test", **endpoint.client_kwargs(), **kwargs
-    )
-
-
-async def run(stt: DeepgramFluxSageMakerSTTService, frames: list[Frame]) -> list[Frame]:
-    down, _up = await run_test(
-        stt,
-        frames_to_send=frames,
-        pipeline_params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE, enable_usage_metrics=True),
-        start_timeout=10.0,
-    )
-    return list(down)
-
-
-def transcripts(frames: list[Frame]) -> list[str]:
-    return [f.text for f in frames if isinstance(f, TranscriptionFrame)]
+async def run_down(stt: DeepgramFluxSageMakerSTTService, frames: list[Frame]) -> list[Frame]:
+    down, _up = await run(stt, frames)
+    return down
 
 
 @pytest.mark.anyio
@@ -66,7 +42,7 @@ async def test_scripted_conversation_frames() -> None:
                 events.append((_name, args))
 
             stt.add_event_handler(name, record)
-        frames = flux_frames(await run(stt, audio_frames(sample.pcm)))
+        frames = flux_frames(await run_down(stt, audio_frames(sample.pcm)))
 
     assert transcripts(frames) == list(sample.turns)
     finals = [f for f in frames if isinstance(f, TranscriptionFrame)]
@@ -100,7 +76,7 @@ async def test_audio_before_connected_is_sent_not_dropped() -> None:
     audio = spoken_turns(1)
     async with MockFluxEndpoint(script=["only turn"]) as endpoint:
         # Every frame is queued as soon as the pipeline starts, long before Connected.
-        frames = flux_frames(await run(service(endpoint), audio_frames(audio)))
+        frames = flux_frames(await run_down(service(endpoint), audio_frames(audio)))
         received = endpoint.received_audio()
     assert received == [audio]
     assert transcripts(frames) == ["only turn"]
@@ -112,7 +88,7 @@ async def test_end_frame_right_after_audio_drains_every_turn() -> None:
     # EndOfTurn) can end it.
     audio = spoken_turns(1) + spoken_turns(1, pause_ms=40)
     async with MockFluxEndpoint(script=["first turn", "second turn"]) as endpoint:
-        frames = flux_frames(await run(service(endpoint), audio_frames(audio)))
+        frames = flux_frames(await run_down(service(endpoint), audio_frames(audio)))
     assert transcripts(frames) == ["first turn", "second turn"]
     kinds = [type(f) for f in frames]
     assert kinds.count(ProposedUserStoppedSpeakingFrame) == 2
@@ -127,7 +103,8 @@ async def test_min_confidence_drops_low_confidence_turns() -> None:
         ScriptedTurn("all good", confidences=(0.99, 0.98)),
     ]
     async with MockFluxEndpoint(script=script) as endpoint:
-        stt = service(endpoint, settings=DeepgramFluxSageMakerSTTService.Settings(min_confidence=0.9))
-        frames = flux_frames(await run(stt, audio_frames(spoken_turns(2))))
+        settings = DeepgramFluxSageMakerSTTService.Settings(min_confidence=0.9)
+        stt = service(endpoint, settings=settings)
+        frames = flux_frames(await run_down(stt, audio_frames(spoken_turns(2))))
     assert transcripts(frames) == ["all good"]
     assert [type(f) for f in frames].count(ProposedUserStoppedSpeakingFrame) == 2

@@ -1,10 +1,4 @@
-"""Pipecat adapter: ``DeepgramFluxSageMakerSTTService`` on :class:`~flux_sagemaker.FluxClient`.
-
-A drop-in replacement for Pipecat 1.14's own service of the same name: the same keyword-only
-constructor, nested ``Settings``, event handlers and frames. The protocol work (signing, the
-credential chain, 80 ms coalescing, keepalive silence, recovery with replay, the final turn at
-close, Configure capabilities) is the client's; this module maps Flux events to Pipecat frames,
-the way ``DeepgramFluxSTTBase`` does, and hands audio over while a session connects.
+"""``DeepgramFluxSageMakerSTTService``: sessions, audio hand-over and settings updates.
 
 Audio path: ``run_stt`` appends to a bounded queue that one sender task drains into the client,
 so audio that arrives before ``Connected`` (or while a new session opens) is sent, not dropped.
@@ -17,56 +11,25 @@ A close marker in the same queue ends a session only after the audio queued befo
 from __future__ import annotations
 
 import asyncio
-from collections import deque
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
 
 import anyio
-
-try:
-    from loguru import logger
-    from pipecat.frames.frames import (
-        CancelFrame,
-        EndFrame,
-        Frame,
-        InterimTranscriptionFrame,
-        ProposedUserStartedSpeakingFrame,
-        ProposedUserStoppedSpeakingFrame,
-        STTMetadataFrame,
-        TranscriptionFrame,
-    )
-    from pipecat.processors.frame_processor import FrameProcessorSetup
-    from pipecat.services.deepgram.flux.stt_base import (
-        DeepgramFluxSTTSettings,
-        language_to_deepgram_flux_language,
-    )
-    from pipecat.services.settings import STTSettings
-    from pipecat.services.stt_service import STTService
-    from pipecat.transcriptions.language import Language
-    from pipecat.turns.eager_end_of_turn_mixin import EagerEndOfTurnSTTServiceMixin
-    from pipecat.utils.errors import ErrorCategory
-    from pipecat.utils.time import time_now_iso8601
-    from pipecat.utils.tracing.service_decorators import traced_stt
-except ModuleNotFoundError as exc:  # pragma: no cover - depends on the environment
-    raise ImportError(
-        f"flux_sagemaker.pipecat needs Pipecat ({exc}): pip install 'flux-sagemaker[pipecat]'"
-    ) from exc
-
-from .client import FluxClient
-from .core.events import (
-    ConfigureFailure,
-    ConfigureSuccess,
-    EagerEndOfTurn,
-    EndOfTurn,
-    ServerWarning,
-    StartOfTurn,
-    TurnInfo,
-    TurnResumed,
-    Update,
+from loguru import logger
+from pipecat.frames.frames import CancelFrame, EndFrame, Frame
+from pipecat.processors.frame_processor import FrameProcessorSetup
+from pipecat.services.deepgram.flux.stt_base import (
+    DeepgramFluxSTTSettings,
+    language_to_deepgram_flux_language,
 )
-from .core.settings import FluxSettings
-from .errors import (
+from pipecat.services.settings import STTSettings
+from pipecat.transcriptions.language import Language
+from pipecat.utils.errors import ErrorCategory
+
+from ..client import FluxClient
+from ..core.settings import FluxSettings
+from ..errors import (
     AccessDeniedError,
     FluxError,
     FluxServerError,
@@ -76,7 +39,9 @@ from .errors import (
     UsageError,
     ValidationError,
 )
-from .options import KeepalivePolicy
+from ..options import KeepalivePolicy
+from .pending import CLOSE, Close, PendingAudio
+from .turns import FluxTurnFrames
 
 __all__ = ["DeepgramFluxSageMakerSTTService", "DeepgramFluxSageMakerSTTSettings"]
 
@@ -116,52 +81,6 @@ _ERROR_CATEGORIES: Final = (
 )
 
 
-class _Close:
-    """The queue marker that ends the current session after the audio queued before it."""
-
-
-_CLOSE: Final = _Close()
-
-
-class _PendingAudio:
-    """Audio waiting for a session, bounded in bytes (oldest audio dropped first)."""
-
-    def __init__(self) -> None:
-        self._items: deque[bytes | _Close] = deque()
-        self._bytes = 0
-        self._limit = 0
-        self._ready = anyio.Event()
-
-    def set_limit(self, limit: int) -> None:
-        self._limit = limit
-
-    def __len__(self) -> int:
-        return len(self._items)
-
-    def put(self, item: bytes | _Close) -> int:
-        """Queue ``item``; return how many bytes of older audio were dropped for it."""
-        self._items.append(item)
-        dropped = 0
-        if isinstance(item, bytes):
-            self._bytes += len(item)
-            while self._limit and self._bytes > self._limit and isinstance(self._items[0], bytes):
-                old = self._items.popleft()
-                assert isinstance(old, bytes)
-                self._bytes -= len(old)
-                dropped += len(old)
-        self._ready.set()
-        return dropped
-
-    async def get(self) -> bytes | _Close:
-        while not self._items:
-            self._ready = anyio.Event()
-            await self._ready.wait()
-        item = self._items.popleft()
-        if isinstance(item, bytes):
-            self._bytes -= len(item)
-        return item
-
-
 def _language_codes(hints: Iterable[Language]) -> list[str]:
     """Pipecat languages as Flux codes: unmapped ones dropped, first occurrence kept."""
     codes: list[str] = []
@@ -177,7 +96,7 @@ class DeepgramFluxSageMakerSTTSettings(DeepgramFluxSTTSettings):
     """Settings for the Deepgram Flux SageMaker STT service (all of ``DeepgramFluxSTTSettings``)."""
 
 
-class DeepgramFluxSageMakerSTTService(EagerEndOfTurnSTTServiceMixin, STTService):
+class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
     """Deepgram Flux speech-to-text on a SageMaker endpoint, on :class:`FluxClient`.
 
     Same surface and frames as Pipecat's ``DeepgramFluxSageMakerSTTService``: Flux detects
@@ -263,6 +182,7 @@ class DeepgramFluxSageMakerSTTService(EagerEndOfTurnSTTServiceMixin, STTService)
         super().__init__(
             settings=store,
             sample_rate=sample_rate,
+            should_interrupt=should_interrupt,
             enable_eager_end_of_turn=enable_eager_end_of_turn,
             **kwargs,
         )
@@ -274,30 +194,12 @@ class DeepgramFluxSageMakerSTTService(EagerEndOfTurnSTTServiceMixin, STTService)
         self._encoding = encoding
         self._mip_opt_out = mip_opt_out
         self._tag = list(tag or [])
-        self._should_interrupt = should_interrupt
-        self._pending = _PendingAudio()
+        self._pending = PendingAudio()
         self._session_task: asyncio.Task[None] | None = None
         self._flux: FluxClient | None = None  # while a session is connected
         self._set_up = False
         self._accepting = True  # False once stopping: later audio is not sent
         self._reconnect_after_turn = False
-        self._user_is_speaking = False
-        self._turn_transcript = ""
-        self._turn_language: Language | None = None
-        for name in ("start_of_turn", "turn_resumed", "end_of_turn", "eager_end_of_turn", "update"):
-            self._register_event_handler(f"on_{name}")
-
-    def can_generate_metrics(self) -> bool:
-        """Whether the service generates metrics: it does (usage, TTFB)."""
-        return True
-
-    def service_metadata_frame(self) -> STTMetadataFrame:
-        """Recommend turn strategies that leave turn detection to Flux."""
-        frame = super().service_metadata_frame()
-        frame.user_turn_strategies = self.recommended_user_turn_strategies(
-            enable_interruptions=self._should_interrupt
-        )
-        return frame
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -348,7 +250,7 @@ class DeepgramFluxSageMakerSTTService(EagerEndOfTurnSTTServiceMixin, STTService)
         if task is None or task.done():
             return
         if drain:
-            self._pending.put(_CLOSE)
+            self._pending.put(CLOSE)
             await asyncio.wait({task}, timeout=_STOP_TIMEOUT)
         if not task.done():
             await self.cancel_task(task)
@@ -404,7 +306,7 @@ class DeepgramFluxSageMakerSTTService(EagerEndOfTurnSTTServiceMixin, STTService)
         try:
             while True:
                 item = await self._pending.get()
-                if isinstance(item, _Close):
+                if isinstance(item, Close):
                     await flux.close()
                     return
                 await flux.send_audio(item)
@@ -504,121 +406,12 @@ class DeepgramFluxSageMakerSTTService(EagerEndOfTurnSTTServiceMixin, STTService)
         if not (self._set_up and self._accepting):
             return
         if self._session_task is not None and not self._session_task.done():
-            self._pending.put(_CLOSE)  # closes after the queued audio; the loop reopens
+            self._pending.put(CLOSE)  # closes after the queued audio; the loop reopens
         else:
             self._start_session()
 
-    # -- events -> frames (DeepgramFluxSTTBase's mapping) ----------------------------------------
-
     async def _handle_event(self, event: object) -> None:
-        match event:
-            case StartOfTurn():
-                await self._handle_start_of_turn(event)
-            case Update():
-                await self._handle_update(event)
-            case EagerEndOfTurn():
-                await self._push_eager_end_of_turn(
-                    event.transcript,
-                    user_id=self._user_id,
-                    language=self._detected_language(event),
-                    result=event.raw,
-                )
-                await self._call_event_handler("on_eager_end_of_turn", event.transcript)
-            case TurnResumed():
-                await self._cancel_eager_end_of_turn()
-                await self._call_event_handler("on_turn_resumed")
-            case EndOfTurn(synthetic=True):
-                # The stream ended inside the turn: the transcript so far, not finalized.
-                await self._end_turn_cut_short(event)
-                await self._call_event_handler("on_end_of_turn", event.transcript)
-            case EndOfTurn():
-                await self._handle_end_of_turn(event)
-            case ConfigureSuccess():
-                logger.info(f"{self}: Configure accepted: {event.raw}")
-            case ConfigureFailure():
-                await self.push_error(f"Configure rejected: [{event.code}] {event.description}")
-            case ServerWarning():
-                logger.warning(f"{self}: Flux warning [{event.code}] {event.description}")
-            case _:
-                logger.debug(f"{self}: {event!r}")
+        await super()._handle_event(event)
         if self._reconnect_after_turn and not self._user_is_speaking:
             self._reconnect_after_turn = False
             await self._request_reconnect()
-
-    def _detected_language(self, event: TurnInfo) -> Language | None:
-        if event.languages:
-            try:
-                return Language(event.languages[0])
-            except ValueError:
-                logger.debug(f"Unmapped Deepgram Flux language code: {event.languages[0]}")
-                return None
-        return Language.EN if self._settings.model == "flux-general-en" else None
-
-    async def _handle_start_of_turn(self, event: StartOfTurn) -> None:
-        self._user_is_speaking = True
-        self._turn_transcript = event.transcript
-        self._turn_language = None
-        await self.broadcast_frame(ProposedUserStartedSpeakingFrame)
-        await self._call_event_handler("on_start_of_turn", event.transcript)
-
-    async def _handle_update(self, event: Update) -> None:
-        if not event.transcript:
-            return
-        language = self._detected_language(event)
-        self._turn_transcript = event.transcript
-        self._turn_language = language
-        await self.push_frame(
-            InterimTranscriptionFrame(
-                event.transcript, self._user_id, time_now_iso8601(), language, result=event.raw
-            )
-        )
-        await self._call_event_handler("on_update", event.transcript)
-
-    async def _handle_end_of_turn(self, event: EndOfTurn) -> None:
-        self._user_is_speaking = False
-        self._turn_transcript = ""
-        self._clear_eager_end_of_turn()
-        confidence = event.average_confidence
-        language = self._detected_language(event)
-        min_confidence = self._settings.min_confidence
-        # No threshold (None or 0.0) accepts; otherwise a turn without word confidences drops.
-        if not min_confidence or (confidence is not None and confidence > min_confidence):
-            await self.emit_stt_usage_metrics()
-            await self.push_frame(
-                TranscriptionFrame(
-                    event.transcript,
-                    self._user_id,
-                    time_now_iso8601(),
-                    language,
-                    result=event.raw,
-                    finalized=True,
-                )
-            )
-        else:
-            logger.warning(f"Transcription confidence below min_confidence threshold: {confidence}")
-        await self._handle_transcription(event.transcript, True, language)
-        await self.broadcast_frame(ProposedUserStoppedSpeakingFrame)
-        await self._call_event_handler("on_end_of_turn", event.transcript)
-
-    async def _end_turn_cut_short(self, event: EndOfTurn | None = None) -> None:
-        """End a turn the stream closed inside of, with the transcript so far (unfinalized)."""
-        if not self._user_is_speaking:
-            return
-        self._user_is_speaking = False
-        self._clear_eager_end_of_turn()
-        transcript, language = self._turn_transcript, self._turn_language
-        if event is not None:
-            transcript, language = event.transcript, self._detected_language(event)
-        self._turn_transcript = ""
-        if transcript:
-            await self.emit_stt_usage_metrics()
-            await self.push_frame(
-                TranscriptionFrame(transcript, self._user_id, time_now_iso8601(), language)
-            )
-        await self.broadcast_frame(ProposedUserStoppedSpeakingFrame)
-
-    @traced_stt
-    async def _handle_transcription(
-        self, transcript: str, is_final: bool, language: Language | None = None
-    ) -> None:
-        """Mark a transcription for tracing (the decorator records the span)."""

@@ -1,0 +1,41 @@
+"""Small statistics helpers shared by the benchmark sections."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+QUANTILES = (50, 90, 99, 99.9)
+
+
+def percentile(sorted_values: Sequence[float], q: float) -> float:
+    """The ``q``-th percentile (nearest rank) of already sorted values."""
+    if not sorted_values:
+        return math.nan
+    rank = max(0, min(len(sorted_values) - 1, math.ceil(q / 100 * len(sorted_values)) - 1))
+    return sorted_values[rank]
+
+
+def percentiles(values: Sequence[float]) -> dict[str, float | int]:
+    """``{"n", "p50", "p90", "p99", "p99.9", "max", "mean"}`` of ``values`` (rounded)."""
+    ordered = sorted(values)
+    out: dict[str, float | int] = {"n": len(ordered)}
+    for q in QUANTILES:
+        out[f"p{q:g}"] = round(percentile(ordered, q), 3)
+    out["max"] = round(ordered[-1], 3) if ordered else math.nan
+    out["mean"] = round(sum(ordered) / len(ordered), 3) if ordered else math.nan
+    return out
+
+
+def cpu_between(samples: Sequence[Sequence[float]], start: float, end: float) -> float | None:
+    """CPU seconds used between two monotonic times, interpolated from ``[time, cpu]`` samples."""
+    if len(samples) < 2:
+        return None
+
+    def at(t: float) -> float:
+        for (t0, c0), (t1, c1) in zip(samples, samples[1:], strict=False):
+            if t0 <= t <= t1:
+                return c0 if t1 == t0 else c0 + (c1 - c0) * (t - t0) / (t1 - t0)
+        return samples[0][1] if t < samples[0][0] else samples[-1][1]
+
+    return at(end) - at(start)

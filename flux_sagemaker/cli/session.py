@@ -1,0 +1,167 @@
+"""Stream audio through a FluxClient, paced like a microphone or as fast as it goes.
+
+One task sends 20 ms chunks (against a monotonic schedule when paced in real time) and records
+when each chunk was handed to the client; the calling task iterates the events and renders
+them. Recording the send times maps audio time onto the wall clock, which is how the
+end-of-turn latency is measured: from the moment the turn's last spoken word had been sent to
+the moment its ``EndOfTurn`` arrived.
+"""
+
+from __future__ import annotations
+
+import bisect
+import sys
+from typing import TextIO
+
+import anyio
+import anyio.lowlevel
+import attrs
+
+from ..client import FluxClient
+from ..core.events import EndOfTurn
+from ..errors import FluxError
+from .render import CLEAR_LINE, EventTiming, Renderer
+
+__all__ = ["Progress", "SendLog", "SessionResult", "speech_end", "stream_audio"]
+
+#: Chunk length when paced in real time: a typical capture buffer.
+REALTIME_CHUNK_S = 0.02
+#: Chunk length with ``--fast``: fewer calls, still well under the client's 80 ms coalescing.
+FAST_CHUNK_S = 0.08
+
+
+@attrs.define(eq=False)
+class SendLog:
+    """When audio was handed to the client: maps audio seconds to monotonic wall-clock time."""
+
+    _audio_ends: list[float] = attrs.field(factory=list)
+    _walls: list[float] = attrs.field(factory=list)
+
+    def record(self, audio_end: float, wall: float) -> None:
+        """Audio up to ``audio_end`` seconds had been sent at ``wall``."""
+        self._audio_ends.append(audio_end)
+        self._walls.append(wall)
+
+    def wall_time_of(self, audio_time: float) -> float | None:
+        """When the audio at ``audio_time`` had been sent, or ``None`` if it never was."""
+        index = bisect.bisect_left(self._audio_ends, audio_time - 1e-9)
+        return self._walls[index] if index < len(self._walls) else None
+
+
+def speech_end(event: EndOfTurn) -> float:
+    """Where the turn's speech ended, in audio seconds.
+
+    The end of the last word when Flux gives word timings; otherwise ``audio_window_end``, the
+    audio position at which Flux decided (which includes the trailing silence it waited for).
+    """
+    if event.words and event.words[-1].end is not None:
+        return event.words[-1].end
+    return event.audio_window_end
+
+
+@attrs.define(eq=False)
+class Progress:
+    """A progress line on a terminal's stderr, redrawn at most every ``interval`` seconds."""
+
+    out: TextIO
+    total: float
+    interval: float = 0.25
+    _last: float = attrs.field(default=-1.0, init=False)
+
+    def update(self, sent: float, now: float, *, force: bool = False) -> None:
+        """``sent`` of ``total`` audio seconds have gone out."""
+        if not force and now - self._last < self.interval:
+            return
+        self._last = now
+        percent = 100 * sent / self.total if self.total else 100.0
+        self.out.write(f"{CLEAR_LINE}sent {sent:.1f} / {self.total:.1f} s ({percent:.0f}%)")
+        self.out.flush()
+
+    def finish(self) -> None:
+        """Erase the progress line."""
+        self.out.write(CLEAR_LINE)
+        self.out.flush()
+
+
+@attrs.define
+class SessionResult:
+    """What a streamed session produced."""
+
+    turns: list[str] = attrs.field(factory=list)
+    """The final transcript of each turn, in order."""
+    latencies: list[float] = attrs.field(factory=list)
+    """End-of-turn latencies (real-time pacing only)."""
+    audio_seconds: float = 0.0
+    """Audio sent."""
+    elapsed: float = 0.0
+    """Seconds from the first audio sent to the end of the session."""
+
+
+async def stream_audio(
+    client: FluxClient,
+    audio: bytes,
+    *,
+    sample_width: int,
+    sample_rate: int,
+    realtime: bool,
+    renderer: Renderer,
+    progress: Progress | None = None,
+) -> SessionResult:
+    """Send ``audio`` through an open ``client``, close it, and render every event.
+
+    Raises:
+        FluxError: The session failed (raised from the client's event iterator).
+    """
+    chunk_s = REALTIME_CHUNK_S if realtime else FAST_CHUNK_S
+    step = max(sample_width, int(sample_rate * chunk_s) * sample_width)
+    bytes_per_second = sample_width * sample_rate
+    log = SendLog()
+    result = SessionResult(audio_seconds=len(audio) / bytes_per_second)
+    start = anyio.current_time()
+
+    async def send() -> None:
+        try:
+            for offset in range(0, len(audio), step):
+                end = min(len(audio), offset + step)
+                if realtime:
+                    # A microphone delivers this chunk once its last sample has been spoken.
+                    due = start + end / bytes_per_second
+                    await anyio.sleep(max(0.0, due - anyio.current_time()))
+                else:
+                    await anyio.lowlevel.checkpoint()
+                await client.send_audio(audio[offset:end])
+                now = anyio.current_time()
+                log.record(end / bytes_per_second, now)
+                if progress is not None:
+                    progress.update(end / bytes_per_second, now, force=end == len(audio))
+            await client.close()
+        except FluxError:
+            if not client.is_closed:
+                raise
+            # The session failed: the event iterator raises the reason.
+        finally:
+            if progress is not None:
+                progress.finish()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(send)
+        async for event in client:
+            now = anyio.current_time()
+            latency = None
+            if isinstance(event, EndOfTurn):
+                result.turns.append(event.transcript)
+                sent_at = log.wall_time_of(speech_end(event))
+                if realtime and sent_at is not None and not event.synthetic:
+                    latency = max(0.0, now - sent_at)
+                    result.latencies.append(latency)
+            renderer.event(event, EventTiming(received=now - start, latency=latency))
+    renderer.finish()
+    result.elapsed = anyio.current_time() - start
+    return result
+
+
+def stderr_progress(total: float, *, minimum: float = 10.0) -> Progress | None:
+    """A progress line for long files when stderr is a terminal that stdout does not share."""
+    if total < minimum or not sys.stderr.isatty() or sys.stdout.isatty():
+        return None
+    return Progress(sys.stderr, total)

@@ -1,0 +1,59 @@
+"""The audio hand-over queue: audio waits here while no session accepts it."""
+
+from __future__ import annotations
+
+from collections import deque
+from typing import Final
+
+import anyio
+
+__all__ = ["CLOSE", "Close", "PendingAudio"]
+
+
+class Close:
+    """The queue marker that ends the current session after the audio queued before it."""
+
+
+CLOSE: Final = Close()
+
+
+class PendingAudio:
+    """Audio waiting for a session, bounded in bytes (oldest audio dropped first)."""
+
+    def __init__(self) -> None:
+        self._items: deque[bytes | Close] = deque()
+        self._bytes = 0
+        self._limit = 0
+        self._ready = anyio.Event()
+
+    def set_limit(self, limit: int) -> None:
+        """Hold at most ``limit`` bytes of audio (0: no bound)."""
+        self._limit = limit
+
+    def __len__(self) -> int:
+        """The number of queued items (audio chunks and close markers)."""
+        return len(self._items)
+
+    def put(self, item: bytes | Close) -> int:
+        """Queue ``item``; return how many bytes of older audio were dropped for it."""
+        self._items.append(item)
+        dropped = 0
+        if isinstance(item, bytes):
+            self._bytes += len(item)
+            while self._limit and self._bytes > self._limit and isinstance(self._items[0], bytes):
+                old = self._items.popleft()
+                assert isinstance(old, bytes)
+                self._bytes -= len(old)
+                dropped += len(old)
+        self._ready.set()
+        return dropped
+
+    async def get(self) -> bytes | Close:
+        """The oldest item, waiting for one."""
+        while not self._items:
+            self._ready = anyio.Event()
+            await self._ready.wait()
+        item = self._items.popleft()
+        if isinstance(item, bytes):
+            self._bytes -= len(item)
+        return item

@@ -1,0 +1,129 @@
+"""Helpers of the end-to-end suite: FluxClient over real sockets against MockFluxEndpoint.
+
+Every test talks HTTP/2 on 127.0.0.1 (port 0) and runs on asyncio and trio. Timeouts are short
+so a hang fails fast instead of stalling the suite, and the client's own keepalive silence is
+off unless a test asks for it, so the audio the mock records is exactly the audio sent.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import anyio
+
+from flux_sagemaker import (
+    FluxClient,
+    FluxError,
+    FluxEvent,
+    KeepalivePolicy,
+    RetryPolicy,
+    Timeouts,
+)
+from flux_sagemaker.samples import Sample, load_sample
+from flux_sagemaker.testing import MockFluxEndpoint
+
+#: The bundled two-turn sample: 16 kHz mono linear16.
+SAMPLE: Sample = load_sample()
+#: Bytes per second of the sample's audio.
+BYTES_PER_SECOND = SAMPLE.sample_rate * 2
+#: Short limits: a test that hangs fails within seconds.
+FAST_TIMEOUTS = Timeouts(connect=3.0, connected=3.0, close=3.0, write=5.0, ping_interval=None)
+#: Fail at once, so error tests see the typed error.
+NO_RETRY = RetryPolicy(enabled=False)
+#: Quick retries for the tests that want one.
+QUICK_RETRY = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, jitter="none", budget=5.0)
+#: A generous per-test bound for fail_after (the suite's tests take well under a second each).
+TEST_TIMEOUT = 20.0
+
+
+def ms(milliseconds: float) -> int:
+    """Bytes of sample audio in ``milliseconds`` (sample aligned)."""
+    return int(SAMPLE.sample_rate * milliseconds / 1000) * 2
+
+
+EndpointFactory = Callable[..., MockFluxEndpoint]
+"""The type of the ``endpoint`` fixture."""
+
+
+def client_for(ep: MockFluxEndpoint, **kwargs: Any) -> FluxClient:
+    """A FluxClient pointed at ``ep`` with the suite's short timeouts, no retries, no keepalive."""
+    options: dict[str, Any] = {
+        **ep.client_kwargs(),
+        "timeouts": FAST_TIMEOUTS,
+        "retry": NO_RETRY,
+        "keepalive": KeepalivePolicy.disabled(),
+    }
+    options.update(kwargs)
+    return FluxClient("flux-e2e", **options)
+
+
+async def send_audio(
+    flux: FluxClient,
+    pcm: bytes,
+    chunk_bytes: int = 640,
+    *,
+    realtime_factor: float | None = None,
+) -> None:
+    """Send ``pcm`` in chunks, as fast as allowed or paced at ``realtime_factor`` x real time.
+
+    Pacing (e.g. ``realtime_factor=10``: ten times faster than real time) sleeps between chunks
+    the way a microphone delivers them; it never waits for a condition.
+    """
+    for offset in range(0, len(pcm), chunk_bytes):
+        chunk = pcm[offset : offset + chunk_bytes]
+        await flux.send_audio(chunk)
+        if realtime_factor is not None:
+            await anyio.sleep(len(chunk) / BYTES_PER_SECOND / realtime_factor)
+
+
+async def collect(flux: FluxClient, into: list[FluxEvent] | None = None) -> list[FluxEvent]:
+    """Iterate ``flux`` to the end; events land in ``into`` as they arrive (also on error)."""
+    events = into if into is not None else []
+    async for event in flux:
+        events.append(event)
+    return events
+
+
+async def run_session(
+    flux: FluxClient,
+    pcm: bytes,
+    chunk_bytes: int = 640,
+    *,
+    realtime_factor: float | None = None,
+    close: bool = True,
+) -> list[FluxEvent]:
+    """Send ``pcm`` (then close) in one task while collecting every event in this one."""
+    events: list[FluxEvent] = []
+
+    async def sender() -> None:
+        await send_audio(flux, pcm, chunk_bytes, realtime_factor=realtime_factor)
+        if close:
+            await flux.close()
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(sender)
+        await collect(flux, events)
+    return events
+
+
+async def events_until_error(flux: FluxClient, events: list[FluxEvent]) -> FluxError:
+    """Collect events until the iterator raises; return the error (fail if it ends cleanly)."""
+    try:
+        await collect(flux, events)
+    except FluxError as exc:
+        return exc
+    raise AssertionError(f"the iterator ended without an error after {len(events)} events")
+
+
+def of_type(events: Sequence[object], *kinds: type) -> list[Any]:
+    """The events that are instances of ``kinds``, in order."""
+    return [e for e in events if isinstance(e, kinds)]
+
+
+async def next_of(flux: FluxClient, kind: type) -> Any:
+    """Iterate until an event of ``kind`` arrives and return it."""
+    async for event in flux:
+        if isinstance(event, kind):
+            return event
+    raise AssertionError(f"the session ended before a {kind.__name__} arrived")

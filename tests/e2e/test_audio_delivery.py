@@ -1,0 +1,102 @@
+"""What the endpoint receives: the exact audio bytes, in events of the promised size."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import anyio
+import pytest
+
+from flux_sagemaker import EndOfTurn
+
+from .helpers import SAMPLE, TEST_TIMEOUT, EndpointFactory, client_for, ms, of_type, run_session
+
+pytestmark = pytest.mark.anyio
+
+TARGET = ms(80)
+"""Bytes in an 80 ms event of the sample's format."""
+
+CHUNK_SIZES = {
+    "20ms": ms(20),
+    "80ms": ms(80),
+    "odd-aligned": 2 * 1237,  # a prime number of samples: never divides the events evenly
+    "tiny": 2 * 3,
+    "one-huge-chunk": len(SAMPLE.pcm),
+}
+
+
+@pytest.mark.parametrize("chunk", CHUNK_SIZES.values(), ids=CHUNK_SIZES.keys())
+async def test_audio_arrives_byte_exact_in_80ms_events(
+    endpoint: EndpointFactory, chunk: int
+) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as flux:
+            events = await run_session(flux, SAMPLE.pcm, chunk)
+    (stream,) = ep.streams
+    assert bytes(stream.audio) == SAMPLE.pcm
+    sizes = stream.audio_event_sizes
+    assert sum(sizes) == len(SAMPLE.pcm)
+    assert all(size % 2 == 0 for size in sizes)
+    # About one event per 80 ms: each one holds 80 to 320 ms, except the last (the flush at
+    # close) and any partial event the coalescing timer flushed while the sender was busy.
+    full = math.ceil(len(SAMPLE.pcm) / TARGET)
+    assert len(sizes) <= full + 2
+    assert len(sizes) >= len(SAMPLE.pcm) // (4 * TARGET)
+    assert sum(1 for size in sizes[:-1] if size < TARGET) <= 2
+    assert all(size <= 4 * TARGET for size in sizes)
+    if chunk >= 4 * TARGET:
+        # One big push is cut into exact 80 ms events and the remainder, with no timer involved.
+        assert sizes == [TARGET] * (len(SAMPLE.pcm) // TARGET) + [len(SAMPLE.pcm) % TARGET]
+    assert [e.transcript for e in of_type(events, EndOfTurn)] == list(SAMPLE.turns)
+    assert stream.texts == ['{"type":"CloseStream"}']
+
+
+@pytest.mark.parametrize("chunk", [ms(20), 2 * 1237, ms(500)], ids=["20ms", "odd", "500ms"])
+async def test_without_coalescing_each_chunk_is_one_event(
+    endpoint: EndpointFactory, chunk: int
+) -> None:
+    pcm = SAMPLE.pcm[: ms(2500)]
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep, coalesce_ms=0) as flux:
+            await run_session(flux, pcm, chunk)
+    (stream,) = ep.streams
+    assert bytes(stream.audio) == pcm
+    expected = [len(pcm[i : i + chunk]) for i in range(0, len(pcm), chunk)]
+    assert stream.audio_event_sizes == expected
+
+
+async def test_bytearray_and_memoryview_chunks_are_copied(endpoint: EndpointFactory) -> None:
+    """The client may keep audio after send_audio returns; reusing the buffer must not matter."""
+    pcm = SAMPLE.pcm[: ms(1000)]
+    buffer = bytearray(ms(30))
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as flux:
+            for offset in range(0, len(pcm), len(buffer)):
+                piece = pcm[offset : offset + len(buffer)]
+                buffer[: len(piece)] = piece
+                await flux.send_audio(memoryview(buffer)[: len(piece)])
+                buffer[:] = b"\xff" * len(buffer)  # scribble over it at once
+            await flux.close()
+    assert bytes(ep.streams[0].audio) == pcm
+
+
+async def test_control_messages_are_recorded_as_utf8_texts(endpoint: EndpointFactory) -> None:
+    pcm = SAMPLE.pcm[: ms(1200)]  # into the first turn
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as flux:
+            await flux.send_audio(pcm)
+            await flux.configure(eot_threshold=0.8, keyterms=["table"])
+            await flux.force_end_turn()
+            await flux.close()
+    (stream,) = ep.streams
+    messages = [json.loads(text) for text in stream.texts]
+    assert [m["type"] for m in messages] == ["Configure", "ForceEndTurn", "CloseStream"]
+    assert messages[0]["thresholds"]["eot_threshold"] == 0.8
+    assert messages[0]["keyterms"] == ["table"]
+    # Audio sent before a control message is on the wire before it.
+    assert stream.inputs[-1] == "END"
+    assert stream.inputs[: stream.inputs.index("UTF8")] == ["BINARY"] * (
+        stream.inputs.index("UTF8")
+    )
+    assert bytes(stream.audio) == pcm

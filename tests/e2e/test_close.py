@@ -1,0 +1,110 @@
+"""close(): CloseStream, drain, the final EndOfTurn (real or synthetic), end of input."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from flux_sagemaker import BundleCapabilities, EndOfTurn, TurnInfo, Update
+from flux_sagemaker.testing import FLUX_MULTI_20260417, NEWEST
+
+from .helpers import (
+    SAMPLE,
+    TEST_TIMEOUT,
+    EndpointFactory,
+    client_for,
+    collect,
+    ms,
+    of_type,
+    run_session,
+)
+
+pytestmark = pytest.mark.anyio
+
+MID_SECOND_TURN = SAMPLE.pcm[: ms(4000)]
+"""The sample cut in the middle of "Tomorrow at seven, please." (spoken 3.2-4.7 s)."""
+
+
+def _assert_closed_in_order(ep_stream_inputs: list[str], texts: list[str]) -> None:
+    assert texts == ['{"type":"CloseStream"}']
+    # Audio, then CloseStream, then the final empty signed envelope; nothing after it.
+    assert ep_stream_inputs[-2:] == ["UTF8", "END"]
+    assert set(ep_stream_inputs[:-2]) == {"BINARY"}
+
+
+async def test_close_mid_turn_newest_gives_synthetic_end_of_turn(
+    endpoint: EndpointFactory,
+) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(bundle=NEWEST) as ep, client_for(ep) as flux:
+            events = await run_session(flux, MID_SECOND_TURN)
+            assert flux.is_closed
+            assert [e async for e in flux] == []  # the iterator stays ended
+    (stream,) = ep.streams
+    # The server sent no EndOfTurn for the second turn, only a final Update.
+    assert stream.event_types.count("EndOfTurn") == 1
+    assert stream.event_types[-1] == "Update"
+    ends = of_type(events, EndOfTurn)
+    assert [e.transcript for e in ends] == list(SAMPLE.turns)
+    assert [e.synthetic for e in ends] == [False, True]
+    assert [e.turn_index for e in ends] == [0, 1]
+    assert events[-1] is ends[-1]
+    last_update = [e for e in of_type(events, Update) if e.turn_index == 1][-1]
+    assert ends[-1].audio_window_end == last_update.audio_window_end
+    assert stream.input_ended
+    _assert_closed_in_order(stream.inputs, stream.texts)
+    assert bytes(stream.audio) == MID_SECOND_TURN
+
+
+async def test_close_mid_turn_finalizing_bundle_gives_real_end_of_turn(
+    endpoint: EndpointFactory,
+) -> None:
+    caps = BundleCapabilities.flux_multi_20260417()
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(bundle=FLUX_MULTI_20260417) as ep:
+            async with client_for(ep, capabilities=caps) as flux:
+                events = await run_session(flux, MID_SECOND_TURN)
+    (stream,) = ep.streams
+    assert stream.event_types.count("EndOfTurn") == 2
+    ends = of_type(events, EndOfTurn)
+    assert [e.transcript for e in ends] == list(SAMPLE.turns)
+    assert [e.synthetic for e in ends] == [False, False]
+    assert events[-1] is ends[-1]
+    _assert_closed_in_order(stream.inputs, stream.texts)
+
+
+async def test_close_between_turns_adds_nothing(endpoint: EndpointFactory) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as flux:
+            events = await run_session(flux, SAMPLE.pcm)
+    ends = of_type(events, EndOfTurn)
+    assert [e.synthetic for e in ends] == [False, False]
+    # Between turns Flux sends empty Updates for the next index; nothing invents a turn.
+    assert not [e for e in of_type(events, TurnInfo) if e.turn_index > 1 and e.transcript]
+    assert isinstance(events[-1], Update)
+    _assert_closed_in_order(ep.streams[0].inputs, ep.streams[0].texts)
+
+
+async def test_close_then_iterate_the_buffered_events(endpoint: EndpointFactory) -> None:
+    """close() returns after the drain; the events wait in the iterator."""
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as flux:
+            await flux.send_audio(MID_SECOND_TURN)
+            await flux.close()
+            await flux.close()  # a second close does nothing
+            events = await collect(flux)
+    ends = of_type(events, EndOfTurn)
+    assert [e.transcript for e in ends] == list(SAMPLE.turns)
+    assert ends[-1].synthetic
+    assert ep.streams[0].texts == ['{"type":"CloseStream"}']
+
+
+async def test_exiting_the_block_closes_gracefully(endpoint: EndpointFactory) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep:
+            async with client_for(ep) as flux:
+                await flux.send_audio(MID_SECOND_TURN)
+            assert flux.is_closed
+    (stream,) = ep.streams
+    _assert_closed_in_order(stream.inputs, stream.texts)
+    assert bytes(stream.audio) == MID_SECOND_TURN

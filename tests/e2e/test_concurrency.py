@@ -1,0 +1,61 @@
+"""Many sessions at once: one shared ConnectionPool multiplexes them on one connection."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from flux_sagemaker import ConnectionPool, EndOfTurn, FluxEvent
+
+from .helpers import SAMPLE, TEST_TIMEOUT, EndpointFactory, client_for, ms, of_type, run_session
+
+pytestmark = pytest.mark.anyio
+
+FIRST_TURN_DONE = SAMPLE.pcm[: ms(3100)]
+"""The first turn and the silence that ends it (EndOfTurn at about 2.6 s)."""
+
+
+async def _sessions(
+    endpoint: EndpointFactory, count: int, *, shared: bool
+) -> tuple[int, dict[int, list[FluxEvent]]]:
+    results: dict[int, list[FluxEvent]] = {}
+    async with endpoint(script_scope="stream") as ep:
+
+        async def one(i: int, pool: ConnectionPool | None) -> None:
+            async with client_for(ep, pool=pool) as flux:
+                # Each session sends its own slice of audio: sessions must not mix streams.
+                results[i] = await run_session(flux, FIRST_TURN_DONE, ms(80) + 2 * i)
+
+        if shared:
+            async with ConnectionPool() as pool, anyio.create_task_group() as tg:
+                for i in range(count):
+                    tg.start_soon(one, i, pool)
+        else:
+            async with anyio.create_task_group() as tg:
+                for i in range(count):
+                    tg.start_soon(one, i, None)
+        assert len(ep.streams) == count
+        for stream in ep.streams:
+            assert bytes(stream.audio) == FIRST_TURN_DONE
+            assert stream.input_ended
+        return ep.connections_accepted, results
+
+
+async def test_100_clients_share_one_connection(endpoint: EndpointFactory) -> None:
+    with anyio.fail_after(TEST_TIMEOUT * 2):
+        connections, results = await _sessions(endpoint, 100, shared=True)
+    assert connections == 1
+    assert len(results) == 100
+    for events in results.values():
+        ends = of_type(events, EndOfTurn)
+        assert [(e.turn_index, e.transcript) for e in ends] == [(0, SAMPLE.turns[0])]
+
+
+async def test_clients_with_their_own_pools_use_their_own_connections(
+    endpoint: EndpointFactory,
+) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        connections, results = await _sessions(endpoint, 5, shared=False)
+    assert connections == 5
+    for events in results.values():
+        assert [e.transcript for e in of_type(events, EndOfTurn)] == [SAMPLE.turns[0]]

@@ -1,0 +1,274 @@
+"""Every way a session can fail to open or break, each surfacing as its typed FluxError."""
+
+from __future__ import annotations
+
+import uuid
+
+import anyio
+import pytest
+from anyio.abc import SocketAttribute
+from botocore.credentials import Credentials
+
+from flux_sagemaker import (
+    AccessDeniedError,
+    ConnectError,
+    EndOfTurn,
+    FluxError,
+    FluxEvent,
+    FluxServerError,
+    FluxSettings,
+    InputValidationError,
+    InternalServerError,
+    InternalStreamFailure,
+    ModelError,
+    ModelStreamError,
+    OperationError,
+    ServiceUnavailableError,
+    StreamReset,
+    ThrottlingError,
+    Timeouts,
+    TimeoutError,
+    TransportError,
+    UsageError,
+)
+from flux_sagemaker.testing import FLUX_ENGLISH_20260311, Fault, FaultKind, RequestFailure
+
+from .helpers import (
+    FAST_TIMEOUTS,
+    QUICK_RETRY,
+    SAMPLE,
+    TEST_TIMEOUT,
+    EndpointFactory,
+    client_for,
+    events_until_error,
+    ms,
+    of_type,
+    run_session,
+)
+
+pytestmark = pytest.mark.anyio
+
+FIRST_TURN_DONE = SAMPLE.pcm[: ms(3100)]
+
+
+def _is_request_id(value: str | None) -> bool:
+    try:
+        uuid.UUID(str(value))
+    except ValueError:
+        return False
+    return True
+
+
+async def _open_fails(ep: object, **kwargs: object) -> FluxError:
+    with pytest.raises(FluxError) as info:
+        async with client_for(ep, **kwargs):  # type: ignore[arg-type]
+            raise AssertionError("the session opened")
+    return info.value
+
+
+# -- refused requests -----------------------------------------------------------------------
+
+
+async def test_wrong_region_is_access_denied(endpoint: EndpointFactory) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(region="us-east-1") as ep:
+            error = await _open_fails(ep, region="us-west-2")
+    assert isinstance(error, AccessDeniedError)
+    assert error.status_code == 403
+    assert error.error_type == "InvalidSignatureException"
+    assert _is_request_id(error.request_id)
+    assert not error.retryable
+    assert ep.streams[0].status == 403
+
+
+async def test_wrong_credentials_are_access_denied(endpoint: EndpointFactory) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep:
+            wrong = Credentials("AKIDEXAMPLE", "not-the-secret")
+            unknown = Credentials("AKIDUNKNOWN", "whatever")
+            bad_secret = await _open_fails(ep, credentials=wrong)
+            bad_key = await _open_fails(ep, credentials=unknown)
+    for error in (bad_secret, bad_key):
+        assert isinstance(error, AccessDeniedError)
+        assert error.status_code == 403
+        assert _is_request_id(error.request_id)
+        assert "not-the-secret" not in repr(error) + str(error)
+
+
+async def test_unknown_endpoint_name_is_a_validation_error(endpoint: EndpointFactory) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(endpoint_name="the-real-one") as ep:
+            error = await _open_fails(ep)
+    assert isinstance(error, InputValidationError)
+    assert error.status_code == 404
+    assert "flux-e2e" in str(error)
+
+
+async def test_bad_request_is_an_input_validation_error(endpoint: EndpointFactory) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep:
+            ep.fail_requests(
+                RequestFailure(
+                    status=400, error_type="ValidationError", message="1 validation error"
+                )
+            )
+            error = await _open_fails(ep)
+    assert isinstance(error, InputValidationError)
+    assert error.status_code == 400
+    assert "1 validation error" in str(error)
+    assert not error.retryable
+
+
+async def test_model_error_keeps_the_original_status(endpoint: EndpointFactory) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep:
+            ep.fail_requests(RequestFailure.model_error("the container said no"))
+            error = await _open_fails(ep)
+    assert isinstance(error, ModelError)
+    assert error.status_code == 424
+    assert error.original_status_code == 400
+    assert error.original_message == "the container said no"
+    assert _is_request_id(error.request_id)
+
+
+async def test_query_parameter_the_bundle_rejects_is_a_model_error(
+    endpoint: EndpointFactory,
+) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(bundle=FLUX_ENGLISH_20260311) as ep:
+            # The client believes the bundle is the newest one, so it sends numerals.
+            error = await _open_fails(ep, settings=FluxSettings(numerals=True))
+    assert isinstance(error, ModelError)
+    assert error.status_code == 424
+    assert ep.streams[0].error is not None and "numerals" in ep.streams[0].error
+
+
+RETRYABLE_FAILURES = {
+    "throttling": (RequestFailure.throttling(), ThrottlingError),
+    "unavailable": (RequestFailure.service_unavailable(), ServiceUnavailableError),
+    "internal": (RequestFailure.internal_error(), InternalServerError),
+}
+
+
+@pytest.mark.parametrize(
+    ("failure", "error_class"), RETRYABLE_FAILURES.values(), ids=RETRYABLE_FAILURES.keys()
+)
+async def test_retryable_failures_without_retries(
+    endpoint: EndpointFactory, failure: RequestFailure, error_class: type[OperationError]
+) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep:
+            ep.fail_requests(failure)
+            error = await _open_fails(ep)
+    assert type(error) is error_class
+    assert error.retryable
+    assert error.status_code == failure.status
+    assert len(ep.streams) == 1
+
+
+@pytest.mark.parametrize(
+    ("failure", "error_class"), RETRYABLE_FAILURES.values(), ids=RETRYABLE_FAILURES.keys()
+)
+async def test_one_retryable_failure_then_success(
+    endpoint: EndpointFactory, failure: RequestFailure, error_class: type[OperationError]
+) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep:
+            ep.fail_requests(failure)
+            async with client_for(ep, retry=QUICK_RETRY) as flux:
+                events = await run_session(flux, FIRST_TURN_DONE)
+            assert flux.stats.streams_opened == 2
+    assert [s.status for s in ep.streams] == [failure.status, 200]
+    assert [e.transcript for e in of_type(events, EndOfTurn)] == [SAMPLE.turns[0]]
+    assert bytes(ep.streams[1].audio) == FIRST_TURN_DONE
+
+
+async def test_retries_give_up_with_the_last_error(endpoint: EndpointFactory) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep:
+            ep.fail_requests(RequestFailure.throttling(), count=10)
+            retry = QUICK_RETRY.__class__(
+                max_attempts=3, initial_backoff=0.01, max_backoff=0.02, jitter="none"
+            )
+            error = await _open_fails(ep, retry=retry)
+    assert isinstance(error, ThrottlingError)
+    assert 2 <= len(ep.streams) <= 4  # a few attempts, not ten
+
+
+# -- opening that never completes -----------------------------------------------------------
+
+
+async def test_connected_never_arrives_times_out(endpoint: EndpointFactory) -> None:
+    timeouts = Timeouts(connect=2.0, connected=0.3, close=0.5, ping_interval=None)
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(faults=[Fault(kind=FaultKind.NO_CONNECTED)]) as ep:
+            error = await _open_fails(ep, timeouts=timeouts)
+    assert isinstance(error, TimeoutError)
+    assert "Connected" in str(error)
+    assert ep.streams[0].status == 200
+    assert ep.streams[0].sent == []
+
+
+async def test_connection_refused_is_a_connect_error() -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        port = listener.extra(SocketAttribute.local_port)
+        await listener.aclose()  # nothing listens there any more
+        from flux_sagemaker import FluxClient, RetryPolicy
+
+        with pytest.raises(ConnectError):
+            async with FluxClient(
+                "flux-e2e",
+                endpoint_url=f"http://127.0.0.1:{port}",
+                region="us-east-1",
+                credentials=Credentials("AKIDEXAMPLE", "secret"),
+                timeouts=FAST_TIMEOUTS,
+                retry=RetryPolicy(enabled=False),
+            ):
+                raise AssertionError("connected to nothing")
+
+
+# -- failures after the stream started ------------------------------------------------------
+
+MID_STREAM_FAULTS = {
+    "flux-error": (FaultKind.FLUX_ERROR, FluxServerError),
+    "model-stream-error": (FaultKind.MODEL_STREAM_ERROR, ModelStreamError),
+    "internal-stream-failure": (FaultKind.INTERNAL_STREAM_FAILURE, InternalStreamFailure),
+    "reset": (FaultKind.RESET_STREAM, StreamReset),
+    "dropped-connection": (FaultKind.DROP_CONNECTION, TransportError),
+    "server-ended": (FaultKind.END_STREAM, TransportError),
+}
+
+
+async def _send_until_refused(flux: object, pcm: bytes) -> None:
+    send = flux.send_audio  # type: ignore[attr-defined]
+    try:
+        for offset in range(0, len(pcm), ms(40)):
+            await send(pcm[offset : offset + ms(40)])
+    except UsageError:
+        pass  # the session failed under us: the iterator says why
+
+
+@pytest.mark.parametrize(
+    ("kind", "error_class"), MID_STREAM_FAULTS.values(), ids=MID_STREAM_FAULTS.keys()
+)
+async def test_mid_stream_failure_after_the_earlier_events(
+    endpoint: EndpointFactory, kind: FaultKind, error_class: type[FluxError]
+) -> None:
+    fault = Fault(kind=kind, after_audio_s=3.0, error_code="")
+    events: list[FluxEvent] = []
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(faults=[fault]) as ep, client_for(ep) as flux:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(_send_until_refused, flux, SAMPLE.pcm)
+                error = await events_until_error(flux, events)
+            assert flux.is_closed
+            with pytest.raises(UsageError):
+                await flux.send_audio(b"\x00\x00")
+    assert isinstance(error, error_class), repr(error)
+    # Everything before the fault was delivered first: the first turn, complete.
+    assert [e.transcript for e in of_type(events, EndOfTurn)] == [SAMPLE.turns[0]]
+    assert ep.streams[0].error == f"fault: {kind.value}"
+    if isinstance(error, FluxServerError):
+        assert error.code == "INTERNAL_SERVER_ERROR"
+        assert error.description == "injected fault"

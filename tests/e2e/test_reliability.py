@@ -1,0 +1,398 @@
+"""Fault injection: the client survives every retryable fault without losing audio.
+
+Each test streams the bundled sample in real time (20 ms frames) to a MockFluxEndpoint that
+injects one fault mid-turn, and asserts that:
+
+- both scripted turns arrive exactly once, with their full transcripts, on one timeline;
+- a ``Reconnected`` event says what happened;
+- every byte of audio sent reached the mock: stream 0 received a prefix of it, each later stream
+  received the audio from the ``Reconnected`` event's ``resumed_at_s`` on, and together they
+  cover all of it.
+
+Without retries, the same faults raise the right typed error instead, within a bounded time.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+import anyio
+import pytest
+from botocore.credentials import Credentials, RefreshableCredentials
+
+from flux_sagemaker import (
+    ConnectionLost,
+    EndOfTurn,
+    FluxClient,
+    FluxError,
+    FluxServerError,
+    FluxSettings,
+    GoAway,
+    InternalStreamFailure,
+    KeepalivePolicy,
+    ModelStreamError,
+    Reconnected,
+    RetryPolicy,
+    RolloverPolicy,
+    StartOfTurn,
+    StreamReset,
+    StreamRolledOver,
+    StreamStalled,
+    ThrottlingError,
+    Timeouts,
+    TransportError,
+    UsageError,
+)
+from flux_sagemaker.samples import load_sample
+from flux_sagemaker.testing import Fault, FaultKind, MockFluxEndpoint, RequestFailure
+
+pytestmark = pytest.mark.anyio
+
+SAMPLE = load_sample()
+BYTES_PER_SECOND = SAMPLE.sample_rate * 2
+FRAME = BYTES_PER_SECOND // 50  # 20 ms, as Pipecat sends
+#: Mid first turn ("Hi, I'd like a table for two." runs from 0.3 s to about 2.3 s).
+MID_TURN = 1.2
+#: Audio goes out this many times faster than real time: Flux is clocked by audio, not by the
+#: wall clock, and the suite stays quick.
+SPEED = 4
+FAST_TIMEOUTS = Timeouts(ping_interval=0.3, ping_timeout=0.5, connected=3.0, close=3.0)
+WATCHDOG = KeepalivePolicy(stall_timeout=0.8)
+NO_RETRY = RetryPolicy(enabled=False)
+
+
+async def stream_sample(flux: FluxClient, pcm: bytes = SAMPLE.pcm) -> None:
+    """Send ``pcm`` in 20 ms frames at ``SPEED`` times real time, then close.
+
+    Once the session has failed, sending raises ``UsageError``; the iterator raises the
+    failure itself, which is what the tests check, so the sender just stops.
+    """
+    start = anyio.current_time()
+    try:
+        for n, offset in enumerate(range(0, len(pcm), FRAME)):
+            await flux.send_audio(pcm[offset : offset + FRAME])
+            await anyio.sleep(max(0.0, start + (n + 1) * 0.02 / SPEED - anyio.current_time()))
+        await flux.close()
+    except UsageError:
+        assert flux.is_closed
+
+
+async def run_session(
+    endpoint: MockFluxEndpoint, pcm: bytes = SAMPLE.pcm, **options: Any
+) -> list[Any]:
+    """Stream ``pcm`` through a FluxClient and collect every event."""
+    events: list[Any] = []
+    options.setdefault("timeouts", FAST_TIMEOUTS)
+    options.setdefault("keepalive", WATCHDOG)
+    with anyio.fail_after(30):
+        async with FluxClient("flux-ep", **endpoint.client_kwargs(), **options) as flux:
+            try:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(stream_sample, flux, pcm)
+                    events.extend([event async for event in flux])
+            except BaseExceptionGroup as group:
+                # The iterator's error, unwrapped from the task group for pytest.raises.
+                raise group.exceptions[0] from None
+    return events
+
+
+def assert_turns_complete(events: Sequence[Any]) -> None:
+    """Both scripted turns arrived once each, in order, with consecutive indexes."""
+    finals = [e for e in events if isinstance(e, EndOfTurn)]
+    assert [e.transcript for e in finals] == list(SAMPLE.turns)
+    assert [e.turn_index for e in finals] == [0, 1]
+    starts = [e.turn_index for e in events if isinstance(e, StartOfTurn)]
+    assert starts == [0, 1]
+    ends = [e.audio_window_end for e in finals]
+    assert ends == sorted(ends)
+
+
+def assert_audio_delivered(
+    endpoint: MockFluxEndpoint, events: Sequence[Any], pcm: bytes = SAMPLE.pcm
+) -> None:
+    """Every byte sent reached a stream; each stream got a contiguous slice of the audio."""
+    switches = [e for e in events if isinstance(e, Reconnected | StreamRolledOver)]
+    accepted = [s for s in endpoint.streams if s.status == 200]
+    assert len(accepted) == len(switches) + 1
+    offsets = [0] + [round(e.resumed_at_s * BYTES_PER_SECOND) for e in switches]
+    covered = 0
+    for stream, offset in zip(accepted, offsets, strict=True):
+        audio = bytes(stream.audio)
+        assert offset <= covered, "a gap: audio between streams was never sent"
+        assert audio == pcm[offset : offset + len(audio)]
+        covered = max(covered, offset + len(audio))
+    assert covered == len(pcm)
+
+
+RECOVERABLE = [
+    FaultKind.DROP_CONNECTION,
+    FaultKind.GOAWAY,
+    FaultKind.RESET_STREAM,
+    FaultKind.STALL,
+    FaultKind.SILENT_CONNECTION,
+    FaultKind.MODEL_STREAM_ERROR,
+    FaultKind.INTERNAL_STREAM_FAILURE,
+    FaultKind.END_STREAM,
+    FaultKind.FLUX_ERROR,  # INTERNAL_SERVER_ERROR is retryable
+]
+
+
+@pytest.mark.parametrize("kind", RECOVERABLE, ids=lambda k: k.value)
+async def test_recovers_from_fault_without_losing_audio(kind: FaultKind) -> None:
+    async with MockFluxEndpoint(
+        script=SAMPLE.turns, faults=[Fault(kind=kind, after_audio_s=MID_TURN)]
+    ) as endpoint:
+        events = await run_session(endpoint)
+    assert_turns_complete(events)
+    reconnects = [e for e in events if isinstance(e, Reconnected)]
+    assert len(reconnects) == 1
+    assert reconnects[0].error.retryable
+    assert reconnects[0].dropped_audio_s == 0
+    # The fault struck inside turn 0, so the replay starts at the beginning of the session.
+    assert reconnects[0].resumed_at_s == 0
+    assert reconnects[0].replayed_audio_s >= MID_TURN - 0.1
+    assert_audio_delivered(endpoint, events)
+
+
+async def test_recovers_after_a_completed_turn_replaying_only_the_open_one() -> None:
+    fault_at = 3.5  # inside turn 1; turn 0 ended near 2.7 s
+    async with MockFluxEndpoint(
+        script=SAMPLE.turns,
+        faults=[Fault(kind=FaultKind.DROP_CONNECTION, after_audio_s=fault_at)],
+    ) as endpoint:
+        events = await run_session(endpoint)
+    assert_turns_complete(events)
+    (reconnect,) = [e for e in events if isinstance(e, Reconnected)]
+    first_end = next(e for e in events if isinstance(e, EndOfTurn)).audio_window_end
+    assert reconnect.resumed_at_s == pytest.approx(first_end, abs=0.001)
+    assert reconnect.replayed_audio_s < fault_at - first_end + 0.5
+    assert_audio_delivered(endpoint, events)
+
+
+async def test_throttled_reconnects_back_off_then_recover() -> None:
+    async with MockFluxEndpoint(
+        script=SAMPLE.turns,
+        faults=[Fault(kind=FaultKind.DROP_CONNECTION, after_audio_s=MID_TURN)],
+    ) as endpoint:
+        endpoint.fail_requests(RequestFailure.throttling(), count=0)
+        original = endpoint._handle
+
+        async def throttle_reconnects(stream: Any) -> None:
+            if len(endpoint.streams) == 1:  # after the first stream: throttle twice, then 503
+                endpoint.fail_requests(RequestFailure.throttling(), count=2)
+                endpoint.fail_requests(RequestFailure.service_unavailable(), count=1)
+            await original(stream)
+
+        endpoint._server._handler = throttle_reconnects
+        events = await run_session(endpoint)
+    assert_turns_complete(events)
+    (reconnect,) = [e for e in events if isinstance(e, Reconnected)]
+    assert reconnect.attempts == 4
+    assert [s.status for s in endpoint.streams] == [200, 400, 400, 503, 200]
+    assert_audio_delivered(endpoint, events)
+
+
+async def test_two_faults_in_a_row_recover_twice() -> None:
+    async with MockFluxEndpoint(
+        script=SAMPLE.turns,
+        faults=[
+            Fault(kind=FaultKind.RESET_STREAM, after_audio_s=MID_TURN),
+            Fault(kind=FaultKind.MODEL_STREAM_ERROR, after_audio_s=2.0, stream_index=1),
+        ],
+    ) as endpoint:
+        events = await run_session(endpoint)
+    assert_turns_complete(events)
+    assert len([e for e in events if isinstance(e, Reconnected)]) == 2
+    assert_audio_delivered(endpoint, events)
+
+
+async def test_rollover_switches_at_turn_boundaries_with_no_gap_or_duplicate() -> None:
+    async with MockFluxEndpoint(script=SAMPLE.turns) as endpoint:
+        events = await run_session(
+            endpoint, rollover=RolloverPolicy(max_stream_duration=4.0, margin=3.0)
+        )
+    assert_turns_complete(events)
+    rolls = [e for e in events if isinstance(e, StreamRolledOver)]
+    assert rolls
+    assert all(r.reason == "maximum stream duration" for r in rolls)
+    assert not [e for e in events if isinstance(e, Reconnected)]
+    # Each switch happened right after an EndOfTurn: almost nothing had to be replayed.
+    assert all(r.replayed_audio_s < 0.5 for r in rolls)
+    assert_audio_delivered(endpoint, events)
+
+
+async def test_sagemaker_stream_time_limit_is_survived() -> None:
+    async with MockFluxEndpoint(script=SAMPLE.turns, max_stream_duration=0.8) as endpoint:
+        events = await run_session(endpoint)
+    assert_turns_complete(events)
+    reconnects = [e for e in events if isinstance(e, Reconnected)]
+    assert reconnects
+    assert all(isinstance(r.error, ModelStreamError) for r in reconnects)
+    assert reconnects[0].error.error_code == "ModelInvocationTimeExceeded"
+    assert_audio_delivered(endpoint, events)
+
+
+def rotating_credentials(keys: list[tuple[str, str]], expires_in: float) -> RefreshableCredentials:
+    """Credentials that hand out the next key pair at every refresh."""
+    from datetime import UTC, datetime, timedelta
+
+    remaining = iter(keys)
+
+    def refresh() -> dict[str, str]:
+        access, secret = next(remaining)
+        expiry = datetime.now(UTC) + timedelta(seconds=expires_in)
+        return {
+            "access_key": access,
+            "secret_key": secret,
+            "token": "",
+            "expiry_time": expiry.isoformat(),
+        }
+
+    return RefreshableCredentials.create_from_metadata(
+        metadata=refresh(), refresh_using=refresh, method="test"
+    )
+
+
+async def test_credentials_are_refreshed_before_they_expire() -> None:
+    keys = [("AKIDFIRST", "secret-one"), ("AKIDSECOND", "secret-two"), ("AKIDTHIRD", "secret-3")]
+    accepted = {access: (secret, None) for access, secret in keys}
+    # botocore refreshes credentials that expire within 15 minutes (its advisory window), so
+    # each stream is signed with a fresh key; the policy switches streams before expiry.
+    credentials = rotating_credentials(keys, expires_in=900.5)
+    async with MockFluxEndpoint(script=SAMPLE.turns, credentials=accepted) as endpoint:
+        kwargs = endpoint.client_kwargs() | {"credentials": credentials}
+        events: list[Any] = []
+        with anyio.fail_after(30):
+            async with FluxClient(
+                "flux-ep",
+                **kwargs,
+                timeouts=FAST_TIMEOUTS,
+                rollover=RolloverPolicy(credential_margin=900.0, margin=0.2),
+            ) as flux:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(stream_sample, flux)
+                    events.extend([event async for event in flux])
+    assert_turns_complete(events)
+    rolls = [e for e in events if isinstance(e, StreamRolledOver)]
+    assert rolls
+    assert rolls[0].reason == "credentials expire"
+    used = [dict(s.headers)["authorization"].split("Credential=")[1][:9] for s in endpoint.streams]
+    assert used[0] != used[1]
+    assert_audio_delivered(endpoint, events)
+
+
+NOT_RETRIED = [
+    (FaultKind.DROP_CONNECTION, ConnectionLost),
+    (FaultKind.GOAWAY, GoAway),
+    (FaultKind.RESET_STREAM, StreamReset),
+    (FaultKind.STALL, StreamStalled),
+    (FaultKind.SILENT_CONNECTION, ConnectionLost),
+    (FaultKind.MODEL_STREAM_ERROR, ModelStreamError),
+    (FaultKind.INTERNAL_STREAM_FAILURE, InternalStreamFailure),
+    (FaultKind.END_STREAM, TransportError),
+]
+
+
+@pytest.mark.parametrize(("kind", "error"), NOT_RETRIED, ids=lambda v: getattr(v, "value", ""))
+async def test_without_retries_each_fault_raises_its_typed_error(
+    kind: FaultKind, error: type[FluxError]
+) -> None:
+    # A silent peer must be caught by the PING timeout here, not by the stall watchdog.
+    keepalive = KeepalivePolicy(stall_timeout=None) if kind is FaultKind.SILENT_CONNECTION else WATCHDOG
+    async with MockFluxEndpoint(
+        script=SAMPLE.turns, faults=[Fault(kind=kind, after_audio_s=MID_TURN)]
+    ) as endpoint:
+        with pytest.raises(error) as raised:
+            await run_session(endpoint, retry=NO_RETRY, keepalive=keepalive)
+    assert raised.value.retryable
+
+
+async def test_non_retryable_flux_error_is_raised_even_with_retries() -> None:
+    fault = Fault(
+        kind=FaultKind.FLUX_ERROR, after_audio_s=MID_TURN, error_code="UNPARSABLE_CLIENT_MESSAGE"
+    )
+    async with MockFluxEndpoint(script=SAMPLE.turns, faults=[fault]) as endpoint:
+        with pytest.raises(FluxServerError) as raised:
+            await run_session(endpoint)
+    assert raised.value.code == "UNPARSABLE_CLIENT_MESSAGE"
+    assert len(endpoint.streams) == 1
+
+
+async def test_retry_budget_exhausted_raises_the_last_error() -> None:
+    async with MockFluxEndpoint(
+        script=SAMPLE.turns,
+        faults=[Fault(kind=FaultKind.DROP_CONNECTION, after_audio_s=MID_TURN)],
+    ) as endpoint:
+        original = endpoint._handle
+
+        async def throttle_after_first(stream: Any) -> None:
+            if len(endpoint.streams) >= 1:
+                endpoint.fail_requests(RequestFailure.throttling())
+            await original(stream)
+
+        endpoint._server._handler = throttle_after_first
+        with pytest.raises(ThrottlingError):
+            await run_session(endpoint, retry=RetryPolicy(max_attempts=2, initial_backoff=0.01))
+    assert [s.status for s in endpoint.streams] == [200, 400, 400]
+
+
+async def test_turn_silence_keepalive_brings_end_of_turn() -> None:
+    # Stop sending right after the first turn's speech: Flux needs audio to finish the turn.
+    cut = int(2.35 * BYTES_PER_SECOND) // FRAME * FRAME
+    async with MockFluxEndpoint(script=SAMPLE.turns) as endpoint:
+        events: list[Any] = []
+        with anyio.fail_after(20):
+            async with FluxClient(
+                "flux-ep",
+                **endpoint.client_kwargs(),
+                keepalive=KeepalivePolicy(turn_silence_after=0.3),
+            ) as flux:
+                for offset in range(0, cut, FRAME):
+                    await flux.send_audio(SAMPLE.pcm[offset : offset + FRAME])
+                async for event in flux:
+                    events.append(event)
+                    if isinstance(event, EndOfTurn):
+                        break
+                await flux.close()
+    (final,) = [e for e in events if isinstance(e, EndOfTurn)]
+    assert final.transcript == SAMPLE.turns[0]
+    assert not final.synthetic
+    assert flux.stats.silence_bytes_sent > 0
+    # The silence was real silence, appended after the application's audio.
+    audio = bytes(endpoint.streams[0].audio)
+    assert audio[:cut] == SAMPLE.pcm[:cut]
+    assert audio[cut:] == bytes(len(audio) - cut)
+
+
+async def test_idle_keepalive_sends_tiny_silent_frames() -> None:
+    async with MockFluxEndpoint() as endpoint:
+        with anyio.fail_after(10):
+            async with FluxClient(
+                "flux-ep", **endpoint.client_kwargs(), keepalive=KeepalivePolicy(idle_interval=0.2)
+            ) as flux:
+                await anyio.sleep(1.0)
+                await flux.close()
+    stream = endpoint.streams[0]
+    assert stream.audio_events >= 3
+    assert bytes(stream.audio) == bytes(len(stream.audio))
+    assert len(stream.audio) == 2 * stream.audio_events  # one linear16 sample each
+
+
+async def test_secrets_never_reach_logs_or_reprs(caplog: pytest.LogCaptureFixture) -> None:
+    secret = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"
+    caplog.set_level(logging.DEBUG)
+    async with MockFluxEndpoint(
+        script=SAMPLE.turns, faults=[Fault(kind=FaultKind.RESET_STREAM, after_audio_s=MID_TURN)]
+    ) as endpoint:
+        events = await run_session(endpoint)
+        credentials = endpoint.credentials
+    assert isinstance(credentials, Credentials)
+    text = caplog.text + " ".join(repr(e) for e in events)
+    signatures = [
+        dict(s.headers)["authorization"].rpartition("Signature=")[2] for s in endpoint.streams
+    ]
+    assert secret not in text
+    for signature in signatures:
+        assert signature not in text

@@ -1,0 +1,116 @@
+"""TLS with the per-run CA, and configuration resolved from the AWS environment."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import anyio
+import pytest
+
+from flux_sagemaker import ConnectError, EndOfTurn, FluxClient, KeepalivePolicy
+from flux_sagemaker.testing import MockFluxEndpoint
+from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
+
+from .helpers import (
+    FAST_TIMEOUTS,
+    NO_RETRY,
+    SAMPLE,
+    TEST_TIMEOUT,
+    EndpointFactory,
+    client_for,
+    ms,
+    of_type,
+    run_session,
+)
+
+pytestmark = pytest.mark.anyio
+
+FIRST_TURN_DONE = SAMPLE.pcm[: ms(3100)]
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """An AWS environment with no config files and none of the caller's settings."""
+    for name in (
+        "AWS_PROFILE",
+        "AWS_DEFAULT_PROFILE",
+        "AWS_REGION",
+        "AWS_DEFAULT_REGION",
+        "AWS_CA_BUNDLE",
+        "AWS_ENDPOINT_URL",
+        "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME",
+        "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
+        "AWS_USE_FIPS_ENDPOINT",
+        "AWS_USE_DUALSTACK_ENDPOINT",
+        "AWS_ACCESS_KEY_ID",
+        "AWS_SECRET_ACCESS_KEY",
+        "AWS_SESSION_TOKEN",
+    ):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return monkeypatch
+
+
+def _assert_first_turn(events: list[object], ep: MockFluxEndpoint) -> None:
+    assert [e.transcript for e in of_type(events, EndOfTurn)] == [SAMPLE.turns[0]]
+    assert bytes(ep.streams[0].audio) == FIRST_TURN_DONE
+
+
+async def test_tls_with_the_endpoint_context(endpoint: EndpointFactory) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(tls=True) as ep:
+            assert ep.url.startswith("https://")
+            async with client_for(ep, ssl_context=ep.ssl_context) as flux:
+                events = await run_session(flux, FIRST_TURN_DONE)
+    _assert_first_turn(events, ep)
+
+
+async def test_tls_with_system_trust_fails_the_certificate(
+    endpoint: EndpointFactory, aws_env: pytest.MonkeyPatch
+) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(tls=True) as ep:
+            with pytest.raises(ConnectError) as info:
+                async with client_for(ep, ssl_context=None):
+                    pass
+    assert "certificate" in str(info.value).lower()
+    assert ep.streams == []  # no request got through
+
+
+async def test_aws_ca_bundle_is_honoured(
+    endpoint: EndpointFactory, aws_env: pytest.MonkeyPatch
+) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(tls=True) as ep:
+            assert ep.ca_pem_path is not None
+            aws_env.setenv("AWS_CA_BUNDLE", ep.ca_pem_path)
+            async with client_for(ep, ssl_context=None) as flux:
+                events = await run_session(flux, FIRST_TURN_DONE)
+    _assert_first_turn(events, ep)
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+async def test_everything_from_the_aws_environment(
+    endpoint: EndpointFactory, aws_env: pytest.MonkeyPatch, tls: bool
+) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(tls=tls, region="eu-central-1") as ep:
+            aws_env.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", ep.url)
+            aws_env.setenv("AWS_REGION", "eu-central-1")
+            aws_env.setenv("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
+            aws_env.setenv("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
+            if ep.ca_pem_path is not None:
+                aws_env.setenv("AWS_CA_BUNDLE", ep.ca_pem_path)
+            flux = FluxClient(
+                "flux-e2e",
+                timeouts=FAST_TIMEOUTS,
+                retry=NO_RETRY,
+                keepalive=KeepalivePolicy.disabled(),
+            )
+            async with flux:
+                events = await run_session(flux, FIRST_TURN_DONE)
+    _assert_first_turn(events, ep)
+    authority = dict(ep.streams[0].headers).get("authorization", "")
+    assert "/eu-central-1/sagemaker/aws4_request" in authority

@@ -1,0 +1,82 @@
+"""Whole sessions: the sample's turns come back in order, with all five turn events."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+
+from flux_sagemaker import (
+    Connected,
+    EagerEndOfTurn,
+    EndOfTurn,
+    FluxSettings,
+    StartOfTurn,
+    TurnInfo,
+    TurnResumed,
+    Update,
+)
+
+from .helpers import SAMPLE, TEST_TIMEOUT, EndpointFactory, client_for, of_type, run_session
+
+pytestmark = pytest.mark.anyio
+
+
+def _words(text: str) -> list[str]:
+    return text.split()
+
+
+async def test_sample_turns_with_eager_end_of_turn(endpoint: EndpointFactory) -> None:
+    settings = FluxSettings(eager_eot_threshold=0.3)
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep, settings=settings) as flux:
+            events = await run_session(flux, SAMPLE.pcm)
+    assert isinstance(events[0], Connected)
+    assert flux.is_closed
+    turn_events = of_type(events, TurnInfo)
+    kinds = {type(e) for e in turn_events}
+    assert {StartOfTurn, Update, EagerEndOfTurn, TurnResumed, EndOfTurn} <= kinds
+    # Per turn: StartOfTurn first, EndOfTurn last, eager/resumed alternate in between.
+    for index in range(len(SAMPLE.turns)):
+        turn = [e for e in turn_events if e.turn_index == index and type(e) is not Update]
+        names = [type(e).__name__ for e in turn]
+        assert names[0] == "StartOfTurn", names
+        assert names[-1] == "EndOfTurn", names
+        middle = names[1:-1]
+        assert middle == ["EagerEndOfTurn", "TurnResumed"] * (len(middle) // 2) + (
+            ["EagerEndOfTurn"] if len(middle) % 2 else []
+        ), names
+    # turn_index never goes back and covers exactly the script's turns.
+    indexes = [e.turn_index for e in turn_events]
+    assert indexes == sorted(indexes)
+    ends = of_type(events, EndOfTurn)
+    assert [e.transcript for e in ends] == [" ".join(_words(t)) for t in SAMPLE.turns]
+    assert [e.turn_index for e in ends] == list(range(len(SAMPLE.turns)))
+    assert not any(e.synthetic for e in ends)
+    # Each EndOfTurn repeats the transcript of the EagerEndOfTurn just before it.
+    for end in ends:
+        before = turn_events[: turn_events.index(end)]
+        eager = [e for e in before if isinstance(e, EagerEndOfTurn)][-1]
+        assert eager.turn_index == end.turn_index
+        assert end.transcript == eager.transcript
+    # "seven, please": the speaker resumed after an eager end of turn in the second turn.
+    resumed = of_type(turn_events, TurnResumed)
+    assert any(e.turn_index == 1 for e in resumed)
+
+
+async def test_sample_turns_without_eager(endpoint: EndpointFactory) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as flux:
+            events = await run_session(flux, SAMPLE.pcm, realtime_factor=20)
+    turn_events = of_type(events, TurnInfo)
+    assert not of_type(turn_events, EagerEndOfTurn, TurnResumed)
+    ends = of_type(events, EndOfTurn)
+    assert [e.transcript for e in ends] == list(SAMPLE.turns)
+    assert [e.trigger for e in ends] == ["model", "model"]
+    starts = of_type(events, StartOfTurn)
+    assert [e.turn_index for e in starts] == [0, 1]
+    # Updates carry growing prefixes of the scripted transcript.
+    for update in of_type(turn_events, Update):
+        if update.transcript:
+            script = SAMPLE.turns[update.turn_index]
+            assert script.startswith(update.transcript)
+    assert ep.streams[0].event_types[0] == "Connected"

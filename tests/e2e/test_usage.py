@@ -1,0 +1,158 @@
+"""Misuse is refused locally with UsageError/ValidationError; exiting never hangs."""
+
+from __future__ import annotations
+
+import array
+import contextlib
+import sys
+
+import anyio
+import pytest
+
+from flux_sagemaker import (
+    EndOfTurn,
+    FluxClient,
+    Timeouts,
+    UsageError,
+    ValidationError,
+)
+from flux_sagemaker.testing import Fault, FaultKind
+
+from .helpers import (
+    SAMPLE,
+    TEST_TIMEOUT,
+    EndpointFactory,
+    client_for,
+    collect,
+    ms,
+    of_type,
+    run_session,
+)
+
+pytestmark = pytest.mark.anyio
+
+FIRST_TURN_DONE = SAMPLE.pcm[: ms(3100)]
+
+
+async def test_calls_before_entering_are_usage_errors(endpoint: EndpointFactory) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep:
+            flux = client_for(ep)
+            with pytest.raises(UsageError):
+                await flux.send_audio(b"\x00\x00")
+            with pytest.raises(UsageError):
+                await flux.configure(eot_threshold=0.8)
+            with pytest.raises(UsageError):
+                await flux.force_end_turn()
+            # Nothing was sent, and the client can still be used normally.
+            async with flux:
+                events = await run_session(flux, FIRST_TURN_DONE)
+    assert [e.transcript for e in of_type(events, EndOfTurn)] == [SAMPLE.turns[0]]
+    assert bytes(ep.streams[0].audio) == FIRST_TURN_DONE
+
+
+async def test_calls_after_close_are_usage_errors(endpoint: EndpointFactory) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep:
+            async with client_for(ep) as flux:
+                await flux.send_audio(FIRST_TURN_DONE)
+                await flux.close()
+                with pytest.raises(UsageError):
+                    await flux.send_audio(b"\x00\x00")
+                with pytest.raises(UsageError):
+                    await flux.configure(eot_threshold=0.8)
+                with pytest.raises(UsageError):
+                    await flux.force_end_turn()
+                await flux.close()  # closing again is fine
+            with pytest.raises(UsageError):
+                await flux.send_audio(b"\x00\x00")
+            with pytest.raises(UsageError):
+                async with flux:
+                    pass  # a client is entered once
+    assert bytes(ep.streams[0].audio) == FIRST_TURN_DONE
+    assert ep.streams[0].texts == ['{"type":"CloseStream"}']
+
+
+BAD_AUDIO = {
+    "str": "not audio",
+    "list": [0, 1, 2, 3],
+    "int": 1234,
+    "none": None,
+    "odd-bytes": b"\x00\x01\x02",
+    "odd-bytearray": bytearray(5),
+}
+
+
+async def test_bad_audio_is_refused_and_the_session_continues(
+    endpoint: EndpointFactory,
+) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as flux:
+            half = len(FIRST_TURN_DONE) // 2
+            await flux.send_audio(FIRST_TURN_DONE[:half])
+            for bad in BAD_AUDIO.values():
+                with pytest.raises(ValidationError):
+                    await flux.send_audio(bad)  # type: ignore[arg-type]
+            await flux.send_audio(FIRST_TURN_DONE[half:])
+            await flux.close()
+            events = await collect(flux)
+    assert bytes(ep.streams[0].audio) == FIRST_TURN_DONE
+    assert [e.transcript for e in of_type(events, EndOfTurn)] == [SAMPLE.turns[0]]
+
+
+async def test_typed_buffers_are_sent_as_their_bytes(endpoint: EndpointFactory) -> None:
+    samples = array.array("h")
+    samples.frombytes(FIRST_TURN_DONE)
+    if sys.byteorder != "little":  # pragma: no cover - linear16 is little-endian
+        samples.byteswap()
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as flux:
+            step = 320  # samples, i.e. 20 ms
+            for offset in range(0, len(samples), step):
+                await flux.send_audio(memoryview(samples[offset : offset + step]))
+            await flux.close()
+    assert bytes(ep.streams[0].audio) == FIRST_TURN_DONE
+
+
+# -- __aexit__ never hangs --------------------------------------------------------------------
+
+CLOSE = 0.5
+SHORT = Timeouts(connect=2.0, connected=2.0, close=CLOSE, write=30.0, ping_interval=None)
+EXIT_BOUND = 6 * CLOSE + 2.0
+"""Generous: a few close timeouts (CloseStream drain, end of input, stream release) plus slack."""
+
+
+@pytest.mark.parametrize("kind", [FaultKind.STALL, FaultKind.SILENT_CONNECTION])
+async def test_exit_returns_while_the_server_is_stalled(
+    endpoint: EndpointFactory, kind: FaultKind
+) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(faults=[Fault(kind=kind, after_audio_s=1.0)]) as ep:
+            with anyio.fail_after(EXIT_BOUND):
+                async with client_for(ep, timeouts=SHORT) as flux:
+                    await flux.send_audio(SAMPLE.pcm[: ms(2000)])
+            assert flux.is_closed
+    assert ep.streams[0].error == f"fault: {kind.value}"
+
+
+async def test_exit_returns_while_a_sender_is_blocked_by_flow_control(
+    endpoint: EndpointFactory,
+) -> None:
+    """A sender stuck on a closed flow-control window must not hold up the exit."""
+    fault = Fault(kind=FaultKind.SILENT_CONNECTION, after_audio_s=0.5)
+
+    async def sender(flux: FluxClient) -> None:
+        with contextlib.suppress(UsageError):
+            # Far more than any window: the send blocks once the server stops reading.
+            for _ in range(20):
+                await flux.send_audio(SAMPLE.pcm)
+
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(faults=[fault]) as ep, anyio.create_task_group() as tg:
+            with anyio.fail_after(EXIT_BOUND):
+                async with client_for(ep, timeouts=SHORT) as flux:
+                    tg.start_soon(sender, flux)
+                    await anyio.wait_all_tasks_blocked()
+            assert flux.is_closed
+            tg.cancel_scope.cancel()
+    assert ep.streams[0].error == f"fault: {FaultKind.SILENT_CONNECTION.value}"

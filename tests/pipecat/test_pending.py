@@ -1,0 +1,52 @@
+"""The adapter's audio hand-over queue: order kept, bytes bounded, close markers never dropped."""
+
+from __future__ import annotations
+
+import anyio
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flux_sagemaker.pipecat.pending import CLOSE, Close, PendingAudio
+
+_items = st.lists(st.binary(min_size=1, max_size=50) | st.just(CLOSE), max_size=40)
+
+
+@given(items=_items, limit=st.integers(0, 200))
+def test_keeps_order_and_markers_and_drops_only_the_oldest_audio(
+    items: list[bytes | Close], limit: int
+) -> None:
+    queue = PendingAudio()
+    queue.set_limit(limit)
+    dropped = sum(queue.put(item) for item in items)
+    kept: list[bytes | Close] = []
+
+    async def drain() -> None:
+        while len(queue):
+            kept.append(await queue.get())
+
+    anyio.run(drain)
+    # What is kept is what was put, minus some audio from the front of runs before a marker.
+    assert [i for i in kept if isinstance(i, Close)] == [i for i in items if isinstance(i, Close)]
+    assert sum(len(i) for i in kept if isinstance(i, bytes)) + dropped == sum(
+        len(i) for i in items if isinstance(i, bytes)
+    )
+    it = iter(items)
+    assert all(any(k is i for i in it) for k in kept)  # kept is a subsequence of items
+
+
+@pytest.mark.anyio
+async def test_get_waits_for_a_put() -> None:
+    queue = PendingAudio()
+    got: list[bytes | Close] = []
+    async with anyio.create_task_group() as tg:
+
+        async def take() -> None:
+            got.append(await queue.get())
+            got.append(await queue.get())
+
+        tg.start_soon(take)
+        await anyio.lowlevel.checkpoint()
+        queue.put(b"ab")
+        queue.put(CLOSE)
+    assert got == [b"ab", CLOSE]

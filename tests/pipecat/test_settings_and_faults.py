@@ -1,0 +1,158 @@
+"""Eager mode, settings updates, faults and refused connections, in real pipelines."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import pytest
+from pipecat.frames.frames import (
+    EagerEndOfTurnCancelFrame,
+    EagerTranscriptionFrame,
+    ErrorFrame,
+    Frame,
+    STTUpdateSettingsFrame,
+)
+from pipecat.tests.utils import SleepFrame
+from pipecat.utils.errors import ErrorCategory
+
+from flux_sagemaker import BundleCapabilities, RetryPolicy, errors
+from flux_sagemaker.pipecat import DeepgramFluxSageMakerSTTService
+from flux_sagemaker.samples import load_sample
+from flux_sagemaker.testing import (
+    FLUX_ENGLISH_20260311,
+    Fault,
+    FaultKind,
+    MockFluxEndpoint,
+    RequestFailure,
+)
+
+from .helpers import audio_frames, flux_frames, run, service, silence, spoken_turns, tone
+from .helpers import transcripts as texts
+
+pytestmark = pytest.mark.timeout(30)
+Settings = DeepgramFluxSageMakerSTTService.Settings
+
+
+def two_turns_with_update(delta: Settings) -> list[Frame]:
+    """Turn one, a pause for it to be transcribed, the update, then turn two."""
+    return [
+        *audio_frames(spoken_turns(1)),
+        SleepFrame(sleep=0.5),
+        STTUpdateSettingsFrame(delta=delta),
+        SleepFrame(sleep=0.2),
+        *audio_frames(spoken_turns(1)),
+    ]
+
+
+def configures(endpoint: MockFluxEndpoint) -> list[dict[str, Any]]:
+    """Every Configure message any stream of the endpoint received."""
+    messages = [json.loads(t) for s in endpoint.streams for t in s.texts]
+    return [m for m in messages if m["type"] == "Configure"]
+
+
+@pytest.mark.anyio
+async def test_eager_end_of_turn_and_turn_resumed() -> None:
+    # 360 ms of pause passes the eager threshold (0.5) but not eot (0.7), then speech resumes.
+    audio = tone(1200) + silence(360) + tone(600) + silence(1500)
+    resumed: list[bool] = []
+    async with MockFluxEndpoint(script=["a table for two"]) as endpoint:
+        stt = service(endpoint, enable_eager_end_of_turn=True)
+
+        @stt.event_handler("on_turn_resumed")
+        async def _resumed(_stt: Any) -> None:
+            resumed.append(True)
+
+        down, _ = await run(stt, audio_frames(audio))
+        [first] = endpoint.streams
+    assert first.settings is not None
+    assert first.settings.eager_eot_threshold == 0.5
+    kinds = [type(f) for f in flux_frames(down)]
+    assert kinds.count(EagerTranscriptionFrame) == 2
+    assert kinds.count(EagerEndOfTurnCancelFrame) == 1
+    assert kinds.index(EagerEndOfTurnCancelFrame) < len(kinds) - 1 - kinds[::-1].index(
+        EagerTranscriptionFrame
+    )
+    assert texts(down) == ["a table for two"]
+    assert resumed == [True]
+
+
+@pytest.mark.anyio
+async def test_settings_update_sends_configure_where_the_bundle_accepts_it() -> None:
+    async with MockFluxEndpoint(script=["first", "second"]) as endpoint:
+        frames = two_turns_with_update(Settings(eot_threshold=0.9, keyterm=["Acme"]))
+        down, _ = await run(service(endpoint), frames)
+    assert texts(down) == ["first", "second"]
+    assert len(endpoint.streams) == 1
+    [configure] = configures(endpoint)
+    assert configure["thresholds"] == {"eot_threshold": 0.9}
+    assert configure["keyterms"] == ["Acme"]
+
+
+@pytest.mark.anyio
+async def test_settings_update_reconnects_where_configure_would_end_the_stream() -> None:
+    async with MockFluxEndpoint(script=["first", "second"], bundle=FLUX_ENGLISH_20260311) as ep:
+        stt = service(ep, capabilities=BundleCapabilities.flux_english_20260311())
+        down, up = await run(stt, two_turns_with_update(Settings(eot_threshold=0.9)))
+    assert texts(down) == ["first", "second"]
+    assert configures(ep) == []
+    assert len(ep.streams) >= 2
+    assert ep.streams[0].settings is not None
+    assert ep.streams[0].settings.eot_threshold is None
+    assert ep.streams[-1].settings is not None
+    assert ep.streams[-1].settings.eot_threshold == 0.9
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+
+
+@pytest.mark.anyio
+async def test_connection_only_setting_opens_a_new_session() -> None:
+    async with MockFluxEndpoint(script=["first", "second"]) as endpoint:
+        down, _ = await run(service(endpoint), two_turns_with_update(Settings(redact="numbers")))
+    assert texts(down) == ["first", "second"]
+    assert [s.settings.redact for s in endpoint.streams if s.settings] == [None, "numbers"]
+    assert configures(endpoint) == []
+
+
+@pytest.mark.anyio
+async def test_stream_reset_mid_turn_is_recovered_by_the_client() -> None:
+    sample = load_sample()
+    # The first turn is spoken from 0.3 s to about 2 s: the reset strikes inside it.
+    fault = Fault(kind=FaultKind.RESET_STREAM, after_audio_s=1.0)
+    async with MockFluxEndpoint(script=list(sample.turns), faults=[fault]) as endpoint:
+        down, up = await run(service(endpoint), audio_frames(sample.pcm))
+    assert texts(down) == list(sample.turns)
+    assert len(endpoint.streams) == 2
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+
+
+@pytest.mark.anyio
+async def test_fatal_flux_error_is_reported_with_its_code() -> None:
+    fault = Fault(kind=FaultKind.FLUX_ERROR, after_audio_s=1.0, error_code="INTERNAL_SERVER_ERROR")
+    async with MockFluxEndpoint(script=["one"], faults=[fault]) as endpoint:
+        stt = service(endpoint, retry=RetryPolicy(enabled=False))
+        _, up = await run(stt, audio_frames(spoken_turns(1)))
+    [error] = [f for f in up if isinstance(f, ErrorFrame)]
+    assert isinstance(error.exception, errors.FluxServerError)
+    assert error.exception.code == "INTERNAL_SERVER_ERROR"
+    assert "INTERNAL_SERVER_ERROR" in error.error
+    assert not stt.is_usable
+
+
+@pytest.mark.anyio
+async def test_refused_connection_reports_connection_error() -> None:
+    failures: list[str] = []
+    async with MockFluxEndpoint(script=["one"]) as endpoint:
+        denied = RequestFailure(status=403, error_type="AccessDeniedException", message="denied")
+        endpoint.fail_requests(denied, count=5)
+        stt = service(endpoint)
+
+        @stt.event_handler("on_connection_error")
+        async def _failed(_stt: Any, error: str) -> None:
+            failures.append(error)
+
+        _, up = await run(stt, audio_frames(spoken_turns(1)))
+    [error] = [f for f in up if isinstance(f, ErrorFrame)]
+    assert isinstance(error.exception, errors.AccessDeniedError)
+    assert error.category is ErrorCategory.AUTHORIZATION
+    assert len(failures) == 1
+    assert "denied" in failures[0]

@@ -1,0 +1,570 @@
+"""The flux-sagemaker CLI, run as a subprocess against the embedded and the served mock endpoint."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import struct
+import subprocess
+import sys
+import threading
+import wave
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any, ClassVar
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flux_sagemaker import ValidationError
+from flux_sagemaker.cli.wavfile import read_wav
+from flux_sagemaker.samples import load_sample, sample_path
+from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
+
+TURNS = list(load_sample().turns)
+CLEAR_LINE = "\r\x1b[2K"
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("AWS_")}
+    env.update(
+        AWS_ACCESS_KEY_ID=DEFAULT_ACCESS_KEY,
+        AWS_SECRET_ACCESS_KEY=DEFAULT_SECRET_KEY,
+        AWS_CONFIG_FILE=os.devnull,
+        AWS_SHARED_CREDENTIALS_FILE=os.devnull,
+        AWS_EC2_METADATA_DISABLED="true",
+        COLUMNS="200",
+    )
+    env.update(extra)
+    return env
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "flux_sagemaker", *args],
+        capture_output=True,
+        text=True,
+        env=env if env is not None else _env(),
+        timeout=30,
+        check=False,
+    )
+
+
+def final_transcripts(stdout: str) -> list[str]:
+    """The transcripts of the EndOfTurn lines of the line-per-event output."""
+    turns = [
+        line.split("turn ", 1)[1].split("  ", 1)[1].rsplit("  trigger=", 1)[0]
+        for line in stdout.splitlines()
+        if " EndOfTurn " in line
+    ]
+    return [t.strip("'\"") for t in turns]
+
+
+def run_in_pty(args: list[str], *, pty_stream: str = "stdout") -> tuple[int, str, str]:
+    """Run the CLI with stdout (or stderr) on a pseudo-terminal; return (status, pty, other)."""
+    master, slave = os.openpty()
+    streams = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, pty_stream: slave}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flux_sagemaker", *args],
+        stdin=subprocess.DEVNULL,
+        env=_env(),
+        **streams,
+    )
+    os.close(slave)
+    captured = b""
+    while True:
+        try:
+            data = os.read(master, 65536)
+        except OSError:  # EIO on Linux once the child closed the terminal
+            break
+        if not data:
+            break
+        captured += data
+    os.close(master)
+    other = proc.communicate(timeout=30)[1 if pty_stream == "stdout" else 0]
+    return proc.returncode, captured.decode(), other.decode()
+
+
+# -- WAV files ------------------------------------------------------------------------------
+
+
+def write_pcm_wav(
+    path: Path, frames: bytes, *, channels: int = 1, width: int = 2, rate: int = 16000
+) -> Path:
+    with wave.open(str(path), "wb") as wav:
+        wav.setnchannels(channels)
+        wav.setsampwidth(width)
+        wav.setframerate(rate)
+        wav.writeframes(frames)
+    return path
+
+
+def write_raw_wav(path: Path, fmt: int, bits: int, data: bytes, rate: int = 16000) -> Path:
+    block = bits // 8
+    fmt_chunk = struct.pack("<HHIIHH", fmt, 1, rate, rate * block, block, bits)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt_chunk)) + fmt_chunk
+    body += b"data" + struct.pack("<I", len(data)) + data
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    return path
+
+
+def test_read_wav_sample() -> None:
+    audio = read_wav(sample_path())
+    pcm, rate, _ = load_sample()
+    assert (audio.encoding, audio.sample_rate, audio.data) == ("linear16", rate, pcm)
+    assert audio.description == "mono 16-bit PCM, 16000 Hz"
+
+
+def test_read_wav_mulaw(tmp_path: Path) -> None:
+    audio = read_wav(write_raw_wav(tmp_path / "m.wav", 7, 8, b"\xff\x7f" * 400, rate=8000))
+    assert (audio.encoding, audio.sample_rate, audio.data) == ("mulaw", 8000, b"\xff\x7f" * 400)
+    assert audio.duration == pytest.approx(0.1)
+
+
+@given(st.binary(max_size=64))
+def test_read_wav_widens_8_bit(data: bytes) -> None:
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        audio = read_wav(write_pcm_wav(Path(tmp) / "u8.wav", data, width=1))
+    samples = struct.unpack(f"<{len(data)}h", audio.data)
+    assert audio.encoding == "linear16"
+    assert audio.converted
+    assert samples == tuple((b - 128) * 256 for b in data)
+
+
+@pytest.mark.parametrize(
+    ("make", "expected"),
+    [
+        (lambda p: write_pcm_wav(p, b"\0" * 64, channels=2), "stereo 16-bit PCM, 16000 Hz"),
+        (lambda p: write_pcm_wav(p, b"\0" * 64, rate=22050), "mono 16-bit PCM, 22050 Hz"),
+        (lambda p: write_pcm_wav(p, b"\0" * 60, width=3), "mono 24-bit PCM, 16000 Hz"),
+        (lambda p: write_raw_wav(p, 3, 32, b"\0" * 64), "mono 32-bit IEEE float, 16000 Hz"),
+    ],
+)
+def test_read_wav_refuses(tmp_path: Path, make: Any, expected: str) -> None:
+    with pytest.raises(ValidationError, match="not supported") as info:
+        read_wav(make(tmp_path / "bad.wav"))
+    assert expected in str(info.value)
+    assert "mono" in str(info.value).split("Flux needs")[1]
+
+
+def test_transcribe_unsupported_wav_exit_1(tmp_path: Path) -> None:
+    path = write_pcm_wav(tmp_path / "stereo.wav", b"\0" * 6400, channels=2, rate=22050)
+    result = run_cli("transcribe", str(path), "--mock", "--fast")
+    assert result.returncode == 1
+    assert "stereo 16-bit PCM, 22050 Hz: not supported" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stdout == ""
+
+
+def test_transcribe_not_a_wav(tmp_path: Path) -> None:
+    (tmp_path / "x.wav").write_bytes(b"ID3 not audio")
+    result = run_cli("transcribe", str(tmp_path / "x.wav"), "--mock", "--fast")
+    assert result.returncode == 1
+    assert "is not a WAV file" in result.stderr
+
+
+# -- demo -----------------------------------------------------------------------------------
+
+
+def test_demo_fast_piped_one_line_per_event() -> None:
+    result = run_cli("demo", "--fast")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "Connected" in lines[0]
+    assert all(
+        line.split()[1] in {"Connected", "Update", "StartOfTurn", "EndOfTurn"} for line in lines
+    )
+    assert final_transcripts(result.stdout) == TURNS
+    assert "\r" not in result.stdout
+    assert "2 turn(s)" in result.stderr
+
+
+def test_demo_realtime_piped_reports_latency() -> None:
+    result = run_cli("demo", "--eager")
+    assert result.returncode == 0, result.stderr
+    assert final_transcripts(result.stdout) == TURNS
+    assert " EagerEndOfTurn " in result.stdout
+    eot = [line for line in result.stdout.splitlines() if " EndOfTurn " in line]
+    assert all("latency=" in line for line in eot)
+    assert "end-of-turn latency after speech: mean" in result.stderr
+
+
+def test_demo_tls() -> None:
+    result = run_cli("demo", "--fast", "--tls")
+    assert result.returncode == 0, result.stderr
+    assert "https://127.0.0.1:" in result.stderr
+    assert final_transcripts(result.stdout) == TURNS
+
+
+def test_demo_live_display_on_a_terminal() -> None:
+    status, screen, _ = run_in_pty(["demo", "--fast"])
+    assert status == 0
+    assert f"{CLEAR_LINE}> turn 0: Hi," in screen  # the open turn, redrawn in place
+    for index, turn in enumerate(TURNS):
+        assert f"{CLEAR_LINE}turn {index}: {turn}   [model]" in screen
+    assert " Update " not in screen
+
+
+def test_demo_ctrl_c_exits_130() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flux_sagemaker", "demo"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert "Connected" in proc.stdout.readline()  # streaming in real time by now
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=30)
+    assert proc.returncode == 130
+    assert "interrupted" in stderr
+    assert "Traceback" not in stderr
+
+
+# -- transcribe -----------------------------------------------------------------------------
+
+
+def test_transcribe_mock_human() -> None:
+    script = [arg for turn in TURNS for arg in ("--mock-script", turn)]
+    result = run_cli("transcribe", str(sample_path()), "--mock", "--fast", *script)
+    assert result.returncode == 0, result.stderr
+    assert final_transcripts(result.stdout) == TURNS
+    assert "mono 16-bit PCM, 16000 Hz, 6.1 s" in result.stderr
+
+
+def test_transcribe_mock_json(tmp_path: Path) -> None:
+    pcm, _, _ = load_sample()
+    path = write_pcm_wav(
+        tmp_path / "u8.wav",
+        bytes((s >> 8) + 128 for s in struct.unpack(f"<{len(pcm) // 2}h", pcm)),
+        width=1,
+    )
+    result = run_cli(
+        "transcribe",
+        str(path),
+        "--mock",
+        "--fast",
+        "--json",
+        "--mock-script",
+        TURNS[0],
+        "--mock-script",
+        TURNS[1],
+    )
+    assert result.returncode == 0, result.stderr
+    records = [json.loads(line) for line in result.stdout.splitlines()]
+    assert records[0]["type"] == "Connected"
+    ends = [r for r in records if r.get("event") == "EndOfTurn"]
+    assert [r["transcript"] for r in ends] == TURNS
+    assert [r["turn_index"] for r in ends] == [0, 1]
+    assert all(r["trigger"] == "model" and r["latency"] is None for r in ends)  # --fast
+    assert all(r["words"][-1]["end"] <= r["audio_window_end"] for r in ends)
+    assert [r["received"] for r in records] == sorted(r["received"] for r in records)
+    assert "widened to linear16" in result.stderr
+
+
+def test_transcribe_bad_setting_exit_1() -> None:
+    result = run_cli("transcribe", str(sample_path()), "--mock", "--fast", "--eot-threshold", "2")
+    assert result.returncode == 1
+    assert "eot_threshold=2.0 is invalid" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_transcribe_progress_on_a_terminal_stderr(tmp_path: Path) -> None:
+    pcm, _, _ = load_sample()
+    path = write_pcm_wav(tmp_path / "long.wav", pcm * 2)
+    status, screen, stdout = run_in_pty(
+        ["transcribe", str(path), "--mock", "--fast"], pty_stream="stderr"
+    )
+    assert status == 0
+    total = f"{len(pcm) * 2 / 32000:.1f}"
+    assert f"{CLEAR_LINE}sent {total} / {total} s (100%)" in screen
+    assert " EndOfTurn " in stdout
+    assert "\r" not in stdout
+
+
+# -- the served mock endpoint ----------------------------------------------------------------
+
+
+def _serve(*args: str) -> Iterator[dict[str, str]]:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flux_sagemaker.testing", "serve", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+    )
+    assert proc.stdout is not None
+    info: dict[str, str] = {}
+    while "CA file" not in info:
+        line = proc.stdout.readline()
+        assert line, proc.stderr.read() if proc.stderr else ""
+        key, _, value = line.partition(": ")
+        info[key] = value.strip()
+    try:
+        yield info
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=10)
+        assert proc.returncode == 130
+
+
+@pytest.fixture(scope="module")
+def served() -> Iterator[dict[str, str]]:
+    yield from _serve()
+
+
+@pytest.fixture(scope="module")
+def served_tls_old_bundle() -> Iterator[dict[str, str]]:
+    yield from _serve("--tls", "--bundle", "flux-english-20260311")
+
+
+def test_transcribe_served_endpoint_url(served: dict[str, str]) -> None:
+    url = served["URL"]
+    result = run_cli(
+        "transcribe",
+        str(sample_path()),
+        "--endpoint",
+        "flux",
+        "--region",
+        "us-east-1",
+        "--endpoint-url",
+        url,
+        "--fast",
+        "--json",
+    )
+    assert result.returncode == 0, result.stderr
+    ends = [json.loads(line) for line in result.stdout.splitlines() if '"EndOfTurn"' in line]
+    assert [r["transcript"] for r in ends] == TURNS
+
+
+def test_transcribe_served_tls(served_tls_old_bundle: dict[str, str]) -> None:
+    info = served_tls_old_bundle
+    assert info["URL"].startswith("https://")
+    assert Path(info["CA file"]).is_file()
+    args = [
+        "transcribe",
+        str(sample_path()),
+        "--endpoint",
+        "flux",
+        "--region",
+        "us-east-1",
+        "--fast",
+    ]
+    result = run_cli(
+        *args,
+        "--endpoint-url",
+        info["URL"],
+        "--ca-bundle",
+        info["CA file"],
+        "--bundle",
+        "flux-english-20260311",
+    )
+    assert result.returncode == 0, result.stderr
+    assert final_transcripts(result.stdout) == TURNS
+    untrusted = run_cli(*args, "--endpoint-url", info["URL"])
+    assert untrusted.returncode == 1
+    assert "Traceback" not in untrusted.stderr
+
+
+def test_transcribe_served_wrong_credentials(served: dict[str, str]) -> None:
+    env = _env(AWS_SECRET_ACCESS_KEY="not-the-secret")
+    result = run_cli(
+        "transcribe",
+        str(sample_path()),
+        "--endpoint-url",
+        served["URL"],
+        "--region",
+        "us-east-1",
+        "--fast",
+        env=env,
+    )
+    assert result.returncode == 1
+    assert "error:" in result.stderr
+    assert "403" in result.stderr
+
+
+# -- check --------------------------------------------------------------------------------------
+
+_ENDPOINTS: dict[str, tuple[int, dict[str, Any]]] = {
+    "ready": (200, {"EndpointStatus": "InService"}),
+    "creating": (200, {"EndpointStatus": "Creating"}),
+    "missing": (
+        400,
+        {"__type": "ValidationException", "message": 'Could not find endpoint "missing".'},
+    ),
+    "denied": (
+        400,
+        {
+            "__type": "AccessDeniedException",
+            "message": "User: arn:aws:iam::1:user/x is not authorized",
+        },
+    ),
+}
+
+
+class _ControlPlane(BaseHTTPRequestHandler):
+    requests: ClassVar[list[tuple[str, dict[str, Any], dict[str, str]]]] = []
+
+    def do_POST(self) -> None:
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        target = self.headers["X-Amz-Target"]
+        self.requests.append((target, body, dict(self.headers)))
+        if target == "SageMaker.DescribeEndpointConfig":
+            status, answer = (
+                200,
+                {
+                    "ProductionVariants": [
+                        {"VariantName": "AllTraffic", "InstanceType": "ml.g6.2xlarge"}
+                    ]
+                },
+            )
+        else:
+            status, answer = _ENDPOINTS[body["EndpointName"]]
+            if status == 200:
+                answer = {
+                    **answer,
+                    "EndpointName": body["EndpointName"],
+                    "EndpointConfigName": "cfg",
+                    "ProductionVariants": [
+                        {"VariantName": "AllTraffic", "CurrentInstanceCount": 1}
+                    ],
+                }
+        data = json.dumps(answer).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/x-amz-json-1.1")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.fixture(scope="module")
+def control_plane() -> Iterator[str]:
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ControlPlane)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/"
+    server.shutdown()
+    server.server_close()
+
+
+def check(
+    name: str, control: str, runtime: str, *extra: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    return run_cli(
+        "check",
+        "--endpoint",
+        name,
+        "--region",
+        "us-east-1",
+        "--control-endpoint-url",
+        control,
+        "--endpoint-url",
+        runtime,
+        *extra,
+        env=env,
+    )
+
+
+def test_check_ok(control_plane: str, served: dict[str, str]) -> None:
+    _ControlPlane.requests.clear()
+    result = check("ready", control_plane, served["URL"])
+    assert result.returncode == 0, result.stderr
+    assert "status: InService" in result.stdout
+    assert "variant: AllTraffic: ml.g6.2xlarge x 1" in result.stdout
+    assert "flux: Connected in " in result.stdout
+    (target, body, headers), (config_target, config_body, _) = _ControlPlane.requests
+    assert (target, body) == ("SageMaker.DescribeEndpoint", {"EndpointName": "ready"})
+    assert (config_target, config_body) == (
+        "SageMaker.DescribeEndpointConfig",
+        {"EndpointConfigName": "cfg"},
+    )
+    assert headers["Content-Type"] == "application/x-amz-json-1.1"
+    assert f"Credential={DEFAULT_ACCESS_KEY}/" in headers["Authorization"]
+    assert "/us-east-1/sagemaker/aws4_request" in headers["Authorization"]
+
+
+@pytest.mark.parametrize(
+    ("name", "message"),
+    [
+        ("missing", "endpoint 'missing' not found in us-east-1: check --endpoint, and --region"),
+        ("creating", "endpoint 'creating' is Creating"),
+        ("denied", "access denied to sagemaker:DescribeEndpoint"),
+    ],
+)
+def test_check_control_plane_failures(
+    control_plane: str, served: dict[str, str], name: str, message: str
+) -> None:
+    result = check(name, control_plane, served["URL"])
+    assert result.returncode == 1
+    assert message in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_check_no_credentials(control_plane: str, served: dict[str, str]) -> None:
+    env = _env()
+    del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+    result = check("ready", control_plane, served["URL"], env=env)
+    assert result.returncode == 1
+    assert "no AWS credentials found" in result.stderr
+
+
+def test_check_unreachable_control_plane(served: dict[str, str]) -> None:
+    result = check("ready", "http://127.0.0.1:9/", served["URL"])
+    assert result.returncode == 1
+    assert "cannot reach 127.0.0.1" in result.stderr
+
+
+def test_check_model_rejects_parameters(
+    control_plane: str, served_tls_old_bundle: dict[str, str]
+) -> None:
+    info = served_tls_old_bundle
+    result = check(
+        "ready", control_plane, info["URL"], "--ca-bundle", info["CA file"], "--numerals"
+    )
+    assert result.returncode == 1
+    assert "refused the Flux session (424)" in result.stderr
+    assert "--numerals" in result.stderr
+
+
+# -- usage ----------------------------------------------------------------------------------
+
+
+def test_version_and_help() -> None:
+    from flux_sagemaker import __version__
+
+    assert run_cli("--version").stdout.strip() == f"flux-sagemaker {__version__}"
+    for command in ([], ["demo"], ["transcribe"], ["check"]):
+        result = run_cli(*command, "--help")
+        assert result.returncode == 0
+        assert "usage: flux-sagemaker" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["transcribe"],
+        ["check"],
+        ["demo", "--nope"],
+        ["transcribe", "x.wav", "--fast", "--realtime"],
+    ],
+)
+def test_usage_errors_exit_2(args: list[str]) -> None:
+    result = run_cli(*args)
+    assert result.returncode == 2
+    assert "usage:" in result.stderr
+
+
+def test_mock_with_endpoint_url_is_a_usage_error() -> None:
+    result = run_cli("transcribe", "x.wav", "--mock", "--endpoint-url", "http://127.0.0.1:1")
+    assert result.returncode == 2
+    assert "exclude each other" in result.stderr
