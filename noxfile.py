@@ -49,9 +49,9 @@ def _install(session: nox.Session, *extras: str, groups: tuple[str, ...] = ()) -
 def tests(session: nox.Session) -> None:
     """Run the whole test suite (core, end to end, CLI, Pipecat adapter) with branch coverage."""
     _install(session, "testing", "pipecat", groups=("test",))
-    session.run(
-        "coverage", "run", "-m", "pytest", *session.posargs, env={"COVERAGE_FILE": ".coverage"}
-    )
+    session.run("coverage", "erase")
+    session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    session.run("coverage", "combine", "--quiet")
     session.run("coverage", "report", "--fail-under=90")
     session.run(
         "coverage",

@@ -51,7 +51,13 @@ from flux_sagemaker import (
     Timeouts,
 )
 from flux_sagemaker.samples import load_sample
-from flux_sagemaker.testing import Fault, FaultKind, MockFluxEndpoint, RecordedStream, RequestFailure
+from flux_sagemaker.testing import (
+    Fault,
+    FaultKind,
+    MockFluxEndpoint,
+    RecordedStream,
+    RequestFailure,
+)
 
 FRAME_S = 0.02
 FRAME_BYTES = 640  # 20 ms of 16 kHz linear16
@@ -69,7 +75,11 @@ STREAM_FAULTS = (
     FaultKind.GOAWAY,
     FaultKind.SILENT_CONNECTION,
 )
-REFUSALS = (RequestFailure.throttling, RequestFailure.service_unavailable, RequestFailure.internal_error)
+REFUSALS = (
+    RequestFailure.throttling,
+    RequestFailure.service_unavailable,
+    RequestFailure.internal_error,
+)
 
 
 def marker(session: int, frame: int) -> bytes:
@@ -157,7 +167,9 @@ def audit(
 ) -> Audit:
     """Match every stream's audio against what its session sent; count what no stream got."""
     result = Audit()
-    by_session: dict[int, list[tuple[bytes, list[tuple[int, int, int]]]]] = collections.defaultdict(list)
+    by_session: dict[int, list[tuple[bytes, list[tuple[int, int, int]]]]] = collections.defaultdict(
+        list
+    )
     for record in records:
         audio = bytes(record.audio)
         result.received_bytes += len(audio)
@@ -347,7 +359,7 @@ async def inject_connection_faults(
         if anyio.current_time() >= until:
             return
         # The mock has no public list of its connections; its H2Server's is the one to use.
-        live = [c for c in endpoint._server.connections if not c._closing]  # noqa: SLF001
+        live = [c for c in endpoint._server.connections if not c._closing]
         if not live:
             continue
         connection = rng.choice(live)
@@ -402,9 +414,16 @@ async def soak(args: argparse.Namespace) -> int:
             faults = await stack.enter_async_context(anyio.create_task_group())
             faults.start_soon(plan_stream_faults, endpoint, rng, args, fault_deadline)
             faults.start_soon(
-                inject_connection_faults, endpoint, rng, args.conn_fault_rate, fault_deadline, injected
+                inject_connection_faults,
+                endpoint,
+                rng,
+                args.conn_fault_rate,
+                fault_deadline,
+                injected,
             )
-            faults.start_soon(refuse_requests, endpoint, rng, args.refusal_rate, fault_deadline, injected)
+            faults.start_soon(
+                refuse_requests, endpoint, rng, args.refusal_rate, fault_deadline, injected
+            )
             async with anyio.create_task_group() as sessions:
                 for result in results:
                     sessions.start_soon(
@@ -423,7 +442,9 @@ async def soak(args: argparse.Namespace) -> int:
         records = list(endpoint.streams)
     failed = {r.session for r in results if r.error is not None}
     report = audit(records, {r.session: r.frames_sent for r in results}, failed, pcm)
-    return print_summary(args, results, records, injected, report, wall, cpu0, cpu1, rss_before_audit)
+    return print_summary(
+        args, results, records, injected, report, wall, cpu0, cpu1, rss_before_audit
+    )
 
 
 def print_summary(
@@ -439,7 +460,9 @@ def print_summary(
 ) -> int:
     """Print the figures; return 1 if audio was lost or corrupt or a session failed retryably."""
     struck = collections.Counter(
-        r.error.removeprefix("fault: ") for r in records if r.error and r.error.startswith("fault: ")
+        r.error.removeprefix("fault: ")
+        for r in records
+        if r.error and r.error.startswith("fault: ")
     )
     refused = collections.Counter(r.status for r in records if r.status not in (0, 200))
     replays = [e.replayed_audio_s for r in results for e in r.reconnects]
@@ -451,39 +474,72 @@ def print_summary(
     )
     retryable_failures = sum(1 for r in results if r.error is not None and r.error.retryable)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     app_bytes = sum(r.frames_sent for r in results) * FRAME_BYTES
+    lag_ms = max(r.max_lag for r in results) * 1000
+    connection_faults = dict(sorted(injected.connection.items()))
+    rows = [
+        ("wall time", f"{wall:.1f} s (max lag of a frame behind real time {lag_ms:.0f} ms)"),
+        (
+            "HTTP/2 streams opened",
+            f"{sum(r.streams_opened for r in results)} by the clients, "
+            f"{len(records)} seen by the mock",
+        ),
+        ("faults in streams (struck)", f"{sum(struck.values())} {dict(sorted(struck.items()))}"),
+        ("faults on connections", f"{sum(connection_faults.values())} {connection_faults}"),
+        (
+            "requests refused",
+            f"{sum(refused.values())} by status {dict(sorted(refused.items()))} "
+            f"({injected.refusals_queued} queued)",
+        ),
+        (
+            "reconnects",
+            f"{len(replays)} (in {sum(1 for r in results if r.reconnects)} sessions)",
+        ),
+        (
+            "replayed audio per reconnect",
+            f"max {max(replays, default=0):.2f} s, "
+            f"mean {sum(replays) / len(replays) if replays else 0:.2f} s",
+        ),
+        ("turns completed (EndOfTurn)", f"{sum(r.turns for r in results)}"),
+        (
+            "sessions failed",
+            f"{sum(failures.values())} ({retryable_failures} with a retryable error)",
+        ),
+        *(("", f"{count} x {why}") for why, count in failures.most_common()),
+        (
+            "audio sent by the application",
+            f"{app_bytes} bytes (client accepted {sum(r.accepted_bytes for r in results)})",
+        ),
+        (
+            "audio received by the mock",
+            f"{report.received_bytes} bytes (client replayed "
+            f"{sum(r.replayed_bytes for r in results)}, keepalive silence {report.silence_bytes})",
+        ),
+        (
+            "audio bytes lost",
+            f"{report.lost_bytes} (+{report.lost_in_failed_sessions} in failed sessions; "
+            f"sessions with loss: {report.sessions_with_loss[:10]})",
+        ),
+        (
+            "corrupt audio bytes",
+            f"{report.corrupt_bytes} (streams mixing sessions: {report.mixed_streams})",
+        ),
+        ("frames repeated out of order", f"{report.out_of_order} (after the replay, in a stream)"),
+        (
+            "CPU",
+            f"{cpu:.1f} s ({cpu / wall * 100:.0f}% of one core; client and mock in one process)",
+        ),
+        (
+            "RSS",
+            f"{rss_before_audit / 1024:.0f} MiB at the end (with the mock's records), "
+            f"peak {peak:.0f} MiB",
+        ),
+    ]
     lines = [
         f"soak: {args.streams} sessions x {args.duration:g} s, seed {args.seed}, "
         f"{args.sessions_per_pool} session(s) per connection pool",
-        f"  wall time                     {wall:.1f} s (max send lag {max(r.max_lag for r in results) * 1000:.0f} ms)",
-        f"  HTTP/2 streams opened         {sum(r.streams_opened for r in results)} by the clients, "
-        f"{len(records)} seen by the mock",
-        f"  faults in streams (struck)    {sum(struck.values())} {dict(sorted(struck.items()))}",
-        f"  faults on connections         {sum(injected.connection.values())} {dict(sorted(injected.connection.items()))}",
-        f"  requests refused              {sum(refused.values())} by status {dict(sorted(refused.items()))} "
-        f"({injected.refusals_queued} queued)",
-        f"  reconnects                    {len(replays)} (sessions with one or more: "
-        f"{sum(1 for r in results if r.reconnects)})",
-        f"  replayed audio per reconnect  max {max(replays, default=0):.2f} s, "
-        f"mean {sum(replays) / len(replays) if replays else 0:.2f} s",
-        f"  turns completed (EndOfTurn)   {sum(r.turns for r in results)}",
-        f"  sessions failed               {len(failures) and sum(failures.values())} "
-        f"({retryable_failures} with a retryable error)",
-        *(f"      {count} x {why}" for why, count in failures.most_common()),
-        f"  audio sent by the application {app_bytes} bytes "
-        f"(client accepted {sum(r.accepted_bytes for r in results)})",
-        f"  audio received by the mock    {report.received_bytes} bytes "
-        f"(client replayed {sum(r.replayed_bytes for r in results)}, keepalive silence {report.silence_bytes})",
-        f"  audio bytes lost              {report.lost_bytes} "
-        f"(+{report.lost_in_failed_sessions} in failed sessions; sessions with loss: "
-        f"{report.sessions_with_loss[:10]})",
-        f"  corrupt / mixed / reordered   {report.corrupt_bytes} bytes / {report.mixed_streams} streams / "
-        f"{report.out_of_order} frames",
-        f"  CPU                           {cpu:.1f} s ({cpu / wall * 100:.0f}% of one core; "
-        "client and mock in one process)",
-        f"  RSS                           {rss_before_audit / 1024:.0f} MiB at the end "
-        f"(mock's recorded audio included), peak {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MiB "
-        "(audit included)",
+        *(f"  {label:<30}{text}" for label, text in rows),
     ]
     print("\n".join(lines))
     bad = report.lost_bytes or report.lost_in_failed_sessions or report.corrupt_bytes
@@ -494,17 +550,35 @@ def print_summary(
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.soak", description=__doc__.splitlines()[0])
-    parser.add_argument("--streams", type=int, default=200, help="concurrent sessions (default 200)")
-    parser.add_argument("--duration", type=float, default=60.0, help="seconds of audio per session (default 60)")
+    parser = argparse.ArgumentParser(
+        prog="python -m benchmarks.soak", description=__doc__.splitlines()[0]
+    )
+    parser.add_argument(
+        "--streams", type=int, default=200, help="concurrent sessions (default 200)"
+    )
+    parser.add_argument(
+        "--duration", type=float, default=60.0, help="seconds of audio per session (default 60)"
+    )
     parser.add_argument("--seed", type=int, default=1, help="seed of the fault RNG (default 1)")
-    parser.add_argument("--ramp", type=float, default=2.0, help="sessions start over this many seconds")
-    parser.add_argument("--quiet-tail", type=float, default=5.0, help="no new fault in the last seconds")
-    parser.add_argument("--fault-ratio", type=float, default=0.5, help="share of first streams given a fault")
-    parser.add_argument("--refault-ratio", type=float, default=0.2, help="share of later streams given one")
-    parser.add_argument("--conn-fault-rate", type=float, default=0.5, help="connection faults per second")
+    parser.add_argument(
+        "--ramp", type=float, default=2.0, help="sessions start over this many seconds"
+    )
+    parser.add_argument(
+        "--quiet-tail", type=float, default=5.0, help="no new fault in the last seconds"
+    )
+    parser.add_argument(
+        "--fault-ratio", type=float, default=0.5, help="share of first streams given a fault"
+    )
+    parser.add_argument(
+        "--refault-ratio", type=float, default=0.2, help="share of later streams given one"
+    )
+    parser.add_argument(
+        "--conn-fault-rate", type=float, default=0.5, help="connection faults per second"
+    )
     parser.add_argument("--refusal-rate", type=float, default=0.3, help="refusal bursts per second")
-    parser.add_argument("--sessions-per-pool", type=int, default=1, help="sessions sharing a ConnectionPool")
+    parser.add_argument(
+        "--sessions-per-pool", type=int, default=1, help="sessions sharing a ConnectionPool"
+    )
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     args = parser.parse_args(argv)
     if not 1 <= args.streams <= 5000 or not 1 <= args.duration <= 3600:

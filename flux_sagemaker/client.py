@@ -70,6 +70,8 @@ FluxEvent = ServerMessage | ClientEvent
 
 # A failed stream's body is read for its error message; SageMaker's are small JSON documents.
 _MAX_ERROR_BODY = 64 * 1024
+# Pipecat's ack timeout for Configure; Flux answers within a few audio frames.
+_CONFIGURE_ACK_TIMEOUT = 5.0
 # Keepalive silence goes out in steps of this many seconds while a turn is open.
 _SILENCE_STEP = 0.08
 
@@ -98,6 +100,15 @@ class ClientStats:
     """Audio that could not be replayed because the replay buffer was full."""
     events_received: int = 0
     """Server messages received."""
+
+
+@attrs.define(eq=False)
+class _Ack:
+    """A Configure waiting for its ConfigureSuccess or ConfigureFailure."""
+
+    message: commands.Configure
+    done: anyio.Event = attrs.field(factory=anyio.Event)
+    answer: ConfigureSuccess | ConfigureFailure | None = None
 
 
 @attrs.define(eq=False)
@@ -211,7 +222,8 @@ class FluxClient:
         self._current: _Stream | None = None
         self._streams: list[_Stream] = []
         self._send_lock = anyio.Lock()
-        self._pending_configures: deque[commands.Configure] = deque()
+        self._pending_configures: deque[_Ack] = deque()
+        self._configure_lock = anyio.Lock()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._events_in, self._events_out = anyio.create_memory_object_stream[
             FluxEvent | FluxError
@@ -318,17 +330,20 @@ class FluxClient:
         self._streams.clear()
         self._current = None
         # Task groups exit in reverse order of entry, outside any scope opened here: the owned
-        # pool was entered inside our task group. Both cancel their own tasks, so neither hangs.
-        if self._owns_pool and self._pool is not None and self._pool_entered:
-            self._pool_entered = False
-            await self._pool.__aexit__(None, None, None)
-        if self._task_group is not None:
-            task_group, self._task_group = self._task_group, None
-            task_group.cancel_scope.cancel()
-            try:
-                await task_group.__aexit__(None, None, None)
-            except Exception:
-                logger.exception("a Flux background task failed")
+        # pool was entered inside our task group. Both cancel their own tasks, so neither hangs,
+        # and ours is exited even when the pool's exit raises (cancellation, Ctrl-C).
+        try:
+            if self._owns_pool and self._pool is not None and self._pool_entered:
+                self._pool_entered = False
+                await self._pool.__aexit__(None, None, None)
+        finally:
+            if self._task_group is not None:
+                task_group, self._task_group = self._task_group, None
+                task_group.cancel_scope.cancel()
+                try:
+                    await task_group.__aexit__(None, None, None)
+                except Exception:
+                    logger.exception("a Flux background task failed")
         self._events_in.close()
         self._events_out.close()
 
@@ -343,12 +358,13 @@ class FluxClient:
             return
         self._check_open("close")
         self._state = "closing"
-        current = self._current
         # One deadline for all of it: a sender blocked on flow control holds the send lock,
         # and a peer that stopped reading never opens the window for CloseStream either.
         with anyio.move_on_after(self._timeouts.close):
-            if current is not None:
-                async with self._send_lock:
+            async with self._send_lock:
+                # A stream being replaced gets its CloseStream once the new one took over.
+                current = self._current
+                if current is not None and not current.retired:
                     await self._flush_audio(current)
                     await self._write(current, current.proto.send_close_stream())
             await self._closed_event.wait()
@@ -444,16 +460,21 @@ class FluxClient:
         keyterms: Sequence[str] | None = None,
         language_hints: Sequence[str] | None = None,
         numerals: bool | None = None,
-    ) -> None:
+    ) -> ConfigureSuccess | ConfigureFailure | None:
         """Change thresholds, keyterms, language hints or numerals mid-stream.
 
-        Sends Flux's ``Configure``; its ``ConfigureSuccess`` or ``ConfigureFailure`` arrives
-        through the iterator, and an acknowledged change also applies to later streams.
+        Sends Flux's ``Configure`` and waits for its answer, which also arrives through the
+        iterator. Configures are sent one at a time (Flux caps the unacknowledged ones); an
+        acknowledged change also applies to later streams.
+
+        Returns:
+            The ``ConfigureSuccess`` or ``ConfigureFailure``, or ``None`` when no answer came
+            within the ack timeout or the stream was replaced first.
 
         Raises:
             ValidationError: a value is out of range (checked before sending).
             CapabilityError: the endpoint's bundle does not accept ``Configure``; use
-                :meth:`update_settings`, which reconnects instead.
+                :meth:`update_settings`, which opens a new stream instead.
         """
         self._check_open("configure")
         message = commands.Configure(
@@ -470,22 +491,53 @@ class FluxClient:
                 "this endpoint's Flux bundle does not accept Configure (it would end the "
                 "stream); use update_settings(), which opens a new stream with the new settings"
             )
-        await self._send_control(message.to_json(), on_sent=lambda: self._pending_configures.append(message))
+        async with self._configure_lock:
+            waiter = _Ack(message)
+            self._pending_configures.append(waiter)
+            try:
+                await self._send_control(message.to_json())
+            except BaseException:
+                self._pending_configures.remove(waiter)
+                raise
+            with anyio.move_on_after(_CONFIGURE_ACK_TIMEOUT):
+                await waiter.done.wait()
+            if waiter in self._pending_configures:
+                self._pending_configures.remove(waiter)
+            return waiter.answer
 
     async def update_settings(self, **changes: Any) -> None:
-        """Apply new thresholds, keyterms, hints or numerals wherever the bundle allows.
+        """Change any Flux setting of the running session, the best way the bundle allows.
 
-        With a bundle that accepts ``Configure``, this is :meth:`configure`. Otherwise the
-        session switches to a new stream opened with the new settings, replaying the audio
-        since the last completed turn (a :class:`StreamRolledOver` event says so).
+        Thresholds, keyterms, language hints and numerals go out as ``Configure`` when the
+        bundle accepts it. Anything else (the model, ``redact``, ``profanity_filter``, tags,
+        ``extra_params``, resetting a threshold to ``None``), or any change on a bundle without
+        ``Configure``, moves the session to a new stream opened with the new settings,
+        replaying the audio since the last completed turn (a :class:`StreamRolledOver` says so).
+
+        Raises:
+            ValidationError: the new settings are invalid (nothing was changed).
+            CapabilityError: the bundle refuses a parameter of the new settings.
         """
-        if self._capabilities.configure:
-            await self.configure(**changes)
-            return
         self._check_open("update settings")
-        message = commands.Configure(**changes)
-        new_settings = message.apply_to(self._settings)
+        new_settings = self._settings.with_changes(**changes)
         new_settings.check_capabilities(self._capabilities)
+        if new_settings == self._settings:
+            return
+        configurable = all(
+            name in commands.CONFIGURABLE_FIELDS and value is not None
+            for name, value in changes.items()
+        )
+        if configurable and self._capabilities.configure:
+            answer = await self.configure(**changes)
+            if isinstance(answer, ConfigureFailure):
+                raise ValidationError(
+                    f"Flux refused the new settings: {answer.code}: {answer.description}"
+                )
+            return
+        if AudioFormat.from_settings(new_settings) != self._format:
+            raise ValidationError(
+                "encoding and sample_rate cannot change within a session; open a new FluxClient"
+            )
         self._settings = new_settings
         await self._switch_stream("settings changed")
 
@@ -502,7 +554,7 @@ class FluxClient:
             )
         await self._send_control(commands.force_end_turn())
 
-    async def _send_control(self, message: bytes, on_sent: Any = None) -> None:
+    async def _send_control(self, message: bytes) -> None:
         async with self._send_lock:
             current = self._current
             if current is None or current.retired:
@@ -510,8 +562,6 @@ class FluxClient:
             self._check_open("send a control message")  # close() may have overtaken us
             await self._flush_audio(current)
             await self._write(current, current.proto.send_json(message))
-            if on_sent is not None:
-                on_sent()
 
     # -- events -------------------------------------------------------------------------------
 
@@ -694,12 +744,14 @@ class FluxClient:
             if self._connected_delivered:
                 return
             self._connected_delivered = True
-        elif isinstance(event, ConfigureSuccess):
+        elif isinstance(event, ConfigureSuccess | ConfigureFailure):
+            # Answers match Configures in order (Flux has no correlation id).
             if self._pending_configures:
-                self._settings = self._pending_configures.popleft().apply_to(self._settings)
-        elif isinstance(event, ConfigureFailure):
-            if self._pending_configures:
-                self._pending_configures.popleft()
+                waiter = self._pending_configures.popleft()
+                if isinstance(event, ConfigureSuccess):
+                    self._settings = waiter.message.apply_to(self._settings)
+                waiter.answer = event
+                waiter.done.set()
         elif isinstance(event, TurnInfo):
             observed = self._tracker.observe(event)
             if observed is None:
@@ -732,7 +784,8 @@ class FluxClient:
         if stream.retired or self._state == "closed" or stream is not self._current:
             return
         stream.retired = True
-        if self._state == "closing" or not (self._retry.enabled and error.retryable):
+        # Also while closing: the new stream replays the open turn and drains it.
+        if not (self._retry.enabled and error.retryable):
             self._task_group_start(self._fail, error)
             return
         logger.warning("Flux stream failed (%s); recovering", error)
@@ -825,6 +878,11 @@ class FluxClient:
                     await old.h2.send(old.proto.send_close_stream())
                 except FluxError:
                     pass
+            # Configures sent on the old stream will not be answered; the new stream is opened
+            # with the settings in force.
+            for waiter in self._pending_configures:
+                waiter.done.set()
+            self._pending_configures.clear()
             self._coalescer.flush()  # the replay buffer holds that audio too
             self._pending_since = None
             replay = self._replay.replay()

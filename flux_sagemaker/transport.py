@@ -29,6 +29,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import copy
+import logging
 import math
 import ssl
 from collections.abc import AsyncIterator, Sequence
@@ -46,6 +47,18 @@ import h2.settings
 from anyio.streams.tls import TLSAttribute
 
 from flux_sagemaker import errors
+
+
+class _NoHeaderTracing(logging.Filter):
+    """Drop hpack's DEBUG records: they print every header, ``authorization`` included."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.levelno > logging.DEBUG
+
+
+# Credentials and signatures must never reach logs; hpack traces header blocks at DEBUG.
+for _name in ("hpack.hpack", "hpack.table"):
+    logging.getLogger(_name).addFilter(_NoHeaderTracing())
 
 __all__ = [
     "DEFAULT_RECEIVE_WINDOW",

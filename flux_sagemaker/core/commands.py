@@ -15,11 +15,29 @@ from flux_sagemaker.core import settings as _s
 from flux_sagemaker.core.settings import BundleCapabilities, FluxSettings
 from flux_sagemaker.errors import CapabilityError, ValidationError
 
-__all__ = ["CLOSE_STREAM", "FORCE_END_TURN", "Configure", "close_stream", "force_end_turn"]
+__all__ = [
+    "CLOSE_STREAM",
+    "CONFIGURABLE_FIELDS",
+    "FORCE_END_TURN",
+    "Configure",
+    "close_stream",
+    "force_end_turn",
+]
 
 #: Byte for byte what the AWS SDK capture sends (compact separators).
 CLOSE_STREAM: Final = b'{"type":"CloseStream"}'
 FORCE_END_TURN: Final = b'{"type":"ForceEndTurn"}'
+#: The FluxSettings fields a ``Configure`` can change mid-stream.
+CONFIGURABLE_FIELDS: Final = frozenset(
+    {
+        "eot_threshold",
+        "eager_eot_threshold",
+        "eot_timeout_ms",
+        "keyterms",
+        "language_hints",
+        "numerals",
+    }
+)
 
 
 def close_stream() -> bytes:

@@ -396,3 +396,20 @@ async def test_secrets_never_reach_logs_or_reprs(caplog: pytest.LogCaptureFixtur
     assert secret not in text
     for signature in signatures:
         assert signature not in text
+
+
+async def test_close_while_reconnecting_still_drains_every_turn() -> None:
+    # Audio sent as fast as allowed: close() lands while the failed stream is being replaced.
+    async with MockFluxEndpoint(
+        script=SAMPLE.turns, faults=[Fault(kind=FaultKind.RESET_STREAM, after_audio_s=3.5)]
+    ) as endpoint:
+        events: list[Any] = []
+        with anyio.fail_after(20):
+            async with FluxClient("flux-ep", **endpoint.client_kwargs(), timeouts=FAST_TIMEOUTS) as flux:
+                await flux.send_audio(SAMPLE.pcm)
+                await flux.close()
+                events.extend([event async for event in flux])
+    assert_turns_complete(events)
+    assert [e for e in events if isinstance(e, Reconnected)]
+    assert endpoint.streams[-1].texts == ['{"type":"CloseStream"}']
+    assert_audio_delivered(endpoint, events)
