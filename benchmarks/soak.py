@@ -473,6 +473,9 @@ def print_summary(
         if r.error is not None
     )
     retryable_failures = sum(1 for r in results if r.error is not None and r.error.retryable)
+    # A session cut short without an error: an internal task crashed and cancelled it.
+    frames = round(args.duration / FRAME_S)
+    cut_short = sum(1 for r in results if r.error is None and r.frames_sent < frames)
     cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     app_bytes = sum(r.frames_sent for r in results) * FRAME_BYTES
@@ -504,7 +507,8 @@ def print_summary(
         ("turns completed (EndOfTurn)", f"{sum(r.turns for r in results)}"),
         (
             "sessions failed",
-            f"{sum(failures.values())} ({retryable_failures} with a retryable error)",
+            f"{sum(failures.values())} ({retryable_failures} with a retryable error); "
+            f"{cut_short} more ended early without an error",
         ),
         *(("", f"{count} x {why}") for why, count in failures.most_common()),
         (
@@ -543,7 +547,7 @@ def print_summary(
     ]
     print("\n".join(lines))
     bad = report.lost_bytes or report.lost_in_failed_sessions or report.corrupt_bytes
-    bad = bad or report.mixed_streams or report.out_of_order or retryable_failures
+    bad = bad or report.mixed_streams or report.out_of_order or retryable_failures or cut_short
     print("RESULT:", "FAIL" if bad else "PASS")
     return 1 if bad else 0
 

@@ -77,19 +77,17 @@ class RequestFailure:
     @classmethod
     def service_unavailable(cls) -> RequestFailure:
         """``ServiceUnavailable`` (503), retryable."""
-        return cls(
-            status=503, error_type="ServiceUnavailable", message="Service is unavailable"
-        )
+        return cls(status=503, error_type="ServiceUnavailable", message="Service is unavailable")
 
     @classmethod
     def internal_error(cls) -> RequestFailure:
         """``InternalFailure`` (500), retryable."""
-        return cls(
-            status=500, error_type="InternalFailure", message="An internal error occurred"
-        )
+        return cls(status=500, error_type="InternalFailure", message="An internal error occurred")
 
     @classmethod
-    def model_error(cls, message: str = "Failed to establish WebSocket connection") -> RequestFailure:
+    def model_error(
+        cls, message: str = "Failed to establish WebSocket connection"
+    ) -> RequestFailure:
         """``ModelError`` (424): the container refused the session."""
         return cls(
             status=424,

@@ -90,7 +90,9 @@ class RecordedStream:
     @property
     def event_types(self) -> list[str]:
         """``type`` (and ``event`` for TurnInfo) of every message sent, for assertions."""
-        return [m.get("event", m["type"]) if m["type"] == "TurnInfo" else m["type"] for m in self.sent]
+        return [
+            m.get("event", m["type"]) if m["type"] == "TurnInfo" else m["type"] for m in self.sent
+        ]
 
 
 class MockFluxEndpoint:
@@ -126,7 +128,9 @@ class MockFluxEndpoint:
         max_stream_duration: float | None = None,
     ) -> None:
         if script_scope not in ("endpoint", "stream"):
-            raise ValidationError(f"script_scope must be 'endpoint' or 'stream', got {script_scope!r}")
+            raise ValidationError(
+                f"script_scope must be 'endpoint' or 'stream', got {script_scope!r}"
+            )
         self.script = tuple(ScriptedTurn(t) if isinstance(t, str) else t for t in script)
         self.bundle = bundle
         self.region = region
@@ -160,7 +164,9 @@ class MockFluxEndpoint:
         """Answer the next ``count`` requests with ``failure`` instead of opening a stream."""
         self._request_failures.extend([failure] * count)
 
-    def rotate_credentials(self, access_key: str, secret_key: str, token: str | None = None) -> None:
+    def rotate_credentials(
+        self, access_key: str, secret_key: str, token: str | None = None
+    ) -> None:
         """Accept only these credentials from now on (tests of credential refresh)."""
         self._credentials.clear()
         self._credentials[access_key] = (secret_key, token)
@@ -239,10 +245,7 @@ class MockFluxEndpoint:
             verified = self._verifier.verify(
                 stream.method, stream.path, [(":authority", stream.authority), *stream.headers]
             )
-            if self.endpoint_name is not None and verified.endpoint_name != self.endpoint_name:
-                raise VerificationFailure(
-                    404, "ValidationError", f"Endpoint {verified.endpoint_name} not found."
-                )
+            self._check_endpoint_name(verified.endpoint_name)
             if self._request_failures:
                 failure = self._request_failures.popleft()
                 await self._refuse(stream, record, request_id, failure)
@@ -276,6 +279,10 @@ class MockFluxEndpoint:
         record.status = 200
         await _StreamSession(self, stream, record, events, engine).run()
 
+    def _check_endpoint_name(self, name: str) -> None:
+        if self.endpoint_name is not None and name != self.endpoint_name:
+            raise VerificationFailure(404, "ValidationError", f"Endpoint {name} not found.")
+
     def _parse_settings(self, query_string: str | None) -> FluxSettings:
         if not query_string:
             raise ValidationError("the model query string is missing")
@@ -285,9 +292,15 @@ class MockFluxEndpoint:
             raise ValidationError(f"unsupported_parameter: {', '.join(sorted(rejected))}")
         if settings.encoding not in ("linear16", "linear32", "mulaw", "alaw"):
             raise ValidationError(f"the mock cannot decode {settings.encoding or 'containers'}")
-        if settings.eot_threshold is not None and settings.eot_threshold > self.bundle.max_eot_threshold:
+        if (
+            settings.eot_threshold is not None
+            and settings.eot_threshold > self.bundle.max_eot_threshold
+        ):
             raise ValidationError("eot_threshold out of range for this bundle")
-        if settings.eot_timeout_ms is not None and settings.eot_timeout_ms > self.bundle.max_eot_timeout_ms:
+        if (
+            settings.eot_timeout_ms is not None
+            and settings.eot_timeout_ms > self.bundle.max_eot_timeout_ms
+        ):
             raise ValidationError("eot_timeout_ms out of range for this bundle")
         return settings
 
@@ -318,17 +331,21 @@ def _param_names(query_string: str) -> list[str]:
 
 
 def _engine_params(settings: FluxSettings) -> EngineParams:
-    return EngineParams(
+    params = EngineParams(
         model=settings.model,
         encoding=settings.encoding or "linear16",
         sample_rate=settings.sample_rate or 16000,
         eot_threshold=settings.eot_threshold if settings.eot_threshold is not None else 0.7,
         eager_eot_threshold=settings.eager_eot_threshold,
         eot_timeout_ms=settings.eot_timeout_ms if settings.eot_timeout_ms is not None else 5000,
-        keyterms=settings.keyterms,
-        language_hints=settings.language_hints,
         numerals=bool(settings.numerals),
     )
+    # Set apart: mypy's attrs plugin cannot type the generic ``converter=tuple`` fields.
+    lists: dict[str, Any] = {
+        "keyterms": settings.keyterms,
+        "language_hints": settings.language_hints,
+    }
+    return attrs.evolve(params, **lists)
 
 
 def _payload_part(message: Mapping[str, Any]) -> bytes:
@@ -425,7 +442,11 @@ class _StreamSession:
                 )
                 return True
             fault = self.fault
-            if fault is not None and self.engine.audio_seconds_received + self._duration(event.payload) >= fault.after_audio_s:
+            if (
+                fault is not None
+                and self.engine.audio_seconds_received + self._duration(event.payload)
+                >= fault.after_audio_s
+            ):
                 self.fault = None
                 if await self._strike(fault):
                     return True
@@ -493,7 +514,11 @@ class _StreamSession:
         return True
 
     async def _break(self, kind: FaultKind, error_code: str, message: str) -> None:
-        name = "InternalStreamFailure" if kind is FaultKind.INTERNAL_STREAM_FAILURE else "ModelStreamError"
+        name = (
+            "InternalStreamFailure"
+            if kind is FaultKind.INTERNAL_STREAM_FAILURE
+            else "ModelStreamError"
+        )
         await self._send_raw(_exception_event(name, message, error_code))
         await self._end_response()
 
@@ -502,9 +527,12 @@ class _StreamSession:
             return
         for message in messages:
             self.record.sent.append(message)
-            if message.get("type") == "TurnInfo" and message.get("event") == "EndOfTurn":
-                if self.endpoint.script_scope == "endpoint":
-                    self.endpoint._turns_done += 1
+            if (
+                message.get("type") == "TurnInfo"
+                and message.get("event") == "EndOfTurn"
+                and self.endpoint.script_scope == "endpoint"
+            ):
+                self.endpoint._turns_done += 1
             if self.latency:
                 await anyio.sleep(self.latency)
             await self._send_raw(_payload_part(message))

@@ -8,7 +8,7 @@ off unless a test asks for it, so the audio the mock records is exactly the audi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import anyio
 
@@ -41,6 +41,8 @@ def ms(milliseconds: float) -> int:
     """Bytes of sample audio in ``milliseconds`` (sample aligned)."""
     return int(SAMPLE.sample_rate * milliseconds / 1000) * 2
 
+
+T = TypeVar("T")
 
 EndpointFactory = Callable[..., MockFluxEndpoint]
 """The type of the ``endpoint`` fixture."""
@@ -116,12 +118,12 @@ async def events_until_error(flux: FluxClient, events: list[FluxEvent]) -> FluxE
     raise AssertionError(f"the iterator ended without an error after {len(events)} events")
 
 
-def of_type(events: Sequence[object], *kinds: type) -> list[Any]:
+def of_type(events: Sequence[object], *kinds: type[T]) -> list[T]:
     """The events that are instances of ``kinds``, in order."""
     return [e for e in events if isinstance(e, kinds)]
 
 
-async def next_of(flux: FluxClient, kind: type) -> Any:
+async def next_of(flux: FluxClient, kind: type[T]) -> T:
     """Iterate until an event of ``kind`` arrives and return it."""
     async for event in flux:
         if isinstance(event, kind):

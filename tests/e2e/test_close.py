@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from flux_sagemaker import BundleCapabilities, EndOfTurn, TurnInfo, Update
+from flux_sagemaker import BundleCapabilities, EndOfTurn, FluxClient, TurnInfo, Update, UsageError
 from flux_sagemaker.testing import FLUX_MULTI_20260417, NEWEST
 
 from .helpers import (
@@ -15,8 +15,10 @@ from .helpers import (
     client_for,
     collect,
     ms,
+    next_of,
     of_type,
     run_session,
+    send_audio,
 )
 
 pytestmark = pytest.mark.anyio
@@ -61,9 +63,11 @@ async def test_close_mid_turn_finalizing_bundle_gives_real_end_of_turn(
 ) -> None:
     caps = BundleCapabilities.flux_multi_20260417()
     with anyio.fail_after(TEST_TIMEOUT):
-        async with endpoint(bundle=FLUX_MULTI_20260417) as ep:
-            async with client_for(ep, capabilities=caps) as flux:
-                events = await run_session(flux, MID_SECOND_TURN)
+        async with (
+            endpoint(bundle=FLUX_MULTI_20260417) as ep,
+            client_for(ep, capabilities=caps) as flux,
+        ):
+            events = await run_session(flux, MID_SECOND_TURN)
     (stream,) = ep.streams
     assert stream.event_types.count("EndOfTurn") == 2
     ends = of_type(events, EndOfTurn)
@@ -108,3 +112,31 @@ async def test_exiting_the_block_closes_gracefully(endpoint: EndpointFactory) ->
     (stream,) = ep.streams
     _assert_closed_in_order(stream.inputs, stream.texts)
     assert bytes(stream.audio) == MID_SECOND_TURN
+
+
+async def test_close_while_a_sender_is_busy_sends_nothing_after_close_stream(
+    endpoint: EndpointFactory,
+) -> None:
+    """Audio racing close() is refused with UsageError, never written after CloseStream."""
+    refused: list[UsageError] = []
+
+    async def sender(flux: FluxClient) -> None:
+        try:
+            while True:
+                await send_audio(flux, SAMPLE.pcm, ms(20))
+        except UsageError as exc:
+            refused.append(exc)
+
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as flux, anyio.create_task_group() as tg:
+            tg.start_soon(sender, flux)
+            await next_of(flux, EndOfTurn)
+            await flux.close()
+            events = await collect(flux)
+    assert len(refused) == 1
+    (stream,) = ep.streams
+    _assert_closed_in_order(stream.inputs, stream.texts)
+    audio = bytes(stream.audio)
+    # Byte-exact: the repeated sample up to where the sender was refused.
+    assert (SAMPLE.pcm * (len(audio) // len(SAMPLE.pcm) + 1)).startswith(audio)
+    assert all(e.turn_index >= 1 for e in of_type(events, EndOfTurn))

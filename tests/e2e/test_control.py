@@ -57,17 +57,19 @@ async def test_configure_success_updates_settings(endpoint: EndpointFactory) -> 
 async def test_configure_failure_keeps_the_session(endpoint: EndpointFactory) -> None:
     caps = BundleCapabilities.flux_multi_20260417()
     with anyio.fail_after(TEST_TIMEOUT):
-        async with endpoint(bundle=FLUX_MULTI_20260417) as ep:
-            async with client_for(ep, capabilities=caps) as flux:
-                await flux.send_audio(FIRST_TURN)
-                # Valid for the client (0.5-1.0), above this bundle's maximum of 0.9.
-                await flux.configure(eot_threshold=0.95)
-                failure = await next_of(flux, ConfigureFailure)
-                assert failure.code == "INVALID_THRESHOLD"
-                assert flux.settings.eot_threshold is None  # unchanged
-                await send_audio(flux, SAMPLE.pcm[len(FIRST_TURN) :])
-                await flux.close()
-                rest = await collect(flux)
+        async with (
+            endpoint(bundle=FLUX_MULTI_20260417) as ep,
+            client_for(ep, capabilities=caps) as flux,
+        ):
+            await flux.send_audio(FIRST_TURN)
+            # Valid for the client (0.5-1.0), above this bundle's maximum of 0.9.
+            await flux.configure(eot_threshold=0.95)
+            failure = await next_of(flux, ConfigureFailure)
+            assert failure.code == "INVALID_THRESHOLD"
+            assert flux.settings.eot_threshold is None  # unchanged
+            await send_audio(flux, SAMPLE.pcm[len(FIRST_TURN) :])
+            await flux.close()
+            rest = await collect(flux)
     assert [e.transcript for e in of_type(rest, EndOfTurn)] == list(SAMPLE.turns)
     assert len(ep.streams) == 1
     assert ep.streams[0].error is None
@@ -76,16 +78,18 @@ async def test_configure_failure_keeps_the_session(endpoint: EndpointFactory) ->
 async def test_configure_unsupported_raises_before_sending(endpoint: EndpointFactory) -> None:
     caps = BundleCapabilities.flux_english_20260311()
     with anyio.fail_after(TEST_TIMEOUT):
-        async with endpoint(bundle=FLUX_ENGLISH_20260311) as ep:
-            async with client_for(ep, capabilities=caps) as flux:
-                await flux.send_audio(FIRST_TURN)
-                with pytest.raises(CapabilityError):
-                    await flux.configure(eot_threshold=0.8)
-                with pytest.raises(CapabilityError):
-                    await flux.force_end_turn()
-                await send_audio(flux, SAMPLE.pcm[len(FIRST_TURN) :])
-                await flux.close()
-                events = await collect(flux)
+        async with (
+            endpoint(bundle=FLUX_ENGLISH_20260311) as ep,
+            client_for(ep, capabilities=caps) as flux,
+        ):
+            await flux.send_audio(FIRST_TURN)
+            with pytest.raises(CapabilityError):
+                await flux.configure(eot_threshold=0.8)
+            with pytest.raises(CapabilityError):
+                await flux.force_end_turn()
+            await send_audio(flux, SAMPLE.pcm[len(FIRST_TURN) :])
+            await flux.close()
+            events = await collect(flux)
     assert [e.transcript for e in of_type(events, EndOfTurn)] == list(SAMPLE.turns)
     (stream,) = ep.streams
     assert stream.texts == ['{"type":"CloseStream"}']  # nothing fatal reached the bundle
@@ -97,25 +101,29 @@ async def test_update_settings_reconnects_where_configure_is_unsupported(
 ) -> None:
     caps = BundleCapabilities.flux_english_20260311()
     with anyio.fail_after(TEST_TIMEOUT):
-        async with endpoint(bundle=FLUX_ENGLISH_20260311) as ep:
-            async with client_for(ep, capabilities=caps) as flux:
-                first_turn_done = SAMPLE.pcm[: ms(3100)]
-                await flux.send_audio(first_turn_done)
-                end = await next_of(flux, EndOfTurn)
-                assert end.transcript == SAMPLE.turns[0]
-                await flux.update_settings(eot_threshold=0.85)
-                rolled = await next_of(flux, StreamRolledOver)
-                assert "settings" in rolled.reason
-                assert flux.settings.eot_threshold == 0.85
-                await send_audio(flux, SAMPLE.pcm[len(first_turn_done) :])
-                await flux.close()
-                rest = await collect(flux)
+        async with (
+            endpoint(bundle=FLUX_ENGLISH_20260311) as ep,
+            client_for(ep, capabilities=caps) as flux,
+        ):
+            first_turn_done = SAMPLE.pcm[: ms(3100)]
+            await flux.send_audio(first_turn_done)
+            end = await next_of(flux, EndOfTurn)
+            assert end.transcript == SAMPLE.turns[0]
+            await flux.update_settings(eot_threshold=0.85)
+            rolled = await next_of(flux, StreamRolledOver)
+            assert "settings" in rolled.reason
+            assert flux.settings.eot_threshold == 0.85
+            await send_audio(flux, SAMPLE.pcm[len(first_turn_done) :])
+            await flux.close()
+            rest = await collect(flux)
     assert len(ep.streams) == 2
     new = ep.streams[1]
     query = dict(new.headers)["x-amzn-sagemaker-model-query-string"]
     assert "eot_threshold=0.85" in query.split("&")
-    assert new.settings is not None and new.settings.eot_threshold == 0.85
-    assert ep.streams[0].settings is not None and ep.streams[0].settings.eot_threshold is None
+    assert new.settings is not None
+    assert new.settings.eot_threshold == 0.85
+    assert ep.streams[0].settings is not None
+    assert ep.streams[0].settings.eot_threshold is None
     ends = of_type(rest, EndOfTurn)
     assert [e.transcript for e in ends] == [SAMPLE.turns[1]]
     assert [e.turn_index for e in ends] == [1]
@@ -158,11 +166,13 @@ async def test_force_end_turn_without_a_turn_warns(endpoint: EndpointFactory) ->
 async def test_force_end_turn_unsupported(endpoint: EndpointFactory) -> None:
     caps = BundleCapabilities.flux_multi_20260417()
     with anyio.fail_after(TEST_TIMEOUT):
-        async with endpoint(bundle=FLUX_MULTI_20260417) as ep:
-            async with client_for(ep, capabilities=caps) as flux:
-                await flux.send_audio(FIRST_TURN)
-                with pytest.raises(CapabilityError):
-                    await flux.force_end_turn()
-                await flux.close()
-                await collect(flux)
+        async with (
+            endpoint(bundle=FLUX_MULTI_20260417) as ep,
+            client_for(ep, capabilities=caps) as flux,
+        ):
+            await flux.send_audio(FIRST_TURN)
+            with pytest.raises(CapabilityError):
+                await flux.force_end_turn()
+            await flux.close()
+            await collect(flux)
     assert ep.streams[0].texts == ['{"type":"CloseStream"}']

@@ -26,8 +26,8 @@ from flux_sagemaker import (
     ServiceUnavailableError,
     StreamReset,
     ThrottlingError,
-    Timeouts,
     TimeoutError,
+    Timeouts,
     TransportError,
     UsageError,
 )
@@ -140,7 +140,8 @@ async def test_query_parameter_the_bundle_rejects_is_a_model_error(
             error = await _open_fails(ep, settings=FluxSettings(numerals=True))
     assert isinstance(error, ModelError)
     assert error.status_code == 424
-    assert ep.streams[0].error is not None and "numerals" in ep.streams[0].error
+    assert ep.streams[0].error is not None
+    assert "numerals" in ep.streams[0].error
 
 
 RETRYABLE_FAILURES = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import anyio
@@ -53,7 +54,7 @@ def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPat
     return monkeypatch
 
 
-def _assert_first_turn(events: list[object], ep: MockFluxEndpoint) -> None:
+def _assert_first_turn(events: Sequence[object], ep: MockFluxEndpoint) -> None:
     assert [e.transcript for e in of_type(events, EndOfTurn)] == [SAMPLE.turns[0]]
     assert bytes(ep.streams[0].audio) == FIRST_TURN_DONE
 

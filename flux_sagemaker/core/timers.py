@@ -1,0 +1,241 @@
+"""What a session does on its own as time passes, decided without reading a clock.
+
+Flux is clocked by audio: after ``StartOfTurn`` no ``EndOfTurn`` comes unless audio keeps
+arriving, SageMaker has no event-level ping, and a stream lives at most 30 minutes. So a
+session flushes partial audio events, sends silence, watches for a silent server and moves to
+a fresh stream in time. :class:`SessionTimers` keeps the timestamps the shell reports and says,
+for a given ``now``, what is due and when to look again; the shell sleeps until then.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import attrs
+
+from ..errors import ValidationError
+
+__all__ = [
+    "SAGEMAKER_MAX_STREAM_SECONDS",
+    "SILENCE_STEP",
+    "FlushAudio",
+    "KeepalivePolicy",
+    "RolloverPolicy",
+    "SendSilence",
+    "SessionTimers",
+    "Stalled",
+    "TimerAction",
+]
+
+#: SageMaker ends a bidirectional stream after 30 minutes.
+SAGEMAKER_MAX_STREAM_SECONDS = 30 * 60
+#: While a turn is open and the application is quiet, silence goes out in steps this long.
+SILENCE_STEP = 0.08
+# Look again at least this often, so policy changes and stray wake-ups stay cheap.
+_MAX_SLEEP = 1.0
+
+
+def _seconds(
+    low: float, high: float, *, optional: bool = False
+) -> Callable[[object, attrs.Attribute[object], object], None]:
+    def check(_instance: object, attribute: attrs.Attribute[object], value: object) -> None:
+        if value is None and optional:
+            return
+        if (
+            isinstance(value, bool)
+            or not isinstance(value, int | float)
+            or not math.isfinite(value)
+            or not low <= value <= high
+        ):
+            raise ValidationError(
+                f"{attribute.name} must be a number of seconds from {low} to {high}"
+                + (" or None" if optional else "")
+                + f", got {value!r}"
+            )
+
+    return check
+
+
+@attrs.frozen(kw_only=True)
+class KeepalivePolicy:
+    """What the client sends on its own so that Flux keeps producing events."""
+
+    turn_silence_after: float | None = attrs.field(
+        default=0.5, validator=_seconds(0.05, 60, optional=True)
+    )
+    """While a turn is open and the application sends nothing for this long (or twice its
+    last chunk, if longer), send silence in real time so that ``EndOfTurn`` still arrives.
+    ``None`` disables it."""
+    idle_interval: float | None = attrs.field(
+        default=10.0, validator=_seconds(0.1, 3600, optional=True)
+    )
+    """While no turn is open and no audio flows, send one silent sample this often so the
+    stream stays alive (Deepgram's own harness uses 10 s). ``None`` disables it."""
+    stall_timeout: float | None = attrs.field(
+        default=10.0, validator=_seconds(0.1, 3600, optional=True)
+    )
+    """Audio flowed but no server event arrived for this long: the stream is stalled
+    (:class:`~flux_sagemaker.errors.StreamStalled`) and is recovered. ``None`` disables it."""
+
+    @classmethod
+    def disabled(cls) -> KeepalivePolicy:
+        """Send nothing on our own and never declare a stall."""
+        return cls(turn_silence_after=None, idle_interval=None, stall_timeout=None)
+
+
+@attrs.frozen(kw_only=True)
+class RolloverPolicy:
+    """When a long session moves to a fresh stream, before SageMaker's 30-minute limit."""
+
+    max_stream_duration: float = attrs.field(
+        default=SAGEMAKER_MAX_STREAM_SECONDS - 30, validator=_seconds(1, 24 * 3600)
+    )
+    """A stream is switched over at the latest this long after it opened."""
+    margin: float = attrs.field(default=120.0, validator=_seconds(0, 3600))
+    """From ``max_stream_duration - margin`` on, switch at the first turn boundary."""
+    credential_margin: float = attrs.field(default=300.0, validator=_seconds(0, 3600))
+    """Switch to a stream signed with fresh credentials this long before they expire."""
+
+    def due(
+        self, age: float, *, credentials_expire_in: float | None, at_boundary: bool
+    ) -> str | None:
+        """Why a stream of this ``age`` should be replaced now, or ``None``.
+
+        Args:
+            age: Seconds since the stream opened.
+            credentials_expire_in: Seconds from the stream's opening until its credentials
+                expire, or ``None`` when they do not.
+            at_boundary: Whether no turn is open, so a switch now replays almost nothing.
+        """
+        limits = [(self.max_stream_duration, "maximum stream duration")]
+        if credentials_expire_in is not None:
+            limits.append((credentials_expire_in - self.credential_margin, "credentials expire"))
+        for limit, reason in limits:
+            if age >= limit or (at_boundary and age >= limit - self.margin):
+                return reason
+        return None
+
+
+@attrs.frozen
+class FlushAudio:
+    """The pending partial audio event has waited one coalescing window: send it."""
+
+
+@attrs.frozen
+class SendSilence:
+    """Send silence: ``duration`` seconds, or one sample when ``None`` (idle keepalive)."""
+
+    duration: float | None
+
+
+@attrs.frozen
+class Stalled:
+    """Audio flowed but the server said nothing for ``quiet_for`` seconds."""
+
+    quiet_for: float
+
+
+TimerAction = FlushAudio | SendSilence | Stalled
+
+
+@attrs.define(eq=False)
+class SessionTimers:
+    """The timestamps of one session and what they make due.
+
+    The shell reports events with the ``on_*`` methods (monotonic seconds) and calls
+    :meth:`due` when it wakes up.
+    """
+
+    policy: KeepalivePolicy
+    """The keepalive and watchdog policy."""
+    coalesce_s: float
+    """The coalescing window, in seconds (0: no partial events are ever pending)."""
+    last_app_audio: float = 0.0
+    """When the application last handed over audio (moved on by keepalive silence)."""
+    last_audio_sent: float = 0.0
+    """When audio last went out on a stream."""
+    last_server_data: float = 0.0
+    """When bytes last arrived from the server."""
+    pending_since: float | None = None
+    """Since when a partial audio event has been waiting, or ``None``."""
+    last_chunk_s: float = 0.0
+    """Duration of the application's last chunk: a turn is not quiet before two of them."""
+    last_idle_ping: float = 0.0
+    """When the idle keepalive last sent its one sample (too little audio to expect events)."""
+
+    def start(self, now: float) -> None:
+        """A stream opened: every clock starts now."""
+        self.last_app_audio = self.last_audio_sent = self.last_server_data = now
+        self.last_idle_ping = now
+
+    def on_app_audio(self, now: float, chunk_s: float, *, pending: bool) -> bool:
+        """The application handed over a chunk; return whether a flush timer must start."""
+        self.last_app_audio = now
+        self.last_chunk_s = chunk_s
+        if not pending:
+            self.pending_since = None
+            return False
+        if self.pending_since is None:
+            self.pending_since = now
+            return True
+        return False
+
+    def on_audio_sent(self, now: float) -> None:
+        """An audio event went out (not the idle keepalive's single sample)."""
+        self.last_audio_sent = now
+
+    def on_flushed(self) -> None:
+        """Nothing is pending any more."""
+        self.pending_since = None
+
+    def on_server_data(self, now: float) -> None:
+        """Bytes arrived from the server."""
+        self.last_server_data = now
+
+    def due(
+        self, now: float, *, turn_open: bool, consumer_blocked: bool = False
+    ) -> tuple[list[TimerAction], float]:
+        """What to do now, and when to look again.
+
+        Args:
+            now: The current monotonic time.
+            turn_open: Whether Flux is inside a turn (then silence keeps it going).
+            consumer_blocked: Whether the event consumer is not keeping up; a quiet stream
+                is then our own back-pressure, not a stall.
+        """
+        actions: list[TimerAction] = []
+        next_at = now + _MAX_SLEEP
+        if self.pending_since is not None:
+            flush_at = self.pending_since + self.coalesce_s
+            if now >= flush_at:
+                actions.append(FlushAudio())
+                self.pending_since = None
+            else:
+                next_at = min(next_at, flush_at)
+        policy = self.policy
+        if policy.turn_silence_after is not None and turn_open:
+            gap = max(policy.turn_silence_after, 2 * self.last_chunk_s)
+            if now - self.last_app_audio >= gap:
+                # Silence in real time: one step of audio per step of quiet.
+                actions.append(SendSilence(SILENCE_STEP))
+                self.last_app_audio += SILENCE_STEP
+                next_at = min(next_at, now + SILENCE_STEP)
+            else:
+                next_at = min(next_at, self.last_app_audio + gap)
+        elif policy.idle_interval is not None:
+            idle_since = max(self.last_app_audio, self.last_audio_sent, self.last_idle_ping)
+            if now - idle_since >= policy.idle_interval:
+                actions.append(SendSilence(None))
+                self.last_idle_ping = now
+                idle_since = now
+            next_at = min(next_at, idle_since + policy.idle_interval)
+        if policy.stall_timeout is not None:
+            quiet_for = now - self.last_server_data
+            audio_flowing = now - self.last_audio_sent < policy.stall_timeout
+            if quiet_for < policy.stall_timeout:
+                next_at = min(next_at, self.last_server_data + policy.stall_timeout)
+            elif audio_flowing and not consumer_blocked:
+                actions.append(Stalled(quiet_for))
+            # Otherwise quiet but excused: looked at again within _MAX_SLEEP.
+        return actions, max(next_at, now)

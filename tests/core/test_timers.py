@@ -1,0 +1,162 @@
+"""SessionTimers and the policies: what is due when, with a fake clock."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flux_sagemaker.core.timers import (
+    SILENCE_STEP,
+    FlushAudio,
+    KeepalivePolicy,
+    RolloverPolicy,
+    SendSilence,
+    SessionTimers,
+    Stalled,
+)
+from flux_sagemaker.errors import ValidationError
+
+
+def timers(**policy: float | None) -> SessionTimers:
+    t = SessionTimers(KeepalivePolicy(**policy), coalesce_s=0.08)  # type: ignore[arg-type]
+    t.start(100.0)
+    return t
+
+
+def test_nothing_is_due_right_after_start() -> None:
+    t = timers()
+    actions, next_at = t.due(100.0, turn_open=False)
+    assert actions == []
+    assert 100.0 < next_at <= 101.0
+
+
+def test_pending_audio_is_flushed_one_window_later() -> None:
+    t = timers()
+    assert t.on_app_audio(100.0, 0.02, pending=True) is True
+    assert t.on_app_audio(100.02, 0.02, pending=True) is False  # the first chunk's timer runs
+    actions, next_at = t.due(100.05, turn_open=False)
+    assert actions == []
+    assert next_at == pytest.approx(100.08)
+    actions, _ = t.due(100.08, turn_open=False)
+    assert actions == [FlushAudio()]
+    assert t.pending_since is None
+
+
+def test_a_full_event_cancels_the_flush_timer() -> None:
+    t = timers()
+    t.on_app_audio(100.0, 0.02, pending=True)
+    t.on_app_audio(100.06, 0.02, pending=False)
+    assert t.due(100.2, turn_open=False)[0] == []
+
+
+def test_open_turn_gets_real_time_silence_after_the_gap() -> None:
+    t = timers(turn_silence_after=0.5)
+    t.on_app_audio(100.0, 0.02, pending=False)
+    t.on_audio_sent(100.0)
+    t.on_server_data(100.0)
+    actions, next_at = t.due(100.3, turn_open=True)
+    assert actions == []
+    assert next_at == pytest.approx(100.5)
+    actions, next_at = t.due(100.5, turn_open=True)
+    assert actions == [SendSilence(SILENCE_STEP)]
+    assert next_at == pytest.approx(100.5 + SILENCE_STEP)
+    # One step of silence per step of quiet: not a burst.
+    assert t.due(100.5 + SILENCE_STEP / 2, turn_open=True)[0] == []
+
+
+def test_the_gap_is_at_least_two_chunks() -> None:
+    t = timers(turn_silence_after=0.1)
+    t.on_app_audio(100.0, 0.25, pending=False)
+    assert t.due(100.3, turn_open=True)[0] == []
+    assert t.due(100.5, turn_open=True)[0] == [SendSilence(SILENCE_STEP)]
+
+
+def test_idle_keepalive_sends_one_sample_per_interval() -> None:
+    t = timers(idle_interval=10.0)
+    actions, next_at = t.due(105.0, turn_open=False)
+    assert actions == []
+    assert next_at == pytest.approx(106.0)  # capped sleep
+    actions, next_at = t.due(110.0, turn_open=False)
+    assert actions == [SendSilence(None)]
+    assert t.due(115.0, turn_open=False)[0] == []
+    assert t.due(120.0, turn_open=False)[0] == [SendSilence(None)]
+
+
+def test_stall_needs_flowing_audio_and_a_keeping_up_consumer() -> None:
+    t = timers(stall_timeout=2.0, idle_interval=None)
+    t.on_audio_sent(101.9)
+    assert t.due(101.9, turn_open=False)[0] == []
+    assert t.due(102.1, turn_open=False, consumer_blocked=True)[0] == []
+    actions, _ = t.due(102.1, turn_open=False)
+    assert actions == [Stalled(pytest.approx(2.1))]  # type: ignore[list-item]
+    # Quiet server but no audio: nothing to stall on, and no busy loop either.
+    quiet = timers(stall_timeout=2.0, idle_interval=None)
+    actions, next_at = quiet.due(110.0, turn_open=False)
+    assert actions == []
+    assert next_at > 110.0
+
+
+def test_disabled_policy_never_acts() -> None:
+    t = SessionTimers(KeepalivePolicy.disabled(), coalesce_s=0.0)
+    t.start(0.0)
+    for now in (1.0, 100.0, 10_000.0):
+        assert t.due(now, turn_open=True)[0] == []
+
+
+@given(
+    st.lists(
+        st.tuples(st.floats(0.001, 3.0), st.booleans(), st.booleans(), st.booleans()),
+        max_size=60,
+    )
+)
+def test_next_wakeup_is_always_in_the_future_and_soon(steps: list[tuple[float, bool, bool, bool]]) -> None:
+    t = timers(turn_silence_after=0.3, idle_interval=1.0, stall_timeout=0.5)
+    now = 100.0
+    for delta, audio, data, turn_open in steps:
+        now += delta
+        if audio:
+            t.on_app_audio(now, 0.02, pending=True)
+            t.on_audio_sent(now)
+        if data:
+            t.on_server_data(now)
+        _, next_at = t.due(now, turn_open=turn_open)
+        assert now <= next_at <= now + 1.0
+
+
+@pytest.mark.parametrize(
+    ("age", "expire", "boundary", "expected"),
+    [
+        (10.0, None, True, None),
+        (1649.0, None, True, None),
+        (1650.0, None, False, None),
+        (1650.0, None, True, "maximum stream duration"),
+        (1770.0, None, False, "maximum stream duration"),
+        (100.0, 500.0, False, None),
+        (100.0, 500.0, True, "credentials expire"),
+        (200.0, 500.0, False, "credentials expire"),
+    ],
+)
+def test_rollover_reasons(age: float, expire: float | None, boundary: bool, expected: str | None) -> None:
+    policy = RolloverPolicy()
+    assert policy.due(age, credentials_expire_in=expire, at_boundary=boundary) == expected
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"turn_silence_after": 0.0},
+        {"idle_interval": -1},
+        {"stall_timeout": float("nan")},
+        {"stall_timeout": True},
+        {"turn_silence_after": "1"},
+    ],
+)
+def test_keepalive_policy_validation(kwargs: dict[str, object]) -> None:
+    with pytest.raises(ValidationError, match=next(iter(kwargs))):
+        KeepalivePolicy(**kwargs)  # type: ignore[arg-type]
+
+
+def test_rollover_policy_validation() -> None:
+    with pytest.raises(ValidationError, match="max_stream_duration"):
+        RolloverPolicy(max_stream_duration=0)
