@@ -320,9 +320,10 @@ async def run_session(
                 tg.cancel_scope.cancel()
     except FluxError as exc:
         result.error = result.error or exc
-    result.streams_opened = client.stats.streams_opened
-    result.replayed_bytes = client.stats.replayed_bytes
-    result.accepted_bytes = client.stats.audio_bytes_accepted
+    finally:
+        result.streams_opened = client.stats.streams_opened
+        result.replayed_bytes = client.stats.replayed_bytes
+        result.accepted_bytes = client.stats.audio_bytes_accepted
 
 
 async def plan_stream_faults(

@@ -30,6 +30,7 @@ from .core.events import (
 from .core.lifecycle import ClientEvent, Reconnected, StreamRolledOver
 from .core.recovery import RetryPolicy
 from .core.settings import BundleCapabilities, Encoding, FluxSettings, Model, Redact
+from .core.timers import KeepalivePolicy, RolloverPolicy
 from .errors import (
     AccessDeniedError,
     CapabilityError,
@@ -60,7 +61,6 @@ from .errors import (
     UsageError,
     ValidationError,
 )
-from .options import KeepalivePolicy, RolloverPolicy
 from .pool import ConnectionPool
 from .transport import Timeouts
 
@@ -117,8 +117,8 @@ __all__ = [
     "StreamReset",
     "StreamRolledOver",
     "StreamStalled",
-    "ThrottlingError",
     "Thresholds",
+    "ThrottlingError",
     "TimeoutError",
     "Timeouts",
     "TransportError",

@@ -14,9 +14,8 @@ task under one lock, so signing order equals wire order.
 
 from __future__ import annotations
 
-import builtins
+import contextlib
 import logging
-import math
 import random
 import ssl
 from collections import deque
@@ -28,12 +27,11 @@ import anyio
 import anyio.abc
 import attrs
 import botocore.session
-from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
+from botocore.credentials import Credentials
 
 from .config import ResolvedConfig, resolve_config
 from .core import commands
 from .core.audio import AudioCoalescer, AudioFormat
-from .core.error_mapping import operation_error
 from .core.events import (
     ConfigureFailure,
     ConfigureSuccess,
@@ -43,11 +41,18 @@ from .core.events import (
     TurnInfo,
 )
 from .core.lifecycle import ClientEvent, Reconnected, StreamRolledOver
-from .core.protocol import StreamEnded, StreamFailed, StreamProtocol
+from .core.protocol import StreamEnded, StreamFailed
 from .core.recovery import Backoff, ReplayBuffer, RetryPolicy
 from .core.request import InvokeRequest
 from .core.settings import INVOCATION_PATH, BundleCapabilities, FluxSettings
-from .core.signing import EventSigner, sign_request
+from .core.timers import (
+    FlushAudio,
+    KeepalivePolicy,
+    RolloverPolicy,
+    SendSilence,
+    SessionTimers,
+    Stalled,
+)
 from .core.turns import TurnTracker
 from .errors import (
     CapabilityError,
@@ -58,9 +63,9 @@ from .errors import (
     UsageError,
     ValidationError,
 )
-from .options import KeepalivePolicy, RolloverPolicy
 from .pool import ConnectionPool
-from .transport import H2Stream, Timeouts
+from .streams import LiveStream, aclose_quietly, open_stream
+from .transport import Timeouts
 
 __all__ = ["ClientStats", "FluxClient", "FluxEvent"]
 
@@ -68,12 +73,8 @@ logger = logging.getLogger("flux_sagemaker")
 
 FluxEvent = ServerMessage | ClientEvent
 
-# A failed stream's body is read for its error message; SageMaker's are small JSON documents.
-_MAX_ERROR_BODY = 64 * 1024
 # Pipecat's ack timeout for Configure; Flux answers within a few audio frames.
 _CONFIGURE_ACK_TIMEOUT = 5.0
-# Keepalive silence goes out in steps of this many seconds while a turn is open.
-_SILENCE_STEP = 0.08
 
 
 @attrs.define
@@ -109,18 +110,6 @@ class _Ack:
     message: commands.Configure
     done: anyio.Event = attrs.field(factory=anyio.Event)
     answer: ConfigureSuccess | ConfigureFailure | None = None
-
-
-@attrs.define(eq=False)
-class _Stream:
-    """One live HTTP/2 stream of the session."""
-
-    h2: H2Stream
-    proto: StreamProtocol
-    opened_at: float
-    expires_at: float | None
-    retired: bool = False
-    """Replaced by a newer stream: it drains, and its events are dropped."""
 
 
 class FluxClient:
@@ -206,7 +195,7 @@ class FluxClient:
         self._rollover = rollover if rollover is not None else RolloverPolicy()
         self._format = AudioFormat.from_settings(self._settings)
         self._coalescer = AudioCoalescer(self._format, target_ms=coalesce_ms)
-        self._coalesce_s = coalesce_ms / 1000
+        self._timers = SessionTimers(self._keepalive, coalesce_s=coalesce_ms / 1000)
         # Compressed or containerized audio cannot be cut at a turn boundary: no replay.
         self._replay = ReplayBuffer(
             replay_buffer_bytes if self._format.bytes_per_second else 0,
@@ -219,8 +208,8 @@ class FluxClient:
         self._max_buffered_events = max_buffered_events
         self._stats = ClientStats()
         self._state = "new"
-        self._current: _Stream | None = None
-        self._streams: list[_Stream] = []
+        self._current: LiveStream | None = None
+        self._streams: list[LiveStream] = []
         self._send_lock = anyio.Lock()
         self._pending_configures: deque[_Ack] = deque()
         self._configure_lock = anyio.Lock()
@@ -234,12 +223,7 @@ class FluxClient:
         self._connected_delivered = False
         self._attempts = 0
         self._request_id: str | None = None
-        now = anyio.current_time() if _in_event_loop() else 0.0
-        self._last_app_audio = now
-        self._last_audio_sent = now
-        self._last_server_data = now
-        self._pending_since: float | None = None
-        self._last_chunk_s = 0.0
+        self._switching = False
 
     # -- public properties --------------------------------------------------------------------
 
@@ -285,8 +269,7 @@ class FluxClient:
         if self._state != "new":
             raise UsageError("a FluxClient can be entered only once")
         self._state = "opening"
-        now = anyio.current_time()
-        self._last_app_audio = self._last_audio_sent = self._last_server_data = now
+        self._timers.start(anyio.current_time())
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
@@ -369,12 +352,15 @@ class FluxClient:
                     await self._write(current, current.proto.send_close_stream())
             await self._closed_event.wait()
         if not self._closed_event.is_set():
-            logger.warning("Flux did not end the stream within %.1f s of CloseStream",
-                           self._timeouts.close)
-            self._finish(TimeoutError(
-                f"the stream did not end within {self._timeouts.close} s of CloseStream",
-                retryable=False,
-            ))
+            logger.warning(
+                "Flux did not end the stream within %.1f s of CloseStream", self._timeouts.close
+            )
+            self._finish(
+                TimeoutError(
+                    f"the stream did not end within {self._timeouts.close} s of CloseStream",
+                    retryable=False,
+                )
+            )
 
     # -- sending ------------------------------------------------------------------------------
 
@@ -405,14 +391,10 @@ class FluxClient:
             return
         self._stats.audio_bytes_accepted += size
         self._replay.append(audio)
-        now = anyio.current_time()
-        self._last_app_audio = now
-        self._last_chunk_s = self._format.duration(size) if self._format.bytes_per_second else 0.0
-        if self._coalescer.pending_bytes and self._pending_since is None:
-            self._pending_since = now
-            self._wake.set()
-        elif not self._coalescer.pending_bytes:
-            self._pending_since = None
+        if self._timers.on_app_audio(
+            anyio.current_time(), self._seconds(size), pending=self._coalescer.pending_bytes > 0
+        ):
+            self._wake.set()  # start the flush timer
         if events:
             await self._send_events(events)
 
@@ -422,27 +404,27 @@ class FluxClient:
             if current is None or current.retired:
                 return  # being replaced: the replay buffer has the audio
             for event in events:
-                if current.retired:
+                if _replaced(current):
                     return  # replaced meanwhile: the replay buffer has the rest
                 if self._state != "open":
                     # close() or a failure overtook this call: never write after CloseStream.
                     self._check_open("send audio")
                 await self._write_audio(current, event)
 
-    async def _write_audio(self, stream: _Stream, audio: bytes) -> None:
+    async def _write_audio(self, stream: LiveStream, audio: bytes) -> None:
         self._stats.audio_bytes_sent += len(audio)
         self._stats.audio_events_sent += 1
-        self._last_audio_sent = anyio.current_time()
+        self._timers.on_audio_sent(anyio.current_time())
         await self._write(stream, stream.proto.send_audio(audio))
 
-    async def _flush_audio(self, stream: _Stream) -> None:
+    async def _flush_audio(self, stream: LiveStream) -> None:
         """Send the pending partial audio event (caller holds the send lock)."""
         pending = self._coalescer.flush()
-        self._pending_since = None
+        self._timers.on_flushed()
         if pending:
             await self._write_audio(stream, pending)
 
-    async def _write(self, stream: _Stream, data: bytes) -> None:
+    async def _write(self, stream: LiveStream, data: bytes) -> None:
         """Write to a stream; a transport failure there starts recovery, not an exception."""
         if not data:
             return
@@ -578,10 +560,8 @@ class FluxClient:
         return item
 
     async def _deliver(self, item: FluxEvent | FluxError) -> None:
-        try:
+        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
             await self._events_in.send(item)
-        except (anyio.ClosedResourceError, anyio.BrokenResourceError):
-            pass
 
     # -- streams ------------------------------------------------------------------------------
 
@@ -594,95 +574,21 @@ class FluxClient:
             target_variant=self._target_variant,
         )
 
-    async def _frozen_credentials(self) -> ReadOnlyCredentials:
-        credentials = self._config.credentials
-        if credentials is None:
-            raise ValidationError(
-                "no AWS credentials found: configure the default chain (environment, "
-                "~/.aws, SSO, instance role) or pass credentials=..."
-            )
-        if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
-            # A refresh can block on the network (STS, SSO, IMDS): keep it off the loop.
-            frozen = await anyio.to_thread.run_sync(credentials.get_frozen_credentials)
-        else:
-            frozen = credentials.get_frozen_credentials()
-        return frozen  # type: ignore[no-any-return]
-
-    def _credential_expiry(self) -> float | None:
-        """Monotonic time at which the current credentials expire, if they do."""
-        credentials = self._config.credentials
-        expiry = getattr(credentials, "_expiry_time", None)
-        if expiry is None:
-            return None
-        from datetime import datetime, timezone
-
-        remaining = (expiry - datetime.now(timezone.utc)).total_seconds()
-        return anyio.current_time() + remaining
-
-    async def _open_stream(self) -> _Stream:
-        """Open one stream and wait for Flux's ``Connected``."""
+    async def _open_stream(self) -> LiveStream:
+        """Open one stream with the settings in force and wait for Flux's ``Connected``."""
         assert self._pool is not None
-        frozen = await self._frozen_credentials()
-        signed = sign_request(self._request_for(self._settings), frozen, self._config.region)
-        endpoint = self._config.endpoint
-        h2 = await self._pool.open_stream(
-            endpoint,
-            method=signed.method,
-            authority=signed.authority,
-            path=signed.path,
-            headers=signed.headers,
-            ssl_context=self._config.ssl_context,
-            timeouts=self._timeouts,
-        )
         self._stats.streams_opened += 1
-        try:
-            with anyio.fail_after(self._timeouts.connected):
-                status, headers = await h2.response()
-                request_id = _header(headers, "x-amzn-requestid")
-                if status != 200:
-                    body = await _read_body(h2, _MAX_ERROR_BODY)
-                    raise operation_error(status, headers, body)
-                proto = StreamProtocol(
-                    EventSigner(
-                        credentials=frozen,
-                        region=self._config.region,
-                        seed_signature=signed.signature,
-                    ),
-                    request_id=request_id,
-                )
-                early: list[Any] = []
-                while proto.flux_request_id is None:
-                    chunk = await h2.receive()
-                    events = proto.receive_eof() if chunk is None else proto.receive_data(chunk)
-                    for event in events:
-                        if isinstance(event, StreamFailed):
-                            raise event.error
-                        if isinstance(event, StreamEnded):
-                            raise TransportError(
-                                "the server ended the stream before Flux said Connected",
-                                request_id=request_id,
-                            )
-                        early.append(event)
-        except FluxError:
-            await _aclose_quietly(h2, self._timeouts.close)
-            raise
-        except builtins.TimeoutError:
-            await _aclose_quietly(h2, self._timeouts.close)
-            raise TimeoutError(
-                f"Flux did not say Connected within {self._timeouts.connected} s",
-                request_id=request_id,
-            ) from None
-        self._request_id = request_id
-        now = anyio.current_time()
-        expiry = self._credential_expiry()
-        stream = _Stream(h2=h2, proto=proto, opened_at=now, expires_at=expiry)
+        stream, early = await open_stream(
+            self._pool, self._config, self._request_for(self._settings), self._timeouts
+        )
+        self._request_id = stream.request_id
         self._streams.append(stream)
-        self._last_server_data = now
+        self._timers.on_server_data(stream.opened_at)
         for event in early:
             await self._handle_event(stream, event)
         return stream
 
-    async def _open_with_retry(self, first_error: FluxError | None) -> _Stream:
+    async def _open_with_retry(self, first_error: FluxError | None) -> LiveStream:
         """Open a stream, retrying retryable failures under the retry policy.
 
         ``self._attempts`` counts the streams tried, for the ``Reconnected`` event.
@@ -705,12 +611,12 @@ class FluxClient:
             except FluxError as exc:
                 error = exc
 
-    def _install(self, stream: _Stream) -> None:
+    def _install(self, stream: LiveStream) -> None:
         self._current = stream
         assert self._task_group is not None
         self._task_group.start_soon(self._read_stream, stream)
 
-    async def _read_stream(self, stream: _Stream) -> None:
+    async def _read_stream(self, stream: LiveStream) -> None:
         """Reader task of one stream: feed the protocol until the stream ends or fails."""
         try:
             while True:
@@ -719,8 +625,9 @@ class FluxClient:
                 except FluxError as exc:
                     self._on_failure(stream, exc)
                     return
-                self._last_server_data = anyio.current_time()
-                events = stream.proto.receive_eof() if chunk is None else stream.proto.receive_data(chunk)
+                self._timers.on_server_data(anyio.current_time())
+                proto = stream.proto
+                events = proto.receive_eof() if chunk is None else proto.receive_data(chunk)
                 for event in events:
                     if isinstance(event, StreamFailed):
                         self._on_failure(stream, event.error)
@@ -736,7 +643,7 @@ class FluxClient:
                 with anyio.CancelScope(shield=True):
                     await self._retire(stream)
 
-    async def _handle_event(self, stream: _Stream, event: ServerMessage) -> None:
+    async def _handle_event(self, stream: LiveStream, event: ServerMessage) -> None:
         if stream.retired:
             return  # a newer stream replays this audio; its events are the ones that count
         self._stats.events_received += 1
@@ -759,11 +666,10 @@ class FluxClient:
             event = observed
             if isinstance(event, EndOfTurn) and self._format.bytes_per_second:
                 self._replay.trim_to(self._format.byte_offset(event.audio_window_end))
-                if self._rollover_due(stream, at_boundary=True) is not None:
-                    self._wake.set()
+                self._wake.set()  # a turn boundary: the moment for a due rollover
         await self._deliver(event)
 
-    async def _on_stream_ended(self, stream: _Stream) -> None:
+    async def _on_stream_ended(self, stream: LiveStream) -> None:
         if stream.retired:
             return
         if self._state == "closing":
@@ -776,10 +682,12 @@ class FluxClient:
         # The server ended the stream without being asked: recover like from a failure.
         self._on_failure(
             stream,
-            TransportError("the server ended the stream unexpectedly", request_id=stream.proto.request_id),
+            TransportError(
+                "the server ended the stream unexpectedly", request_id=stream.request_id
+            ),
         )
 
-    def _on_failure(self, stream: _Stream, error: FluxError) -> None:
+    def _on_failure(self, stream: LiveStream, error: FluxError) -> None:
         """A stream failed: recover in the background, or end the session with ``error``."""
         if stream.retired or self._state == "closed" or stream is not self._current:
             return
@@ -824,7 +732,7 @@ class FluxClient:
         await self._deliver(error)
         self._events_in.close()
 
-    async def _recover(self, failed: _Stream, error: FluxError) -> None:
+    async def _recover(self, failed: LiveStream, error: FluxError) -> None:
         self._current = None
         await self._retire(failed)
         try:
@@ -848,11 +756,17 @@ class FluxClient:
 
     async def _switch_stream(self, reason: str) -> None:
         """Move the session to a fresh stream while the current one still works."""
+        try:
+            await self._switch_to_new_stream(reason)
+        finally:
+            self._switching = False
+
+    async def _switch_to_new_stream(self, reason: str) -> None:
         old = self._current
         try:
             stream = await self._open_with_retry(first_error=None)
         except FluxError as exc:
-            logger.warning("could not open the next Flux stream (%s); staying on the current one", exc)
+            logger.warning("could not open the next Flux stream (%s); keeping the current one", exc)
             return
         if old is not None:
             old.retired = True
@@ -867,24 +781,22 @@ class FluxClient:
         return self._format.duration(n_bytes) if self._format.bytes_per_second else 0.0
 
     def _replay_window(self) -> tuple[float, float]:
-        """Where the next stream's audio starts on the session timeline, and how much is replayed."""
+        """Where the next stream's audio starts on the session timeline; how much is replayed."""
         return self._seconds(self._replay.start_offset), self._seconds(self._replay.held_bytes)
 
-    async def _take_over(self, stream: _Stream, old: _Stream | None = None) -> None:
+    async def _take_over(self, stream: LiveStream, old: LiveStream | None = None) -> None:
         """Make ``stream`` current and replay the audio since the last completed turn."""
         async with self._send_lock:
             if old is not None and not old.proto.input_ended:
-                try:
+                with contextlib.suppress(FluxError):
                     await old.h2.send(old.proto.send_close_stream())
-                except FluxError:
-                    pass
             # Configures sent on the old stream will not be answered; the new stream is opened
             # with the settings in force.
             for waiter in self._pending_configures:
                 waiter.done.set()
             self._pending_configures.clear()
             self._coalescer.flush()  # the replay buffer holds that audio too
-            self._pending_since = None
+            self._timers.on_flushed()
             replay = self._replay.replay()
             start = self._replay.start_offset
             # Without a byte rate (Opus, containers) nothing is replayed and times cannot be
@@ -902,7 +814,7 @@ class FluxClient:
                 # close() was called while the stream was being replaced.
                 await self._write(stream, stream.proto.send_close_stream())
 
-    async def _end_input(self, stream: _Stream) -> None:
+    async def _end_input(self, stream: LiveStream) -> None:
         if stream.proto.input_ended:
             return
         try:
@@ -912,131 +824,81 @@ class FluxClient:
         except FluxError:
             pass
 
-    async def _retire(self, stream: _Stream) -> None:
+    async def _retire(self, stream: LiveStream) -> None:
         await self._end_input(stream)
-        await _aclose_quietly(stream.h2, self._timeouts.close)
+        await aclose_quietly(stream.h2, self._timeouts.close)
         if stream in self._streams:
             self._streams.remove(stream)
 
     # -- timers -------------------------------------------------------------------------------
 
-    def _rollover_due(self, stream: _Stream, *, at_boundary: bool) -> str | None:
-        """Why the session should move to a fresh stream now, or ``None``."""
-        age = anyio.current_time() - stream.opened_at
-        policy = self._rollover
-        limits = [(policy.max_stream_duration, "maximum stream duration")]
-        if stream.expires_at is not None:
-            lifetime = stream.expires_at - policy.credential_margin - stream.opened_at
-            limits.append((lifetime, "credentials expire"))
-        for limit, reason in limits:
-            if age >= limit or (at_boundary and age >= limit - policy.margin):
-                return reason
-        return None
-
     async def _supervise(self) -> None:
         """The session's timers: coalescing flush, keepalive silence, stall watchdog, rollover."""
         while self._state in ("open", "closing"):
             now = anyio.current_time()
-            deadline = now + 1.0
+            next_at = now + 1.0
             current = self._current
             if current is not None and not current.retired and self._state == "open":
-                deadline = min(deadline, await self._tick(current, now))
+                next_at = await self._tick(current, now)
             self._wake = anyio.Event()
-            with anyio.move_on_after(max(0.0, deadline - anyio.current_time())):
+            with anyio.move_on_after(max(0.0, next_at - anyio.current_time())):
                 await self._wake.wait()
 
-    async def _tick(self, stream: _Stream, now: float) -> float:
-        """Run what is due; return when to look again."""
-        next_at = now + 1.0
-        if self._pending_since is not None:
-            due = self._pending_since + self._coalesce_s
-            if now >= due:
+    async def _tick(self, stream: LiveStream, now: float) -> float:
+        """Do what the timers say is due; return when to look again."""
+        actions, next_at = self._timers.due(
+            now, turn_open=self._tracker.turn_open, consumer_blocked=self._events_full()
+        )
+        for action in actions:
+            if isinstance(action, FlushAudio):
                 async with self._send_lock:
                     if self._current is stream:
                         await self._flush_audio(stream)
-            else:
-                next_at = min(next_at, due)
-        keep = self._keepalive
-        silent_for = now - self._last_app_audio
-        if keep.turn_silence_after is not None and self._tracker.turn_open:
-            gap = max(keep.turn_silence_after, 2 * self._last_chunk_s)
-            if silent_for >= gap:
-                # Silence in real time: one coalescing window per window of quiet.
-                await self._send_silence(stream, _SILENCE_STEP)
-                self._last_app_audio += _SILENCE_STEP
-            next_at = min(next_at, now + _SILENCE_STEP)
-        elif keep.idle_interval is not None:
-            idle_for = now - max(self._last_app_audio, self._last_audio_sent)
-            if idle_for >= keep.idle_interval:
-                await self._send_silence(stream, None)
-                idle_for = 0.0
-            next_at = min(next_at, now + keep.idle_interval - idle_for)
-        if keep.stall_timeout is not None:
-            quiet_for = now - self._last_server_data
-            audio_recent = now - self._last_audio_sent < keep.stall_timeout
-            if quiet_for >= keep.stall_timeout and audio_recent and not self._events_full():
+            elif isinstance(action, SendSilence):
+                await self._send_silence(stream, action.duration)
+            elif isinstance(action, Stalled):
                 self._on_failure(
                     stream,
                     StreamStalled(
-                        f"no server event for {quiet_for:.1f} s while audio was flowing",
-                        request_id=stream.proto.request_id,
+                        f"no server event for {action.quiet_for:.1f} s while audio was flowing",
+                        request_id=stream.request_id,
                     ),
                 )
                 return now
-            next_at = min(next_at, self._last_server_data + keep.stall_timeout)
-        reason = self._rollover_due(stream, at_boundary=not self._tracker.turn_open)
-        if reason is not None:
-            await self._switch_stream(reason)
+        reason = self._rollover.due(
+            now - stream.opened_at,
+            credentials_expire_in=stream.credentials_expire_in,
+            at_boundary=not self._tracker.turn_open,
+        )
+        if reason is not None and not self._switching:
+            # In its own task: the timers keep running while the next stream opens.
+            self._switching = True
+            self._task_group_start(self._switch_stream, reason)
         return next_at
 
     def _events_full(self) -> bool:
         stats = self._events_in.statistics()
         return stats.current_buffer_used >= stats.max_buffer_size
 
-    async def _send_silence(self, stream: _Stream, duration: float | None) -> None:
+    async def _send_silence(self, stream: LiveStream, duration: float | None) -> None:
         """Keepalive audio: ``duration`` seconds, or one sample when ``None``."""
         width = self._format.sample_width
         if width is None:
             return  # compressed audio: silence cannot be synthesised
-        one_sample = self._format.silence(1.0)[:width]
-        silence = one_sample if duration is None else self._format.silence(duration)
+        silence = self._format.silence(duration) if duration else self._format.silence(1.0)[:width]
         async with self._send_lock:
-            if self._current is not stream:
+            if self._current is not stream or self._state != "open":
                 return
             await self._flush_audio(stream)
             self._replay.append(silence)
             self._stats.silence_bytes_sent += len(silence)
-            await self._write_audio(stream, silence)
+            self._stats.audio_bytes_sent += len(silence)
+            self._stats.audio_events_sent += 1
+            if duration is not None:
+                self._timers.on_audio_sent(anyio.current_time())
+            await self._write(stream, stream.proto.send_audio(silence))
 
 
-def _in_event_loop() -> bool:
-    try:
-        anyio.current_time()
-    except RuntimeError:
-        return False
-    return True
-
-
-def _header(headers: Sequence[tuple[str, str]], name: str) -> str | None:
-    for key, value in headers:
-        if key == name:
-            return value
-    return None
-
-
-async def _read_body(stream: H2Stream, limit: int) -> bytes:
-    body = bytearray()
-    while len(body) < limit:
-        chunk = await stream.receive()
-        if chunk is None:
-            break
-        body += chunk
-    return bytes(body[:limit])
-
-
-async def _aclose_quietly(stream: H2Stream, timeout: float) -> None:
-    with anyio.CancelScope(shield=True), anyio.move_on_after(timeout):
-        try:
-            await stream.aclose()
-        except FluxError:
-            pass
+def _replaced(stream: LiveStream) -> bool:
+    """Whether ``stream`` was retired (read afresh after an ``await``)."""
+    return stream.retired

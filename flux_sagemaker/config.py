@@ -5,12 +5,13 @@ the same settings through botocore so that an application (the Pipecat adapter i
 pointed at a VPC endpoint or at the mock endpoint without code changes:
 
 - region: the argument, else ``AWS_REGION``, ``AWS_DEFAULT_REGION``, the profile's ``region``;
-- endpoint URL: the argument, else ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``, ``AWS_ENDPOINT_URL``,
-  the profile's ``services`` section or ``endpoint_url`` (unless
+- endpoint URL: the argument, else ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``,
+  ``AWS_ENDPOINT_URL``, the profile's ``services`` section or ``endpoint_url`` (unless
   ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS`` is set);
 - FIPS and dual-stack: the argument, else ``AWS_USE_FIPS_ENDPOINT`` / ``use_fips_endpoint`` and
   ``AWS_USE_DUALSTACK_ENDPOINT`` / ``use_dualstack_endpoint``;
-- CA bundle: ``ssl_context`` argument, else ``AWS_CA_BUNDLE`` / ``ca_bundle``, else the system store;
+- CA bundle: the ``ssl_context`` argument, else ``AWS_CA_BUNDLE`` / ``ca_bundle``, else the
+  system store;
 - credentials: the argument, else botocore's default chain (environment, shared files and
   profiles, SSO, assume-role, container and instance metadata), refreshed as it expires.
 """
@@ -32,7 +33,7 @@ from .errors import ValidationError
 
 __all__ = ["ResolvedConfig", "default_ssl_context", "resolve_config"]
 
-# The botocore client name whose configured endpoint settings apply (AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME).
+# The botocore client whose configured endpoint applies (AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME).
 _CLIENT_NAME = "sagemaker-runtime"
 
 
@@ -84,10 +85,7 @@ def resolve_config(
         if session is None:
             session = botocore.session.Session(profile=profile)
         region = (
-            region
-            or os.environ.get("AWS_REGION")
-            or session.get_config_variable("region")
-            or None
+            region or os.environ.get("AWS_REGION") or session.get_config_variable("region") or None
         )
         if not region:
             raise ValidationError(

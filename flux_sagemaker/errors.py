@@ -5,7 +5,7 @@ botocore) are translated once, at the boundary where they happen, into the most 
 below, with the original chained as ``__cause__``::
 
     FluxError                         retryable, request_id
-    ├── ValidationError               bad settings or arguments, found before any I/O (also ValueError)
+    ├── ValidationError               bad settings or arguments, before any I/O (a ValueError)
     ├── UsageError                    the call does not fit the client's state: use after close, ...
     ├── CapabilityError               the endpoint's Flux bundle does not accept this message
     ├── ProtocolError
@@ -291,7 +291,7 @@ class ConnectError(TransportError):
     """The connection could not be opened (DNS, refused, TLS, no ``h2`` via ALPN)."""
 
 
-class TimeoutError(TransportError, builtins.TimeoutError):  # noqa: A001 - deliberate, like httpx
+class TimeoutError(TransportError, builtins.TimeoutError):
     """An operation took longer than its configured timeout."""
 
 

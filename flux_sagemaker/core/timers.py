@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from typing import Any
 
 import attrs
 
@@ -38,8 +39,8 @@ _MAX_SLEEP = 1.0
 
 def _seconds(
     low: float, high: float, *, optional: bool = False
-) -> Callable[[object, attrs.Attribute[object], object], None]:
-    def check(_instance: object, attribute: attrs.Attribute[object], value: object) -> None:
+) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
+    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is None and optional:
             return
         if (

@@ -29,6 +29,7 @@ from pipecat.utils.errors import ErrorCategory
 
 from ..client import FluxClient
 from ..core.settings import FluxSettings
+from ..core.timers import KeepalivePolicy
 from ..errors import (
     AccessDeniedError,
     FluxError,
@@ -39,7 +40,6 @@ from ..errors import (
     UsageError,
     ValidationError,
 )
-from ..options import KeepalivePolicy
 from .pending import CLOSE, Close, PendingAudio
 from .turns import FluxTurnFrames
 

@@ -1,0 +1,169 @@
+"""``python -m benchmarks``: run the benchmarks and rewrite docs/benchmarks.md.
+
+Sections (``--sections``, default all): ``codec`` (encode/sign/decode, ours against botocore and
+the AWS SDK), ``streams`` (N concurrent real-time streams against the benchmark endpoint in its
+own process, ours with coalescing off and on, the AWS SDK client and Deepgram's route),
+``startup`` (FluxClient entry to ``Connected``, cold and warm). ``--quick`` is a 1-2 minute
+smoke version. Raw results go to ``--json`` as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from . import codec, machine, profiling, report, streams
+
+ROOT = Path(__file__).resolve().parent.parent
+SECTIONS = ("codec", "streams", "startup")
+
+
+def _ints(text: str) -> list[int]:
+    return [int(x) for x in text.split(",") if x]
+
+
+def _floats(text: str) -> list[float]:
+    return [float(x) for x in text.split(",") if x]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The command line; ``--quick`` changes the defaults of the unset options."""
+    p = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    p.add_argument("--quick", action="store_true", help="1-2 minute smoke run")
+    p.add_argument("--sections", default=",".join(SECTIONS), help="codec,streams,startup")
+    p.add_argument("--streams", type=_ints, help="N values (default 1,10,100,500,1000)")
+    p.add_argument("--peer-streams", type=_ints, help="N values for the peers (default 1,10,100)")
+    p.add_argument("--duration", type=float, help="seconds of audio per stream (default 15)")
+    p.add_argument("--coalesce", type=_floats, default=[0, 80], help="coalesce_ms values")
+    p.add_argument("--engine", choices=("stub", "flux"), default="stub")
+    p.add_argument("--verify", choices=("full", "off"), default="full")
+    p.add_argument("--plaintext", action="store_true", help="our streams over h2c, not TLS")
+    p.add_argument("--no-peers", action="store_true")
+    p.add_argument("--py312", default=os.environ.get("FLUX_BENCH_PY312", "/work/venv312/bin/python"))
+    p.add_argument(
+        "--py312-deepgram",
+        default=os.environ.get("FLUX_BENCH_PY312_DEEPGRAM", "/work/venv312-deepgram/bin/python"),
+    )
+    p.add_argument("--py-spy", default=os.environ.get("FLUX_BENCH_PY_SPY"), help="py-spy path")
+    p.add_argument("--profile-streams", type=int, help="profile our client at this N (default 500)")
+    p.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
+    p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
+    args = p.parse_args(argv)
+    quick = args.quick
+    if args.streams is None:
+        args.streams = [1, 10, 100] if quick else [1, 10, 100, 500, 1000]
+    if args.peer_streams is None:
+        args.peer_streams = [1, 10] if quick else [1, 10, 100]
+    if args.duration is None:
+        args.duration = 4.0 if quick else 15.0
+    if args.profile_streams is None:
+        args.profile_streams = 100 if quick else 500
+    args.sections = [s for s in args.sections.split(",") if s]
+    unknown = set(args.sections) - set(SECTIONS)
+    if unknown:
+        p.error(f"unknown sections: {', '.join(sorted(unknown))}")
+    return args
+
+
+def _log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_streams(args: argparse.Namespace) -> dict[str, Any]:
+    """Section 2: ours (both coalescing modes), the harness alone, the peers; then a profile."""
+    out: dict[str, Any] = {"ours": [], "harness": [], "peers": [], "profiles": []}
+    server = streams.ServerProcess(tls=not args.plaintext, engine=args.engine, verify=args.verify)
+    try:
+        out["server"] = {"tls": not args.plaintext, "engine": args.engine, "verify": args.verify}
+        for n in args.streams:
+            for coalesce in args.coalesce:
+                _log(f"ours: {n} streams, coalesce_ms={coalesce:g}")
+                result = streams.run_ours(
+                    server, streams=n, duration=args.duration, coalesce_ms=coalesce
+                )
+                result["n"], result["coalesce_ms"] = n, coalesce
+                out["ours"].append(result)
+        top = max(args.streams)
+        _log(f"harness alone: {top} streams")
+        harness = streams.run_ours(
+            server, streams=top, duration=args.duration, coalesce_ms=0, client="none"
+        )
+        harness["n"] = top
+        out["harness"].append(harness)
+        if args.py_spy:
+            py_spy = profiling.py_spy_path(args.py_spy)
+            for coalesce in args.coalesce:
+                if py_spy is None:
+                    break
+                _log(f"profile: {args.profile_streams} streams, coalesce_ms={coalesce:g}")
+                raw = args.json.with_name(f"profile-{args.profile_streams}-{coalesce:g}.txt")
+                result = streams.run_ours(
+                    server, streams=args.profile_streams, duration=args.duration,
+                    coalesce_ms=coalesce, py_spy=py_spy, profile_out=raw,
+                )
+                analysis = profiling.analyze(raw) if raw.exists() else {"error": "no profile"}
+                analysis.update(n=args.profile_streams, coalesce_ms=coalesce, raw=str(raw.name))
+                analysis["cpu_ms_per_stream_second"] = result.get("cpu_ms_per_stream_second")
+                out["profiles"].append(analysis)
+        if not args.no_peers:
+            for which, python in (("aws", args.py312), ("deepgram", args.py312_deepgram)):
+                for n in args.peer_streams:
+                    _log(f"peer {which}: {n} streams")
+                    result = streams.run_peer(which, python, server, streams=n, duration=args.duration)
+                    result["n"], result["which"] = n, which
+                    out["peers"].append(result)
+                    if "error" in result or result.get("totals", {}).get("streams_ok", 0) == 0:
+                        _log(f"peer {which} failed at {n} streams; skipping larger N")
+                        break
+    finally:
+        server.close()
+    return out
+
+
+def run_startup(args: argparse.Namespace) -> dict[str, Any]:
+    """Section 3 over TLS and over plaintext HTTP/2."""
+    repeats = 5 if args.quick else 20
+    out = {}
+    for tls in (True, False):
+        server = streams.ServerProcess(tls=tls)
+        try:
+            _log(f"start-up ({'TLS' if tls else 'h2c'})")
+            out["tls" if tls else "h2c"] = streams.run_startup(server, repeats)
+        finally:
+            server.close()
+    return out
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the selected sections, write the JSON and the Markdown report."""
+    args = parse_args(argv)
+    command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    results: dict[str, Any] = {
+        "command": command.strip(),
+        "machine": machine.facts(),
+        "options": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()},
+    }
+    started = time.monotonic()
+    if "codec" in args.sections:
+        _log("codec and signing")
+        events, repeats = (3000, 3) if args.quick else (20000, 5)
+        results["codec"] = codec.run(py312=args.py312, events=events, repeats=repeats)
+    if "streams" in args.sections:
+        results["streams"] = run_streams(args)
+    if "startup" in args.sections:
+        results["startup"] = run_startup(args)
+    results["elapsed_s"] = round(time.monotonic() - started, 1)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
+    args.output.write_text(report.render(results))
+    _log(f"wrote {args.output} and {args.json} in {results['elapsed_s']} s")
+
+
+if __name__ == "__main__":
+    main()

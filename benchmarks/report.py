@@ -1,0 +1,363 @@
+"""Render the results of ``python -m benchmarks`` as docs/benchmarks.md."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+FRAME_EVENTS_PER_S = 50  # 20 ms frames
+
+
+def _f(value: Any, digits: int = 2) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "n/a"
+    if isinstance(value, float):
+        return f"{value:,.{digits}f}"
+    return f"{value:,}" if isinstance(value, int) else str(value)
+
+
+def _table(header: list[str], rows: list[list[str]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    if not a or not b:
+        return None
+    return b / a
+
+
+def _events_per_stream_s(run: dict[str, Any]) -> float | None:
+    sent, n = run.get("audio_events_sent"), run.get("n")
+    duration = run.get("config", {}).get("duration_s")
+    if not sent or not n or not duration:
+        return None
+    return float(sent) / (n * duration)
+
+
+def _ours(results: dict[str, Any], n: int, coalesce: float) -> dict[str, Any] | None:
+    for run in results.get("streams", {}).get("ours", []):
+        if run.get("n") == n and run.get("coalesce_ms") == coalesce and "error" not in run:
+            return run
+    return None
+
+
+def _peer(results: dict[str, Any], which: str, n: int) -> dict[str, Any] | None:
+    for run in results.get("streams", {}).get("peers", []):
+        if run.get("which") == which and run.get("n") == n and "error" not in run:
+            return run
+    return None
+
+
+def _peer_cpu(run: dict[str, Any] | None) -> float | None:
+    steady = (run or {}).get("cpu", {}).get("steady") or {}
+    value = steady.get("cpu_ms_per_stream_second")
+    return float(value) if value is not None else None
+
+
+def _header(results: dict[str, Any]) -> str:
+    m = results["machine"]
+    packages = ", ".join(f"{k} {v}" for k, v in m["packages"].items())
+    sdk = results.get("codec", {}).get("sdk", {})
+    sdk_versions = ", ".join(f"{k} {v}" for k, v in sdk.get("versions", {}).items())
+    lines = [
+        "# Benchmarks",
+        "",
+        "Written by `nox -s bench` (`python -m benchmarks`); do not edit by hand.",
+        "",
+        f"- Command: `{results['command']}` ({_f(results.get('elapsed_s'), 0)} s)",
+        f"- Date: {m['date']}, git {m['git_revision']}",
+        f"- Machine: {m['cpu']}, {m['cores']} cores, {_f(m['memory_gb'], 1)} GB, {m['os']}",
+        f"- Python: {m['implementation']} {m['python']}; {packages}",
+    ]
+    if sdk_versions:
+        lines.append(f"- AWS SDK side: Python {sdk.get('python')}; {sdk_versions}")
+    peers = results.get("streams", {}).get("peers", [])
+    for which in ("aws", "deepgram"):
+        run = next((r for r in peers if r.get("which") == which and "versions" in r), None)
+        if run:
+            versions = ", ".join(f"{k} {v}" for k, v in run["versions"].items())
+            lines.append(f"- Peer `{which}`: {versions}")
+    return "\n".join(lines) + "\n"
+
+
+def _codec(results: dict[str, Any]) -> str:
+    c = results.get("codec")
+    if not c:
+        return ""
+    ours, sdk = c["ours"], c.get("sdk", {})
+    rows = []
+    for size in (640, 2560):
+        mine = ours["encode_sign"].get(size) or ours["encode_sign"].get(str(size))
+        theirs = (sdk.get("encode_sign") or {}).get(size) or (sdk.get("encode_sign") or {}).get(
+            str(size)
+        )
+        label = f"encode + sign audio event, {size} B ({size // 32} ms)"
+        rows.append(_codec_row(label, "ours: StreamProtocol.send_audio", mine))
+        rows.append(_codec_row(label, "AWS SDK: AWSEventPublisher.send", theirs, mine))
+    wire = c["response_wire_bytes"]
+    label = f"decode response event ({wire} B TurnInfo)"
+    base = ours["decode"]["typed events (StreamProtocol.receive_data)"]
+    rows.append(_codec_row(label, "ours: frames + json.loads", ours["decode"]["frames + json.loads"]))
+    rows.append(_codec_row(label, "ours: to typed events", base))
+    rows.append(_codec_row(label, "botocore EventStreamBuffer + json.loads", c["botocore"]["decode"], base))
+    rows.append(_codec_row(label, "AWS SDK: AWSEventReceiver + json.loads", sdk.get("decode"), base))
+    text = [
+        "## 1. Codec and signing",
+        "",
+        f"Best of {c['repeats']} loops of {c['events']:,} events, one core, no I/O. MB/s counts "
+        "audio payload for encoding and wire bytes for decoding. \"x ours\" is the other "
+        "implementation's time per event over ours (the typed-event path for decoding).",
+        "",
+        _table(["operation", "implementation", "events/s", "MB/s", "µs/event", "x ours"], rows),
+    ]
+    if "error" in sdk:
+        text.append(f"AWS SDK part failed: `{sdk['error']}`\n")
+    return "\n".join(text)
+
+
+def _codec_row(label: str, impl: str, row: dict[str, float] | None, ours: dict[str, float] | None = None) -> list[str]:
+    if not row:
+        return [label, impl, "n/a", "n/a", "n/a", ""]
+    ratio = _ratio(ours["us_per_event"], row["us_per_event"]) if ours else None
+    return [
+        label, impl, _f(row["events_per_s"], 0), _f(row["mb_per_s"], 1),
+        _f(row["us_per_event"], 1), _f(ratio, 1) if ratio else "",
+    ]
+
+
+def _pct(d: dict[str, Any] | None, key: str) -> str:
+    return _f((d or {}).get(key), 2)
+
+
+def _streams(results: dict[str, Any]) -> str:
+    s = results.get("streams")
+    if not s:
+        return ""
+    cfg = s["server"]
+    rows = []
+    for run in s["ours"]:
+        if "error" in run:
+            rows.append([str(run["n"]), _f(run["coalesce_ms"], 0), "error: " + run["error"][:80]]
+                        + [""] * 10)
+            continue
+        server = run.get("server", {})
+        eps = _events_per_stream_s(run)
+        cpu = run["cpu_ms_per_stream_second"]
+        rows.append([
+            str(run["n"]), _f(run["coalesce_ms"], 0), _f(cpu, 3),
+            _f(cpu * 1000 / eps if eps else None, 1), _f(eps, 1),
+            _f(run["rss_per_stream"] / 1024, 0), _f(run.get("peak_rss", 0) / 2**20, 0),
+            f"{_pct(server.get('transport_ms'), 'p50')} / {_pct(server.get('transport_ms'), 'p99')}",
+            f"{_pct(server.get('coalesce_wait_ms'), 'p50')} / {_pct(server.get('coalesce_wait_ms'), 'p99')}",
+            f"{_pct(run.get('consumer_ms'), 'p50')} / {_pct(run.get('consumer_ms'), 'p99')}",
+            f"{run['error_count'] + server.get('error_count', 0)}",
+            ("yes, x" + _f(run["realtime_factor"], 2)) if run["saturated"] else "no",
+            _f(server.get("cpu_ms_per_stream_second"), 2),
+        ])
+    header = [
+        "N", "coalesce ms", "client CPU ms / stream-s", "µs / event", "events / stream-s",
+        "RSS KB / stream", "peak RSS MB", "send→server p50 / p99 ms",
+        "coalescing wait p50 / p99 ms", "server→consumer p50 / p99 ms", "errors",
+        "saturated (wall / audio)", "server CPU ms / stream-s",
+    ]
+    harness = s.get("harness") or []
+    text = [
+        "## 2. Concurrent real-time streams",
+        "",
+        f"Endpoint: `benchmarks/bench_server.py` in its own process ({'TLS' if cfg['tls'] else 'h2c'}, "
+        f"engine `{cfg['engine']}`, event signatures verified: {cfg['verify']}). Each client run is "
+        "its own process. Audio: 16 kHz linear16, 20 ms frames handed over in real time; "
+        f"{_f(results['options']['duration'], 0)} s per stream, the first second excluded from "
+        "the window.",
+        "",
+        "### flux_sagemaker",
+        "",
+        _table(header, rows),
+    ]
+    if harness and "error" not in harness[0]:
+        h = harness[0]
+        text.append(
+            f"The harness alone (pacing and stamping {h['n']} streams, no client) costs "
+            f"{_f(h['cpu_ms_per_stream_second'], 3)} ms per stream-second; it is included above.\n"
+        )
+    text.append(_peers(results))
+    return "\n".join(text)
+
+
+def _marginal_rss(results: dict[str, Any], which: str, run: dict[str, Any]) -> float | None:
+    one = _peer(results, which, 1)
+    if not one or run["n"] <= 1 or not run.get("peak_rss") or not one.get("peak_rss"):
+        return None
+    return (run["peak_rss"] - one["peak_rss"]) / (run["n"] - 1)
+
+
+def _peers(results: dict[str, Any]) -> str:
+    peers = results["streams"].get("peers") or []
+    if not peers:
+        return "Peers were not run.\n"
+    rows = []
+    for run in peers:
+        name = {"aws": "AWS SDK (aws-sdk-sagemaker-runtime-http2, awscrt)",
+                "deepgram": "Deepgram (deepgram-sdk listen.v2 + deepgram-sagemaker)"}[run["which"]]
+        if "error" in run:
+            rows.append([name, str(run["n"]), "error: " + str(run["error"])[-160:].replace("\n", " ")]
+                        + [""] * 6)
+            continue
+        cpu = _peer_cpu(run)
+        totals = run.get("totals", {})
+        lag = max((st.get("max_send_lag_ms", 0) for st in run.get("streams", [])), default=None)
+        marginal = _marginal_rss(results, run["which"], run)
+        rows.append([
+            name, str(run["n"]), _f(cpu, 3),
+            _f(cpu * 1000 / FRAME_EVENTS_PER_S if cpu else None, 1),
+            _f(marginal / 1024 if marginal else None, 0), _f(run.get("peak_rss", 0) / 2**20, 0),
+            f"{totals.get('streams_ok', 0)}/{run['n']}",
+            str(len(totals.get("errors", []))) + (" (" + totals["errors"][0][:80] + ")" if totals.get("errors") else ""),
+            _f(lag, 0) if lag is not None else "n/a",
+        ])
+    header = ["client", "N", "CPU ms / stream-s (steady)", "µs / event", "RSS KB / stream",
+              "peak RSS MB", "streams ok", "distinct errors", "max send lag ms"]
+    return "\n".join([
+        "### The AWS SDK client and Deepgram's route (same endpoint, same workload)",
+        "",
+        "One event per 20 ms frame (neither coalesces). CPU is their own steady-state window "
+        "(`cpu.steady` of `benchmarks/peers/`), RSS per stream is (peak at N - peak at 1) / (N - 1).",
+        "",
+        _table(header, rows),
+    ])
+
+
+def _targets(results: dict[str, Any]) -> str:
+    s = results.get("streams")
+    if not s:
+        return ""
+    rows = []
+    for n in sorted({r["n"] for r in s.get("peers", []) if r.get("which") == "aws"}):
+        aws = _peer_cpu(_peer(results, "aws", n))
+        dg = _peer_cpu(_peer(results, "deepgram", n))
+        off, on = _ours(results, n, 0), _ours(results, n, 80)
+        if off:
+            eps = _events_per_stream_s(off) or FRAME_EVENTS_PER_S
+            mine = off["cpu_ms_per_stream_second"] / eps
+            r = _ratio(mine, aws / FRAME_EVENTS_PER_S if aws else None)
+            rows.append([f"≥ 5x less CPU per event than the AWS SDK, coalescing off (N={n})",
+                         f"{_f(r, 1)}x", _met(r, 5)])
+        if on:
+            r = _ratio(on["cpu_ms_per_stream_second"], aws)
+            rows.append([f"≥ 10x less CPU per stream-second, default coalescing (N={n})",
+                         f"{_f(r, 1)}x vs AWS SDK; {_f(_ratio(on['cpu_ms_per_stream_second'], dg), 1)}x vs Deepgram",
+                         _met(r, 10)])
+    top = _ours(results, 1000, 80)
+    if top:
+        ok = top["cpu_ms_per_stream_second"] < 1 and not top["saturated"] and top["error_count"] == 0
+        rows.append(["1000 real-time streams in one process within one core (< 1 ms / stream-s)",
+                     f"{_f(top['cpu_ms_per_stream_second'], 3)} ms / stream-s, "
+                     f"saturated: {top['saturated']}, errors: {top['error_count']}",
+                     "met" if ok else "**missed**"])
+    for coalesce in (0, 80):
+        run = _ours(results, 500, coalesce)
+        if run:
+            p99 = max(run["server"]["transport_ms"].get("p99", math.inf), run["consumer_ms"].get("p99", math.inf))
+            rows.append([f"p99 added latency < 5 ms at 500 streams (coalesce {coalesce:g} ms)",
+                         f"send→server {_pct(run['server']['transport_ms'], 'p99')} ms, "
+                         f"server→consumer {_pct(run['consumer_ms'], 'p99')} ms",
+                         "met" if p99 < 5 else "**missed**"])
+    st = (results.get("startup") or {}).get("tls")
+    if st and "error" not in st:
+        one = st["warm_connections_opened"] == 1
+        rows.append(["warm start-up: one round trip (no new connection)",
+                     f"warm p50 {_pct(st['warm_ms'], 'p50')} ms (client CPU {_pct(st['warm_cpu_ms'], 'p50')} ms) "
+                     f"vs cold {_pct(st['cold_ms'], 'p50')} ms; connections opened: {st['warm_connections_opened']}",
+                     "met" if one else "**missed**"])
+    return "\n".join(["## Targets", "", _table(["target", "measured", ""], rows)])
+
+
+def _met(ratio: float | None, target: float) -> str:
+    if ratio is None:
+        return "n/a"
+    return "met" if ratio >= target else "**missed**"
+
+
+def _startup(results: dict[str, Any]) -> str:
+    st = results.get("startup")
+    if not st:
+        return ""
+    rows = []
+    for transport, r in st.items():
+        if "error" in r:
+            rows.append([transport, "error: " + r["error"][:100], "", "", ""])
+            continue
+        for key, label in (("cold_ms", "cold, shared botocore session"),
+                           ("cold_default_session_ms", "cold, default (client builds a botocore session)"),
+                           ("warm_ms", "warm (pooled connection)"),
+                           ("tcp_connect_ms", "reference: bare TCP connect")):
+            cpu = r.get(key.replace("_ms", "_cpu_ms"))
+            rows.append([transport, label, _pct(r[key], "p50"), _pct(r[key], "p99"),
+                         _pct(cpu, "p50") if cpu else ""])
+    text = [
+        "## 3. Start-up: FluxClient entry to Connected",
+        "",
+        "Against the benchmark endpoint in its own process; each entry is a new `FluxClient`. "
+        "Cold: a new `ConnectionPool` (TCP, TLS, HTTP/2 preface). Warm: the pool's open "
+        "connection; HEADERS go out and the response headers and `Connected` come back in one "
+        "flight.",
+        "",
+        _table(["transport", "case", "p50 ms", "p99 ms", "client CPU p50 ms"], rows),
+    ]
+    return "\n".join(text)
+
+
+def _profiles(results: dict[str, Any]) -> str:
+    profiles = (results.get("streams") or {}).get("profiles") or []
+    if not profiles:
+        return ""
+    out = ["## Where the client's CPU goes", "",
+           "py-spy samples of our client process (start-up and shutdown excluded), charged to the "
+           "innermost frame that names a layer (`benchmarks/profiling.py`).", ""]
+    for p in profiles:
+        if "error" in p:
+            continue
+        rows = [[k, _f(v, 1)] for k, v in p["buckets_pct"].items()]
+        out.append(f"**{p['n']} streams, coalesce {p['coalesce_ms']:g} ms** "
+                   f"({_f(p.get('cpu_ms_per_stream_second'), 3)} ms / stream-s under py-spy, "
+                   f"{p['streaming_samples']} samples):\n")
+        out.append(_table(["layer", "% of samples"], rows))
+        hot = [[_f(pct, 1), f"`{name}`"] for pct, name in p["top_leaves_pct"][:10]]
+        out.append(_table(["% self", "hottest functions"], hot))
+    return "\n".join(out)
+
+
+METHOD = """## Method and caveats
+
+- **Endpoint.** `benchmarks/bench_server.py` assembles the mock's own parts (`H2Server`, the SigV4
+  and chained event-signature verifier, optionally the Flux engine) in a separate process, and adds
+  timing: the client writes `FLXB` + `time.monotonic()` into the first 12 bytes of every 20 ms frame
+  just before `send_audio`; the server records, for each event, receipt time minus the stamp of the
+  frame that completed the event ("send→server", the added latency without the coalescing window)
+  and, for each frame, how long it waited for the rest of its event ("coalescing wait"). Every
+  message the server sends carries `bench_sent`, which the consumer subtracts from its own receipt
+  time ("server→consumer"). `CLOCK_MONOTONIC` is system-wide on Linux.
+- **Stub engine.** By default the endpoint runs a stub Flux (`StartOfTurn`, an `Update` per 240 ms
+  of audio, `EndOfTurn` on `CloseStream`): the mock's real engine costs ~0.84 ms CPU per
+  audio-second, which at 1000 streams would make the server the bottleneck on a small machine.
+  `--engine flux` uses the real one. Latencies include the server's own scheduling delay, which
+  grows when the machine (client + server) runs out of cores.
+- **Saturation.** The client's pacer hands every stream a frame each 20 ms from one task (so the
+  harness's cost stays small, see the harness row). When a tick cannot finish in 20 ms the run
+  falls behind real time: it is marked saturated with wall time / audio time, CPU is then per
+  second of audio actually sent, and latencies include queueing.
+- **CPU** is `time.process_time()` of the client process over the window; the peers measure their
+  own steady window the same way (all threads, since awscrt does I/O on native threads).
+  RSS per stream for our client is (RSS at the end of the window - RSS before connecting) / N.
+- **The peers** (`benchmarks/peers/`) run under Python 3.12 in their own environments; they share
+  one SDK client (one HTTP/2 connection) and do not coalesce: one event per 20 ms frame.
+"""
+
+
+def render(results: dict[str, Any]) -> str:
+    """The whole Markdown document."""
+    parts = [_header(results), _targets(results), _codec(results), _streams(results),
+             _startup(results), _profiles(results), METHOD]
+    return "\n".join(p for p in parts if p)

@@ -1,0 +1,177 @@
+"""Opening one SageMaker bidirectional stream, up to Flux's ``Connected``.
+
+The I/O half of a stream's start: freeze credentials (off the event loop when a refresh may hit
+the network), sign the request with botocore, open the HTTP/2 stream from the pool, turn an
+error response into its typed error, and read until Flux says ``Connected``. Everything after
+that belongs to :class:`~flux_sagemaker.client.FluxClient`.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+import anyio
+import attrs
+from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
+
+from .config import ResolvedConfig
+from .core.error_mapping import operation_error
+from .core.events import ServerMessage
+from .core.protocol import StreamEnded, StreamFailed, StreamProtocol
+from .core.request import InvokeRequest
+from .core.signing import EventSigner, sign_request
+from .errors import FluxError, TimeoutError, TransportError, ValidationError
+from .pool import ConnectionPool
+from .transport import H2Stream, Timeouts
+
+__all__ = ["LiveStream", "aclose_quietly", "open_stream"]
+
+# A refused stream's body is read for its error message; SageMaker's are small JSON documents.
+_MAX_ERROR_BODY = 64 * 1024
+
+
+@attrs.define(eq=False)
+class LiveStream:
+    """One open stream of a session, past ``Connected``."""
+
+    h2: H2Stream
+    """The HTTP/2 stream."""
+    proto: StreamProtocol
+    """Its protocol state: signer, decoder, parser."""
+    opened_at: float
+    """Monotonic time at which ``Connected`` arrived."""
+    credentials_expire_in: float | None
+    """Seconds from ``opened_at`` until the signing credentials expire, or ``None``."""
+    retired: bool = False
+    """Replaced by a newer stream: it drains, and its events are dropped."""
+
+    @property
+    def request_id(self) -> str | None:
+        """SageMaker's request id of this stream."""
+        return self.proto.request_id
+
+
+async def frozen_credentials(credentials: Credentials | None) -> ReadOnlyCredentials:
+    """Credentials that cannot change halfway through a signature.
+
+    Raises:
+        ValidationError: botocore's chain found no credentials at all.
+    """
+    if credentials is None:
+        raise ValidationError(
+            "no AWS credentials found: configure the default chain (environment, ~/.aws, SSO, "
+            "instance or task role) or pass credentials=..."
+        )
+    if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
+        # A refresh can block on the network (STS, SSO, IMDS): keep it off the loop.
+        frozen = await anyio.to_thread.run_sync(credentials.get_frozen_credentials)
+    else:
+        frozen = credentials.get_frozen_credentials()
+    assert isinstance(frozen, ReadOnlyCredentials)
+    return frozen
+
+
+def seconds_until_expiry(credentials: Credentials | None) -> float | None:
+    """How long refreshable credentials stay valid, or ``None`` when they do not expire."""
+    expiry = getattr(credentials, "_expiry_time", None)
+    if not isinstance(expiry, datetime):
+        return None
+    return (expiry - datetime.now(UTC)).total_seconds()
+
+
+async def open_stream(
+    pool: ConnectionPool,
+    config: ResolvedConfig,
+    request: InvokeRequest,
+    timeouts: Timeouts,
+) -> tuple[LiveStream, list[ServerMessage]]:
+    """Open a stream and read until Flux says ``Connected``.
+
+    Returns:
+        The stream and the messages read so far (``Connected`` and anything before it).
+
+    Raises:
+        OperationError: SageMaker refused the request (status, error type, request id).
+        TimeoutError: no response or no ``Connected`` within ``timeouts.connected``.
+        FluxError: any other failure, already typed.
+    """
+    frozen = await frozen_credentials(config.credentials)
+    expires_in = seconds_until_expiry(config.credentials)
+    signed = sign_request(request, frozen, config.region)
+    h2 = await pool.open_stream(
+        config.endpoint,
+        method=signed.method,
+        authority=signed.authority,
+        path=signed.path,
+        headers=signed.headers,
+        ssl_context=config.ssl_context,
+        timeouts=timeouts,
+    )
+    request_id: str | None = None
+    try:
+        with anyio.fail_after(timeouts.connected):
+            status, headers = await h2.response()
+            request_id = _header(headers, "x-amzn-requestid")
+            if status != 200:
+                raise operation_error(status, headers, await _read_body(h2, _MAX_ERROR_BODY))
+            signer = EventSigner(
+                credentials=frozen, region=config.region, seed_signature=signed.signature
+            )
+            proto = StreamProtocol(signer, request_id=request_id)
+            early: list[ServerMessage] = []
+            while proto.flux_request_id is None:
+                chunk = await h2.receive()
+                for event in proto.receive_eof() if chunk is None else proto.receive_data(chunk):
+                    if isinstance(event, StreamFailed):
+                        raise event.error
+                    if isinstance(event, StreamEnded):
+                        raise TransportError(
+                            "the server ended the stream before Flux said Connected",
+                            request_id=request_id,
+                        )
+                    early.append(event)
+    except FluxError:
+        await aclose_quietly(h2, timeouts.close)
+        raise
+    except builtins.TimeoutError:
+        await aclose_quietly(h2, timeouts.close)
+        raise TimeoutError(
+            f"Flux did not say Connected within {timeouts.connected} s", request_id=request_id
+        ) from None
+    except BaseException:
+        await aclose_quietly(h2, timeouts.close)
+        raise
+    stream = LiveStream(
+        h2=h2, proto=proto, opened_at=anyio.current_time(), credentials_expire_in=expires_in
+    )
+    return stream, early
+
+
+async def aclose_quietly(stream: H2Stream, grace: float) -> None:
+    """Release a stream whatever state it is in, within ``grace`` seconds, even when cancelled."""
+    with (
+        anyio.CancelScope(shield=True),
+        anyio.move_on_after(grace),
+        contextlib.suppress(FluxError),
+    ):
+        await stream.aclose()
+
+
+def _header(headers: Sequence[tuple[str, str]], name: str) -> str | None:
+    for key, value in headers:
+        if key == name:
+            return value
+    return None
+
+
+async def _read_body(stream: H2Stream, limit: int) -> bytes:
+    body = bytearray()
+    while len(body) < limit:
+        chunk = await stream.receive()
+        if chunk is None:
+            break
+        body += chunk
+    return bytes(body[:limit])
