@@ -1,1 +1,4 @@
-"""Benchmarks of flux_sagemaker against the AWS SDK stack: ``python -m benchmarks`` (see docs/benchmarks.md)."""
+"""Benchmarks of flux_sagemaker against the AWS SDK stack.
+
+Run ``python -m benchmarks`` (or ``nox -s bench``); it rewrites docs/benchmarks.md.
+"""

@@ -45,7 +45,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--verify", choices=("full", "off"), default="full")
     p.add_argument("--plaintext", action="store_true", help="our streams over h2c, not TLS")
     p.add_argument("--no-peers", action="store_true")
-    p.add_argument("--py312", default=os.environ.get("FLUX_BENCH_PY312", "/work/venv312/bin/python"))
+    p.add_argument(
+        "--py312", default=os.environ.get("FLUX_BENCH_PY312", "/work/venv312/bin/python")
+    )
     p.add_argument(
         "--py312-deepgram",
         default=os.environ.get("FLUX_BENCH_PY312_DEEPGRAM", "/work/venv312-deepgram/bin/python"),
@@ -104,8 +106,12 @@ def run_streams(args: argparse.Namespace) -> dict[str, Any]:
                 _log(f"profile: {args.profile_streams} streams, coalesce_ms={coalesce:g}")
                 raw = args.json.with_name(f"profile-{args.profile_streams}-{coalesce:g}.txt")
                 result = streams.run_ours(
-                    server, streams=args.profile_streams, duration=args.duration,
-                    coalesce_ms=coalesce, py_spy=py_spy, profile_out=raw,
+                    server,
+                    streams=args.profile_streams,
+                    duration=args.duration,
+                    coalesce_ms=coalesce,
+                    py_spy=py_spy,
+                    profile_out=raw,
                 )
                 analysis = profiling.analyze(raw) if raw.exists() else {"error": "no profile"}
                 analysis.update(n=args.profile_streams, coalesce_ms=coalesce, raw=str(raw.name))
@@ -115,7 +121,9 @@ def run_streams(args: argparse.Namespace) -> dict[str, Any]:
             for which, python in (("aws", args.py312), ("deepgram", args.py312_deepgram)):
                 for n in args.peer_streams:
                     _log(f"peer {which}: {n} streams")
-                    result = streams.run_peer(which, python, server, streams=n, duration=args.duration)
+                    result = streams.run_peer(
+                        which, python, server, streams=n, duration=args.duration
+                    )
                     result["n"], result["which"] = n, which
                     out["peers"].append(result)
                     if "error" in result or result.get("totals", {}).get("streams_ok", 0) == 0:

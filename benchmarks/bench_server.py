@@ -183,9 +183,13 @@ class Recorder:
 
     def report(self, start: float, end: float) -> dict[str, Any]:
         """Percentiles of the records stamped within ``[start, end]``."""
-        transport = [v for s, v in zip(self.stamps, self.transport, strict=True) if start <= s <= end]
+        transport = [
+            v for s, v in zip(self.stamps, self.transport, strict=True) if start <= s <= end
+        ]
         wait = [
-            v for s, v in zip(self.frame_stamps, self.coalesce_wait, strict=True) if start <= s <= end
+            v
+            for s, v in zip(self.frame_stamps, self.coalesce_wait, strict=True)
+            if start <= s <= end
         ]
         return {
             "transport_ms": percentiles([v * 1000 for v in transport]),

@@ -128,8 +128,12 @@ def sdk(py312: str, events: int, repeats: int, wire: bytes) -> dict[str, Any]:
     script = Path(__file__).with_name("codec_sdk.py")
     try:
         done = subprocess.run(
-            [py312, str(script)], input=json.dumps(job), capture_output=True, text=True,
-            timeout=600, check=False,
+            [py312, str(script)],
+            input=json.dumps(job),
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         return {"error": f"{py312}: {exc}"}

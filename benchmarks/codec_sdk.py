@@ -101,9 +101,16 @@ async def _main(job: dict[str, Any]) -> dict[str, Any]:
         str(size): await _encode_sign(size, job["events"], job["repeats"])
         for size in job["frame_sizes"]
     }
-    decode = await _decode(bytes.fromhex(job["response_hex"]), job["response_count"], job["repeats"])
-    names = ("aws-sdk-sagemaker-runtime-http2", "smithy-aws-event-stream", "aws-sdk-signers",
-             "smithy-core", "smithy-json")
+    decode = await _decode(
+        bytes.fromhex(job["response_hex"]), job["response_count"], job["repeats"]
+    )
+    names = (
+        "aws-sdk-sagemaker-runtime-http2",
+        "smithy-aws-event-stream",
+        "aws-sdk-signers",
+        "smithy-core",
+        "smithy-json",
+    )
     return {
         "python": sys.version.split()[0],
         "versions": {n: metadata.version(n) for n in names},

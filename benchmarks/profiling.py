@@ -16,21 +16,36 @@ from pathlib import Path
 # (bucket, substrings of a frame's "function (path:line)" text), innermost match wins.
 _LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("signing (core/signing.py, hashlib, hmac)", ("core/signing.py",)),
-    ("event-stream framing (core/eventstream.py, core/protocol.py)", (
-        "core/eventstream.py", "core/protocol.py")),
+    (
+        "event-stream framing (core/eventstream.py, core/protocol.py)",
+        ("core/eventstream.py", "core/protocol.py"),
+    ),
     ("parsing server messages (core/events.py, json)", ("core/events.py", "json/")),
     ("h2 state machine (h2, hpack, hyperframe)", ("/h2/", "/hpack/", "/hyperframe/")),
-    ("our HTTP/2 shell (transport.py, pool.py)", ("flux_sagemaker/transport.py",
-                                                  "flux_sagemaker/pool.py")),
-    ("client logic (client.py, core/audio.py, turns, recovery)", (
-        "flux_sagemaker/client.py", "core/audio.py", "core/turns.py", "core/recovery.py")),
+    (
+        "our HTTP/2 shell (transport.py, pool.py)",
+        ("flux_sagemaker/transport.py", "flux_sagemaker/pool.py"),
+    ),
+    (
+        "client logic (client.py, core/audio.py, turns, recovery)",
+        ("flux_sagemaker/client.py", "core/audio.py", "core/turns.py", "core/recovery.py"),
+    ),
     ("benchmark harness (pacer, consumer)", ("benchmarks/stream_client.py",)),
-    ("event loop, sockets, anyio (asyncio, anyio, selectors)", (
-        "asyncio/", "anyio/", "selectors.py", "socket.py", "sniffio")),
+    (
+        "event loop, sockets, anyio (asyncio, anyio, selectors)",
+        ("asyncio/", "anyio/", "selectors.py", "socket.py", "sniffio"),
+    ),
 )
 _STARTUP_MARKERS = (
-    "FluxClient.__init__", "__aenter__", "__aexit__", "_shutdown", "_find_and_load",
-    "FluxClient.close", "_open_stream", "_close_quietly", "Workload.run (",
+    "FluxClient.__init__",
+    "__aenter__",
+    "__aexit__",
+    "_shutdown",
+    "_find_and_load",
+    "FluxClient.close",
+    "_open_stream",
+    "_close_quietly",
+    "Workload.run (",
 )
 _PACE_MARKER = "Workload.pace"
 
@@ -42,15 +57,38 @@ def py_spy_path(hint: str | None = None) -> str | None:
     return shutil.which("py-spy")
 
 
-def record(py_spy: str, out: Path, command: list[str], rate: int = 250) -> subprocess.CompletedProcess[str]:
+def record(
+    py_spy: str, out: Path, command: list[str], rate: int = 250
+) -> subprocess.CompletedProcess[str]:
     """Run ``command`` under ``py-spy record -f raw``; return the finished process."""
     return subprocess.run(
-        [py_spy, "record", "-o", str(out), "-f", "raw", "-r", str(rate), "--", *command],
-        capture_output=True, text=True, check=False,
+        [
+            py_spy,
+            "record",
+            "--gil",
+            "--nonblocking",
+            "-o",
+            str(out),
+            "-f",
+            "raw",
+            "-r",
+            str(rate),
+            "--",
+            *command,
+        ],
+        capture_output=True,
+        text=True,
+        check=False,
     )
 
 
+_IDLE_LEAVES = ("select (selectors.py", "poll (", "epoll")
+
+
 def _keep(frames: list[str]) -> bool:
+    leaf = frames[-1]
+    if not leaf.strip() or any(idle in leaf for idle in _IDLE_LEAVES):
+        return False  # waiting in epoll (py-spy samples idle threads too): not CPU
     joined = ";".join(frames)
     if _PACE_MARKER in joined:  # the pacer's send_audio calls are streaming, whatever they hold
         return "_find_and_load" not in joined
@@ -82,4 +120,9 @@ def analyze(raw: Path, top: int = 15) -> dict[str, object]:
             buckets["other"] += n
     share = {k: round(100 * v / kept, 1) for k, v in buckets.most_common()} if kept else {}
     hot = [[round(100 * v / kept, 1), k] for k, v in leaves.most_common(top)] if kept else []
-    return {"samples": total, "streaming_samples": kept, "buckets_pct": share, "top_leaves_pct": hot}
+    return {
+        "samples": total,
+        "streaming_samples": kept,
+        "buckets_pct": share,
+        "top_leaves_pct": hot,
+    }

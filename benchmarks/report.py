@@ -30,10 +30,10 @@ def _ratio(a: float | None, b: float | None) -> float | None:
 
 def _events_per_stream_s(run: dict[str, Any]) -> float | None:
     sent, n = run.get("audio_events_sent"), run.get("n")
-    duration = run.get("config", {}).get("duration_s")
-    if not sent or not n or not duration:
+    ticks = run.get("window", {}).get("ticks_sent")
+    if not sent or not n or not ticks:
         return None
-    return float(sent) / (n * duration)
+    return float(sent) / (n * ticks * 0.02)  # one 20 ms frame per stream per tick
 
 
 def _ours(results: dict[str, Any], n: int, coalesce: float) -> dict[str, Any] | None:
@@ -99,15 +99,21 @@ def _codec(results: dict[str, Any]) -> str:
     wire = c["response_wire_bytes"]
     label = f"decode response event ({wire} B TurnInfo)"
     base = ours["decode"]["typed events (StreamProtocol.receive_data)"]
-    rows.append(_codec_row(label, "ours: frames + json.loads", ours["decode"]["frames + json.loads"]))
+    rows.append(
+        _codec_row(label, "ours: frames + json.loads", ours["decode"]["frames + json.loads"])
+    )
     rows.append(_codec_row(label, "ours: to typed events", base))
-    rows.append(_codec_row(label, "botocore EventStreamBuffer + json.loads", c["botocore"]["decode"], base))
-    rows.append(_codec_row(label, "AWS SDK: AWSEventReceiver + json.loads", sdk.get("decode"), base))
+    rows.append(
+        _codec_row(label, "botocore EventStreamBuffer + json.loads", c["botocore"]["decode"], base)
+    )
+    rows.append(
+        _codec_row(label, "AWS SDK: AWSEventReceiver + json.loads", sdk.get("decode"), base)
+    )
     text = [
         "## 1. Codec and signing",
         "",
         f"Best of {c['repeats']} loops of {c['events']:,} events, one core, no I/O. MB/s counts "
-        "audio payload for encoding and wire bytes for decoding. \"x ours\" is the other "
+        'audio payload for encoding and wire bytes for decoding. "x ours" is the other '
         "implementation's time per event over ours (the typed-event path for decoding).",
         "",
         _table(["operation", "implementation", "events/s", "MB/s", "µs/event", "x ours"], rows),
@@ -117,18 +123,28 @@ def _codec(results: dict[str, Any]) -> str:
     return "\n".join(text)
 
 
-def _codec_row(label: str, impl: str, row: dict[str, float] | None, ours: dict[str, float] | None = None) -> list[str]:
+def _codec_row(
+    label: str, impl: str, row: dict[str, float] | None, ours: dict[str, float] | None = None
+) -> list[str]:
     if not row:
         return [label, impl, "n/a", "n/a", "n/a", ""]
     ratio = _ratio(ours["us_per_event"], row["us_per_event"]) if ours else None
     return [
-        label, impl, _f(row["events_per_s"], 0), _f(row["mb_per_s"], 1),
-        _f(row["us_per_event"], 1), _f(ratio, 1) if ratio else "",
+        label,
+        impl,
+        _f(row["events_per_s"], 0),
+        _f(row["mb_per_s"], 1),
+        _f(row["us_per_event"], 1),
+        _f(ratio, 1) if ratio else "",
     ]
 
 
 def _pct(d: dict[str, Any] | None, key: str) -> str:
     return _f((d or {}).get(key), 2)
+
+
+def _p50_p99(d: dict[str, Any] | None) -> str:
+    return f"{_pct(d, 'p50')} / {_pct(d, 'p99')}"
 
 
 def _streams(results: dict[str, Any]) -> str:
@@ -139,35 +155,53 @@ def _streams(results: dict[str, Any]) -> str:
     rows = []
     for run in s["ours"]:
         if "error" in run:
-            rows.append([str(run["n"]), _f(run["coalesce_ms"], 0), "error: " + run["error"][:80]]
-                        + [""] * 10)
+            rows.append(
+                [str(run["n"]), _f(run["coalesce_ms"], 0), "error: " + run["error"][:80]]
+                + [""] * 10
+            )
             continue
         server = run.get("server", {})
         eps = _events_per_stream_s(run)
         cpu = run["cpu_ms_per_stream_second"]
-        rows.append([
-            str(run["n"]), _f(run["coalesce_ms"], 0), _f(cpu, 3),
-            _f(cpu * 1000 / eps if eps else None, 1), _f(eps, 1),
-            _f(run["rss_per_stream"] / 1024, 0), _f(run.get("peak_rss", 0) / 2**20, 0),
-            f"{_pct(server.get('transport_ms'), 'p50')} / {_pct(server.get('transport_ms'), 'p99')}",
-            f"{_pct(server.get('coalesce_wait_ms'), 'p50')} / {_pct(server.get('coalesce_wait_ms'), 'p99')}",
-            f"{_pct(run.get('consumer_ms'), 'p50')} / {_pct(run.get('consumer_ms'), 'p99')}",
-            f"{run['error_count'] + server.get('error_count', 0)}",
-            ("yes, x" + _f(run["realtime_factor"], 2)) if run["saturated"] else "no",
-            _f(server.get("cpu_ms_per_stream_second"), 2),
-        ])
+        rows.append(
+            [
+                str(run["n"]),
+                _f(run["coalesce_ms"], 0),
+                _f(cpu, 3),
+                _f(cpu * 1000 / eps if eps else None, 1),
+                _f(eps, 1),
+                _f(run["rss_per_stream"] / 1024, 0),
+                _f(run.get("peak_rss", 0) / 2**20, 0),
+                _p50_p99(server.get("transport_ms")),
+                _p50_p99(server.get("coalesce_wait_ms")),
+                _p50_p99(run.get("consumer_ms")),
+                f"{run['error_count'] + server.get('error_count', 0)}",
+                ("yes, x" + _f(run["realtime_factor"], 2)) if run["saturated"] else "no",
+                _f(server.get("cpu_ms_per_stream_second"), 2),
+            ]
+        )
     header = [
-        "N", "coalesce ms", "client CPU ms / stream-s", "µs / event", "events / stream-s",
-        "RSS KB / stream", "peak RSS MB", "send→server p50 / p99 ms",
-        "coalescing wait p50 / p99 ms", "server→consumer p50 / p99 ms", "errors",
-        "saturated (wall / audio)", "server CPU ms / stream-s",
+        "N",
+        "coalesce ms",
+        "client CPU ms / stream-s",
+        "µs / event",
+        "events / stream-s",
+        "RSS KB / stream",
+        "peak RSS MB",
+        "send→server p50 / p99 ms",
+        "coalescing wait p50 / p99 ms",
+        "server→consumer p50 / p99 ms",
+        "errors",
+        "saturated (wall / audio)",
+        "server CPU ms / stream-s",
     ]
     harness = s.get("harness") or []
     text = [
         "## 2. Concurrent real-time streams",
         "",
-        f"Endpoint: `benchmarks/bench_server.py` in its own process ({'TLS' if cfg['tls'] else 'h2c'}, "
-        f"engine `{cfg['engine']}`, event signatures verified: {cfg['verify']}). Each client run is "
+        "Endpoint: `benchmarks/bench_server.py` in its own process "
+        f"({'TLS' if cfg['tls'] else 'h2c'}, engine `{cfg['engine']}`, event signatures "
+        f"verified: {cfg['verify']}). Each client run is "
         "its own process. Audio: 16 kHz linear16, 20 ms frames handed over in real time; "
         f"{_f(results['options']['duration'], 0)} s per stream, the first second excluded from "
         "the window.",
@@ -199,34 +233,56 @@ def _peers(results: dict[str, Any]) -> str:
         return "Peers were not run.\n"
     rows = []
     for run in peers:
-        name = {"aws": "AWS SDK (aws-sdk-sagemaker-runtime-http2, awscrt)",
-                "deepgram": "Deepgram (deepgram-sdk listen.v2 + deepgram-sagemaker)"}[run["which"]]
+        name = {
+            "aws": "AWS SDK (aws-sdk-sagemaker-runtime-http2, awscrt)",
+            "deepgram": "Deepgram (deepgram-sdk listen.v2 + deepgram-sagemaker)",
+        }[run["which"]]
         if "error" in run:
-            rows.append([name, str(run["n"]), "error: " + str(run["error"])[-160:].replace("\n", " ")]
-                        + [""] * 6)
+            rows.append(
+                [name, str(run["n"]), "error: " + str(run["error"])[-160:].replace("\n", " ")]
+                + [""] * 6
+            )
             continue
         cpu = _peer_cpu(run)
         totals = run.get("totals", {})
         lag = max((st.get("max_send_lag_ms", 0) for st in run.get("streams", [])), default=None)
         marginal = _marginal_rss(results, run["which"], run)
-        rows.append([
-            name, str(run["n"]), _f(cpu, 3),
-            _f(cpu * 1000 / FRAME_EVENTS_PER_S if cpu else None, 1),
-            _f(marginal / 1024 if marginal else None, 0), _f(run.get("peak_rss", 0) / 2**20, 0),
-            f"{totals.get('streams_ok', 0)}/{run['n']}",
-            str(len(totals.get("errors", []))) + (" (" + totals["errors"][0][:80] + ")" if totals.get("errors") else ""),
-            _f(lag, 0) if lag is not None else "n/a",
-        ])
-    header = ["client", "N", "CPU ms / stream-s (steady)", "µs / event", "RSS KB / stream",
-              "peak RSS MB", "streams ok", "distinct errors", "max send lag ms"]
-    return "\n".join([
-        "### The AWS SDK client and Deepgram's route (same endpoint, same workload)",
-        "",
-        "One event per 20 ms frame (neither coalesces). CPU is their own steady-state window "
-        "(`cpu.steady` of `benchmarks/peers/`), RSS per stream is (peak at N - peak at 1) / (N - 1).",
-        "",
-        _table(header, rows),
-    ])
+        rows.append(
+            [
+                name,
+                str(run["n"]),
+                _f(cpu, 3),
+                _f(cpu * 1000 / FRAME_EVENTS_PER_S if cpu else None, 1),
+                _f(marginal / 1024 if marginal else None, 0),
+                _f(run.get("peak_rss", 0) / 2**20, 0),
+                f"{totals.get('streams_ok', 0)}/{run['n']}",
+                str(len(totals.get("errors", [])))
+                + (" (" + totals["errors"][0][:80] + ")" if totals.get("errors") else ""),
+                _f(lag, 0) if lag is not None else "n/a",
+            ]
+        )
+    header = [
+        "client",
+        "N",
+        "CPU ms / stream-s (steady)",
+        "µs / event",
+        "RSS KB / stream",
+        "peak RSS MB",
+        "streams ok",
+        "distinct errors",
+        "max send lag ms",
+    ]
+    return "\n".join(
+        [
+            "### The AWS SDK client and Deepgram's route (same endpoint, same workload)",
+            "",
+            "One event per 20 ms frame (neither coalesces). CPU is their own steady-state window "
+            "(`cpu.steady` of `benchmarks/peers/`), RSS per stream is "
+            "(peak at N - peak at 1) / (N - 1).",
+            "",
+            _table(header, rows),
+        ]
+    )
 
 
 def _targets(results: dict[str, Any]) -> str:
@@ -242,35 +298,64 @@ def _targets(results: dict[str, Any]) -> str:
             eps = _events_per_stream_s(off) or FRAME_EVENTS_PER_S
             mine = off["cpu_ms_per_stream_second"] / eps
             r = _ratio(mine, aws / FRAME_EVENTS_PER_S if aws else None)
-            rows.append([f"≥ 5x less CPU per event than the AWS SDK, coalescing off (N={n})",
-                         f"{_f(r, 1)}x", _met(r, 5)])
+            rows.append(
+                [
+                    f"≥ 5x less CPU per event than the AWS SDK, coalescing off (N={n})",
+                    f"{_f(r, 1)}x",
+                    _met(r, 5),
+                ]
+            )
         if on:
             r = _ratio(on["cpu_ms_per_stream_second"], aws)
-            rows.append([f"≥ 10x less CPU per stream-second, default coalescing (N={n})",
-                         f"{_f(r, 1)}x vs AWS SDK; {_f(_ratio(on['cpu_ms_per_stream_second'], dg), 1)}x vs Deepgram",
-                         _met(r, 10)])
+            rows.append(
+                [
+                    f"≥ 10x less CPU per stream-second, default coalescing (N={n})",
+                    f"{_f(r, 1)}x vs AWS SDK; "
+                    f"{_f(_ratio(on['cpu_ms_per_stream_second'], dg), 1)}x vs Deepgram",
+                    _met(r, 10),
+                ]
+            )
     top = _ours(results, 1000, 80)
     if top:
-        ok = top["cpu_ms_per_stream_second"] < 1 and not top["saturated"] and top["error_count"] == 0
-        rows.append(["1000 real-time streams in one process within one core (< 1 ms / stream-s)",
-                     f"{_f(top['cpu_ms_per_stream_second'], 3)} ms / stream-s, "
-                     f"saturated: {top['saturated']}, errors: {top['error_count']}",
-                     "met" if ok else "**missed**"])
+        ok = (
+            top["cpu_ms_per_stream_second"] < 1 and not top["saturated"] and top["error_count"] == 0
+        )
+        rows.append(
+            [
+                "1000 real-time streams in one process within one core (< 1 ms / stream-s)",
+                f"{_f(top['cpu_ms_per_stream_second'], 3)} ms / stream-s, "
+                f"saturated: {top['saturated']}, errors: {top['error_count']}",
+                "met" if ok else "**missed**",
+            ]
+        )
     for coalesce in (0, 80):
         run = _ours(results, 500, coalesce)
         if run:
-            p99 = max(run["server"]["transport_ms"].get("p99", math.inf), run["consumer_ms"].get("p99", math.inf))
-            rows.append([f"p99 added latency < 5 ms at 500 streams (coalesce {coalesce:g} ms)",
-                         f"send→server {_pct(run['server']['transport_ms'], 'p99')} ms, "
-                         f"server→consumer {_pct(run['consumer_ms'], 'p99')} ms",
-                         "met" if p99 < 5 else "**missed**"])
+            p99 = max(
+                run["server"]["transport_ms"].get("p99", math.inf),
+                run["consumer_ms"].get("p99", math.inf),
+            )
+            rows.append(
+                [
+                    f"p99 added latency < 5 ms at 500 streams (coalesce {coalesce:g} ms)",
+                    f"send→server {_pct(run['server']['transport_ms'], 'p99')} ms, "
+                    f"server→consumer {_pct(run['consumer_ms'], 'p99')} ms",
+                    "met" if p99 < 5 else "**missed**",
+                ]
+            )
     st = (results.get("startup") or {}).get("tls")
     if st and "error" not in st:
         one = st["warm_connections_opened"] == 1
-        rows.append(["warm start-up: one round trip (no new connection)",
-                     f"warm p50 {_pct(st['warm_ms'], 'p50')} ms (client CPU {_pct(st['warm_cpu_ms'], 'p50')} ms) "
-                     f"vs cold {_pct(st['cold_ms'], 'p50')} ms; connections opened: {st['warm_connections_opened']}",
-                     "met" if one else "**missed**"])
+        rows.append(
+            [
+                "warm start-up: one round trip (no new connection)",
+                f"warm p50 {_pct(st['warm_ms'], 'p50')} ms "
+                f"(client CPU {_pct(st['warm_cpu_ms'], 'p50')} ms) vs cold "
+                f"{_pct(st['cold_ms'], 'p50')} ms; connections opened: "
+                f"{st['warm_connections_opened']}",
+                "met" if one else "**missed**",
+            ]
+        )
     return "\n".join(["## Targets", "", _table(["target", "measured", ""], rows)])
 
 
@@ -289,13 +374,22 @@ def _startup(results: dict[str, Any]) -> str:
         if "error" in r:
             rows.append([transport, "error: " + r["error"][:100], "", "", ""])
             continue
-        for key, label in (("cold_ms", "cold, shared botocore session"),
-                           ("cold_default_session_ms", "cold, default (client builds a botocore session)"),
-                           ("warm_ms", "warm (pooled connection)"),
-                           ("tcp_connect_ms", "reference: bare TCP connect")):
+        for key, label in (
+            ("cold_ms", "cold, shared botocore session"),
+            ("cold_default_session_ms", "cold, default (client builds a botocore session)"),
+            ("warm_ms", "warm (pooled connection)"),
+            ("tcp_connect_ms", "reference: bare TCP connect"),
+        ):
             cpu = r.get(key.replace("_ms", "_cpu_ms"))
-            rows.append([transport, label, _pct(r[key], "p50"), _pct(r[key], "p99"),
-                         _pct(cpu, "p50") if cpu else ""])
+            rows.append(
+                [
+                    transport,
+                    label,
+                    _pct(r[key], "p50"),
+                    _pct(r[key], "p99"),
+                    _pct(cpu, "p50") if cpu else "",
+                ]
+            )
     text = [
         "## 3. Start-up: FluxClient entry to Connected",
         "",
@@ -313,16 +407,22 @@ def _profiles(results: dict[str, Any]) -> str:
     profiles = (results.get("streams") or {}).get("profiles") or []
     if not profiles:
         return ""
-    out = ["## Where the client's CPU goes", "",
-           "py-spy samples of our client process (start-up and shutdown excluded), charged to the "
-           "innermost frame that names a layer (`benchmarks/profiling.py`).", ""]
+    out = [
+        "## Where the client's CPU goes",
+        "",
+        "py-spy samples of our client process (start-up and shutdown excluded), charged to the "
+        "innermost frame that names a layer (`benchmarks/profiling.py`).",
+        "",
+    ]
     for p in profiles:
         if "error" in p:
             continue
         rows = [[k, _f(v, 1)] for k, v in p["buckets_pct"].items()]
-        out.append(f"**{p['n']} streams, coalesce {p['coalesce_ms']:g} ms** "
-                   f"({_f(p.get('cpu_ms_per_stream_second'), 3)} ms / stream-s under py-spy, "
-                   f"{p['streaming_samples']} samples):\n")
+        out.append(
+            f"**{p['n']} streams, coalesce {p['coalesce_ms']:g} ms** "
+            f"({_f(p.get('cpu_ms_per_stream_second'), 3)} ms / stream-s under py-spy, "
+            f"{p['streaming_samples']} samples):\n"
+        )
         out.append(_table(["layer", "% of samples"], rows))
         hot = [[_f(pct, 1), f"`{name}`"] for pct, name in p["top_leaves_pct"][:10]]
         out.append(_table(["% self", "hottest functions"], hot))
@@ -358,6 +458,13 @@ METHOD = """## Method and caveats
 
 def render(results: dict[str, Any]) -> str:
     """The whole Markdown document."""
-    parts = [_header(results), _targets(results), _codec(results), _streams(results),
-             _startup(results), _profiles(results), METHOD]
+    parts = [
+        _header(results),
+        _targets(results),
+        _codec(results),
+        _streams(results),
+        _startup(results),
+        _profiles(results),
+        METHOD,
+    ]
     return "\n".join(p for p in parts if p)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Sequence
 
@@ -33,7 +34,7 @@ def cpu_between(samples: Sequence[Sequence[float]], start: float, end: float) ->
         return None
 
     def at(t: float) -> float:
-        for (t0, c0), (t1, c1) in zip(samples, samples[1:], strict=False):
+        for (t0, c0), (t1, c1) in itertools.pairwise(samples):
             if t0 <= t <= t1:
                 return c0 if t1 == t0 else c0 + (c1 - c0) * (t - t0) / (t1 - t0)
         return samples[0][1] if t < samples[0][0] else samples[-1][1]

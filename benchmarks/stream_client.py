@@ -20,7 +20,6 @@ import argparse
 import json
 import math
 import os
-import struct
 import sys
 import time
 from array import array
@@ -44,9 +43,7 @@ SAMPLE_RATE = 16000
 def tone_frames(seconds: float = 1.0) -> list[bytes]:
     """A 440 Hz tone cut into 20 ms frames (the same tone as the peer scripts)."""
     n = int(seconds * SAMPLE_RATE)
-    pcm = array(
-        "h", (int(3000 * math.sin(2 * math.pi * 440 * i / SAMPLE_RATE)) for i in range(n))
-    )
+    pcm = array("h", (int(3000 * math.sin(2 * math.pi * 440 * i / SAMPLE_RATE)) for i in range(n)))
     if sys.byteorder != "little":
         pcm.byteswap()
     data = pcm.tobytes()
@@ -79,6 +76,7 @@ class Workload:
         self.clients: list[Any] = []
         self.connect_s: list[float] = []
         self.all_connected = anyio.Event()
+        self.all_done = anyio.Event()
         self.window = (math.inf, math.inf)
         self.consumer = array("d")
         self.events_received = 0
@@ -103,7 +101,9 @@ class Workload:
             "region": "us-east-1",
             "credentials": Credentials(DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY),
             "ssl_context": ssl_context,
-            "settings": FluxSettings(model="flux-general-en", encoding="linear16", sample_rate=16000),
+            "settings": FluxSettings(
+                model="flux-general-en", encoding="linear16", sample_rate=16000
+            ),
             "coalesce_ms": args.coalesce_ms,
         }
 
@@ -129,6 +129,8 @@ class Workload:
                 self.all_connected.set()
         finally:
             self.sessions_done += 1
+            if self.sessions_done == self.args.streams:
+                self.all_done.set()
 
     async def pace(self) -> dict[str, Any]:
         """Hand every client one stamped 20 ms frame per tick; return the CPU/RSS window."""
@@ -138,7 +140,12 @@ class Workload:
         self.window = (t0 + warmup_ticks * FRAME_S, math.inf)
         cpu0 = rss0 = t_cpu0 = 0.0
         pack = STAMP.pack
+        give_up = t0 + self.args.max_wall_factor * self.n_frames * FRAME_S
+        sent_ticks = 0
         for k in range(self.n_frames):
+            if k > warmup_ticks and time.monotonic() > give_up:
+                break  # hopelessly behind real time: stop, the run is reported as saturated
+            sent_ticks = k + 1
             due = t0 + k * FRAME_S
             delay = due - time.monotonic()
             if delay > 0:
@@ -156,7 +163,9 @@ class Workload:
         t_cpu1, cpu1, rss1 = time.monotonic(), time.process_time(), rss_bytes()
         self.window = (self.window[0], t_cpu1)
         return {
-            "audio_s_per_stream": (self.n_frames - warmup_ticks) * FRAME_S,
+            "audio_s_per_stream": (sent_ticks - warmup_ticks) * FRAME_S,
+            "ticks_sent": sent_ticks,
+            "ticks_planned": self.n_frames,
             "t0": t_cpu0,
             "t1": t_cpu1,
             "wall_s": t_cpu1 - t_cpu0,
@@ -190,8 +199,7 @@ class Workload:
                     for client in self.clients:
                         closers.start_soon(_close_quietly, client, self.errors)
                 with anyio.move_on_after(30):
-                    while self.sessions_done < args.streams:
-                        await anyio.sleep(0.05)
+                    await self.all_done.wait()
                 close_s = time.monotonic() - t_close
                 pool_stats = pool.stats
                 tg.cancel_scope.cancel()
@@ -200,10 +208,16 @@ class Workload:
         # Audio-seconds handed over in the window: when the pacer falls behind, the wall time
         # stretches but the work per second of audio is what a deployment pays.
         stream_seconds = args.streams * window["audio_s_per_stream"]
-        saturated = window["wall_s"] > 1.1 * window["audio_s_per_stream"] or self.late_ticks > 0
-        sent_events = sum(getattr(c, "stats", None).audio_events_sent for c in self.clients) if (
-            args.client != "none"
-        ) else 0
+        saturated = (
+            window["wall_s"] > 1.1 * window["audio_s_per_stream"]
+            or self.late_ticks > 0
+            or window["ticks_sent"] < window["ticks_planned"]
+        )
+        sent_events = (
+            sum(getattr(c, "stats", None).audio_events_sent for c in self.clients)
+            if (args.client != "none")
+            else 0
+        )
         return {
             "config": {
                 "streams": args.streams,
@@ -256,6 +270,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=float, default=1.0, help="seconds excluded from the window")
     p.add_argument("--coalesce-ms", type=float, default=80)
     p.add_argument("--client", choices=("flux", "none"), default="flux")
+    p.add_argument(
+        "--max-wall-factor", type=float, default=2.5, help="stop pacing after this x real time"
+    )
     p.add_argument("--connect-timeout", type=float, default=60)
     p.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     p.add_argument("--profile", help="write cProfile stats of the whole run here")

@@ -47,7 +47,8 @@ class ServerProcess:
 
     def command(self, **message: Any) -> dict[str, Any]:
         """Send one command; return the answer."""
-        assert self.proc.stdin is not None and self.proc.stdout is not None
+        assert self.proc.stdin is not None
+        assert self.proc.stdout is not None
         self.proc.stdin.write(json.dumps(message) + "\n")
         self.proc.stdin.flush()
         answer: dict[str, Any] = json.loads(self.proc.stdout.readline())
@@ -65,7 +66,9 @@ class ServerProcess:
             self.proc.wait()
 
 
-def _run_sampled(command: list[str], *, cwd: Path, env: dict[str, str] | None, timeout: float) -> tuple[str, str, int, int]:
+def _run_sampled(
+    command: list[str], *, cwd: Path, env: dict[str, str] | None, timeout: float
+) -> tuple[str, str, int, int]:
     """Run ``command``; return stdout, stderr, exit code and peak RSS (bytes, psutil samples)."""
     import psutil
 
@@ -163,11 +166,13 @@ def run_peer(
     env = {**os.environ, **PEER_ENV}
     server.command(cmd="reset")
     start = time.monotonic()
-    out, err, code, peak = _run_sampled(command, cwd=PEERS, env=env, timeout=duration + 300)
+    # A peer that hangs (it happens at close) is killed: its sessions take ~duration + 10 s.
+    out, err, code, peak = _run_sampled(command, cwd=PEERS, env=env, timeout=duration + 90)
     try:
         summary = json.loads(out)  # the peers print one indented JSON document
     except ValueError:
-        return {"error": f"exit {code}: {err.strip()[-800:]}"}
+        why = "killed after a timeout (hung)" if code == -9 else f"exit {code}"
+        return {"error": f"{why}: {err.strip()[-600:]}"}
     summary.pop("streams", None)  # per-stream detail: too long for the report
     summary["peak_rss"] = peak
     summary["exit_code"] = code
@@ -181,5 +186,7 @@ def run_startup(server: ServerProcess, repeats: int) -> dict[str, Any]:
     """Section 3 against ``server``."""
     command = [sys.executable, "-m", "benchmarks.startup_client", "--url", server.url]
     command += ["--repeats", str(repeats)] + (["--ca", server.ca] if server.ca else [])
-    done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False)
+    done = subprocess.run(
+        command, cwd=ROOT, capture_output=True, text=True, timeout=600, check=False
+    )
     return _last_json(done.stdout) or {"error": done.stderr.strip()[-800:]}

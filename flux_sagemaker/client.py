@@ -224,6 +224,8 @@ class FluxClient:
         self._attempts = 0
         self._request_id: str | None = None
         self._switching = False
+        # Counts stream take-overs: audio events made before one must not be sent after it.
+        self._epoch = 0
 
     # -- public properties --------------------------------------------------------------------
 
@@ -396,13 +398,15 @@ class FluxClient:
         ):
             self._wake.set()  # start the flush timer
         if events:
-            await self._send_events(events)
+            await self._send_events(events, self._epoch)
 
-    async def _send_events(self, events: Sequence[bytes]) -> None:
+    async def _send_events(self, events: Sequence[bytes], epoch: int) -> None:
         async with self._send_lock:
             current = self._current
-            if current is None or current.retired:
-                return  # being replaced: the replay buffer has the audio
+            if current is None or current.retired or epoch != self._epoch:
+                # Being replaced, or replaced while we waited for the lock: the replay
+                # buffer had this audio and the new stream got it already, in order.
+                return
             for event in events:
                 if _replaced(current):
                     return  # replaced meanwhile: the replay buffer has the rest
@@ -797,6 +801,7 @@ class FluxClient:
             self._pending_configures.clear()
             self._coalescer.flush()  # the replay buffer holds that audio too
             self._timers.on_flushed()
+            self._epoch += 1  # audio coalesced before now is in the replay
             replay = self._replay.replay()
             start = self._replay.start_offset
             # Without a byte rate (Opus, containers) nothing is replayed and times cannot be
