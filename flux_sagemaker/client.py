@@ -57,6 +57,7 @@ from .core.turns import TurnTracker
 from .errors import (
     CapabilityError,
     FluxError,
+    LocalProtocolError,
     StreamStalled,
     TimeoutError,
     TransportError,
@@ -284,7 +285,7 @@ class FluxClient:
             stream = await self._open_with_retry(first_error=None)
             self._install(stream)
             self._state = "open"
-            task_group.start_soon(self._supervise)
+            task_group.start_soon(self._guarded, self._supervise)
         except BaseException as exc:
             await self._shutdown(exc)
             raise
@@ -416,6 +417,10 @@ class FluxClient:
                 await self._write_audio(current, event)
 
     async def _write_audio(self, stream: LiveStream, audio: bytes) -> None:
+        if stream.proto.input_ended:
+            # The stream failed and was retired while we waited for the lock or the window:
+            # the replay buffer holds this audio for the stream that replaces it.
+            return
         self._stats.audio_bytes_sent += len(audio)
         self._stats.audio_events_sent += 1
         self._timers.on_audio_sent(anyio.current_time())
@@ -618,7 +623,7 @@ class FluxClient:
     def _install(self, stream: LiveStream) -> None:
         self._current = stream
         assert self._task_group is not None
-        self._task_group.start_soon(self._read_stream, stream)
+        self._task_group.start_soon(self._guarded, self._read_stream, stream)
 
     async def _read_stream(self, stream: LiveStream) -> None:
         """Reader task of one stream: feed the protocol until the stream ends or fails."""
@@ -705,7 +710,23 @@ class FluxClient:
 
     def _task_group_start(self, func: Any, *args: Any) -> None:
         if self._task_group is not None:
-            self._task_group.start_soon(func, *args)
+            self._task_group.start_soon(self._guarded, func, *args)
+
+    async def _guarded(self, func: Any, *args: Any) -> None:
+        """Run a background task; if it fails, end the session with an error, never silently.
+
+        An exception escaping a task would cancel our task group, whose scope encloses the
+        application's ``async with`` body: the session would stop without any error.
+        """
+        try:
+            await func(*args)
+        except Exception as exc:
+            logger.exception("a Flux background task failed")
+            self._finish(
+                exc
+                if isinstance(exc, FluxError)
+                else LocalProtocolError(f"internal error in the Flux client: {exc!r}")
+            )
 
     async def _fail(self, error: FluxError) -> None:
         synthetic = self._tracker.stream_ended()
@@ -815,7 +836,7 @@ class FluxClient:
                 await self._write_audio(stream, replay[offset : offset + step])
             self._stats.replayed_bytes += len(replay)
             self._stats.dropped_bytes = self._replay.dropped_bytes
-            if self._state == "closing":
+            if self._state == "closing" and not stream.proto.input_ended:
                 # close() was called while the stream was being replaced.
                 await self._write(stream, stream.proto.send_close_stream())
 

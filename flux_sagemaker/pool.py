@@ -32,14 +32,8 @@ import attrs
 import sniffio
 
 from flux_sagemaker import errors
-from flux_sagemaker.transport import (
-    DEFAULT_RECEIVE_WINDOW,
-    H2Connection,
-    H2Stream,
-    Timeouts,
-    _fresh,
-    connect,
-)
+from flux_sagemaker.h2core import DEFAULT_RECEIVE_WINDOW, fresh_error
+from flux_sagemaker.transport import H2Connection, H2Stream, Timeouts, connect
 
 __all__ = ["ConnectionPool", "EndpointKey", "PoolStats", "default_pool"]
 
@@ -197,7 +191,7 @@ class ConnectionPool:
             if pending is not None:
                 await pending.done.wait()
                 if pending.error is not None:
-                    raise _fresh(pending.error)
+                    raise fresh_error(pending.error)
                 continue
             return await self._connect(key, ssl_context, timeouts)
 

@@ -1,35 +1,24 @@
 """HTTP/2 client transport over anyio and h2: one connection, many long-lived bidirectional streams.
 
-Design (per connection, not per stream, so thousands of streams stay cheap):
+The client side of the HTTP/2 core it shares with the test server (:mod:`flux_sagemaker.h2core`,
+which explains the design: one reader task per connection, one write lock, flow control
+acknowledged as the consumer reads, the first failure raised to every stream). On top of it:
 
-- One reader task (:meth:`H2Connection.run`) feeds h2 and routes events to the streams. It also
-  sends PING after ``ping_interval`` of silence and fails the connection when no answer comes
-  within ``ping_timeout``. Whoever owns the connection runs it in their task group.
-- Writes go straight through under one write lock; every lock holder flushes *all* of h2's
-  pending bytes before releasing it. The reader never waits for the lock: when it is held, the
-  holder will flush the reader's frames (WINDOW_UPDATE, PING ACK) too. So the reader keeps
-  draining the socket even while a writer is blocked, and two peers built this way cannot
-  deadlock with both send buffers full.
-- Socket writes are shielded from cancellation and bounded by ``Timeouts.write``: a half-written
-  frame would corrupt the connection, and a write that times out fails the connection.
-- Receive flow control is acknowledged as the consumer reads, so a stream buffers at most its
-  receive window (``receive_window``). The connection window is the maximum, so one slow stream
-  never stalls its siblings; per-stream windows bound memory.
-- The first connection failure is stored and raised to every stream; a per-stream failure
-  (RST_STREAM, GOAWAY above ``last_stream_id``) goes to that stream only. Every wait ends when the
-  connection fails or a timeout expires.
+- :func:`connect` opens TCP, then TLS with ALPN ``h2`` (or plaintext prior knowledge), and waits
+  for the server's SETTINGS; :func:`open_connection` also runs the reader in its own task group.
+- :class:`H2Connection` opens streams within the server's concurrent-stream limit, sends PING
+  after ``Timeouts.ping_interval`` of silence and fails the connection when no answer comes within
+  ``Timeouts.ping_timeout``. Whoever owns the connection runs :meth:`H2Connection.run` in their
+  task group.
+- :class:`H2Stream` is one request whose body and response body are both open byte streams.
 
-h2 moves to CLOSED on GOAWAY and then rejects every frame (python-hyper/h2#1181), even the rest
-of the same read. :class:`DrainingH2Connection` reopens its state machine as the GOAWAY frame is
-processed, so streams at or below ``last_stream_id`` can finish; we open no new streams there.
+After the server's GOAWAY, streams at or below ``last_stream_id`` can finish
+(:class:`~flux_sagemaker.h2core.DrainingH2Connection`); we open no new streams there.
 """
 
 from __future__ import annotations
 
-import collections
 import contextlib
-import copy
-import logging
 import math
 import ssl
 from collections.abc import AsyncIterator, Sequence
@@ -39,7 +28,6 @@ import anyio
 import anyio.abc
 import attrs
 import h2.config
-import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
@@ -47,18 +35,19 @@ import h2.settings
 from anyio.streams.tls import TLSAttribute
 
 from flux_sagemaker import errors
-
-
-class _NoHeaderTracing(logging.Filter):
-    """Drop hpack's DEBUG records: they print every header, ``authorization`` included."""
-
-    def filter(self, record: logging.LogRecord) -> bool:
-        return record.levelno > logging.DEBUG
-
-
-# Credentials and signatures must never reach logs; hpack traces header blocks at DEBUG.
-for _name in ("hpack.hpack", "hpack.table"):
-    logging.getLogger(_name).addFilter(_NoHeaderTracing())
+from flux_sagemaker.h2core import (
+    CLOSE_TIMEOUT,
+    DEFAULT_RECEIVE_WINDOW,
+    MAX_WINDOW,
+    NETWORK_ERRORS,
+    READ_SIZE,
+    DrainingH2Connection,
+    H2ConnectionBase,
+    error_code_name,
+    fresh_error,
+    wait_event,
+)
+from flux_sagemaker.h2stream import H2StreamBase
 
 __all__ = [
     "DEFAULT_RECEIVE_WINDOW",
@@ -70,13 +59,6 @@ __all__ = [
     "error_code_name",
     "open_connection",
 ]
-
-#: Default per-stream receive window: the most a stream buffers when its reader is slow.
-DEFAULT_RECEIVE_WINDOW = 1 << 20
-_MAX_WINDOW = 2**31 - 1
-_READ_SIZE = 65536
-_NETWORK_ERRORS = (OSError, anyio.BrokenResourceError, anyio.EndOfStream, anyio.ClosedResourceError)
-_CLOSE_TIMEOUT = 5.0
 
 
 def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
@@ -112,373 +94,8 @@ class Timeouts:
     """Client level: longest graceful close (draining after ``CloseStream``, releasing streams)."""
 
 
-def _fresh(exc: errors.FluxError) -> errors.FluxError:
-    """A copy of a stored error, so tasks raising it concurrently do not share one traceback."""
-    try:
-        new = copy.copy(exc)
-    except Exception:  # an error class that cannot be rebuilt from its args
-        return exc.with_traceback(None)
-    new.__cause__ = exc.__cause__
-    return new
-
-
-def error_code_name(code: int) -> str:
-    """Name an HTTP/2 error code (``CANCEL``), or show it in hex when unknown."""
-    try:
-        return h2.errors.ErrorCodes(code).name
-    except ValueError:
-        return f"0x{code:x}"
-
-
-class DrainingH2Connection(h2.connection.H2Connection):
-    """h2's connection with graceful GOAWAY: frames after a received GOAWAY are still processed.
-
-    Uses h2 internals (the per-frame handler, ``state_machine``, ``_data_to_send``); h2 4.x.
-    """
-
-    def _receive_goaway_frame(self, frame: Any) -> Any:
-        state, pending = self.state_machine.state, bytes(self._data_to_send)
-        result = super()._receive_goaway_frame(frame)
-        self.state_machine.state = state  # h2 set CLOSED
-        self._data_to_send[:0] = pending  # h2 dropped our queued WINDOW_UPDATEs and PING ACKs
-        return result
-
-
 @attrs.define(eq=False)
-class _StreamBase:
-    """Per-stream state shared by client and server streams: a receive queue and flow control."""
-
-    _conn: _H2Base = attrs.field(repr=False)
-    stream_id: int
-    _chunks: collections.deque[bytes] = attrs.field(
-        init=False, factory=collections.deque, repr=False
-    )
-    _buffered: int = attrs.field(init=False, default=0)
-    _remote_ended: bool = attrs.field(init=False, default=False)
-    _local_ended: bool = attrs.field(init=False, default=False)
-    _closed: bool = attrs.field(init=False, default=False)
-    _error: errors.FluxError | None = attrs.field(init=False, default=None)
-    _recv_event: anyio.Event | None = attrs.field(init=False, default=None, repr=False)
-    _send_event: anyio.Event | None = attrs.field(init=False, default=None, repr=False)
-
-    @property
-    def buffered(self) -> int:
-        """Bytes received and not yet read; never more than the stream's receive window."""
-        return self._buffered
-
-    def _wake_recv(self) -> None:
-        if self._recv_event is not None:
-            self._recv_event.set()
-            self._recv_event = None
-
-    def _wake_send(self) -> None:
-        if self._send_event is not None:
-            self._send_event.set()
-            self._send_event = None
-
-    def _fail(self, exc: errors.FluxError) -> None:
-        if self._error is None:
-            self._error = exc
-        self._wake_recv()
-        self._wake_send()
-
-    async def _receive(self, limit: float | None) -> bytes | None:
-        while not self._chunks:
-            if self._closed:
-                raise errors.UsageError(f"receive() on stream {self.stream_id} after aclose()")
-            if self._remote_ended:
-                return None
-            if self._error is not None:
-                raise _fresh(self._error)
-            if self._recv_event is None:
-                self._recv_event = anyio.Event()
-            if limit is None:
-                await self._recv_event.wait()
-                continue
-            try:
-                with anyio.fail_after(limit):
-                    await self._recv_event.wait()
-            except TimeoutError as exc:
-                msg = f"no data on stream {self.stream_id} for {limit} s"
-                raise errors.TimeoutError(msg) from exc
-        chunk = self._chunks.popleft()
-        self._buffered -= len(chunk)
-        await self._conn._acknowledge(self.stream_id, len(chunk))
-        return chunk
-
-    def _finished_then_reset(self) -> bool:
-        """A complete response then RST_STREAM(NO_ERROR) (RFC 9113 section 8.1): nothing to end."""
-        exc = self._error
-        return self._remote_ended and isinstance(exc, errors.StreamReset) and exc.error_code == 0
-
-    def _check_sendable(self) -> None:
-        if self._closed:
-            raise errors.UsageError(f"send on stream {self.stream_id} after aclose()")
-        if self._local_ended:
-            raise errors.UsageError(f"send on stream {self.stream_id} after its end")
-        if self._error is not None:
-            raise _fresh(self._error)
-
-    async def _send(self, data: bytes, end_stream: bool) -> None:
-        conn, h2c, sid = self._conn, self._conn._h2, self.stream_id
-        view = memoryview(data)
-        while True:
-            event = None
-            async with conn._write_lock:
-                try:
-                    if end_stream and not view and self._finished_then_reset():
-                        return
-                    self._check_sendable()
-                    window = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
-                    if view and window <= 0:
-                        event = self._send_event = self._send_event or anyio.Event()
-                    else:
-                        n = min(len(view), window)
-                        last = end_stream and n == len(view)
-                        if n:
-                            h2c.send_data(sid, bytes(view[:n]), end_stream=last)
-                        elif last:
-                            h2c.end_stream(sid)
-                        view = view[n:]
-                        if last:
-                            self._local_ended = True
-                            conn._on_local_end(self)
-                        if not view:
-                            return
-                except h2.exceptions.H2Error as exc:
-                    if self._error is not None:
-                        raise _fresh(self._error) from exc
-                    raise errors.LocalProtocolError(f"cannot send on stream {sid}: {exc}") from exc
-                finally:
-                    await conn._flush_locked()
-            if event is not None:
-                await conn._wait_window(event, sid)
-
-    async def _reset(self, error_code: int) -> None:
-        """Reset the stream unless it is already closed both ways; never raises, never hangs."""
-        conn = self._conn
-        if not (self._local_ended and self._remote_ended) and self._error is None:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(_CLOSE_TIMEOUT):
-                async with conn._write_lock:
-                    try:
-                        if conn._error is None:
-                            conn._h2.reset_stream(self.stream_id, error_code)
-                    except h2.exceptions.H2Error:
-                        pass  # h2 already considers the stream closed
-                    finally:
-                        await conn._flush_locked()
-        self._local_ended = self._remote_ended = True
-        if self._buffered:  # hand unread bytes back to the connection window
-            await conn._acknowledge(self.stream_id, self._buffered)
-        self._chunks.clear()
-        self._buffered = 0
-        conn._forget(self)
-
-
-class _H2Base:
-    """A connection's state shared by the client and the test server (see the module docstring)."""
-
-    _peer = "peer"
-
-    def __init__(
-        self,
-        stream: anyio.abc.ByteStream,
-        h2conn: h2.connection.H2Connection,
-        write_timeout: float | None,
-    ) -> None:
-        self._stream = stream
-        self._h2 = h2conn
-        self._write_timeout = write_timeout
-        self._write_lock = anyio.Lock(fast_acquire=True)  # no yield when uncontended
-        self._outbox = bytearray()
-        self._streams: dict[int, _StreamBase] = {}
-        self._error: errors.FluxError | None = None
-        self._closing = False
-        self._reader_scope: anyio.CancelScope | None = None
-        self._read_scope: anyio.CancelScope | None = None  # the current socket read (wakes timers)
-
-    @property
-    def error(self) -> errors.FluxError | None:
-        """The error that failed the connection, or ``None`` while it is healthy."""
-        return self._error
-
-    @property
-    def stream_count(self) -> int:
-        """Streams currently open (not yet closed both ways or reset)."""
-        return len(self._streams)
-
-    def _fail(self, exc: errors.FluxError) -> errors.FluxError:
-        """Store the first connection error, give it to every stream, stop the reader."""
-        if self._error is None:
-            self._error = exc
-            for stream in self._streams.values():
-                stream._fail(exc)
-            self._streams.clear()
-            self._on_failed()
-            if self._reader_scope is not None:
-                self._reader_scope.cancel()
-        return self._error
-
-    def _on_failed(self) -> None:
-        """Hook: wake anything else waiting on the connection."""
-
-    def _forget(self, stream: _StreamBase) -> None:
-        self._streams.pop(stream.stream_id, None)
-
-    def _on_local_end(self, stream: _StreamBase) -> None:
-        if stream._remote_ended:
-            self._forget(stream)
-
-    async def _flush_locked(self) -> None:
-        """Send everything h2 has queued; call with the write lock held."""
-        while True:
-            data = self._h2.data_to_send()
-            if self._outbox:
-                data = bytes(self._outbox) + data
-                self._outbox.clear()
-            if not data or self._error is not None:
-                return
-            timeout = self._write_timeout
-            deadline = math.inf if timeout is None else anyio.current_time() + timeout
-            try:
-                # Shielded: a cancelled half-written frame would corrupt the connection. One
-                # scope for shield and deadline: cancel scopes are the hot path's main cost.
-                with anyio.CancelScope(shield=True, deadline=deadline) as scope:
-                    await self._stream.send(data)
-            except _NETWORK_ERRORS as exc:
-                msg = f"connection to the {self._peer} lost while writing: {exc!r}"
-                raise self._fail(errors.ConnectionLost(msg)) from exc
-            if scope.cancelled_caught:
-                msg = f"writing to the {self._peer} took longer than {timeout} s"
-                raise self._fail(errors.TimeoutError(msg))
-
-    async def _flush_soon(self) -> None:
-        """Flush from the reader or a consumer without ever waiting for the lock."""
-        if self._write_lock.locked():
-            return  # the holder flushes everything before releasing
-        with anyio.CancelScope(shield=True):
-            async with self._write_lock:
-                await self._flush_locked()
-
-    async def _acknowledge(self, stream_id: int, size: int) -> None:
-        if self._error is not None or size == 0:
-            return
-        self._h2.acknowledge_received_data(size, stream_id)
-        pending = self._h2.data_to_send()
-        if pending:
-            self._outbox += pending
-            await self._flush_soon()
-
-    async def _wait_window(self, event: anyio.Event, stream_id: int) -> None:
-        try:
-            with anyio.fail_after(self._write_timeout):
-                await event.wait()
-        except TimeoutError as exc:
-            msg = (
-                f"the {self._peer} kept stream {stream_id}'s flow-control window closed "
-                f"for {self._write_timeout} s"
-            )
-            raise errors.TimeoutError(msg) from exc
-
-    def _timer_deadline(self) -> float:
-        return math.inf
-
-    async def _on_timer(self) -> None:
-        """Hook: called by the reader when ``_timer_deadline()`` passes."""
-
-    async def _before_read(self) -> None:
-        """Hook: called by the reader before each socket read."""
-
-    async def _read_loop(self) -> None:
-        while self._error is None:
-            await self._before_read()
-            try:
-                with anyio.CancelScope(deadline=self._timer_deadline()) as timer:
-                    self._read_scope = timer
-                    data = await self._stream.receive(_READ_SIZE)
-            except anyio.EndOfStream as exc:
-                raise errors.ConnectionLost(f"the {self._peer} closed the connection") from exc
-            except _NETWORK_ERRORS as exc:
-                if self._closing:
-                    return
-                raise errors.ConnectionLost(
-                    f"connection to the {self._peer} lost: {exc!r}"
-                ) from exc
-            if timer.cancelled_caught:
-                await self._on_timer()
-                continue
-            await self._feed(data)
-
-    async def _feed(self, data: bytes) -> None:
-        try:
-            events = self._h2.receive_data(data)
-        except h2.exceptions.ProtocolError as exc:
-            await self._flush_soon()  # h2 queued a GOAWAY explaining the error
-            msg = f"the {self._peer} broke the HTTP/2 protocol: {exc}"
-            raise errors.RemoteProtocolError(msg) from exc
-        self._on_bytes_received()
-        for event in events:
-            self._dispatch(event)
-        await self._flush_soon()
-
-    def _on_bytes_received(self) -> None:
-        """Hook: any bytes from the peer prove it is alive."""
-
-    def _dispatch(self, event: h2.events.Event) -> None:
-        streams = self._streams
-        match event:
-            case h2.events.DataReceived(stream_id=int(sid), data=bytes(data)):
-                fcl = event.flow_controlled_length or 0
-                stream = streams.get(sid)
-                if stream is None or stream._closed:
-                    self._h2.acknowledge_received_data(fcl, sid)
-                    return
-                if fcl > len(data):  # padding is not the consumer's to acknowledge
-                    self._h2.acknowledge_received_data(fcl - len(data), sid)
-                if data:
-                    stream._chunks.append(data)
-                    stream._buffered += len(data)
-                    stream._wake_recv()
-            case h2.events.StreamEnded(stream_id=int(sid)):
-                if (stream := streams.get(sid)) is not None:
-                    stream._remote_ended = True
-                    stream._wake_recv()
-                    if stream._local_ended:
-                        self._forget(stream)
-            case h2.events.StreamReset(stream_id=int(sid)):
-                if (stream := streams.get(sid)) is not None:
-                    code = int(event.error_code or 0)
-                    exc: errors.FluxError
-                    if event.remote_reset:
-                        name = error_code_name(code)
-                        exc = errors.StreamReset(
-                            f"the {self._peer} reset stream {sid} ({name})", error_code=code
-                        )
-                    else:
-                        exc = errors.RemoteProtocolError(
-                            f"stream {sid} broke the HTTP/2 protocol ({error_code_name(code)})"
-                        )
-                    stream._fail(exc)
-                    self._forget(stream)
-            case h2.events.WindowUpdated(stream_id=int(sid)):
-                if sid == 0:
-                    for stream in streams.values():
-                        stream._wake_send()
-                elif (stream := streams.get(sid)) is not None:
-                    stream._wake_send()
-            case h2.events.RemoteSettingsChanged():
-                for stream in streams.values():
-                    stream._wake_send()
-                self._on_event(event)
-            case _:
-                self._on_event(event)
-
-    def _on_event(self, event: h2.events.Event) -> None:
-        """Hook: events the shared dispatcher does not handle."""
-
-
-@attrs.define(eq=False)
-class H2Stream(_StreamBase):
+class H2Stream(H2StreamBase):
     """One HTTP/2 request whose body and response body are both open byte streams.
 
     Open it with :meth:`H2Connection.open_stream` (or the pool). All methods raise only
@@ -504,17 +121,13 @@ class H2Stream(_StreamBase):
     ) -> tuple[int, list[tuple[str, str]]]:
         """Wait up to ``timeout`` seconds for the response headers; return ``(status, headers)``."""
         if self.status is None:
-            try:
-                with anyio.fail_after(timeout):
-                    await self._headers_event.wait()
-            except TimeoutError as exc:
-                msg = f"no response headers on stream {self.stream_id} within {timeout} s"
-                raise errors.TimeoutError(msg) from exc
+            msg = f"no response headers on stream {self.stream_id} within {timeout} s"
+            await wait_event(self._headers_event, timeout, msg)
         if self.status is None:
             if self._error is None:
                 msg = f"stream {self.stream_id} ended without response headers"
                 raise errors.RemoteProtocolError(msg)
-            raise _fresh(self._error)
+            raise fresh_error(self._error)
         return self.status, self.headers
 
     async def send(self, data: bytes) -> None:
@@ -547,7 +160,7 @@ class H2Stream(_StreamBase):
         self._headers_event.set()
 
 
-class H2Connection(_H2Base):
+class H2Connection(H2ConnectionBase):
     """A client HTTP/2 connection; create it with :func:`connect`, then run :meth:`run`.
 
     Lifetime: ``connect()`` returns a connection whose handshake is done but whose reader is not
@@ -580,7 +193,7 @@ class H2Connection(_H2Base):
         # h2 adds ENABLE_CONNECT_PROTOCOL to the initial SETTINGS; some servers balk at it.
         del h2conn.local_settings[h2.settings.SettingCodes.ENABLE_CONNECT_PROTOCOL]
         h2conn.initiate_connection()
-        h2conn.increment_flow_control_window(_MAX_WINDOW - 65535)
+        h2conn.increment_flow_control_window(MAX_WINDOW - 65535)
         super().__init__(stream, h2conn, timeouts.write)
         self.timeouts = timeouts
         self.max_streams = max_streams
@@ -660,15 +273,11 @@ class H2Connection(_H2Base):
                         raise errors.LocalProtocolError(f"cannot open a stream: {exc}") from exc
                     finally:
                         await self._flush_locked()
-                try:
-                    with anyio.fail_after(self.timeouts.connect):
-                        await event.wait()
-                except TimeoutError as exc:
-                    msg = (
-                        f"no free stream slot within {self.timeouts.connect} s "
-                        f"(the server allows {self.max_concurrent_streams})"
-                    )
-                    raise errors.TimeoutError(msg) from exc
+                msg = (
+                    f"no free stream slot within {self.timeouts.connect} s "
+                    f"(the server allows {self.max_concurrent_streams})"
+                )
+                await wait_event(event, self.timeouts.connect, msg)
         finally:
             if reserved:
                 self._opening -= 1
@@ -677,7 +286,7 @@ class H2Connection(_H2Base):
 
     def _check_open(self) -> None:
         if self._error is not None:
-            raise _fresh(self._error)
+            raise fresh_error(self._error)
         if self._goaway is not None:
             code = self._goaway[0]
             raise errors.GoAway(
@@ -691,7 +300,7 @@ class H2Connection(_H2Base):
                 "start H2Connection.run() in a task group before opening streams"
             )
 
-    def _forget(self, stream: _StreamBase) -> None:
+    def _forget(self, stream: H2StreamBase) -> None:
         if self._streams.pop(stream.stream_id, None) is not None:
             if not self._streams:
                 self._idle_since = anyio.current_time()
@@ -785,9 +394,9 @@ class H2Connection(_H2Base):
             await self._flush_locked()
         while not self._settings_seen:
             if self._error is not None:
-                raise _fresh(self._error)
+                raise fresh_error(self._error)
             try:
-                data = await self._stream.receive(_READ_SIZE)
+                data = await self._stream.receive(READ_SIZE)
             except anyio.EndOfStream as exc:
                 raise errors.ConnectError(
                     "the server closed the connection during the HTTP/2 handshake"
@@ -801,7 +410,7 @@ class H2Connection(_H2Base):
         self._closing = True
         with anyio.CancelScope(shield=True):
             if self._error is None:
-                with anyio.move_on_after(_CLOSE_TIMEOUT):
+                with anyio.move_on_after(CLOSE_TIMEOUT):
                     async with self._write_lock:
                         with contextlib.suppress(h2.exceptions.H2Error):
                             self._h2.close_connection()
@@ -870,7 +479,7 @@ async def connect(
         ) from exc
     except errors.FluxError as exc:
         raise errors.ConnectError(f"{target} does not speak HTTP/2: {exc.message}") from exc
-    except (*_NETWORK_ERRORS, ssl.SSLError) as exc:
+    except (*NETWORK_ERRORS, ssl.SSLError) as exc:
         raise errors.ConnectError(f"could not connect to {target}: {exc!r}") from exc
     return conn
 

@@ -2,9 +2,9 @@
 
 ``H2Server(handler)`` listens on 127.0.0.1, port 0, plaintext (prior knowledge) or TLS with
 ALPN ``h2``. Each connection gets one reader task, and each request one task running
-``handler(stream)``. Streams use the same flow control and buffering as the client
-(:mod:`flux_sagemaker.transport`): request body bytes are acknowledged as the handler reads
-them, and ``send_data`` waits for the client's window, so a slow client blocks the handler.
+``handler(stream)``. Streams use the same flow control and buffering as the client (the
+shared core, :mod:`flux_sagemaker.h2core`): request body bytes are acknowledged as the handler
+reads them, and ``send_data`` waits for the client's window, so a slow client blocks the handler.
 
 Fault injection sits on :attr:`ServerStream.connection`: ``goaway()`` (graceful drain of the
 streams at or below ``last_stream_id``), ``abort()`` (drop TCP without a frame), ``pause()``
@@ -33,13 +33,13 @@ from anyio.abc import SocketAttribute
 from anyio.streams.tls import TLSStream
 
 from flux_sagemaker import errors
-from flux_sagemaker.transport import (
-    _MAX_WINDOW,
+from flux_sagemaker.h2core import (
     DEFAULT_RECEIVE_WINDOW,
+    MAX_WINDOW,
     DrainingH2Connection,
-    _H2Base,
-    _StreamBase,
+    H2ConnectionBase,
 )
+from flux_sagemaker.h2stream import H2StreamBase
 
 __all__ = ["H2Server", "Handler", "ServerConnection", "ServerStats", "ServerStream"]
 
@@ -58,7 +58,7 @@ class ServerStats:
 
 
 @attrs.define(eq=False)
-class ServerStream(_StreamBase):
+class ServerStream(H2StreamBase):
     """One request as the handler sees it."""
 
     method: str = attrs.field(kw_only=True)
@@ -113,7 +113,7 @@ class ServerStream(_StreamBase):
         await self._reset(error_code)
 
 
-class ServerConnection(_H2Base):
+class ServerConnection(H2ConnectionBase):
     """The server side of one HTTP/2 connection; handlers reach it as ``stream.connection``."""
 
     _peer = "client"
@@ -129,7 +129,7 @@ class ServerConnection(_H2Base):
             },
         )
         h2conn.initiate_connection()
-        h2conn.increment_flow_control_window(_MAX_WINDOW - 65535)
+        h2conn.increment_flow_control_window(MAX_WINDOW - 65535)
         super().__init__(stream, h2conn, server.write_timeout)
         self._server = server
         self._tg: anyio.abc.TaskGroup | None = None

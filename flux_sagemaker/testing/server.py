@@ -9,7 +9,6 @@ the audio it receives), injects faults (:mod:`.faults`) and records what each st
 from __future__ import annotations
 
 import itertools
-import json
 import ssl
 import uuid
 from collections import deque
@@ -17,42 +16,25 @@ from collections.abc import Mapping, Sequence
 from types import TracebackType
 from typing import Any
 
-import anyio
 import attrs
-import h2.errors
 from botocore.credentials import Credentials
 
-from ..core.eventstream import encode_headers, encode_message, encode_message_raw
 from ..core.settings import FluxSettings
-from ..errors import FluxError, ValidationError
+from ..errors import ValidationError
 from .bundle import NEWEST, BundleProfile
 from .certs import TestCA
 from .engine import EngineParams, FluxEngine, ScriptedTurn
-from .faults import Fault, FaultKind, RequestFailure
+from .faults import Fault, RequestFailure
 from .h2server import H2Server, ServerStream
-from .verifier import (
-    EventVerifier,
-    InputEnded,
-    InputEvent,
-    RequestVerifier,
-    VerificationFailure,
-)
+from .session import StreamSession
+from .session import payload_part as _payload_part  # noqa: F401 - benchmarks/codec.py uses it
+from .verifier import RequestVerifier, VerificationFailure
 
 __all__ = ["MockFluxEndpoint", "RecordedStream"]
 
 #: The credentials a MockFluxEndpoint accepts unless told otherwise (AWS's documented example).
 DEFAULT_ACCESS_KEY = "AKIDEXAMPLE"
 DEFAULT_SECRET_KEY = "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY"  # noqa: S105 - public example key
-
-_RESPONSE_HEADERS = encode_headers(
-    {
-        ":message-type": "event",
-        ":event-type": "PayloadPart",
-        ":content-type": "application/octet-stream",
-        "DataType": "UTF8",
-        "CompletionState": "COMPLETE",
-    }
-)
 
 
 @attrs.define(eq=False)
@@ -277,7 +259,7 @@ class MockFluxEndpoint:
             ],
         )
         record.status = 200
-        await _StreamSession(self, stream, record, events, engine).run()
+        await StreamSession(self, stream, record, events, engine).run()
 
     def _check_endpoint_name(self, name: str) -> None:
         if self.endpoint_name is not None and name != self.endpoint_name:
@@ -346,203 +328,3 @@ def _engine_params(settings: FluxSettings) -> EngineParams:
         "language_hints": settings.language_hints,
     }
     return attrs.evolve(params, **lists)
-
-
-def _payload_part(message: Mapping[str, Any]) -> bytes:
-    body = json.dumps(message, separators=(",", ":")).encode()
-    return encode_message_raw(_RESPONSE_HEADERS, body)
-
-
-def _exception_event(exception_type: str, message: str, error_code: str) -> bytes:
-    fields: dict[str, str] = {"Message": message}
-    if error_code:
-        fields["ErrorCode"] = error_code
-    return encode_message(
-        {
-            ":message-type": "exception",
-            ":exception-type": exception_type,
-            ":content-type": "application/json",
-        },
-        json.dumps(fields).encode(),
-    )
-
-
-@attrs.define(eq=False)
-class _StreamSession:
-    """One accepted stream: verify events, run the engine, inject the fault."""
-
-    endpoint: MockFluxEndpoint
-    stream: ServerStream
-    record: RecordedStream
-    events: EventVerifier
-    engine: FluxEngine
-    fault: Fault | None = None
-    latency: float = 0.0
-    stalled: bool = False
-    response_ended: bool = False
-    opened_at: float = 0.0
-
-    async def run(self) -> None:
-        self.fault = self.endpoint._fault_for(self.record.index)
-        self.record.fault = self.fault
-        self.opened_at = anyio.current_time()
-        if self.fault is not None and self.fault.kind is FaultKind.NO_CONNECTED:
-            # Answer 200 but say nothing, ever: the client's Connected timeout must fire.
-            self.fault = None
-            self.record.error = f"fault: {FaultKind.NO_CONNECTED.value}"
-            self.stalled = True
-        await self._send(self.engine.connected())
-        try:
-            while True:
-                chunk = await self.stream.receive()
-                if chunk is None:
-                    self.events.eof()
-                    break
-                for event in self.events.receive_data(chunk):
-                    if isinstance(event, InputEnded):
-                        self.record.input_ended = True
-                        self.record.inputs.append("END")
-                        continue
-                    if await self._on_event(event):
-                        return
-                if self.engine.closed and not self.response_ended:
-                    await self._end_response()
-        except VerificationFailure as exc:
-            self.record.error = str(exc)
-            await self._send_raw(
-                encode_message(
-                    {
-                        ":message-type": "error",
-                        ":error-code": exc.error_type,
-                        ":error-message": exc.message,
-                    }
-                )
-            )
-            await self._end_response()
-            return
-        except FluxError as exc:
-            # The client went away (reset, dropped connection): nothing left to answer.
-            self.record.error = self.record.error or str(exc)
-            return
-        if not self.response_ended:
-            await self._end_response()
-
-    async def _on_event(self, event: InputEvent) -> bool:
-        """Handle one input event; return True when the stream was broken off."""
-        self.record.inputs.append(event.data_type)
-        if event.data_type == "BINARY":
-            self.record.audio += event.payload
-            self.record.audio_events += 1
-            self.record.audio_event_sizes.append(len(event.payload))
-            if self._expired():
-                await self._break(
-                    FaultKind.MODEL_STREAM_ERROR,
-                    "ModelInvocationTimeExceeded",
-                    "Model invocation exceeded the maximum time",
-                )
-                return True
-            fault = self.fault
-            if (
-                fault is not None
-                and self.engine.audio_seconds_received + self._duration(event.payload)
-                >= fault.after_audio_s
-            ):
-                self.fault = None
-                if await self._strike(fault):
-                    return True
-            messages = self.engine.receive_audio(event.payload)
-        else:
-            text = event.payload.decode("utf-8", "replace")
-            self.record.texts.append(text)
-            messages = self.engine.receive_text(event.payload)
-        await self._send(messages)
-        return False
-
-    def _duration(self, payload: bytes) -> float:
-        params = self.engine.params
-        width = 4 if params.encoding == "linear32" else 2 if params.encoding == "linear16" else 1
-        return len(payload) / (width * params.sample_rate)
-
-    def _expired(self) -> bool:
-        limit = self.endpoint.max_stream_duration
-        return limit is not None and anyio.current_time() - self.opened_at >= limit
-
-    async def _strike(self, fault: Fault) -> bool:
-        kind = fault.kind
-        connection = self.stream.connection
-        self.record.error = f"fault: {kind.value}"
-        if kind is FaultKind.DROP_CONNECTION:
-            await connection.abort()
-            return True
-        if kind is FaultKind.GOAWAY:
-            await connection.goaway(error_code=0, last_stream_id=max(0, self.stream.stream_id - 2))
-            await connection.abort()
-            return True
-        if kind is FaultKind.RESET_STREAM:
-            await self.stream.reset(h2.errors.ErrorCodes.INTERNAL_ERROR)
-            return True
-        if kind is FaultKind.SILENT_CONNECTION:
-            # Hold the stream open on a peer that answers nothing, not even PINGs.
-            connection.pause()
-            await anyio.sleep_forever()
-        if kind is FaultKind.STALL:
-            self.stalled = True
-            return False
-        if kind is FaultKind.LATENCY:
-            self.latency = fault.latency
-            return False
-        if kind is FaultKind.END_STREAM:
-            await self._end_response()
-            return True
-        if kind is FaultKind.FLUX_ERROR:
-            await self._send(
-                [
-                    {
-                        "type": "Error",
-                        "sequence_id": self.engine.messages_sent,
-                        "code": fault.error_code or "INTERNAL_SERVER_ERROR",
-                        "description": "injected fault",
-                    }
-                ]
-            )
-            await self._end_response()
-            return True
-        if kind is FaultKind.INTERNAL_STREAM_FAILURE:
-            await self._break(kind, fault.error_code, "Internal stream failure")
-            return True
-        await self._break(kind, fault.error_code or "StreamBroken", "The model stream broke")
-        return True
-
-    async def _break(self, kind: FaultKind, error_code: str, message: str) -> None:
-        name = (
-            "InternalStreamFailure"
-            if kind is FaultKind.INTERNAL_STREAM_FAILURE
-            else "ModelStreamError"
-        )
-        await self._send_raw(_exception_event(name, message, error_code))
-        await self._end_response()
-
-    async def _send(self, messages: Sequence[dict[str, Any]]) -> None:
-        if self.stalled or self.response_ended:
-            return
-        for message in messages:
-            self.record.sent.append(message)
-            if (
-                message.get("type") == "TurnInfo"
-                and message.get("event") == "EndOfTurn"
-                and self.endpoint.script_scope == "endpoint"
-            ):
-                self.endpoint._turns_done += 1
-            if self.latency:
-                await anyio.sleep(self.latency)
-            await self._send_raw(_payload_part(message))
-
-    async def _send_raw(self, data: bytes) -> None:
-        if not self.response_ended:
-            await self.stream.send_data(data)
-
-    async def _end_response(self) -> None:
-        if self.response_ended:
-            return
-        self.response_ended = True
-        await self.stream.end()

@@ -1,0 +1,148 @@
+"""The per-stream half of the shared HTTP/2 core: a receive queue and flow-controlled sends.
+
+Internal, like :mod:`flux_sagemaker.h2core`. :class:`H2StreamBase` is the base of the client's
+:class:`~flux_sagemaker.transport.H2Stream` and the test server's
+:class:`~flux_sagemaker.testing.h2server.ServerStream`. Its connection
+(:class:`~flux_sagemaker.h2core.H2ConnectionBase`) fills the receive queue from the reader task;
+the stream acknowledges bytes as its consumer reads them, and never sends past the peer's window.
+"""
+
+from __future__ import annotations
+
+import collections
+
+import anyio
+import attrs
+import h2.exceptions
+
+from flux_sagemaker import errors
+from flux_sagemaker.h2core import CLOSE_TIMEOUT, H2ConnectionBase, fresh_error, wait_event
+
+__all__ = ["H2StreamBase"]
+
+
+@attrs.define(eq=False)
+class H2StreamBase:
+    """Per-stream state shared by client and server streams: a receive queue and flow control."""
+
+    _conn: H2ConnectionBase = attrs.field(repr=False)
+    stream_id: int
+    _chunks: collections.deque[bytes] = attrs.field(
+        init=False, factory=collections.deque, repr=False
+    )
+    _buffered: int = attrs.field(init=False, default=0)
+    _remote_ended: bool = attrs.field(init=False, default=False)
+    _local_ended: bool = attrs.field(init=False, default=False)
+    _closed: bool = attrs.field(init=False, default=False)
+    _error: errors.FluxError | None = attrs.field(init=False, default=None)
+    _recv_event: anyio.Event | None = attrs.field(init=False, default=None, repr=False)
+    _send_event: anyio.Event | None = attrs.field(init=False, default=None, repr=False)
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet read; never more than the stream's receive window."""
+        return self._buffered
+
+    def _wake_recv(self) -> None:
+        if self._recv_event is not None:
+            self._recv_event.set()
+            self._recv_event = None
+
+    def _wake_send(self) -> None:
+        if self._send_event is not None:
+            self._send_event.set()
+            self._send_event = None
+
+    def _fail(self, exc: errors.FluxError) -> None:
+        if self._error is None:
+            self._error = exc
+        self._wake_recv()
+        self._wake_send()
+
+    async def _receive(self, limit: float | None) -> bytes | None:
+        while not self._chunks:
+            if self._closed:
+                raise errors.UsageError(f"receive() on stream {self.stream_id} after aclose()")
+            if self._remote_ended:
+                return None
+            if self._error is not None:
+                raise fresh_error(self._error)
+            if self._recv_event is None:
+                self._recv_event = anyio.Event()
+            if limit is None:
+                await self._recv_event.wait()
+                continue
+            msg = f"no data on stream {self.stream_id} for {limit} s"
+            await wait_event(self._recv_event, limit, msg)
+        chunk = self._chunks.popleft()
+        self._buffered -= len(chunk)
+        await self._conn._acknowledge(self.stream_id, len(chunk))
+        return chunk
+
+    def _finished_then_reset(self) -> bool:
+        """A complete response then RST_STREAM(NO_ERROR) (RFC 9113 section 8.1): nothing to end."""
+        exc = self._error
+        return self._remote_ended and isinstance(exc, errors.StreamReset) and exc.error_code == 0
+
+    def _check_sendable(self) -> None:
+        if self._closed:
+            raise errors.UsageError(f"send on stream {self.stream_id} after aclose()")
+        if self._local_ended:
+            raise errors.UsageError(f"send on stream {self.stream_id} after its end")
+        if self._error is not None:
+            raise fresh_error(self._error)
+
+    async def _send(self, data: bytes, end_stream: bool) -> None:
+        conn, h2c, sid = self._conn, self._conn._h2, self.stream_id
+        view = memoryview(data)
+        while True:
+            event = None
+            async with conn._write_lock:
+                try:
+                    if end_stream and not view and self._finished_then_reset():
+                        return
+                    self._check_sendable()
+                    window = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
+                    if view and window <= 0:
+                        event = self._send_event = self._send_event or anyio.Event()
+                    else:
+                        n = min(len(view), window)
+                        last = end_stream and n == len(view)
+                        if n:
+                            h2c.send_data(sid, bytes(view[:n]), end_stream=last)
+                        elif last:
+                            h2c.end_stream(sid)
+                        view = view[n:]
+                        if last:
+                            self._local_ended = True
+                            conn._on_local_end(self)
+                        if not view:
+                            return
+                except h2.exceptions.H2Error as exc:
+                    if self._error is not None:
+                        raise fresh_error(self._error) from exc
+                    raise errors.LocalProtocolError(f"cannot send on stream {sid}: {exc}") from exc
+                finally:
+                    await conn._flush_locked()
+            if event is not None:
+                await conn._wait_window(event, sid)
+
+    async def _reset(self, error_code: int) -> None:
+        """Reset the stream unless it is already closed both ways; never raises, never hangs."""
+        conn = self._conn
+        if not (self._local_ended and self._remote_ended) and self._error is None:
+            with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
+                async with conn._write_lock:
+                    try:
+                        if conn._error is None:
+                            conn._h2.reset_stream(self.stream_id, error_code)
+                    except h2.exceptions.H2Error:
+                        pass  # h2 already considers the stream closed
+                    finally:
+                        await conn._flush_locked()
+        self._local_ended = self._remote_ended = True
+        if self._buffered:  # hand unread bytes back to the connection window
+            await conn._acknowledge(self.stream_id, self._buffered)
+        self._chunks.clear()
+        self._buffered = 0
+        conn._forget(self)
