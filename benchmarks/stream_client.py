@@ -84,6 +84,9 @@ class Workload:
         self.lag_max = 0.0
         self.late_ticks = 0
         self.sessions_done = 0
+        self.mark = (0.0, 0.0, 0)
+        self.ticks_sent = 0
+        self.warm_ticks = 0
 
     def _kwargs(self) -> dict[str, Any]:
         args = self.args
@@ -132,20 +135,18 @@ class Workload:
             if self.sessions_done == self.args.streams:
                 self.all_done.set()
 
-    async def pace(self) -> dict[str, Any]:
-        """Hand every client one stamped 20 ms frame per tick; return the CPU/RSS window."""
+    async def pace(self) -> None:
+        """Hand every client one stamped 20 ms frame per tick; record the CPU/RSS window."""
         frames, clients = self.frames, list(self.clients)
         warmup_ticks = round(self.args.warmup / FRAME_S)
         t0 = time.monotonic() + 0.05
         self.window = (t0 + warmup_ticks * FRAME_S, math.inf)
-        cpu0 = rss0 = t_cpu0 = 0.0
+        self.mark = (t0, time.process_time(), rss_bytes())
         pack = STAMP.pack
         give_up = t0 + self.args.max_wall_factor * self.n_frames * FRAME_S
-        sent_ticks = 0
         for k in range(self.n_frames):
             if k > warmup_ticks and time.monotonic() > give_up:
                 break  # hopelessly behind real time: stop, the run is reported as saturated
-            sent_ticks = k + 1
             due = t0 + k * FRAME_S
             delay = due - time.monotonic()
             if delay > 0:
@@ -156,15 +157,21 @@ class Workload:
                 if lag > FRAME_S:
                     self.late_ticks += 1
             if k == warmup_ticks:
-                t_cpu0, cpu0, rss0 = time.monotonic(), time.process_time(), rss_bytes()
+                self.mark = (time.monotonic(), time.process_time(), rss_bytes())
+                self.warm_ticks = k
             tail = frames[k % len(frames)][STAMP.size :]
             for client in clients:
                 await client.send_audio(pack(STAMP_MAGIC, time.monotonic()) + tail)
+            self.ticks_sent = k + 1
+
+    def window_summary(self) -> dict[str, Any]:
+        """The steady window: from the end of the warm-up to the last tick sent."""
         t_cpu1, cpu1, rss1 = time.monotonic(), time.process_time(), rss_bytes()
+        t_cpu0, cpu0, rss0 = self.mark
         self.window = (self.window[0], t_cpu1)
         return {
-            "audio_s_per_stream": (sent_ticks - warmup_ticks) * FRAME_S,
-            "ticks_sent": sent_ticks,
+            "audio_s_per_stream": max(0, self.ticks_sent - self.warm_ticks) * FRAME_S,
+            "ticks_sent": self.ticks_sent,
             "ticks_planned": self.n_frames,
             "t0": t_cpu0,
             "t1": t_cpu1,
@@ -174,6 +181,15 @@ class Workload:
             "rss_end": rss1,
         }
 
+    async def paced_window(self) -> dict[str, Any]:
+        """:meth:`pace` within a wall-clock bound (a tick can block on a drowning server)."""
+        limit = self.args.max_wall_factor * self.n_frames * FRAME_S + 10
+        with anyio.move_on_after(limit) as scope:
+            await self.pace()
+        window = self.window_summary()
+        window["aborted"] = scope.cancelled_caught
+        return window
+
     async def run(self) -> dict[str, Any]:
         """Connect every stream, stream, close; return the summary."""
         args = self.args
@@ -181,7 +197,7 @@ class Workload:
         close_s = 0.0
         if args.client == "none":
             self.clients = [_NullClient() for _ in range(args.streams)]
-            window = await self.pace()
+            window = await self.paced_window()
             pool_stats = None
         else:
             kwargs = self._kwargs()
@@ -193,12 +209,12 @@ class Workload:
                     await self.all_connected.wait()
                 open_all_s = time.monotonic() - t_open
                 rss_connected = rss_bytes()
-                window = await self.pace()
+                window = await self.paced_window()
                 t_close = time.monotonic()
-                async with anyio.create_task_group() as closers:
-                    for client in self.clients:
-                        closers.start_soon(_close_quietly, client, self.errors)
                 with anyio.move_on_after(30):
+                    async with anyio.create_task_group() as closers:
+                        for client in self.clients:
+                            closers.start_soon(_close_quietly, client, self.errors)
                     await self.all_done.wait()
                 close_s = time.monotonic() - t_close
                 pool_stats = pool.stats
@@ -212,6 +228,7 @@ class Workload:
             window["wall_s"] > 1.1 * window["audio_s_per_stream"]
             or self.late_ticks > 0
             or window["ticks_sent"] < window["ticks_planned"]
+            or window["aborted"]
         )
         sent_events = (
             sum(getattr(c, "stats", None).audio_events_sent for c in self.clients)

@@ -759,6 +759,10 @@ class FluxClient:
 
     async def _recover(self, failed: LiveStream, error: FluxError) -> None:
         self._current = None
+        if isinstance(error, StreamStalled | TimeoutError):
+            # A silent peer (no FIN, no RST) looks like this: open the next stream on a fresh
+            # connection rather than behind this one's PING timeout.
+            failed.h2.connection.stop_new_streams()
         await self._retire(failed)
         try:
             stream = await self._open_with_retry(first_error=error)

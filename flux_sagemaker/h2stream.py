@@ -10,6 +10,7 @@ the stream acknowledges bytes as its consumer reads them, and never sends past t
 from __future__ import annotations
 
 import collections
+import contextlib
 
 import anyio
 import attrs
@@ -139,7 +140,9 @@ class H2StreamBase:
                     except h2.exceptions.H2Error:
                         pass  # h2 already considers the stream closed
                     finally:
-                        await conn._flush_locked()
+                        with contextlib.suppress(errors.FluxError):
+                            # The peer is gone: the error is stored on the connection.
+                            await conn._flush_locked()
         self._local_ended = self._remote_ended = True
         if self._buffered:  # hand unread bytes back to the connection window
             await conn._acknowledge(self.stream_id, self._buffered)

@@ -115,6 +115,13 @@ class H2Stream(H2StreamBase):
         super()._fail(exc)
         self._headers_event.set()
 
+    @property
+    def connection(self) -> H2Connection:
+        """The connection carrying this stream."""
+        conn = self._conn
+        assert isinstance(conn, H2Connection)
+        return conn
+
     async def response(
         self,
         timeout: float | None = None,  # noqa: ASYNC109 - part of the stream API
@@ -181,6 +188,7 @@ class H2Connection(H2ConnectionBase):
         max_streams: int | None = None,
     ) -> None:
         config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        self._suspect = False  # a stream here stalled: the peer may be gone without a word
         h2conn = DrainingH2Connection(config)
         h2conn.local_settings = h2.settings.Settings(
             client=True,
@@ -218,7 +226,13 @@ class H2Connection(H2ConnectionBase):
     @property
     def is_available(self) -> bool:
         """Whether new streams may be opened here (healthy, no GOAWAY, not closing)."""
-        return self._error is None and self._goaway is None and not self._closing
+        return (
+            self._error is None and self._goaway is None and not self._closing and not self._suspect
+        )
+
+    def stop_new_streams(self) -> None:
+        """Open no new stream here; streams already open go on, and the pool connects afresh."""
+        self._suspect = True
 
     @property
     def has_capacity(self) -> bool:

@@ -4,6 +4,7 @@ A real HTTP/2 server (:mod:`.h2server`) that checks what SageMaker checks (:mod:
 path, headers, the request's SigV4, every event's chained signature and CRC; the query string
 against Flux's parameter rules for the simulated bundle), plays Flux (:mod:`.engine`, clocked by
 the audio it receives), injects faults (:mod:`.faults`) and records what each stream received.
+This module accepts or refuses each request; :mod:`.session` serves the streams it accepts.
 """
 
 from __future__ import annotations

@@ -1,13 +1,12 @@
-"""Sans-I/O checks the mock endpoint makes: the SigV4 request, then every signed event.
+"""Sans-I/O check of the opening request the mock endpoint makes: SigV4, path and headers.
 
 :class:`RequestVerifier` checks the opening request the way an AWS front end does: it parses the
 ``authorization`` header, rebuilds the canonical request from the headers the client says it
 signed, lets botocore compute the signature with the client's own ``x-amz-date``, and compares.
 Failures raise :class:`VerificationFailure`, which carries the status and ``x-amzn-errortype``
-SageMaker would answer with. :class:`EventVerifier` then checks the request body: each
-envelope's CRCs (our decoder) and chained signature
-(:class:`~flux_sagemaker.core.signing.SignatureChain`, the same code that signs), and decodes the
-inner ``PayloadPart``.
+SageMaker would answer with. :meth:`RequestVerifier.event_verifier` then gives the
+:class:`~.event_verifier.EventVerifier` that checks the request body; this module re-exports
+that module's names too.
 
 Error types chosen where AWS's exact answer is not documented: constraint violations of the
 modelled fields are ``ValidationError``; a wrong content type or payload hash is
@@ -19,7 +18,6 @@ than ``max_skew`` away is ``InvalidSignatureException: Signature expired``, as A
 from __future__ import annotations
 
 import hmac
-import json
 import re
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -32,7 +30,6 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
-from flux_sagemaker.core.eventstream import EventStreamDecoder, Timestamp, decode_message
 from flux_sagemaker.core.request import (
     CONTENT_TYPE,
     HEADER_INVOCATION_PATH,
@@ -45,8 +42,15 @@ from flux_sagemaker.core.request import (
     validate_region,
     validate_target_variant,
 )
-from flux_sagemaker.core.signing import ALGORITHM, SERVICE, SignatureChain
-from flux_sagemaker.errors import FrameError, RemoteProtocolError, ValidationError
+from flux_sagemaker.core.signing import ALGORITHM, SERVICE
+from flux_sagemaker.errors import ValidationError
+from flux_sagemaker.testing.event_verifier import (
+    EventVerifier,
+    InputEnded,
+    InputEvent,
+    VerifiedEvent,
+)
+from flux_sagemaker.testing.rejections import EventSignatureError, VerificationFailure
 
 __all__ = [
     "EventSignatureError",
@@ -72,33 +76,6 @@ _MUST_SIGN_IF_PRESENT: Final = (
     HEADER_QUERY_STRING,
     HEADER_TARGET_VARIANT,
 )
-_DATA_TYPES: Final = frozenset({"BINARY", "UTF8"})
-
-
-class VerificationFailure(RemoteProtocolError):
-    """The request (or its body) is not what SageMaker accepts; answer with this error.
-
-    Attributes:
-        status: The HTTP status SageMaker would answer with.
-        error_type: The ``x-amzn-errortype`` value, e.g. ``"InvalidSignatureException"``.
-        message: The explanation, for the JSON body.
-    """
-
-    def __init__(self, status: int, error_type: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.error_type = error_type
-
-    def __str__(self) -> str:
-        return f"{self.error_type} ({self.status}): {self.message}"
-
-    def body(self) -> bytes:
-        """The JSON error body, ``{"message": ...}``."""
-        return json.dumps({"message": self.message}).encode()
-
-
-class EventSignatureError(VerificationFailure):
-    """An envelope of the request body failed: bad signature, CRC, framing or inner message."""
 
 
 def _denied(error_type: str, message: str) -> VerificationFailure:
@@ -362,153 +339,4 @@ class RequestVerifier:
             access_key=access_key,
             seed_signature=signature,
             amz_date=amz_date,
-        )
-
-
-@attrs.frozen
-class InputEvent:
-    """One verified ``PayloadPart`` of the request body."""
-
-    data_type: str
-    """``"BINARY"`` (audio) or ``"UTF8"`` (a JSON control message)."""
-    payload: bytes = attrs.field(repr=lambda p: f"<{len(p)} bytes>")
-    """The part's bytes."""
-    date_ms: int
-    """The envelope's ``:date``, milliseconds since the epoch."""
-    headers: Mapping[str, object] = attrs.field(repr=False)
-    """All headers of the inner message."""
-    completion_state: str | None = None
-    """``"PARTIAL"``, ``"COMPLETE"`` or ``None``."""
-
-
-@attrs.frozen
-class InputEnded:
-    """The final empty envelope arrived: the client sends no more events."""
-
-    date_ms: int
-    """The envelope's ``:date``, milliseconds since the epoch."""
-
-
-VerifiedEvent = InputEvent | InputEnded
-
-
-def _bad_event(message: str) -> EventSignatureError:
-    return EventSignatureError(400, "ValidationError", message)
-
-
-@attrs.define(eq=False)
-class EventVerifier:
-    """Verifies the request body: feed it bytes, get the events back once their signatures check.
-
-    After any :class:`EventSignatureError` the verifier is broken and keeps raising.
-    """
-
-    secret_key: str = attrs.field(repr=False, kw_only=True)
-    """The secret key of the access key that signed the request."""
-    region: str = attrs.field(kw_only=True)
-    """The region of the request's credential scope."""
-    seed_signature: str = attrs.field(repr=False, kw_only=True)
-    """The request's hex signature."""
-    service: str = attrs.field(default=SERVICE, kw_only=True)
-    """The service of the credential scope."""
-    _chain: SignatureChain = attrs.field(init=False, repr=False)
-    _decoder: EventStreamDecoder = attrs.field(init=False, factory=EventStreamDecoder, repr=False)
-    _ended: bool = attrs.field(init=False, default=False)
-    _error: EventSignatureError | None = attrs.field(init=False, default=None, repr=False)
-
-    def __attrs_post_init__(self) -> None:
-        self._chain = SignatureChain(
-            self.secret_key, self.region, self.seed_signature, self.service
-        )
-
-    @property
-    def ended(self) -> bool:
-        """Whether the final empty envelope has arrived."""
-        return self._ended
-
-    def receive_data(self, data: bytes) -> list[VerifiedEvent]:
-        """Add body bytes; return the events of the envelopes they completed, in order.
-
-        Raises:
-            EventSignatureError: A bad signature (403 ``InvalidSignatureException``), or a bad
-                frame, inner message, or data after the final envelope (400 ``ValidationError``).
-        """
-        if self._error is not None:
-            raise self._error
-        try:
-            return self._receive(data)
-        except EventSignatureError as exc:
-            self._error = exc
-            raise
-
-    def eof(self) -> None:
-        """The body ended; raise :class:`EventSignatureError` if it ended inside an envelope."""
-        if self._decoder.buffered_bytes:
-            raise _bad_event(
-                f"the body ended inside an envelope ({self._decoder.buffered_bytes} bytes)"
-            )
-
-    def _receive(self, data: bytes) -> list[VerifiedEvent]:
-        if self._ended and data:
-            raise _bad_event("data after the final empty envelope")
-        try:
-            envelopes = self._decoder.receive_data(data)
-        except FrameError as exc:
-            raise _bad_event(f"malformed envelope: {exc.message}") from exc
-        events: list[VerifiedEvent] = []
-        for envelope in envelopes:
-            if self._ended:
-                raise _bad_event("data after the final empty envelope")
-            date = envelope.headers.get(":date")
-            sent = envelope.headers.get(":chunk-signature")
-            if len(envelope.headers) != 2 or not isinstance(date, Timestamp):
-                raise _bad_event(
-                    "an envelope must have exactly :date (timestamp) and :chunk-signature"
-                )
-            if not isinstance(sent, bytes) or len(sent) != 32:
-                raise _bad_event(":chunk-signature must be 32 bytes")
-            try:
-                _record, expected = self._chain.next_signature(int(date), envelope.payload)
-            except ValidationError as exc:
-                raise _bad_event(exc.message) from None
-            if not hmac.compare_digest(expected, sent):
-                raise EventSignatureError(
-                    403,
-                    "InvalidSignatureException",
-                    f"event at {int(date)} ms: the chunk signature we calculated "
-                    "does not match the one you provided",
-                )
-            if not envelope.payload:
-                self._ended = True
-                events.append(InputEnded(int(date)))
-            else:
-                events.append(self._inner_event(int(date), envelope.payload))
-        return events
-
-    def _inner_event(self, date_ms: int, payload: bytes) -> InputEvent:
-        try:
-            inner = decode_message(payload)
-        except FrameError as exc:
-            raise _bad_event(f"malformed inner message: {exc.message}") from exc
-        if inner.header_str(":message-type") != "event" or (
-            inner.header_str(":event-type") != "PayloadPart"
-        ):
-            raise _bad_event("the inner message must be a PayloadPart event")
-        data_type = inner.header_str("DataType")
-        if data_type not in _DATA_TYPES:
-            raise _bad_event(f"DataType must be BINARY or UTF8, got {data_type!r}")
-        if data_type == "UTF8":
-            try:
-                inner.payload.decode("utf-8")
-            except UnicodeDecodeError:
-                raise _bad_event("a UTF8 PayloadPart is not valid UTF-8") from None
-        completion = inner.header_str("CompletionState")
-        if completion not in (None, "PARTIAL", "COMPLETE"):
-            raise _bad_event(f"CompletionState must be PARTIAL or COMPLETE, got {completion!r}")
-        return InputEvent(
-            data_type=data_type,
-            payload=inner.payload,
-            date_ms=date_ms,
-            headers=dict(inner.headers),
-            completion_state=completion,
         )
