@@ -1,4 +1,4 @@
-"""Development sessions: ``nox -s tests``, ``lint``, ``typecheck``, ``docs``, ``bench``, ``soak``, ``interop``."""
+"""Development sessions: tests, lint, typecheck, docs, bench, soak and interop."""
 
 from __future__ import annotations
 
@@ -72,7 +72,7 @@ def lint(session: nox.Session) -> None:
 @nox.session(python="3.11")
 def typecheck(session: nox.Session) -> None:
     """mypy --strict on the package."""
-    _install(session, "testing", groups=("typecheck",))
+    _install(session, "testing", "pipecat", groups=("typecheck",))
     session.run("mypy", "--strict", "flux_sagemaker")
 
 

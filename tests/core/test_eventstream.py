@@ -6,7 +6,6 @@ import json
 import struct
 import uuid
 import zlib
-from pathlib import Path
 from typing import Any
 
 import attrs
@@ -34,7 +33,6 @@ from flux_sagemaker.core.eventstream import (
     encode_message_raw,
 )
 from flux_sagemaker.errors import FrameError, ValidationError
-
 from tests.conftest import VECTORS
 
 CAPTURE = VECTORS / "aws-sdk-capture"

@@ -110,7 +110,9 @@ def test_disabled_policy_never_acts() -> None:
         max_size=60,
     )
 )
-def test_next_wakeup_is_always_in_the_future_and_soon(steps: list[tuple[float, bool, bool, bool]]) -> None:
+def test_next_wakeup_is_always_in_the_future_and_soon(
+    steps: list[tuple[float, bool, bool, bool]],
+) -> None:
     t = timers(turn_silence_after=0.3, idle_interval=1.0, stall_timeout=0.5)
     now = 100.0
     for delta, audio, data, turn_open in steps:
@@ -137,7 +139,9 @@ def test_next_wakeup_is_always_in_the_future_and_soon(steps: list[tuple[float, b
         (200.0, 500.0, False, "credentials expire"),
     ],
 )
-def test_rollover_reasons(age: float, expire: float | None, boundary: bool, expected: str | None) -> None:
+def test_rollover_reasons(
+    age: float, expire: float | None, boundary: bool, expected: str | None
+) -> None:
     policy = RolloverPolicy()
     assert policy.due(age, credentials_expire_in=expire, at_boundary=boundary) == expected
 

@@ -28,7 +28,6 @@ from flux_sagemaker import (
     FluxClient,
     FluxError,
     FluxServerError,
-    FluxSettings,
     GoAway,
     InternalStreamFailure,
     KeepalivePolicy,
@@ -265,15 +264,17 @@ async def test_credentials_are_refreshed_before_they_expire() -> None:
         kwargs = endpoint.client_kwargs() | {"credentials": credentials}
         events: list[Any] = []
         with anyio.fail_after(30):
-            async with FluxClient(
-                "flux-ep",
-                **kwargs,
-                timeouts=FAST_TIMEOUTS,
-                rollover=RolloverPolicy(credential_margin=900.0, margin=0.2),
-            ) as flux:
-                async with anyio.create_task_group() as tg:
-                    tg.start_soon(stream_sample, flux)
-                    events.extend([event async for event in flux])
+            async with (
+                FluxClient(
+                    "flux-ep",
+                    **kwargs,
+                    timeouts=FAST_TIMEOUTS,
+                    rollover=RolloverPolicy(credential_margin=900.0, margin=0.2),
+                ) as flux,
+                anyio.create_task_group() as tg,
+            ):
+                tg.start_soon(stream_sample, flux)
+                events.extend([event async for event in flux])
     assert_turns_complete(events)
     rolls = [e for e in events if isinstance(e, StreamRolledOver)]
     assert rolls
@@ -300,7 +301,9 @@ async def test_without_retries_each_fault_raises_its_typed_error(
     kind: FaultKind, error: type[FluxError]
 ) -> None:
     # A silent peer must be caught by the PING timeout here, not by the stall watchdog.
-    keepalive = KeepalivePolicy(stall_timeout=None) if kind is FaultKind.SILENT_CONNECTION else WATCHDOG
+    keepalive = (
+        KeepalivePolicy(stall_timeout=None) if kind is FaultKind.SILENT_CONNECTION else WATCHDOG
+    )
     async with MockFluxEndpoint(
         script=SAMPLE.turns, faults=[Fault(kind=kind, after_audio_s=MID_TURN)]
     ) as endpoint:
@@ -405,7 +408,9 @@ async def test_close_while_reconnecting_still_drains_every_turn() -> None:
     ) as endpoint:
         events: list[Any] = []
         with anyio.fail_after(20):
-            async with FluxClient("flux-ep", **endpoint.client_kwargs(), timeouts=FAST_TIMEOUTS) as flux:
+            async with FluxClient(
+                "flux-ep", **endpoint.client_kwargs(), timeouts=FAST_TIMEOUTS
+            ) as flux:
                 await flux.send_audio(SAMPLE.pcm)
                 await flux.close()
                 events.extend([event async for event in flux])
