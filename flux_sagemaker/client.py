@@ -64,7 +64,7 @@ from .errors import (
     UsageError,
     ValidationError,
 )
-from .pool import ConnectionPool
+from .pool import ConnectionPool, default_pool
 from .streams import LiveStream, aclose_quietly, open_stream
 from .transport import Timeouts
 
@@ -144,7 +144,8 @@ class FluxClient:
         replay_buffer_bytes: Bound of the audio kept for replay after a failure.
         max_buffered_events: Events held for a slow consumer; beyond it the client stops
             reading, and HTTP/2 flow control slows the server down.
-        pool: A shared :class:`ConnectionPool`; default: a pool owned by this client.
+        pool: A :class:`ConnectionPool` to open streams from; default: the event loop's
+            shared pool, so clients of one process share one connection per endpoint.
     """
 
     def __init__(
@@ -204,8 +205,6 @@ class FluxClient:
         )
         self._tracker = TurnTracker()
         self._pool = pool
-        self._owns_pool = pool is None
-        self._pool_entered = False
         self._max_buffered_events = max_buffered_events
         self._stats = ClientStats()
         self._state = "new"
@@ -278,10 +277,8 @@ class FluxClient:
         self._task_group = task_group
         try:
             if self._pool is None:
-                self._pool = ConnectionPool()
-            if self._owns_pool:
-                await self._pool.__aenter__()
-                self._pool_entered = True
+                # Clients given no pool share the event loop's: one connection per endpoint.
+                self._pool = await default_pool()
             stream = await self._open_with_retry(first_error=None)
             self._install(stream)
             self._state = "open"
@@ -315,21 +312,14 @@ class FluxClient:
                     await stream.h2.aclose()
         self._streams.clear()
         self._current = None
-        # Task groups exit in reverse order of entry, outside any scope opened here: the owned
-        # pool was entered inside our task group. Both cancel their own tasks, so neither hangs,
-        # and ours is exited even when the pool's exit raises (cancellation, Ctrl-C).
-        try:
-            if self._owns_pool and self._pool is not None and self._pool_entered:
-                self._pool_entered = False
-                await self._pool.__aexit__(None, None, None)
-        finally:
-            if self._task_group is not None:
-                task_group, self._task_group = self._task_group, None
-                task_group.cancel_scope.cancel()
-                try:
-                    await task_group.__aexit__(None, None, None)
-                except Exception:
-                    logger.exception("a Flux background task failed")
+        # Outside any scope opened here: our task group was entered before them.
+        if self._task_group is not None:
+            task_group, self._task_group = self._task_group, None
+            task_group.cancel_scope.cancel()
+            try:
+                await task_group.__aexit__(None, None, None)
+            except Exception:
+                logger.exception("a Flux background task failed")
         self._events_in.close()
         self._events_out.close()
 

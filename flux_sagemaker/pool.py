@@ -21,6 +21,7 @@ closes its connections.
 from __future__ import annotations
 
 import ssl
+import sys
 import weakref
 from collections.abc import Callable, Coroutine, Sequence
 from types import TracebackType
@@ -29,7 +30,6 @@ from typing import Any, Protocol
 import anyio
 import anyio.abc
 import attrs
-import sniffio
 
 from flux_sagemaker import errors
 from flux_sagemaker.h2core import DEFAULT_RECEIVE_WINDOW, fresh_error
@@ -292,8 +292,20 @@ _Spawner = Callable[[Callable[[], Coroutine[Any, Any, None]]], None]
 _asyncio_tasks: set[object] = set()  # strong references: asyncio only keeps weak ones
 
 
+def _running_trio() -> bool:
+    """Whether the caller runs under trio (anyio no longer ships sniffio)."""
+    trio = sys.modules.get("trio")
+    if trio is None:
+        return False
+    try:
+        trio.lowlevel.current_task()
+    except RuntimeError:
+        return False
+    return True
+
+
 def _loop_key_and_spawner() -> tuple[object, _Spawner]:
-    if sniffio.current_async_library() == "trio":
+    if _running_trio():
         import trio
 
         def spawn_trio(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:

@@ -16,8 +16,9 @@ FIRST_TURN_DONE = SAMPLE.pcm[: ms(3100)]
 
 
 async def _sessions(
-    endpoint: EndpointFactory, count: int, *, shared: bool
+    endpoint: EndpointFactory, count: int, *, pools: str
 ) -> tuple[int, dict[int, list[FluxEvent]]]:
+    """Run ``count`` sessions at once; ``pools`` is "shared", "own" or "default"."""
     results: dict[int, list[FluxEvent]] = {}
     async with endpoint(script_scope="stream") as ep:
 
@@ -26,14 +27,16 @@ async def _sessions(
                 # Each session sends its own slice of audio: sessions must not mix streams.
                 results[i] = await run_session(flux, FIRST_TURN_DONE, ms(80) + 2 * i)
 
-        if shared:
-            async with ConnectionPool() as pool, anyio.create_task_group() as tg:
-                for i in range(count):
-                    tg.start_soon(one, i, pool)
-        else:
-            async with anyio.create_task_group() as tg:
-                for i in range(count):
-                    tg.start_soon(one, i, None)
+        async def with_own_pool(i: int) -> None:
+            async with ConnectionPool() as pool:
+                await one(i, pool)
+
+        async with ConnectionPool() as shared, anyio.create_task_group() as tg:
+            for i in range(count):
+                if pools == "own":
+                    tg.start_soon(with_own_pool, i)
+                else:
+                    tg.start_soon(one, i, shared if pools == "shared" else None)
         assert len(ep.streams) == count
         for stream in ep.streams:
             assert bytes(stream.audio) == FIRST_TURN_DONE
@@ -43,7 +46,7 @@ async def _sessions(
 
 async def test_100_clients_share_one_connection(endpoint: EndpointFactory) -> None:
     with anyio.fail_after(TEST_TIMEOUT * 2):
-        connections, results = await _sessions(endpoint, 100, shared=True)
+        connections, results = await _sessions(endpoint, 100, pools="shared")
     assert connections == 1
     assert len(results) == 100
     for events in results.values():
@@ -55,7 +58,17 @@ async def test_clients_with_their_own_pools_use_their_own_connections(
     endpoint: EndpointFactory,
 ) -> None:
     with anyio.fail_after(TEST_TIMEOUT):
-        connections, results = await _sessions(endpoint, 5, shared=False)
+        connections, results = await _sessions(endpoint, 5, pools="own")
     assert connections == 5
+    for events in results.values():
+        assert [e.transcript for e in of_type(events, EndOfTurn)] == [SAMPLE.turns[0]]
+
+
+async def test_clients_without_a_pool_share_the_event_loops_pool(
+    endpoint: EndpointFactory,
+) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        connections, results = await _sessions(endpoint, 10, pools="default")
+    assert connections == 1
     for events in results.values():
         assert [e.transcript for e in of_type(events, EndOfTurn)] == [SAMPLE.turns[0]]
