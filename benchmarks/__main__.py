@@ -14,6 +14,7 @@ import json
 import os
 import shlex
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--py312-deepgram",
         default=os.environ.get("FLUX_BENCH_PY312_DEEPGRAM", "/work/venv312-deepgram/bin/python"),
     )
-    p.add_argument("--py-spy", default=os.environ.get("FLUX_BENCH_PY_SPY"), help="py-spy path")
+    p.add_argument(
+        "--py-spy",
+        default=os.environ.get("FLUX_BENCH_PY_SPY"),
+        help="py-spy executable (default: on PATH); profiles our client if found",
+    )
+    p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     p.add_argument("--profile-streams", type=int, help="profile our client at this N (default 500)")
     p.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
@@ -91,20 +97,22 @@ def run_streams(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 result["n"], result["coalesce_ms"] = n, coalesce
                 out["ours"].append(result)
-        top = max(args.streams)
-        _log(f"harness alone: {top} streams")
-        harness = streams.run_ours(
-            server, streams=top, duration=args.duration, coalesce_ms=0, client="none"
-        )
-        harness["n"] = top
-        out["harness"].append(harness)
-        if args.py_spy:
-            py_spy = profiling.py_spy_path(args.py_spy)
+        for n in args.streams:
+            _log(f"harness alone: {n} streams")
+            harness = streams.run_ours(
+                server, streams=n, duration=min(args.duration, 6.0), coalesce_ms=0, client="none"
+            )
+            harness["n"] = n
+            out["harness"].append(harness)
+        py_spy = None if args.no_profile else profiling.py_spy_path(args.py_spy)
+        if py_spy is None:
+            _log("py-spy not found: no profile (pip install py-spy, or --py-spy PATH)")
+        else:
             for coalesce in args.coalesce:
-                if py_spy is None:
-                    break
                 _log(f"profile: {args.profile_streams} streams, coalesce_ms={coalesce:g}")
-                raw = args.json.with_name(f"profile-{args.profile_streams}-{coalesce:g}.txt")
+                raw = Path(tempfile.gettempdir()) / (
+                    f"flux-bench-profile-{args.profile_streams}-{coalesce:g}.txt"
+                )
                 result = streams.run_ours(
                     server,
                     streams=args.profile_streams,
@@ -113,7 +121,9 @@ def run_streams(args: argparse.Namespace) -> dict[str, Any]:
                     py_spy=py_spy,
                     profile_out=raw,
                 )
-                analysis = profiling.analyze(raw) if raw.exists() else {"error": "no profile"}
+                analysis: dict[str, Any] = (
+                    profiling.analyze(raw) if raw.exists() else {"error": "no profile"}
+                )
                 analysis.update(n=args.profile_streams, coalesce_ms=coalesce, raw=str(raw.name))
                 analysis["cpu_ms_per_stream_second"] = result.get("cpu_ms_per_stream_second")
                 out["profiles"].append(analysis)

@@ -75,6 +75,12 @@ _RESPONSE_HEADERS = encode_headers(
 )
 
 
+def payload_part(message: dict[str, Any]) -> bytes:
+    """One Flux message as SageMaker frames it: a UTF8 ``PayloadPart`` event."""
+    body = json.dumps(message, separators=(",", ":")).encode()
+    return encode_message_raw(_RESPONSE_HEADERS, body)
+
+
 class StubEngine:
     """Flux's message cadence without its VAD: an ``Update`` per 240 ms of audio."""
 
@@ -292,8 +298,7 @@ class BenchEndpoint:
         parts = []
         for message in messages:
             message["bench_sent"] = time.monotonic()
-            body = json.dumps(message, separators=(",", ":")).encode()
-            parts.append(encode_message_raw(_RESPONSE_HEADERS, body))
+            parts.append(payload_part(message))
         self.recorder.messages_sent += len(parts)
         await stream.send_data(b"".join(parts))
 
@@ -316,7 +321,9 @@ def _record_stamps(rec: Recorder, payload: bytes, offset: int, now: float) -> No
         rec.coalesce_wait.append(last - stamp)
 
 
-async def _control(recorder: Recorder, cpu: array, cpu_times: array, done: anyio.Event) -> None:
+async def _control(
+    recorder: Recorder, cpu: array[float], cpu_times: array[float], done: anyio.Event
+) -> None:
     while True:
         line = await anyio.to_thread.run_sync(sys.stdin.readline)
         if not line:
@@ -338,7 +345,7 @@ async def _control(recorder: Recorder, cpu: array, cpu_times: array, done: anyio
     done.set()
 
 
-async def _sample_cpu(cpu: array, cpu_times: array) -> None:
+async def _sample_cpu(cpu: array[float], cpu_times: array[float]) -> None:
     while True:
         cpu_times.append(time.monotonic())
         cpu.append(time.process_time())

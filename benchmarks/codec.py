@@ -25,7 +25,8 @@ from botocore.credentials import ReadOnlyCredentials
 from flux_sagemaker.core.eventstream import EventStreamDecoder
 from flux_sagemaker.core.protocol import StreamProtocol
 from flux_sagemaker.core.signing import EventSigner
-from flux_sagemaker.testing.server import _payload_part
+
+from .bench_server import payload_part
 
 FRAME_SIZES = (640, 2560)  # 20 ms and 80 ms of 16 kHz linear16
 _CREDENTIALS = ReadOnlyCredentials("AKIDEXAMPLE", "wJalrXUtnFEMI/K7MDENG+bPxRfiCYEXAMPLEKEY", None)
@@ -152,7 +153,7 @@ def sdk(py312: str, events: int, repeats: int, wire: bytes) -> dict[str, Any]:
 
 def run(*, py312: str, events: int = 20000, repeats: int = 5) -> dict[str, Any]:
     """The whole section, as a JSON-ready dict."""
-    wire = _payload_part(RESPONSE_MESSAGE)
+    wire = payload_part(dict(RESPONSE_MESSAGE))
     result: dict[str, Any] = {
         "events": events,
         "repeats": repeats,

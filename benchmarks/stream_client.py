@@ -230,11 +230,7 @@ class Workload:
             or window["ticks_sent"] < window["ticks_planned"]
             or window["aborted"]
         )
-        sent_events = (
-            sum(getattr(c, "stats", None).audio_events_sent for c in self.clients)
-            if (args.client != "none")
-            else 0
-        )
+        sent_events = sum(c.stats.audio_events_sent for c in self.clients if hasattr(c, "stats"))
         return {
             "config": {
                 "streams": args.streams,
@@ -304,7 +300,9 @@ def main(argv: list[str] | None = None) -> None:
         import cProfile
 
         profiler = cProfile.Profile()
-        summary = profiler.runcall(anyio.run, workload.run, backend=args.backend)
+        summary: dict[str, Any] = profiler.runcall(
+            lambda: anyio.run(workload.run, backend=args.backend)
+        )
         profiler.dump_stats(args.profile)
     else:
         summary = anyio.run(workload.run, backend=args.backend)

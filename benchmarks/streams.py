@@ -70,7 +70,7 @@ def _run_sampled(
     command: list[str], *, cwd: Path, env: dict[str, str] | None, timeout: float
 ) -> tuple[str, str, int, int]:
     """Run ``command``; return stdout, stderr, exit code and peak RSS (bytes, psutil samples)."""
-    import psutil
+    import psutil  # type: ignore[import-untyped]
 
     proc = subprocess.Popen(
         command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
@@ -173,13 +173,17 @@ def run_peer(
     except ValueError:
         why = "killed after a timeout (hung)" if code == -9 else f"exit {code}"
         return {"error": f"{why}: {err.strip()[-600:]}"}
-    summary.pop("streams", None)  # per-stream detail: too long for the report
+    per_stream = summary.pop("streams", None) or []  # per-stream detail: too long to keep
+    summary["max_send_lag_ms"] = max(
+        (st.get("max_send_lag_ms", 0) for st in per_stream), default=None
+    )
     summary["peak_rss"] = peak
     summary["exit_code"] = code
     view = server.command(cmd="report", **{"from": start, "to": time.monotonic()})
     view.pop("cpu_samples", None)
     summary["server"] = view
-    return summary
+    peer: dict[str, Any] = summary
+    return peer
 
 
 def run_startup(server: ServerProcess, repeats: int) -> dict[str, Any]:

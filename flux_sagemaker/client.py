@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import random
 import ssl
+import time
 from collections import deque
 from collections.abc import Sequence
 from types import TracebackType
@@ -71,6 +73,10 @@ from .transport import Timeouts
 __all__ = ["ClientStats", "FluxClient", "FluxEvent"]
 
 logger = logging.getLogger("flux_sagemaker")
+
+# The session's timers only compare times taken here (sleeps are relative), and
+# time.monotonic() is far cheaper on the hot path than the event loop's clock via anyio.
+_now = time.monotonic
 
 FluxEvent = ServerMessage | ClientEvent
 
@@ -210,7 +216,8 @@ class FluxClient:
         self._state = "new"
         self._current: LiveStream | None = None
         self._streams: list[LiveStream] = []
-        self._send_lock = anyio.Lock()
+        # No yield when uncontended: send_audio is the hot path.
+        self._send_lock = anyio.Lock(fast_acquire=True)
         self._pending_configures: deque[_Ack] = deque()
         self._configure_lock = anyio.Lock()
         self._task_group: anyio.abc.TaskGroup | None = None
@@ -224,6 +231,7 @@ class FluxClient:
         self._attempts = 0
         self._request_id: str | None = None
         self._switching = False
+        self._sleep_until = math.inf  # when the supervisor looks again
         # Counts stream take-overs: audio events made before one must not be sent after it.
         self._epoch = 0
 
@@ -271,7 +279,7 @@ class FluxClient:
         if self._state != "new":
             raise UsageError("a FluxClient can be entered only once")
         self._state = "opening"
-        self._timers.start(anyio.current_time())
+        self._timers.start(_now())
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
         self._task_group = task_group
@@ -384,10 +392,14 @@ class FluxClient:
             return
         self._stats.audio_bytes_accepted += size
         self._replay.append(audio)
-        if self._timers.on_app_audio(
-            anyio.current_time(), self._seconds(size), pending=self._coalescer.pending_bytes > 0
+        now = _now()
+        if (
+            self._timers.on_app_audio(
+                now, self._seconds(size), pending=self._coalescer.pending_bytes > 0
+            )
+            and self._sleep_until > now + self._timers.coalesce_s
         ):
-            self._wake.set()  # start the flush timer
+            self._wake.set()  # the supervisor would sleep past the flush deadline
         if events:
             await self._send_events(events, self._epoch)
 
@@ -413,7 +425,7 @@ class FluxClient:
             return
         self._stats.audio_bytes_sent += len(audio)
         self._stats.audio_events_sent += 1
-        self._timers.on_audio_sent(anyio.current_time())
+        self._timers.on_audio_sent(_now())
         await self._write(stream, stream.proto.send_audio(audio))
 
     async def _flush_audio(self, stream: LiveStream) -> None:
@@ -599,7 +611,7 @@ class FluxClient:
             if error is not None:
                 if not (self._retry.enabled and error.retryable):
                     raise error
-                delay = backoff.next_delay(anyio.current_time())
+                delay = backoff.next_delay(_now())
                 if delay is None:
                     raise error
                 logger.info("Flux stream failed (%s); retrying in %.2f s", error, delay)
@@ -624,7 +636,7 @@ class FluxClient:
                 except FluxError as exc:
                     self._on_failure(stream, exc)
                     return
-                self._timers.on_server_data(anyio.current_time())
+                self._timers.on_server_data(_now())
                 proto = stream.proto
                 events = proto.receive_eof() if chunk is None else proto.receive_data(chunk)
                 for event in events:
@@ -855,13 +867,15 @@ class FluxClient:
     async def _supervise(self) -> None:
         """The session's timers: coalescing flush, keepalive silence, stall watchdog, rollover."""
         while self._state in ("open", "closing"):
-            now = anyio.current_time()
+            now = _now()
             next_at = now + 1.0
             current = self._current
             if current is not None and not current.retired and self._state == "open":
                 next_at = await self._tick(current, now)
-            self._wake = anyio.Event()
-            with anyio.move_on_after(max(0.0, next_at - anyio.current_time())):
+            if self._wake.is_set():
+                self._wake = anyio.Event()
+            self._sleep_until = next_at
+            with anyio.move_on_after(max(0.0, next_at - _now())):
                 await self._wake.wait()
 
     async def _tick(self, stream: LiveStream, now: float) -> float:
@@ -915,7 +929,7 @@ class FluxClient:
             self._stats.audio_bytes_sent += len(silence)
             self._stats.audio_events_sent += 1
             if duration is not None:
-                self._timers.on_audio_sent(anyio.current_time())
+                self._timers.on_audio_sent(_now())
             await self._write(stream, stream.proto.send_audio(silence))
 
 

@@ -211,6 +211,19 @@ class H2ConnectionBase:
                 msg = f"writing to the {self._peer} took longer than {timeout} s"
                 raise self._fail(errors.TimeoutError(msg))
 
+    async def _flush_or_join(self) -> None:
+        """Write what h2 has queued, unless a writer is at it: then it writes ours too.
+
+        The writer holding the lock loops until h2 has nothing left, and framing never awaits,
+        so frames queued while it awaits the socket go out in its next write.
+        """
+        if self._write_lock.locked():
+            return
+        async with self._write_lock:
+            await self._flush_locked()
+        if self._error is not None:
+            raise fresh_error(self._error)
+
     async def _flush_soon(self) -> None:
         """Flush from the reader or a consumer without ever waiting for the lock."""
         if self._write_lock.locked():

@@ -98,33 +98,37 @@ class H2StreamBase:
         view = memoryview(data)
         while True:
             event = None
-            async with conn._write_lock:
-                try:
-                    if end_stream and not view and self._finished_then_reset():
-                        return
-                    self._check_sendable()
-                    window = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
-                    if view and window <= 0:
-                        event = self._send_event = self._send_event or anyio.Event()
-                    else:
-                        n = min(len(view), window)
-                        last = end_stream and n == len(view)
-                        if n:
-                            h2c.send_data(sid, bytes(view[:n]), end_stream=last)
-                        elif last:
-                            h2c.end_stream(sid)
-                        view = view[n:]
-                        if last:
-                            self._local_ended = True
-                            conn._on_local_end(self)
-                        if not view:
-                            return
-                except h2.exceptions.H2Error as exc:
-                    if self._error is not None:
-                        raise fresh_error(self._error) from exc
-                    raise errors.LocalProtocolError(f"cannot send on stream {sid}: {exc}") from exc
-                finally:
-                    await conn._flush_locked()
+            done = False
+            # Framing is synchronous; only the socket write needs the lock. While one task
+            # writes, others just queue frames in h2, and the writer sends them all in its
+            # next write (it loops until h2 has nothing left): a group commit across streams.
+            try:
+                if end_stream and not view and self._finished_then_reset():
+                    return
+                self._check_sendable()
+                window = min(h2c.local_flow_control_window(sid), h2c.max_outbound_frame_size)
+                if view and window <= 0:
+                    event = self._send_event = self._send_event or anyio.Event()
+                else:
+                    n = min(len(view), window)
+                    last = end_stream and n == len(view)
+                    if n:
+                        h2c.send_data(sid, bytes(view[:n]), end_stream=last)
+                    elif last:
+                        h2c.end_stream(sid)
+                    view = view[n:]
+                    if last:
+                        self._local_ended = True
+                        conn._on_local_end(self)
+                    done = not view
+            except h2.exceptions.H2Error as exc:
+                if self._error is not None:
+                    raise fresh_error(self._error) from exc
+                raise errors.LocalProtocolError(f"cannot send on stream {sid}: {exc}") from exc
+            finally:
+                await conn._flush_or_join()
+            if done:
+                return
             if event is not None:
                 await conn._wait_window(event, sid)
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
@@ -42,7 +43,7 @@ class LiveStream:
     proto: StreamProtocol
     """Its protocol state: signer, decoder, parser."""
     opened_at: float
-    """Monotonic time at which ``Connected`` arrived."""
+    """``time.monotonic()`` at which ``Connected`` arrived."""
     credentials_expire_in: float | None
     """Seconds from ``opened_at`` until the signing credentials expire, or ``None``."""
     retired: bool = False
@@ -145,7 +146,7 @@ async def open_stream(
         await aclose_quietly(h2, timeouts.close)
         raise
     stream = LiveStream(
-        h2=h2, proto=proto, opened_at=anyio.current_time(), credentials_expire_in=expires_in
+        h2=h2, proto=proto, opened_at=time.monotonic(), credentials_expire_in=expires_in
     )
     return stream, early
 

@@ -1,0 +1,148 @@
+"""The benchmark harness's own arithmetic: stamps, percentiles, the stub engine, the report."""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+
+import pytest
+
+from benchmarks import profiling, report
+from benchmarks.bench_server import (
+    FRAME_BYTES,
+    STAMP,
+    STAMP_MAGIC,
+    Recorder,
+    StubEngine,
+    _record_stamps,
+    payload_part,
+)
+from benchmarks.stats import cpu_between, percentile, percentiles
+from flux_sagemaker.core.eventstream import decode_message
+
+
+def _frame(stamp: float | None) -> bytes:
+    body = bytes(FRAME_BYTES)
+    if stamp is None:
+        return body
+    return STAMP.pack(STAMP_MAGIC, stamp) + body[STAMP.size :]
+
+
+def test_percentile_is_nearest_rank() -> None:
+    values = [float(v) for v in range(1, 101)]
+    assert percentile(values, 50) == 50.0
+    assert percentile(values, 99) == 99.0
+    assert percentile(values, 100) == 100.0
+    summary = percentiles(list(reversed(values)))
+    assert (summary["n"], summary["p50"], summary["max"], summary["mean"]) == (
+        100,
+        50.0,
+        100.0,
+        50.5,
+    )
+
+
+def test_cpu_between_interpolates_samples() -> None:
+    samples = [[0.0, 1.0], [1.0, 2.0], [2.0, 4.0]]
+    assert cpu_between(samples, 0.5, 1.5) == pytest.approx(1.5)
+    assert cpu_between(samples[:1], 0.0, 1.0) is None
+
+
+def test_a_coalesced_event_times_its_last_frame_and_each_frame_wait() -> None:
+    recorder = Recorder()
+    event = _frame(10.00) + _frame(10.02) + _frame(10.04) + _frame(10.06)
+    _record_stamps(recorder, event, offset=0, now=10.07)
+    assert list(recorder.transport) == pytest.approx([0.01])
+    assert list(recorder.coalesce_wait) == pytest.approx([0.06, 0.04, 0.02, 0.0])
+
+
+def test_stamps_are_found_at_frame_boundaries_of_the_stream_not_of_the_event() -> None:
+    recorder = Recorder()
+    # The event starts mid-frame: half a frame, then a stamped frame.
+    event = bytes(FRAME_BYTES // 2) + _frame(5.0)
+    _record_stamps(recorder, event, offset=FRAME_BYTES // 2, now=5.5)
+    assert list(recorder.stamps) == [5.0]
+    unstamped = Recorder()
+    _record_stamps(unstamped, _frame(None) * 2, offset=0, now=1.0)  # a peer's plain audio
+    assert len(unstamped.stamps) == 0
+
+
+def test_stub_engine_speaks_at_flux_cadence() -> None:
+    engine = StubEngine()
+    assert [m["type"] for m in engine.connected()] == ["Connected"]
+    out = []
+    for _ in range(50):  # one second of 20 ms frames
+        out += engine.receive_audio(bytes(FRAME_BYTES))
+    assert [m["event"] for m in out] == ["StartOfTurn"] + ["Update"] * 4
+    assert [m["sequence_id"] for m in out] == [1, 2, 3, 4, 5]
+    assert out[-1]["audio_window_end"] == 0.96
+    assert [m["event"] for m in engine.receive_text(b'{"type":"CloseStream"}')] == ["EndOfTurn"]
+    assert engine.closed
+
+
+def test_payload_part_is_a_utf8_payload_part_event() -> None:
+    message = decode_message(payload_part({"type": "Connected", "bench_sent": 1.5}))
+    assert message.headers[":event-type"] == "PayloadPart"
+    assert message.headers["DataType"] == "UTF8"
+    assert json.loads(message.payload) == {"type": "Connected", "bench_sent": 1.5}
+
+
+def test_profile_buckets_skip_idle_and_start_up(tmp_path: Path) -> None:
+    raw = tmp_path / "raw.txt"
+    raw.write_text(
+        "main (x.py:1);Workload.pace (benchmarks/stream_client.py:9);"
+        "next_signature (flux_sagemaker/core/signing.py:3);digest (hmac.py:1) 3\n"
+        "main (x.py:1);_run_once (asyncio/base_events.py:1);select (selectors.py:468) 50\n"
+        "main (x.py:1);FluxClient.__init__ (flux_sagemaker/client.py:2) 7\n"
+        "main (x.py:1);Handle._run (asyncio/events.py:80) 1\n"
+    )
+    result = profiling.analyze(raw)
+    assert result["streaming_samples"] == 4
+    buckets = result["buckets_pct"]
+    assert isinstance(buckets, dict)
+    assert buckets["signing (core/signing.py, hashlib, hmac)"] == 75.0
+
+
+def test_report_renders_sections_and_ratios() -> None:
+    row = {"events_per_s": 1e5, "mb_per_s": 64.0, "us_per_event": 10.0}
+    slow = {"events_per_s": 2e4, "mb_per_s": 12.8, "us_per_event": 50.0}
+    results = {
+        "command": "python -m benchmarks --sections codec",
+        "elapsed_s": 1.0,
+        "machine": {
+            "date": "today",
+            "git_revision": "abc",
+            "cpu": "CPU",
+            "cores": 2,
+            "memory_gb": 1.0,
+            "os": "Linux",
+            "implementation": "CPython",
+            "python": "3.11",
+            "packages": {},
+        },
+        "codec": {
+            "events": 10,
+            "repeats": 1,
+            "response_wire_bytes": 500,
+            "ours": {
+                "encode_sign": {640: row, 2560: row},
+                "decode": {
+                    "frames + json.loads": row,
+                    "typed events (StreamProtocol.receive_data)": row,
+                },
+            },
+            "botocore": {"decode": slow},
+            "sdk": {"encode_sign": {"640": slow, "2560": slow}, "decode": slow},
+        },
+    }
+    text = report.render(results)
+    assert "## 1. Codec and signing" in text
+    assert "| encode + sign audio event, 640 B (20 ms) | AWS SDK: AWSEventPublisher.send " in text
+    assert "| 50.0 | 5.0 |" in text  # 50 µs against our 10 µs
+    assert "## 2." not in text
+
+
+def test_stamp_layout_is_magic_then_big_endian_double() -> None:
+    assert STAMP.size == 12
+    assert STAMP.pack(STAMP_MAGIC, 1.0) == b"FLXB" + struct.pack("!d", 1.0)
