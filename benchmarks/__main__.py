@@ -60,6 +60,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--no-profile", action="store_true", help="skip the py-spy profile")
     p.add_argument("--profile-streams", type=int, help="profile our client at this N (default 500)")
+    p.add_argument(
+        "--render-only",
+        action="store_true",
+        help="rewrite --output from --json (re-bucketing saved py-spy profiles) without running",
+    )
     p.add_argument("--output", type=Path, default=ROOT / "docs" / "benchmarks.md")
     p.add_argument("--json", type=Path, default=ROOT / "benchmarks" / "results.json")
     args = p.parse_args(argv)
@@ -105,7 +110,7 @@ def run_streams(args: argparse.Namespace) -> dict[str, Any]:
             harness["n"] = n
             out["harness"].append(harness)
         py_spy = None if args.no_profile else profiling.py_spy_path(args.py_spy)
-        if py_spy is None:
+        if py_spy is None and not args.no_profile:
             _log("py-spy not found: no profile (pip install py-spy, or --py-spy PATH)")
         else:
             for coalesce in args.coalesce:
@@ -161,6 +166,16 @@ def run_startup(args: argparse.Namespace) -> dict[str, Any]:
 def main(argv: list[str] | None = None) -> None:
     """Run the selected sections, write the JSON and the Markdown report."""
     args = parse_args(argv)
+    if args.render_only:
+        saved: dict[str, Any] = json.loads(args.json.read_text())
+        for entry in (saved.get("streams") or {}).get("profiles", []):
+            raw = Path(tempfile.gettempdir()) / str(entry.get("raw", ""))
+            if entry.get("raw") and raw.exists():
+                entry.update(profiling.analyze(raw))
+        args.json.write_text(json.dumps(saved, indent=1, default=str) + "\n")
+        args.output.write_text(report.render(saved))
+        _log(f"rewrote {args.output} from {args.json}")
+        return
     command = "python -m benchmarks " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     results: dict[str, Any] = {
         "command": command.strip(),

@@ -21,16 +21,28 @@ _LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ("core/eventstream.py", "core/protocol.py"),
     ),
     ("parsing server messages (core/events.py, json)", ("core/events.py", "json/")),
-    ("h2 state machine (h2, hpack, hyperframe)", ("/h2/", "/hpack/", "/hyperframe/")),
+    ("h2 state machine (h2, hpack, hyperframe)", ("(h2/", "(hpack/", "(hyperframe/")),
     (
-        "our HTTP/2 shell (transport.py, pool.py)",
-        ("flux_sagemaker/transport.py", "flux_sagemaker/pool.py"),
+        "our HTTP/2 shell (transport, h2core, h2stream, pool)",
+        (
+            "flux_sagemaker/transport.py",
+            "flux_sagemaker/h2core.py",
+            "flux_sagemaker/h2stream.py",
+            "flux_sagemaker/pool.py",
+        ),
     ),
     (
-        "client logic (client.py, core/audio.py, turns, recovery)",
-        ("flux_sagemaker/client.py", "core/audio.py", "core/turns.py", "core/recovery.py"),
+        "client logic (client.py, core: audio, timers, turns, recovery)",
+        (
+            "flux_sagemaker/client.py",
+            "core/audio.py",
+            "core/timers.py",
+            "core/turns.py",
+            "core/recovery.py",
+        ),
     ),
     ("benchmark harness (pacer, consumer)", ("benchmarks/stream_client.py",)),
+    ("TLS (ssl, anyio TLSStream)", ("(ssl.py", "anyio/streams/tls.py")),
     (
         "event loop, sockets, anyio (asyncio, anyio, selectors)",
         ("asyncio/", "anyio/", "selectors.py", "socket.py", "sniffio"),

@@ -341,8 +341,8 @@ def _targets(results: dict[str, Any]) -> str:
             rows.append(
                 [
                     f"≥ 10x less CPU per stream-second, default coalescing (N={n})",
-                    f"{_f(r, 1)}x vs AWS SDK; "
-                    f"{_f(_ratio(on['cpu_ms_per_stream_second'], dg), 1)}x vs Deepgram",
+                    f"{_f(r, 1)}x vs AWS SDK; Deepgram: "
+                    + (f"{_f(_ratio(on['cpu_ms_per_stream_second'], dg), 1)}x" if dg else "n/a"),
                     _met(r, 10),
                 ]
             )

@@ -872,11 +872,15 @@ class FluxClient:
             current = self._current
             if current is not None and not current.retired and self._state == "open":
                 next_at = await self._tick(current, now)
+            pending_since = self._timers.pending_since  # may have started during _tick
+            if pending_since is not None:
+                next_at = min(next_at, pending_since + self._timers.coalesce_s)
             if self._wake.is_set():
                 self._wake = anyio.Event()
             self._sleep_until = next_at
             with anyio.move_on_after(max(0.0, next_at - _now())):
                 await self._wake.wait()
+            self._sleep_until = -math.inf  # awake: the next round reads the timers anyway
 
     async def _tick(self, stream: LiveStream, now: float) -> float:
         """Do what the timers say is due; return when to look again."""
