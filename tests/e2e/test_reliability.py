@@ -193,14 +193,18 @@ async def test_throttled_reconnects_back_off_then_recover() -> None:
     assert_audio_delivered(endpoint, events)
 
 
-async def test_two_faults_in_a_row_recover_twice() -> None:
-    async with MockFluxEndpoint(
-        script=SAMPLE.turns,
-        faults=[
-            Fault(kind=FaultKind.RESET_STREAM, after_audio_s=MID_TURN),
-            Fault(kind=FaultKind.MODEL_STREAM_ERROR, after_audio_s=2.0, stream_index=1),
-        ],
-    ) as endpoint:
+@pytest.mark.parametrize(
+    "second",
+    [
+        Fault(kind=FaultKind.MODEL_STREAM_ERROR, after_audio_s=2.0, stream_index=1),
+        # Stream 1 breaks on its first replayed event, while the client is still replaying.
+        Fault(kind=FaultKind.RESET_STREAM, after_audio_s=0.0, stream_index=1),
+    ],
+    ids=["later", "during-replay"],
+)
+async def test_two_faults_in_a_row_recover_twice(second: Fault) -> None:
+    first = Fault(kind=FaultKind.RESET_STREAM, after_audio_s=MID_TURN)
+    async with MockFluxEndpoint(script=SAMPLE.turns, faults=[first, second]) as endpoint:
         events = await run_session(endpoint)
     assert_turns_complete(events)
     assert len([e for e in events if isinstance(e, Reconnected)]) == 2
@@ -417,19 +421,4 @@ async def test_close_while_reconnecting_still_drains_every_turn() -> None:
     assert_turns_complete(events)
     assert [e for e in events if isinstance(e, Reconnected)]
     assert endpoint.streams[-1].texts == ['{"type":"CloseStream"}']
-    assert_audio_delivered(endpoint, events)
-
-
-async def test_new_stream_failing_during_its_replay_is_recovered_too() -> None:
-    # Stream 1 breaks on its first replayed audio event, while the client is still replaying.
-    async with MockFluxEndpoint(
-        script=SAMPLE.turns,
-        faults=[
-            Fault(kind=FaultKind.RESET_STREAM, after_audio_s=MID_TURN),
-            Fault(kind=FaultKind.RESET_STREAM, after_audio_s=0.0, stream_index=1),
-        ],
-    ) as endpoint:
-        events = await run_session(endpoint)
-    assert_turns_complete(events)
-    assert len([e for e in events if isinstance(e, Reconnected)]) == 2
     assert_audio_delivered(endpoint, events)
