@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -83,11 +84,36 @@ def docs(session: nox.Session) -> None:
     session.run("mkdocs", "build", "--strict", "--site-dir", "site")
 
 
+# The peers the benchmarks compare against run under Python 3.12 in environments of their own:
+# deepgram-sagemaker 0.4 needs the AWS SDK 0.11, while the official client is measured at 0.12.
+PEER_REQUIREMENTS = {
+    "FLUX_BENCH_PY312": ["aws-sdk-sagemaker-runtime-http2==0.12.0", "smithy-http[awscrt]==0.6.0"],
+    "FLUX_BENCH_PY312_DEEPGRAM": ["deepgram-sdk==7.17.0", "deepgram-sagemaker==0.4.0"],
+}
+
+
+def _peer_pythons(session: nox.Session) -> dict[str, str]:
+    """Create (once) the peers' 3.12 environments; return their interpreters by variable."""
+    python312 = shutil.which("python3.12")
+    if python312 is None:
+        session.warn("python3.12 not found: the AWS SDK and Deepgram peers are skipped")
+        return {}
+    found = {}
+    for variable, requirements in PEER_REQUIREMENTS.items():
+        venv = ROOT / ".nox" / f"bench-peer-{variable.lower()}"
+        python = venv / "bin" / "python"
+        if not python.exists():
+            session.run(python312, "-m", "venv", str(venv), external=True)
+            session.run(str(python), "-m", "pip", "install", "-q", *requirements, external=True)
+        found[variable] = str(python)
+    return found
+
+
 @nox.session(python="3.11")
 def bench(session: nox.Session) -> None:
     """Run the benchmarks and rewrite docs/benchmarks.md (long; not part of CI)."""
     _install(session, "testing", groups=("bench",))
-    session.run("python", "-m", "benchmarks", *session.posargs)
+    session.run("python", "-m", "benchmarks", *session.posargs, env=_peer_pythons(session))
 
 
 @nox.session(python="3.11")
