@@ -211,7 +211,6 @@ class FluxClient:
         )
         self._tracker = TurnTracker()
         self._pool = pool
-        self._max_buffered_events = max_buffered_events
         self._stats = ClientStats()
         self._state = "new"
         self._current: LiveStream | None = None
