@@ -230,6 +230,7 @@ class FluxClient:
         self._attempts = 0
         self._request_id: str | None = None
         self._switching = False
+        self._switch_finished = anyio.Event()
         self._sleep_until = math.inf  # when the supervisor looks again
         # Counts stream take-overs: audio events made before one must not be sent after it.
         self._epoch = 0
@@ -340,6 +341,11 @@ class FluxClient:
         if self._state in ("closing", "closed"):
             return
         self._check_open("close")
+        if self._switching:
+            # A rollover in flight finishes first: its new stream is the one to close.
+            with anyio.move_on_after(self._timeouts.close):
+                await self._switch_finished.wait()
+            self._check_open("close")
         self._state = "closing"
         # One deadline for all of it: a sender blocked on flow control holds the send lock,
         # and a peer that stopped reading never opens the window for CloseStream either.
@@ -790,6 +796,7 @@ class FluxClient:
             await self._switch_to_new_stream(reason)
         finally:
             self._switching = False
+            self._switch_finished.set()
 
     async def _switch_to_new_stream(self, reason: str) -> None:
         old = self._current
@@ -910,6 +917,7 @@ class FluxClient:
         if reason is not None and not self._switching:
             # In its own task: the timers keep running while the next stream opens.
             self._switching = True
+            self._switch_finished = anyio.Event()
             self._task_group_start(self._switch_stream, reason)
         return next_at
 
