@@ -211,6 +211,13 @@ class H2ConnectionBase:
                 msg = f"writing to the {self._peer} took longer than {timeout} s"
                 raise self._fail(errors.TimeoutError(msg))
 
+    async def _after_queue(self, *, urgent: bool = False) -> None:
+        """A stream queued frames in h2: have them written (the client batches them).
+
+        ``urgent`` (a stream's END_STREAM) returns only once the frames were written.
+        """
+        await self._flush_or_join()
+
     async def _flush_or_join(self) -> None:
         """Write what h2 has queued, unless a writer is at it: then it writes ours too.
 

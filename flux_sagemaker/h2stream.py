@@ -126,7 +126,7 @@ class H2StreamBase:
                     raise fresh_error(self._error) from exc
                 raise errors.LocalProtocolError(f"cannot send on stream {sid}: {exc}") from exc
             finally:
-                await conn._flush_or_join()
+                await conn._after_queue(urgent=end_stream)
             if done:
                 return
             if event is not None:

@@ -68,6 +68,8 @@ def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: 
         )
         raise errors.ValidationError(msg)
 
+# Queued bytes beyond which a sender writes itself instead of leaving it to the writer task.
+_BATCH_HIGH_WATER = 256 * 1024
 
 @attrs.frozen
 class Timeouts:
@@ -189,6 +191,7 @@ class H2Connection(H2ConnectionBase):
     ) -> None:
         config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
         self._suspect = False  # a stream here stalled: the peer may be gone without a word
+        self._write_wanted: anyio.Event | None = None  # set while the writer task runs
         h2conn = DrainingH2Connection(config)
         h2conn.local_settings = h2.settings.Settings(
             client=True,
@@ -340,16 +343,51 @@ class H2Connection(H2ConnectionBase):
                 self._running = True
                 self._last_received = anyio.current_time()
                 task_status.started()
-                try:
-                    await self._read_loop()
-                except errors.FluxError as exc:
-                    self._fail(exc)
-                except Exception as exc:  # a bug here must not take the pool's task group down
-                    self._fail(errors.ConnectionLost(f"the HTTP/2 reader failed: {exc!r}"))
+                error: errors.FluxError | None = None
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(self._write_loop)
+                    try:
+                        await self._read_loop()
+                    except errors.FluxError as exc:
+                        error = exc
+                    except Exception as exc:  # a bug here must not take the pool's group down
+                        error = errors.ConnectionLost(f"the HTTP/2 reader failed: {exc!r}")
+                    tg.cancel_scope.cancel()
+                if error is not None:
+                    self._fail(error)
         finally:
             self._fail(errors.ConnectionLost("the connection was closed"))
             with anyio.CancelScope(shield=True):
                 await anyio.aclose_forcefully(self._stream)
+
+    async def _after_queue(self, *, urgent: bool = False) -> None:
+        # Batching: the frames every stream queues during one event-loop iteration leave in one
+        # socket write (one TLS record run, one syscall) from the writer task, instead of one
+        # write per audio event. Past the high-water mark a sender writes itself: back-pressure.
+        wanted = self._write_wanted
+        if wanted is None:  # no writer task (not started yet, or stopped)
+            await self._flush_or_join()
+            return
+        self._outbox += self._h2.data_to_send()
+        if urgent or len(self._outbox) >= _BATCH_HIGH_WATER:
+            async with self._write_lock:
+                await self._flush_locked()
+        else:
+            wanted.set()
+
+    async def _write_loop(self) -> None:
+        """The writer task: flush what the streams queued, once per wake-up."""
+        self._write_wanted = anyio.Event()
+        try:
+            while self._error is None:
+                await self._write_wanted.wait()
+                self._write_wanted = anyio.Event()  # later sends wake the next round
+                async with self._write_lock:
+                    await self._flush_locked()
+        except errors.FluxError:
+            pass  # stored by _fail, which also stops the reader
+        finally:
+            self._write_wanted = None
 
     def _timer_deadline(self) -> float:
         if self._ping_deadline is not None:
