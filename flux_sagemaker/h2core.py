@@ -9,11 +9,12 @@ stay cheap):
 
 - One reader task (:meth:`H2ConnectionBase._read_loop`) feeds h2 and routes events to the
   streams; subclasses add their own events (responses, requests) and timers (PING) via hooks.
-- Writes go straight through under one write lock; every lock holder flushes *all* of h2's
-  pending bytes before releasing it. The reader never waits for the lock: when it is held, the
-  holder will flush the reader's frames (WINDOW_UPDATE, PING ACK) too. So the reader keeps
-  draining the socket even while a writer is blocked, and two peers built this way cannot
-  deadlock with both send buffers full.
+- Socket writes happen under one write lock; every lock holder flushes *all* of h2's pending
+  bytes before releasing it. The reader never waits for the lock: when it is held, the holder
+  will flush the reader's frames (WINDOW_UPDATE, PING ACK) too. So the reader keeps draining
+  the socket even while a writer is blocked, and two peers built this way cannot deadlock with
+  both send buffers full. The client adds a writer task (:meth:`_after_queue`): the DATA frames
+  every stream queues in one event-loop iteration leave in one socket write.
 - Socket writes are shielded from cancellation and bounded by the write timeout: a half-written
   frame would corrupt the connection, and a write that times out fails the connection.
 - Receive flow control is acknowledged as the consumer reads, so a stream buffers at most its

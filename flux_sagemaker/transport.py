@@ -68,8 +68,10 @@ def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: 
         )
         raise errors.ValidationError(msg)
 
+
 # Queued bytes beyond which a sender writes itself instead of leaving it to the writer task.
 _BATCH_HIGH_WATER = 256 * 1024
+
 
 @attrs.frozen
 class Timeouts:

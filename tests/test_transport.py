@@ -432,3 +432,44 @@ def test_timeouts_are_validated() -> None:
     with pytest.raises(errors.ValidationError, match="ping_timeout"):
         Timeouts(ping_timeout=-1)
     assert Timeouts(read=None).read is None
+
+
+class _CountingStream:
+    """Wraps the client's socket stream and records every write."""
+
+    def __init__(self, inner: anyio.abc.ByteStream) -> None:
+        self.inner = inner
+        self.writes: list[int] = []
+
+    async def send(self, data: bytes) -> None:
+        self.writes.append(len(data))
+        await self.inner.send(data)
+
+    async def receive(self, max_bytes: int = 65536) -> bytes:
+        return await self.inner.receive(max_bytes)
+
+    async def send_eof(self) -> None:
+        await self.inner.send_eof()
+
+    async def aclose(self) -> None:
+        await self.inner.aclose()
+
+
+async def test_frames_queued_by_many_streams_leave_in_one_socket_write() -> None:
+    with anyio.fail_after(10):
+        async with serve_and_connect(echo) as (_server, conn):
+            streams = [await open_post(conn) for _ in range(20)]
+            await anyio.sleep(0.05)  # the HEADERS are out
+            counting = _CountingStream(conn._stream)
+            conn._stream = counting
+            for i, stream in enumerate(streams):  # one event-loop iteration: no send yields
+                await stream.send(b"frame %d" % i)
+            assert counting.writes == []  # queued: the writer task sends them together
+            for i, stream in enumerate(streams):
+                assert await stream.receive() == b"frame %d" % i
+            assert len(counting.writes) == 1
+            assert counting.writes[0] >= sum(9 + len(b"frame %d" % i) for i in range(20))  # 20 DATA
+            await streams[0].end_input()  # END_STREAM is written before end_input returns
+            assert len(counting.writes) == 2
+            for stream in streams:
+                await stream.aclose()
