@@ -223,7 +223,6 @@ class FluxClient:
         self._events_in, self._events_out = anyio.create_memory_object_stream[
             FluxEvent | FluxError
         ](max_buffered_events)
-        self._wake = anyio.Event()
         self._closed_event = anyio.Event()
         self._error: FluxError | None = None
         self._connected_delivered = False
@@ -231,7 +230,13 @@ class FluxClient:
         self._request_id: str | None = None
         self._switching = False
         self._switch_finished = anyio.Event()
-        self._sleep_until = math.inf  # when the supervisor looks again
+        # The supervisor sleeps in a cancel scope whose deadline send_audio moves as partial
+        # events come and go: no task switch per coalescing window in steady streaming.
+        self._alarm: anyio.CancelScope | None = None
+        self._look_at = -math.inf  # when the timers other than the flush need the supervisor
+        self._clock_offset = 0.0  # anyio's clock minus _now() (trio's clock has its own origin)
+        self._supervisor_rounds = 0
+        self._look_again = False  # a wake-up came while the supervisor was awake
         # Counts stream take-overs: audio events made before one must not be sent after it.
         self._epoch = 0
 
@@ -313,7 +318,7 @@ class FluxClient:
         """Free every stream and task; never hangs, never raises a group."""
         self._state = "closed"
         self._closed_event.set()
-        self._wake.set()
+        self._wake_supervisor()
         with anyio.CancelScope(shield=True):
             for stream in self._streams:
                 with anyio.move_on_after(self._timeouts.close):
@@ -397,14 +402,9 @@ class FluxClient:
             return
         self._stats.audio_bytes_accepted += size
         self._replay.append(audio)
-        now = _now()
-        if (
-            self._timers.on_app_audio(
-                now, self._seconds(size), pending=self._coalescer.pending_bytes > 0
-            )
-            and self._sleep_until > now + self._timers.coalesce_s
-        ):
-            self._wake.set()  # the supervisor would sleep past the flush deadline
+        pending = self._coalescer.pending_bytes > 0
+        if self._timers.on_app_audio(_now(), self._seconds(size), pending=pending):
+            self._set_alarm()
         if events:
             await self._send_events(events, self._epoch)
 
@@ -682,7 +682,7 @@ class FluxClient:
             event = observed
             if isinstance(event, EndOfTurn) and self._format.bytes_per_second:
                 self._replay.trim_to(self._format.byte_offset(event.audio_window_end))
-                self._wake.set()  # a turn boundary: the moment for a due rollover
+                self._wake_supervisor()  # a turn boundary: the moment for a due rollover
         await self._deliver(event)
 
     async def _on_stream_ended(self, stream: LiveStream) -> None:
@@ -758,7 +758,7 @@ class FluxClient:
         self._state = "closed"
         self._closed_event.set()
         self._events_in.close()
-        self._wake.set()
+        self._wake_supervisor()
 
     async def _deliver_then_close(self, error: FluxError) -> None:
         await self._deliver(error)
@@ -873,26 +873,48 @@ class FluxClient:
     async def _supervise(self) -> None:
         """The session's timers: coalescing flush, keepalive silence, stall watchdog, rollover."""
         while self._state in ("open", "closing"):
+            self._supervisor_rounds += 1
             now = _now()
-            next_at = now + 1.0
+            look_at = now + 1.0
             current = self._current
             if current is not None and not current.retired and self._state == "open":
-                next_at = await self._tick(current, now)
-            pending_since = self._timers.pending_since  # may have started during _tick
-            if pending_since is not None:
-                next_at = min(next_at, pending_since + self._timers.coalesce_s)
-            if self._wake.is_set():
-                self._wake = anyio.Event()
-            self._sleep_until = next_at
-            with anyio.move_on_after(max(0.0, next_at - _now())):
-                await self._wake.wait()
-            self._sleep_until = -math.inf  # awake: the next round reads the timers anyway
+                look_at = await self._tick(current, now)
+            if self._look_again:
+                self._look_again = False
+                continue
+            self._look_at = look_at
+            self._clock_offset = anyio.current_time() - _now()
+            with anyio.CancelScope(deadline=self._alarm_deadline()) as alarm:
+                self._alarm = alarm
+                await anyio.sleep_forever()
+            self._alarm = None
+
+    def _alarm_deadline(self) -> float:
+        """The supervisor's next look, on anyio's clock: its own timers or the flush."""
+        return min(self._look_at, self._timers.flush_at) + self._clock_offset
+
+    def _set_alarm(self) -> None:
+        """The flush deadline moved: move the sleeping supervisor's alarm (no task switch)."""
+        alarm = self._alarm
+        if alarm is not None:
+            deadline = self._alarm_deadline()
+            if alarm.deadline != deadline:
+                alarm.deadline = deadline
+
+    def _wake_supervisor(self) -> None:
+        """Have the supervisor look at its timers now (if awake: once more, right after)."""
+        if self._alarm is not None:
+            self._alarm.cancel()
+        else:
+            self._look_again = True
 
     async def _tick(self, stream: LiveStream, now: float) -> float:
-        """Do what the timers say is due; return when to look again."""
-        actions, next_at = self._timers.due(
+        """Do what the timers say is due; return when they next need a look (flush aside)."""
+        timers = self._timers
+        actions, _ = timers.due(
             now, turn_open=self._tracker.turn_open, consumer_blocked=self._events_full()
         )
+        next_at = timers.checks_due_at
         for action in actions:
             if isinstance(action, FlushAudio):
                 async with self._send_lock:

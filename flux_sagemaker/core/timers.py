@@ -164,6 +164,17 @@ class SessionTimers:
     """Duration of the application's last chunk: a turn is not quiet before two of them."""
     last_idle_ping: float = 0.0
     """When the idle keepalive last sent its one sample (too little audio to expect events)."""
+    checks_due_at: float = 0.0
+    """When the timers other than the coalescing flush need a look, as of the last :meth:`due`.
+
+    With :attr:`flush_at`, this lets the shell move its single alarm as audio comes and goes,
+    without waking up: ``min(checks_due_at, flush_at)``."""
+
+    @property
+    def flush_at(self) -> float:
+        """When the pending partial audio event is due (``inf`` when nothing is pending)."""
+        since = self.pending_since
+        return math.inf if since is None else since + self.coalesce_s
 
     def start(self, now: float) -> None:
         """A stream opened: every clock starts now."""
@@ -171,12 +182,16 @@ class SessionTimers:
         self.last_idle_ping = now
 
     def on_app_audio(self, now: float, chunk_s: float, *, pending: bool) -> bool:
-        """The application handed over a chunk; return whether a flush timer must start."""
+        """The application handed over a chunk; return whether :attr:`flush_at` moved.
+
+        It moves when a partial event starts waiting, and when a full event takes it away.
+        """
         self.last_app_audio = now
         self.last_chunk_s = chunk_s
         if not pending:
+            moved = self.pending_since is not None
             self.pending_since = None
-            return False
+            return moved
         if self.pending_since is None:
             self.pending_since = now
             return True
@@ -207,13 +222,9 @@ class SessionTimers:
         """
         actions: list[TimerAction] = []
         next_at = now + _MAX_SLEEP
-        if self.pending_since is not None:
-            flush_at = self.pending_since + self.coalesce_s
-            if now >= flush_at:
-                actions.append(FlushAudio())
-                self.pending_since = None
-            else:
-                next_at = min(next_at, flush_at)
+        if now >= self.flush_at:
+            actions.append(FlushAudio())
+            self.pending_since = None
         policy = self.policy
         if policy.turn_silence_after is not None and turn_open:
             gap = max(policy.turn_silence_after, 2 * self.last_chunk_s)
@@ -239,4 +250,5 @@ class SessionTimers:
             elif audio_flowing and not consumer_blocked:
                 actions.append(Stalled(quiet_for))
             # Otherwise quiet but excused: looked at again within _MAX_SLEEP.
-        return actions, max(next_at, now)
+        self.checks_due_at = max(next_at, now)
+        return actions, max(min(next_at, self.flush_at), now)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -48,6 +50,24 @@ def test_a_full_event_cancels_the_flush_timer() -> None:
     t.on_app_audio(100.0, 0.02, pending=True)
     t.on_app_audio(100.06, 0.02, pending=False)
     assert t.due(100.2, turn_open=False)[0] == []
+
+
+def test_flush_at_moves_as_partial_events_come_and_go() -> None:
+    t = timers()
+    _, next_at = t.due(100.0, turn_open=False)
+    assert t.flush_at == math.inf
+    assert t.checks_due_at == next_at
+    assert t.on_app_audio(100.01, 0.02, pending=True) is True  # a partial event starts
+    assert t.flush_at == pytest.approx(100.09)
+    assert t.on_app_audio(100.03, 0.02, pending=True) is False  # the same one grows
+    assert t.on_app_audio(100.05, 0.02, pending=False) is True  # a full event took it away
+    assert t.flush_at == math.inf
+    assert t.on_app_audio(100.07, 0.02, pending=False) is False
+    # due() returns the earlier of the two; checks_due_at leaves the flush out.
+    t.on_app_audio(100.1, 0.02, pending=True)
+    _, next_at = t.due(100.1, turn_open=False)
+    assert next_at == pytest.approx(100.18)
+    assert t.checks_due_at > next_at
 
 
 def test_open_turn_gets_real_time_silence_after_the_gap() -> None:

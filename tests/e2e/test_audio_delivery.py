@@ -100,3 +100,36 @@ async def test_control_messages_are_recorded_as_utf8_texts(endpoint: EndpointFac
         stream.inputs.index("UTF8")
     )
     assert bytes(stream.audio) == pcm
+
+
+async def test_a_partial_event_leaves_one_coalescing_window_later(
+    endpoint: EndpointFactory,
+) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as flux:
+            sent_at = anyio.current_time()
+            await flux.send_audio(SAMPLE.pcm[: ms(20)])
+            while not ep.streams or not ep.streams[0].audio_event_sizes:  # noqa: ASYNC110
+                await anyio.sleep(0.005)
+            waited = anyio.current_time() - sent_at
+            assert ep.streams[0].audio_event_sizes == [ms(20)]  # before close flushed anything
+    assert waited >= 0.07  # the 80 ms window, not sooner
+
+
+async def test_steady_audio_moves_the_flush_alarm_without_waking_the_timers(
+    endpoint: EndpointFactory,
+) -> None:
+    """Every 20 ms frame starts or ends a partial event; none of that is a timer wake-up."""
+    pcm = SAMPLE.pcm[: ms(2000)]
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as flux:
+            await anyio.sleep(0.05)
+            rounds = flux._supervisor_rounds
+            for offset in range(0, len(pcm), ms(20)):
+                await flux.send_audio(pcm[offset : offset + ms(20)])
+                await anyio.sleep(0.005)  # four frames well within one 80 ms window
+            woken = flux._supervisor_rounds - rounds
+            await flux.close()
+    assert bytes(ep.streams[0].audio) == pcm
+    assert ep.streams[0].audio_event_sizes == [ms(80)] * 25
+    assert woken <= 3  # the 1 s look at the other timers, not one per window (25)
