@@ -236,6 +236,9 @@ class H2ConnectionBase:
         """Flush from the reader or a consumer without ever waiting for the lock."""
         if self._write_lock.locked():
             return  # the holder flushes everything before releasing
+        self._outbox += self._h2.data_to_send()
+        if not self._outbox:
+            return  # most reads need no answer: spare the lock and the shield
         with anyio.CancelScope(shield=True):
             async with self._write_lock:
                 await self._flush_locked()

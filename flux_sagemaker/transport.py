@@ -26,6 +26,7 @@ from typing import Any
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 import h2.config
 import h2.errors
@@ -71,6 +72,8 @@ def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: 
 
 # Queued bytes beyond which a sender writes itself instead of leaving it to the writer task.
 _BATCH_HIGH_WATER = 256 * 1024
+# Queued bytes beyond which a sender yields once so that the writer task sends them.
+_BATCH_YIELD = 16 * 1024
 
 
 @attrs.frozen
@@ -370,12 +373,17 @@ class H2Connection(H2ConnectionBase):
         if wanted is None:  # no writer task (not started yet, or stopped)
             await self._flush_or_join()
             return
-        self._outbox += self._h2.data_to_send()
-        if urgent or len(self._outbox) >= _BATCH_HIGH_WATER:
+        outbox = self._outbox
+        outbox += self._h2.data_to_send()
+        if urgent or len(outbox) >= _BATCH_HIGH_WATER:
             async with self._write_lock:
                 await self._flush_locked()
         else:
             wanted.set()
+            if len(outbox) >= _BATCH_YIELD:
+                # Let the writer start on this batch while we queue the next: the peer
+                # gets frames as they are made, not after a long burst (latency).
+                await anyio.lowlevel.checkpoint()
 
     async def _write_loop(self) -> None:
         """The writer task: flush what the streams queued, once per wake-up."""

@@ -473,3 +473,21 @@ async def test_frames_queued_by_many_streams_leave_in_one_socket_write() -> None
             assert len(counting.writes) == 2
             for stream in streams:
                 await stream.aclose()
+
+
+async def test_a_long_burst_is_written_in_parts_as_it_is_queued() -> None:
+    """Past 16 KiB queued, a sender lets the writer go: the peer is not kept waiting."""
+    with anyio.fail_after(10):
+        async with serve_and_connect(echo) as (_server, conn):
+            streams = [await open_post(conn) for _ in range(40)]
+            await anyio.sleep(0.05)
+            counting = _CountingStream(conn._stream)
+            conn._stream = counting
+            for stream in streams:
+                await stream.send(b"x" * 1024)
+            for stream in streams:
+                assert await stream.receive() == b"x" * 1024
+            assert len(counting.writes) >= 2
+            assert sum(counting.writes) >= 40 * (9 + 1024)
+            for stream in streams:
+                await stream.aclose()

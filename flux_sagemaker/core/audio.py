@@ -117,7 +117,8 @@ def _as_view(data: object) -> memoryview:
     return view
 
 
-@attrs.define(eq=False)
+# Validated at construction only: a per-assignment hook costs every audio chunk.
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class AudioCoalescer:
     """Regroups pushed audio into sample-aligned events of ``target_ms`` to ``4 x target_ms``.
 
@@ -193,19 +194,20 @@ class AudioCoalescer:
             if target <= size <= MAX_EVENT_FACTOR * target:
                 return [data if isinstance(data, bytes) else view.tobytes()]
             if size < target:
-                self._buffer += view
+                self._buffer.extend(view)
                 return []
             return self._split(view)
-        self._buffer += view
-        if len(self._buffer) < target:
+        buffer = self._buffer
+        buffer.extend(view)
+        if len(buffer) < target:
             return []
-        if len(self._buffer) <= MAX_EVENT_FACTOR * target:
-            event = bytes(self._buffer)
-            self._buffer.clear()
+        if len(buffer) <= MAX_EVENT_FACTOR * target:
+            event = bytes(buffer)
+            buffer.clear()
             return [event]
-        with memoryview(self._buffer) as buffered:
+        with memoryview(buffer) as buffered:
             events = self._split(buffered, into_buffer=False)
-        del self._buffer[: len(events) * target]
+        del buffer[: len(events) * target]
         return events
 
     def _split(self, view: memoryview, *, into_buffer: bool = True) -> list[bytes]:
@@ -214,7 +216,7 @@ class AudioCoalescer:
         full = view.nbytes // target * target
         events = [view[start : start + target].tobytes() for start in range(0, full, target)]
         if into_buffer:
-            self._buffer += view[full:]
+            self._buffer.extend(view[full:])
         return events
 
     def flush(self) -> bytes | None:

@@ -151,7 +151,8 @@ class Backoff:
         self._started = None
 
 
-@attrs.define(eq=False)
+# Validated at construction only: a per-assignment hook costs every audio chunk.
+@attrs.define(eq=False, on_setattr=attrs.setters.NO_OP)
 class ReplayBuffer:
     """The audio sent since the last completed turn, bounded, on the session's byte timeline.
 
