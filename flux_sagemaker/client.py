@@ -202,6 +202,8 @@ class FluxClient:
         self._keepalive = keepalive if keepalive is not None else KeepalivePolicy()
         self._rollover = rollover if rollover is not None else RolloverPolicy()
         self._format = AudioFormat.from_settings(self._settings)
+        rate = self._format.bytes_per_second
+        self._byte_rate = rate or 0  # 0: no fixed byte rate (Opus, containers)
         self._coalescer = AudioCoalescer(self._format, target_ms=coalesce_ms)
         self._timers = SessionTimers(self._keepalive, coalesce_s=coalesce_ms / 1000)
         # Compressed or containerized audio cannot be cut at a turn boundary: no replay.
@@ -395,14 +397,16 @@ class FluxClient:
             ValidationError: ``audio`` is not bytes-like or not a whole number of samples.
             UsageError: the session is not open.
         """
-        self._check_open("send audio")
-        events = self._coalescer.push(audio)  # validates type and alignment first
-        size = memoryview(audio).nbytes
+        if self._state != "open":
+            self._check_open("send audio")
+        coalescer = self._coalescer
+        events = coalescer.push(audio)  # validates type and alignment first
+        size = len(audio) if type(audio) is bytes else memoryview(audio).nbytes
         if size == 0:
             return
         self._stats.audio_bytes_accepted += size
         self._replay.append(audio)
-        pending = self._coalescer.pending_bytes > 0
+        pending = coalescer.pending_bytes > 0
         if self._timers.on_app_audio(_now(), self._seconds(size), pending=pending):
             self._set_alarm()
         if events:
@@ -825,7 +829,8 @@ class FluxClient:
         await self._take_over(stream, old=old)
 
     def _seconds(self, n_bytes: int) -> float:
-        return self._format.duration(n_bytes) if self._format.bytes_per_second else 0.0
+        rate = self._byte_rate
+        return n_bytes / rate if rate else 0.0
 
     def _replay_window(self) -> tuple[float, float]:
         """Where the next stream's audio starts on the session timeline; how much is replayed."""

@@ -36,6 +36,7 @@ import h2.settings
 from anyio.streams.tls import TLSAttribute
 
 from flux_sagemaker import errors
+from flux_sagemaker.core.validators import number_in_range
 from flux_sagemaker.h2core import (
     CLOSE_TIMEOUT,
     DEFAULT_RECEIVE_WINDOW,
@@ -62,12 +63,7 @@ __all__ = [
 ]
 
 
-def _positive_or_none(instance: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value is not None and not (isinstance(value, int | float) and value > 0):
-        msg = (
-            f"Timeouts.{attribute.name} must be a positive number of seconds or None, got {value!r}"
-        )
-        raise errors.ValidationError(msg)
+_SECONDS_OR_NONE = number_in_range(0, above_low=True, optional=True, unit="seconds")
 
 
 # Queued bytes beyond which a sender writes itself instead of leaving it to the writer task.
@@ -85,19 +81,19 @@ class Timeouts:
     ``ping_timeout``; ``connected`` and ``close`` are the client's.
     """
 
-    connect: float | None = attrs.field(default=10.0, validator=_positive_or_none)
+    connect: float | None = attrs.field(default=10.0, validator=_SECONDS_OR_NONE)
     """TCP connect, TLS handshake and the server's first SETTINGS frame, together."""
-    read: float | None = attrs.field(default=None, validator=_positive_or_none)
+    read: float | None = attrs.field(default=None, validator=_SECONDS_OR_NONE)
     """Longest wait in ``H2Stream.receive()`` for the next chunk (PING still detects dead peers)."""
-    write: float | None = attrs.field(default=10.0, validator=_positive_or_none)
+    write: float | None = attrs.field(default=10.0, validator=_SECONDS_OR_NONE)
     """Longest socket write, and longest wait for the peer's flow-control window to open."""
-    ping_interval: float | None = attrs.field(default=20.0, validator=_positive_or_none)
+    ping_interval: float | None = attrs.field(default=20.0, validator=_SECONDS_OR_NONE)
     """Send a PING after this much silence from the peer; ``None`` disables keepalive."""
-    ping_timeout: float = attrs.field(default=10.0, validator=_positive_or_none)
+    ping_timeout: float = attrs.field(default=10.0, validator=_SECONDS_OR_NONE)
     """A PING unanswered for this long fails the connection with ``ConnectionLost``."""
-    connected: float | None = attrs.field(default=10.0, validator=_positive_or_none)
+    connected: float | None = attrs.field(default=10.0, validator=_SECONDS_OR_NONE)
     """Client level: longest wait after opening a stream for the response and ``Connected``."""
-    close: float = attrs.field(default=10.0, validator=_positive_or_none)
+    close: float = attrs.field(default=10.0, validator=_SECONDS_OR_NONE)
     """Client level: longest graceful close (draining after ``CloseStream``, releasing streams)."""
 
 

@@ -18,6 +18,7 @@ from typing import Final, Literal
 
 import attrs
 
+from flux_sagemaker.core.validators import number_in_range
 from flux_sagemaker.errors import ValidationError
 
 __all__ = ["DEFAULT_REPLAY_BYTES", "Backoff", "ReplayBuffer", "RetryPolicy"]
@@ -29,35 +30,22 @@ DEFAULT_REPLAY_BYTES: Final = 8 * 1024 * 1024
 Jitter = Literal["full", "equal", "none"]
 
 
-def _number(name: str, low: float, high: float) -> Callable[[object, object, object], None]:
-    def check(_instance: object, _attribute: object, value: object) -> None:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or not low <= value <= high
-        ):
-            raise ValidationError(f"{name} must be a number from {low} to {high}, got {value!r}")
-
-    return check
-
-
 @attrs.frozen
 class RetryPolicy:
     """How the client retries a stream that failed with a retryable error."""
 
     max_attempts: int = attrs.field(default=5)
     """Reconnect attempts after a failure, before giving up (0 disables retrying)."""
-    initial_backoff: float = attrs.field(default=0.1, validator=_number("initial_backoff", 0, 60))
+    initial_backoff: float = attrs.field(default=0.1, validator=number_in_range(0, 60))
     """Backoff ceiling of the first attempt, in seconds."""
-    max_backoff: float = attrs.field(default=5.0, validator=_number("max_backoff", 0, 300))
+    max_backoff: float = attrs.field(default=5.0, validator=number_in_range(0, 300))
     """Largest backoff ceiling, in seconds."""
-    multiplier: float = attrs.field(default=2.0, validator=_number("multiplier", 1, 10))
+    multiplier: float = attrs.field(default=2.0, validator=number_in_range(1, 10))
     """Growth of the ceiling per attempt."""
     jitter: Jitter = attrs.field(default="full")
     """``full``: uniform in ``[0, ceiling)``; ``equal``: in ``[ceiling/2, ceiling)``;
     ``none``: the ceiling itself."""
-    budget: float = attrs.field(default=30.0, validator=_number("budget", 0, 3600))
+    budget: float = attrs.field(default=30.0, validator=number_in_range(0, 3600))
     """Seconds from the first failure after which no new attempt starts."""
     enabled: bool = attrs.field(default=True)
     """``False`` turns retrying off: the first failure is raised."""

@@ -10,12 +10,10 @@ for a given ``now``, what is due and when to look again; the shell sleeps until 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
-from typing import Any
 
 import attrs
 
-from ..errors import ValidationError
+from .validators import number_in_range
 
 __all__ = [
     "SAGEMAKER_MAX_STREAM_SECONDS",
@@ -37,44 +35,23 @@ SILENCE_STEP = 0.08
 _MAX_SLEEP = 1.0
 
 
-def _seconds(
-    low: float, high: float, *, optional: bool = False
-) -> Callable[[Any, attrs.Attribute[Any], Any], None]:
-    def check(_instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
-        if value is None and optional:
-            return
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not math.isfinite(value)
-            or not low <= value <= high
-        ):
-            raise ValidationError(
-                f"{attribute.name} must be a number of seconds from {low} to {high}"
-                + (" or None" if optional else "")
-                + f", got {value!r}"
-            )
-
-    return check
-
-
 @attrs.frozen(kw_only=True)
 class KeepalivePolicy:
     """What the client sends on its own so that Flux keeps producing events."""
 
     turn_silence_after: float | None = attrs.field(
-        default=0.5, validator=_seconds(0.05, 60, optional=True)
+        default=0.5, validator=number_in_range(0.05, 60, optional=True, unit="seconds")
     )
     """While a turn is open and the application sends nothing for this long (or twice its
     last chunk, if longer), send silence in real time so that ``EndOfTurn`` still arrives.
     ``None`` disables it."""
     idle_interval: float | None = attrs.field(
-        default=10.0, validator=_seconds(0.1, 3600, optional=True)
+        default=10.0, validator=number_in_range(0.1, 3600, optional=True, unit="seconds")
     )
     """While no turn is open and no audio flows, send one silent sample this often so the
     stream stays alive (Deepgram's own harness uses 10 s). ``None`` disables it."""
     stall_timeout: float | None = attrs.field(
-        default=10.0, validator=_seconds(0.1, 3600, optional=True)
+        default=10.0, validator=number_in_range(0.1, 3600, optional=True, unit="seconds")
     )
     """Audio flowed but no server event arrived for this long: the stream is stalled
     (:class:`~flux_sagemaker.errors.StreamStalled`) and is recovered. ``None`` disables it."""
@@ -90,12 +67,15 @@ class RolloverPolicy:
     """When a long session moves to a fresh stream, before SageMaker's 30-minute limit."""
 
     max_stream_duration: float = attrs.field(
-        default=SAGEMAKER_MAX_STREAM_SECONDS - 30, validator=_seconds(1, 24 * 3600)
+        default=SAGEMAKER_MAX_STREAM_SECONDS - 30,
+        validator=number_in_range(1, 24 * 3600, unit="seconds"),
     )
     """A stream is switched over at the latest this long after it opened."""
-    margin: float = attrs.field(default=120.0, validator=_seconds(0, 3600))
+    margin: float = attrs.field(default=120.0, validator=number_in_range(0, 3600, unit="seconds"))
     """From ``max_stream_duration - margin`` on, switch at the first turn boundary."""
-    credential_margin: float = attrs.field(default=300.0, validator=_seconds(0, 3600))
+    credential_margin: float = attrs.field(
+        default=300.0, validator=number_in_range(0, 3600, unit="seconds")
+    )
     """Switch to a stream signed with fresh credentials this long before they expire."""
 
     def due(

@@ -1,0 +1,48 @@
+"""number_in_range: the attrs validator behind the policies and the transport timeouts."""
+
+from __future__ import annotations
+
+import math
+
+import attrs
+import pytest
+
+from flux_sagemaker.core.validators import number_in_range
+from flux_sagemaker.errors import ValidationError
+
+
+@attrs.define
+class Limits:
+    ratio: float = attrs.field(default=1.0, validator=number_in_range(0.5, 2))
+    wait: float | None = attrs.field(
+        default=None, validator=number_in_range(0, above_low=True, optional=True, unit="seconds")
+    )
+
+
+@pytest.mark.parametrize("ratio", [0.5, 1, 2, 1.25])
+def test_the_bounds_are_inclusive(ratio: float) -> None:
+    assert Limits(ratio=ratio).ratio == ratio
+
+
+@pytest.mark.parametrize("ratio", [0.49, 2.01, math.nan, math.inf, True, "1", None])
+def test_out_of_range_or_not_a_number_is_refused(ratio: object) -> None:
+    with pytest.raises(ValidationError, match=r"Limits\.ratio must be a number from 0.5 to 2, got"):
+        Limits(ratio=ratio)  # type: ignore[arg-type]
+
+
+def test_above_low_excludes_low_and_optional_allows_none() -> None:
+    assert Limits(wait=None).wait is None
+    assert Limits(wait=0.001).wait == 0.001
+    message = r"Limits\.wait must be a positive number of seconds or None, got 0"
+    with pytest.raises(ValidationError, match=message):
+        Limits(wait=0)
+    with pytest.raises(ValidationError, match="got -1"):
+        Limits(wait=-1)
+
+
+def test_an_open_upper_bound_is_described() -> None:
+    check = number_in_range(3, above_low=True)
+    attribute = attrs.fields(Limits).ratio
+    check(Limits(), attribute, 3.5)
+    with pytest.raises(ValidationError, match="must be a number above 3, got 3"):
+        check(Limits(), attribute, 3)
