@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shlex
 import sys
@@ -20,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import codec, machine, profiling, report, streams
+from .stats import median_run
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("codec", "streams", "startup")
@@ -42,6 +44,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--peer-streams", type=_ints, help="N values for the peers (default 1,10,100)")
     p.add_argument("--duration", type=float, help="seconds of audio per stream (default 15)")
     p.add_argument("--coalesce", type=_floats, default=[0, 80], help="coalesce_ms values")
+    p.add_argument(
+        "--repeats",
+        type=int,
+        help="rounds of the stream runs, ours and the peers interleaved; the median CPU run of "
+        "each configuration is reported (default 3)",
+    )
     p.add_argument("--engine", choices=("stub", "flux"), default="stub")
     p.add_argument("--verify", choices=("full", "off"), default="full")
     p.add_argument("--plaintext", action="store_true", help="our streams over h2c, not TLS")
@@ -75,6 +83,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.peer_streams = [1, 10] if quick else [1, 10, 100]
     if args.duration is None:
         args.duration = 4.0 if quick else 15.0
+    if args.repeats is None:
+        args.repeats = 1 if quick else 3
     if args.profile_streams is None:
         args.profile_streams = 100 if quick else 500
     args.sections = [s for s in args.sections.split(",") if s]
@@ -88,20 +98,53 @@ def _log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
+def _peer_cpu(run: dict[str, Any]) -> float | None:
+    value = ((run.get("cpu") or {}).get("steady") or {}).get("cpu_ms_per_stream_second")
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _peer_failed(result: dict[str, Any]) -> bool:
+    return "error" in result or result.get("totals", {}).get("streams_ok", 0) == 0
+
+
 def run_streams(args: argparse.Namespace) -> dict[str, Any]:
     """Section 2: ours (both coalescing modes), the harness alone, the peers; then a profile."""
     out: dict[str, Any] = {"ours": [], "harness": [], "peers": [], "profiles": []}
     server = streams.ServerProcess(tls=not args.plaintext, engine=args.engine, verify=args.verify)
+    ours: dict[tuple[int, float], list[dict[str, Any]]] = {}
+    peers: dict[tuple[str, int], list[dict[str, Any]]] = {}
+    peer_limit: dict[str, int] = {}  # a peer failed at this N: larger N are not run again
     try:
         out["server"] = {"tls": not args.plaintext, "engine": args.engine, "verify": args.verify}
-        for n in args.streams:
-            for coalesce in args.coalesce:
-                _log(f"ours: {n} streams, coalesce_ms={coalesce:g}")
-                result = streams.run_ours(
-                    server, streams=n, duration=args.duration, coalesce_ms=coalesce
-                )
-                result["n"], result["coalesce_ms"] = n, coalesce
-                out["ours"].append(result)
+        for round_ in range(1, args.repeats + 1):
+            for n in args.streams:
+                for coalesce in args.coalesce:
+                    _log(f"round {round_}: ours, {n} streams, coalesce_ms={coalesce:g}")
+                    result = streams.run_ours(
+                        server, streams=n, duration=args.duration, coalesce_ms=coalesce
+                    )
+                    result["n"], result["coalesce_ms"] = n, coalesce
+                    ours.setdefault((n, coalesce), []).append(result)
+            if args.no_peers:
+                continue
+            for which, python in (("aws", args.py312), ("deepgram", args.py312_deepgram)):
+                for n in args.peer_streams:
+                    if n >= peer_limit.get(which, math.inf):
+                        break  # it failed at this N in an earlier round: once is enough
+                    _log(f"round {round_}: peer {which}, {n} streams")
+                    result = streams.run_peer(
+                        which, python, server, streams=n, duration=args.duration
+                    )
+                    result["n"], result["which"] = n, which
+                    peers.setdefault((which, n), []).append(result)
+                    if _peer_failed(result):
+                        _log(f"peer {which} failed at {n} streams; skipping larger N")
+                        peer_limit[which] = n
+                        break
+        out["ours"] = [
+            median_run(runs, lambda r: r.get("cpu_ms_per_stream_second")) for runs in ours.values()
+        ]
+        out["peers"] = [median_run(runs, _peer_cpu) for runs in peers.values()]
         for n in args.streams:
             _log(f"harness alone: {n} streams")
             harness = streams.run_ours(
@@ -110,8 +153,9 @@ def run_streams(args: argparse.Namespace) -> dict[str, Any]:
             harness["n"] = n
             out["harness"].append(harness)
         py_spy = None if args.no_profile else profiling.py_spy_path(args.py_spy)
-        if py_spy is None and not args.no_profile:
-            _log("py-spy not found: no profile (pip install py-spy, or --py-spy PATH)")
+        if py_spy is None:
+            if not args.no_profile:
+                _log("py-spy not found: no profile (pip install py-spy, or --py-spy PATH)")
         else:
             for coalesce in args.coalesce:
                 _log(f"profile: {args.profile_streams} streams, coalesce_ms={coalesce:g}")
@@ -132,18 +176,6 @@ def run_streams(args: argparse.Namespace) -> dict[str, Any]:
                 analysis.update(n=args.profile_streams, coalesce_ms=coalesce, raw=str(raw.name))
                 analysis["cpu_ms_per_stream_second"] = result.get("cpu_ms_per_stream_second")
                 out["profiles"].append(analysis)
-        if not args.no_peers:
-            for which, python in (("aws", args.py312), ("deepgram", args.py312_deepgram)):
-                for n in args.peer_streams:
-                    _log(f"peer {which}: {n} streams")
-                    result = streams.run_peer(
-                        which, python, server, streams=n, duration=args.duration
-                    )
-                    result["n"], result["which"] = n, which
-                    out["peers"].append(result)
-                    if "error" in result or result.get("totals", {}).get("streams_ok", 0) == 0:
-                        _log(f"peer {which} failed at {n} streams; skipping larger N")
-                        break
     finally:
         server.close()
     return out

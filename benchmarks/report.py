@@ -166,6 +166,12 @@ def s_harness(results: dict[str, Any]) -> list[dict[str, Any]]:
     return runs
 
 
+def _spread(run: dict[str, Any]) -> str:
+    """Every round's CPU figure of a configuration, lowest to highest (median reported)."""
+    values = sorted(v for v in run.get("cpu_runs") or [] if v is not None)
+    return " / ".join(_f(v, 2) for v in values) if len(values) > 1 else ""
+
+
 def _streams(results: dict[str, Any]) -> str:
     s = results.get("streams")
     if not s:
@@ -179,7 +185,7 @@ def _streams(results: dict[str, Any]) -> str:
         if "error" in run:
             rows.append(
                 [str(run["n"]), _f(run["coalesce_ms"], 0), "error: " + run["error"][:80]]
-                + [""] * 10
+                + [""] * 11
             )
             continue
         server = run.get("server", {})
@@ -188,7 +194,7 @@ def _streams(results: dict[str, Any]) -> str:
             done = window["audio_s_per_stream"] / max(window["wall_s"], 1e-9)
             rows.append(
                 [str(run["n"]), _f(run["coalesce_ms"], 0)]
-                + [f"overloaded: {done:.0%} of real time"]
+                + [f"overloaded: {done:.0%} of real time", ""]
                 + [""] * 7
                 + [f"{run['error_count'] + server.get('error_count', 0)}", "yes", ""]
             )
@@ -200,6 +206,7 @@ def _streams(results: dict[str, Any]) -> str:
                 str(run["n"]),
                 _f(run["coalesce_ms"], 0),
                 f"{_f(cpu, 3)} ({_f(harness_cpu.get(run['n']), 3)})",
+                _spread(run),
                 _f(cpu * 1000 / eps if eps else None, 1),
                 _f(eps, 1),
                 _f(run["rss_per_stream"] / 1024, 0),
@@ -216,6 +223,7 @@ def _streams(results: dict[str, Any]) -> str:
         "N",
         "coalesce ms",
         "client CPU ms / stream-s (harness)",
+        "every round",
         "µs / event",
         "events / stream-s",
         "RSS KB / stream",
@@ -247,6 +255,13 @@ def _streams(results: dict[str, Any]) -> str:
             "In parentheses: the harness alone (the pacer's wake-ups and frame stamping for N "
             "streams, no client, same process setup), which the client figure includes.\n"
         )
+    rounds = results["options"].get("repeats") or 1
+    if rounds > 1:
+        text.append(
+            f"Each configuration ran in {rounds} rounds, ours and the peers interleaved; the run "
+            "with the median client CPU is the one shown, and *every round* lists all rounds' "
+            "CPU figures (this machine's figures wander by about ±20 % from run to run).\n"
+        )
     text.append(_peers(results))
     return "\n".join(text)
 
@@ -271,7 +286,7 @@ def _peers(results: dict[str, Any]) -> str:
         if "error" in run:
             rows.append(
                 [name, str(run["n"]), "error: " + str(run["error"])[-160:].replace("\n", " ")]
-                + [""] * 6
+                + [""] * 7
             )
             continue
         cpu = _peer_cpu(run)
@@ -283,6 +298,7 @@ def _peers(results: dict[str, Any]) -> str:
                 name,
                 str(run["n"]),
                 _f(cpu, 3),
+                _spread(run),
                 _f(cpu * 1000 / FRAME_EVENTS_PER_S if cpu else None, 1),
                 _f(marginal / 1024 if marginal else None, 0),
                 _f(run.get("peak_rss", 0) / 2**20, 0),
@@ -296,6 +312,7 @@ def _peers(results: dict[str, Any]) -> str:
         "client",
         "N",
         "CPU ms / stream-s (steady)",
+        "every round",
         "µs / event",
         "RSS KB / stream",
         "peak RSS MB",

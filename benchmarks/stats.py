@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 QUANTILES = (50, 90, 99, 99.9)
 
@@ -40,3 +41,17 @@ def cpu_between(samples: Sequence[Sequence[float]], start: float, end: float) ->
         return samples[0][1] if t < samples[0][0] else samples[-1][1]
 
     return at(end) - at(start)
+
+
+def median_run(
+    runs: list[dict[str, Any]], cpu: Callable[[dict[str, Any]], float | None]
+) -> dict[str, Any]:
+    """The run with the median CPU among those that measured one, with every run's CPU.
+
+    This machine's CPU figures wander by +-20 % from run to run; rounds that interleave our
+    client and the peers, and the median of them, keep that noise out of the ratios.
+    """
+    measured = sorted((r for r in runs if cpu(r) is not None), key=lambda r: cpu(r) or 0.0)
+    chosen = dict(measured[(len(measured) - 1) // 2] if measured else runs[-1])
+    chosen["cpu_runs"] = [cpu(r) for r in runs]
+    return chosen

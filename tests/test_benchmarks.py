@@ -18,7 +18,7 @@ from benchmarks.bench_server import (
     _record_stamps,
     payload_part,
 )
-from benchmarks.stats import cpu_between, percentile, percentiles
+from benchmarks.stats import cpu_between, median_run, percentile, percentiles
 from flux_sagemaker.core.eventstream import decode_message
 
 
@@ -141,6 +141,17 @@ def test_report_renders_sections_and_ratios() -> None:
     assert "| encode + sign audio event, 640 B (20 ms) | AWS SDK: AWSEventPublisher.send " in text
     assert "| 50.0 | 5.0 |" in text  # 50 µs against our 10 µs
     assert "## 2." not in text
+
+
+def test_the_median_run_is_reported_with_every_round() -> None:
+    runs = [{"cpu": 3.0, "id": "a"}, {"cpu": None, "id": "failed"}, {"cpu": 1.0, "id": "b"}]
+    runs.append({"cpu": 2.0, "id": "c"})
+    chosen = median_run(runs, lambda r: r["cpu"])
+    assert chosen["id"] == "c"  # of 1, 2, 3: the failed round has no figure
+    assert chosen["cpu_runs"] == [3.0, None, 1.0, 2.0]
+    assert report._spread(chosen) == "1.00 / 2.00 / 3.00"
+    assert median_run([{"cpu": None}], lambda r: r["cpu"])["cpu_runs"] == [None]
+    assert report._spread({"cpu_runs": [1.0]}) == ""
 
 
 def test_stamp_layout_is_magic_then_big_endian_double() -> None:
