@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import contextlib
+import socket
 import ssl
+import threading
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 
 import anyio
+import h2.config
+import h2.connection
 import pytest
 import trustme
 from hypothesis import HealthCheck, given, settings
@@ -268,6 +273,49 @@ async def test_ping_keeps_a_quiet_connection_alive() -> None:
             await stream.end_input()
             assert await read_all(stream) == b"ok"
             assert conn.error is None
+
+
+def _h2_ping_answerer(listener: socket.socket, stop: threading.Event) -> None:
+    """A server in its own thread: HTTP/2 handshake, then answer every PING at once."""
+    listener.settimeout(10)
+    sock, _ = listener.accept()
+    sock.settimeout(0.05)
+    h2conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    h2conn.initiate_connection()
+    with sock, contextlib.suppress(ConnectionError):  # the client may reset at the end
+        sock.sendall(h2conn.data_to_send())
+        while not stop.is_set():
+            try:
+                data = sock.recv(65536)
+            except TimeoutError:
+                continue
+            if not data:
+                return
+            h2conn.receive_data(data)  # h2 queues the PING ACKs itself
+            sock.sendall(h2conn.data_to_send())
+
+
+async def test_a_blocked_event_loop_is_not_taken_for_a_silent_peer() -> None:
+    """The PING's answer arrived while our loop was blocked: the connection lives on."""
+    listener = socket.create_server(("127.0.0.1", 0))
+    stop = threading.Event()
+    thread = threading.Thread(target=_h2_ping_answerer, args=(listener, stop), daemon=True)
+    thread.start()
+    timeouts = Timeouts(ping_interval=0.1, ping_timeout=0.2)
+    try:
+        with anyio.fail_after(10):
+            async with open_connection(
+                "127.0.0.1", listener.getsockname()[1], ssl_context=None, timeouts=timeouts
+            ) as conn:
+                for _ in range(5):
+                    await anyio.sleep(0.15)  # a PING is out; the thread answers it at once
+                    time.sleep(0.5)  # noqa: ASYNC251 - the point: a blocked event loop
+                    await anyio.sleep(0.05)
+                    assert conn.error is None
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
 
 
 async def test_tls_with_wrong_ca_is_connect_error(server_tls: ssl.SSLContext) -> None:

@@ -33,6 +33,9 @@ SAGEMAKER_MAX_STREAM_SECONDS = 30 * 60
 SILENCE_STEP = 0.08
 # Look again at least this often, so policy changes and stray wake-ups stay cheap.
 _MAX_SLEEP = 1.0
+#: A stall is acted on only if it is still there this long after it was first seen: after the
+#: event loop was blocked, the timers may run before the readers took in what had arrived.
+STALL_CONFIRM = 0.25
 
 
 @attrs.frozen(kw_only=True)
@@ -144,6 +147,8 @@ class SessionTimers:
     """Duration of the application's last chunk: a turn is not quiet before two of them."""
     last_idle_ping: float = 0.0
     """When the idle keepalive last sent its one sample (too little audio to expect events)."""
+    stall_seen_at: float | None = None
+    """When :meth:`due` first saw a stall that it has not yet reported, or ``None``."""
     checks_due_at: float = 0.0
     """When the timers other than the coalescing flush need a look, as of the last :meth:`due`.
 
@@ -225,10 +230,18 @@ class SessionTimers:
         if policy.stall_timeout is not None:
             quiet_for = now - self.last_server_data
             audio_flowing = now - self.last_audio_sent < policy.stall_timeout
-            if quiet_for < policy.stall_timeout:
-                next_at = min(next_at, self.last_server_data + policy.stall_timeout)
-            elif audio_flowing and not consumer_blocked:
+            if quiet_for < policy.stall_timeout or not audio_flowing or consumer_blocked:
+                self.stall_seen_at = None
+                if quiet_for < policy.stall_timeout:
+                    next_at = min(next_at, self.last_server_data + policy.stall_timeout)
+                # Otherwise quiet but excused: looked at again within _MAX_SLEEP.
+            elif self.stall_seen_at is None:
+                self.stall_seen_at = now  # confirm it once the readers had their turn
+                next_at = min(next_at, now + STALL_CONFIRM)
+            elif now >= self.stall_seen_at + STALL_CONFIRM:
                 actions.append(Stalled(quiet_for))
-            # Otherwise quiet but excused: looked at again within _MAX_SLEEP.
+                self.stall_seen_at = None
+            else:
+                next_at = min(next_at, self.stall_seen_at + STALL_CONFIRM)
         self.checks_due_at = max(next_at, now)
         return actions, max(min(next_at, self.flush_at), now)

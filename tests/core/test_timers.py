@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from flux_sagemaker.core.timers import (
     SILENCE_STEP,
+    STALL_CONFIRM,
     FlushAudio,
     KeepalivePolicy,
     RolloverPolicy,
@@ -108,13 +109,28 @@ def test_stall_needs_flowing_audio_and_a_keeping_up_consumer() -> None:
     t.on_audio_sent(101.9)
     assert t.due(101.9, turn_open=False)[0] == []
     assert t.due(102.1, turn_open=False, consumer_blocked=True)[0] == []
-    actions, _ = t.due(102.1, turn_open=False)
-    assert actions == [Stalled(pytest.approx(2.1))]  # type: ignore[list-item]
+    # Seen once, then confirmed after STALL_CONFIRM (the readers may have been starved).
+    actions, next_at = t.due(102.1, turn_open=False)
+    assert actions == []
+    assert next_at == pytest.approx(102.1 + STALL_CONFIRM)
+    actions, _ = t.due(102.1 + STALL_CONFIRM, turn_open=False)
+    assert actions == [Stalled(pytest.approx(2.1 + STALL_CONFIRM))]  # type: ignore[list-item]
     # Quiet server but no audio: nothing to stall on, and no busy loop either.
     quiet = timers(stall_timeout=2.0, idle_interval=None)
     actions, next_at = quiet.due(110.0, turn_open=False)
     assert actions == []
     assert next_at > 110.0
+
+
+def test_data_arriving_before_the_confirmation_clears_a_seen_stall() -> None:
+    """After a blocked event loop, the timers may look before the readers did."""
+    t = timers(stall_timeout=2.0, idle_interval=None)
+    t.on_audio_sent(104.0)
+    assert t.due(104.0, turn_open=False)[0] == []  # seen: 4 s quiet
+    assert t.stall_seen_at == 104.0
+    t.on_server_data(104.01)  # the reader catches up with what was waiting
+    assert t.due(104.0 + STALL_CONFIRM, turn_open=False)[0] == []
+    assert t.stall_seen_at is None
 
 
 def test_disabled_policy_never_acts() -> None:
