@@ -281,6 +281,9 @@ class FluxServerError(FluxError):
         self.description = description
 
 
+_REFUSED_STREAM = 0x7  # HTTP/2 error code
+
+
 class TransportError(FluxError):
     """The network failed under the stream."""
 
@@ -310,14 +313,25 @@ class StreamReset(TransportError):
         super().__init__(message, **kwargs)
         self.error_code = error_code
 
+    @property
+    def unprocessed(self) -> bool:
+        """``REFUSED_STREAM``: the server did not process the request (RFC 9113 section 8.7),
+        so it can be sent again at once."""
+        return self.error_code == _REFUSED_STREAM
+
 
 class GoAway(TransportError):
     """The peer sent GOAWAY and will not finish this stream.
 
     Attributes:
         error_code: The HTTP/2 error code of the GOAWAY frame.
+        unprocessed: The stream was above the GOAWAY's last stream id: the server did not
+            process the request (RFC 9113 section 6.8), so it can be sent again at once.
     """
 
-    def __init__(self, message: str, *, error_code: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self, message: str, *, error_code: int = 0, unprocessed: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(message, **kwargs)
         self.error_code = error_code
+        self.unprocessed = unprocessed

@@ -24,14 +24,16 @@ from .core.events import ServerMessage
 from .core.protocol import StreamEnded, StreamFailed, StreamProtocol
 from .core.request import InvokeRequest
 from .core.signing import EventSigner, sign_request
-from .errors import FluxError, TimeoutError, TransportError, ValidationError
+from .errors import FluxError, GoAway, StreamReset, TimeoutError, TransportError, ValidationError
 from .pool import ConnectionPool
 from .transport import H2Stream, Timeouts
 
-__all__ = ["LiveStream", "aclose_quietly", "open_stream"]
+__all__ = ["UNPROCESSED_RETRIES", "LiveStream", "aclose_quietly", "open_stream"]
 
 # A refused stream's body is read for its error message; SageMaker's are small JSON documents.
 _MAX_ERROR_BODY = 64 * 1024
+#: Times a request the server did not process is sent again before its error counts.
+UNPROCESSED_RETRIES = 3
 
 
 @attrs.define(eq=False)
@@ -91,6 +93,10 @@ async def open_stream(
 ) -> tuple[LiveStream, list[ServerMessage]]:
     """Open a stream and read until Flux says ``Connected``.
 
+    A request the server provably did not process (a GOAWAY below its stream, or
+    ``REFUSED_STREAM``: a server going away) is sent again at once, on another connection, up
+    to :data:`UNPROCESSED_RETRIES` times: it is not a failure of the endpoint.
+
     Returns:
         The stream and the messages read so far (``Connected`` and anything before it).
 
@@ -99,6 +105,21 @@ async def open_stream(
         TimeoutError: no response or no ``Connected`` within ``timeouts.connected``.
         FluxError: any other failure, already typed.
     """
+    for attempt in range(UNPROCESSED_RETRIES + 1):
+        try:
+            return await _open_once(pool, config, request, timeouts)
+        except (GoAway, StreamReset) as exc:
+            if not exc.unprocessed or attempt == UNPROCESSED_RETRIES:
+                raise
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+async def _open_once(
+    pool: ConnectionPool,
+    config: ResolvedConfig,
+    request: InvokeRequest,
+    timeouts: Timeouts,
+) -> tuple[LiveStream, list[ServerMessage]]:
     frozen = await frozen_credentials(config.credentials)
     expires_in = seconds_until_expiry(config.credentials)
     signed = sign_request(request, frozen, config.region)

@@ -454,7 +454,7 @@ class H2Connection(H2ConnectionBase):
                 msg = (
                     f"the server sent GOAWAY ({error_code_name(code)}) before handling stream {sid}"
                 )
-                stream._fail(errors.GoAway(msg, error_code=code))
+                stream._fail(errors.GoAway(msg, error_code=code, unprocessed=True))
                 self._forget(stream)
         self._wake_capacity()
 

@@ -212,6 +212,7 @@ async def test_goaway_drains_lower_streams_and_fails_higher_ones() -> None:
                 await read_all(high)
             assert info.value.retryable
             assert info.value.error_code == 0
+            assert info.value.unprocessed  # above last_stream_id: safe to send again
             assert not conn.is_available
             with pytest.raises(errors.GoAway):
                 await open_post(conn)
@@ -539,3 +540,11 @@ async def test_a_long_burst_is_written_in_parts_as_it_is_queued() -> None:
             assert sum(counting.writes) >= 40 * (9 + 1024)
             for stream in streams:
                 await stream.aclose()
+
+
+@pytest.mark.parametrize(("code", "unprocessed"), [(0x7, True), (0x8, False), (0x2, False)])
+def test_only_refused_stream_resets_mark_the_request_unprocessed(
+    code: int, unprocessed: bool
+) -> None:
+    assert errors.StreamReset("reset", error_code=code).unprocessed is unprocessed
+    assert errors.GoAway("goaway").unprocessed is False  # a drained stream may have been handled

@@ -128,6 +128,7 @@ class MockFluxEndpoint:
         self._verifier = RequestVerifier(self._credentials, region=region)
         self._faults = list(faults)
         self._request_failures: deque[RequestFailure] = deque()
+        self._goaway_requests = 0
         self._ca = TestCA() if tls else None
         self._server = H2Server(
             self._handle, ssl_context=self._ca.server_context if self._ca else None
@@ -146,6 +147,14 @@ class MockFluxEndpoint:
     def fail_requests(self, failure: RequestFailure, count: int = 1) -> None:
         """Answer the next ``count`` requests with ``failure`` instead of opening a stream."""
         self._request_failures.extend([failure] * count)
+
+    def goaway_requests(self, count: int = 1) -> None:
+        """Answer the next ``count`` requests with a GOAWAY that leaves them unprocessed.
+
+        As a server going away between receiving a request and handling it: the GOAWAY's last
+        stream id is below the request's, and the connection takes no new streams.
+        """
+        self._goaway_requests += count
 
     def rotate_credentials(
         self, access_key: str, secret_key: str, token: str | None = None
@@ -232,6 +241,11 @@ class MockFluxEndpoint:
             if self._request_failures:
                 failure = self._request_failures.popleft()
                 await self._refuse(stream, record, request_id, failure)
+                return
+            if self._goaway_requests:
+                self._goaway_requests -= 1
+                record.error = "GOAWAY before handling the request"
+                await stream.connection.goaway(last_stream_id=max(0, stream.stream_id - 2))
                 return
             settings = self._parse_settings(verified.query_string)
         except VerificationFailure as exc:

@@ -45,6 +45,7 @@ from flux_sagemaker import (
     UsageError,
 )
 from flux_sagemaker.samples import load_sample
+from flux_sagemaker.streams import UNPROCESSED_RETRIES
 from flux_sagemaker.testing import Fault, FaultKind, MockFluxEndpoint, RequestFailure
 
 pytestmark = pytest.mark.anyio
@@ -422,3 +423,26 @@ async def test_close_while_reconnecting_still_drains_every_turn() -> None:
     assert [e for e in events if isinstance(e, Reconnected)]
     assert endpoint.streams[-1].texts == ['{"type":"CloseStream"}']
     assert_audio_delivered(endpoint, events)
+
+
+async def test_a_request_the_server_did_not_process_is_sent_again_at_once() -> None:
+    """A GOAWAY below the request's stream (a server going away) spends no retry attempt."""
+    async with MockFluxEndpoint(script=SAMPLE.turns) as endpoint:
+        endpoint.goaway_requests(UNPROCESSED_RETRIES)
+        events = await run_session(endpoint, retry=NO_RETRY)
+    assert_turns_complete(events)
+    assert not [e for e in events if isinstance(e, Reconnected)]
+    refused = endpoint.streams[:UNPROCESSED_RETRIES]
+    assert [s.error for s in refused] == ["GOAWAY before handling the request"] * len(refused)
+    assert [s.status for s in endpoint.streams[UNPROCESSED_RETRIES:]] == [200]
+    assert_audio_delivered(endpoint, events)
+
+
+async def test_unprocessed_past_the_limit_is_a_goaway_error() -> None:
+    async with MockFluxEndpoint(script=SAMPLE.turns) as endpoint:
+        endpoint.goaway_requests(UNPROCESSED_RETRIES + 1)
+        with pytest.raises(GoAway) as caught:
+            await run_session(endpoint, retry=NO_RETRY)
+    assert caught.value.unprocessed
+    assert caught.value.retryable
+    assert len(endpoint.streams) == UNPROCESSED_RETRIES + 1
