@@ -405,7 +405,7 @@ async def soak(args: argparse.Namespace) -> int:
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.monotonic()
     async with MockFluxEndpoint(script=load_sample().turns, script_scope="stream") as endpoint:
-        shared = args.sessions_per_pool > 1
+        shared = args.sessions_per_pool > 0  # 0: the event loop's default pool, for all
         fault_deadline = anyio.current_time() + args.ramp + args.duration - args.quiet_tail
         async with contextlib.AsyncExitStack() as stack:
             pools = [
@@ -543,7 +543,11 @@ def print_summary(
     ]
     lines = [
         f"soak: {args.streams} sessions x {args.duration:g} s, seed {args.seed}, "
-        f"{args.sessions_per_pool} session(s) per connection pool",
+        + (
+            f"{args.sessions_per_pool} session(s) per connection pool"
+            if args.sessions_per_pool
+            else "all sessions on the default connection pool"
+        ),
         *(f"  {label:<30}{text}" for label, text in rows),
     ]
     print("\n".join(lines))
@@ -582,7 +586,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument("--refusal-rate", type=float, default=0.3, help="refusal bursts per second")
     parser.add_argument(
-        "--sessions-per-pool", type=int, default=1, help="sessions sharing a ConnectionPool"
+        "--sessions-per-pool",
+        type=int,
+        default=0,
+        help="sessions sharing a ConnectionPool (0, the default: every session on the event "
+        "loop's default pool, as FluxClient does without pool=)",
     )
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
     args = parser.parse_args(argv)
