@@ -77,6 +77,11 @@ logger = logging.getLogger("flux_sagemaker")
 # The session's timers only compare times taken here (sleeps are relative), and
 # time.monotonic() is far cheaper on the hot path than the event loop's clock via anyio.
 _now = time.monotonic
+# After CloseStream, this much server silence makes the client probe the connection with a
+# PING that must be answered within _DRAIN_PROBE_TIMEOUT (a healthy HTTP/2 server answers PINGs
+# at once, however long Flux takes to finalize).
+_DRAIN_QUIET = 1.0
+_DRAIN_PROBE_TIMEOUT = 2.0
 
 FluxEvent = ServerMessage | ClientEvent
 
@@ -239,6 +244,8 @@ class FluxClient:
         self._clock_offset = 0.0  # anyio's clock minus _now() (trio's clock has its own origin)
         self._supervisor_rounds = 0
         self._look_again = False  # a wake-up came while the supervisor was awake
+        self._drain_started = math.inf  # when close() sent CloseStream
+        self._probed: LiveStream | None = None  # the draining stream whose connection was probed
         # Counts stream take-overs: audio events made before one must not be sent after it.
         self._epoch = 0
 
@@ -363,6 +370,8 @@ class FluxClient:
                 if current is not None and not current.retired:
                     await self._flush_audio(current)
                     await self._write(current, current.proto.send_close_stream())
+            self._drain_started = _now()
+            self._wake_supervisor()  # it watches the drain now
             await self._closed_event.wait()
         if not self._closed_event.is_set():
             logger.warning(
@@ -894,6 +903,8 @@ class FluxClient:
             current = self._current
             if current is not None and not current.retired and self._state == "open":
                 look_at = await self._tick(current, now)
+            elif current is not None and not current.retired and self._state == "closing":
+                look_at = await self._watch_drain(current, now)
             if self._look_again:
                 self._look_again = False
                 continue
@@ -957,6 +968,22 @@ class FluxClient:
             self._switch_finished = anyio.Event()
             self._task_group_start(self._switch_stream, reason)
         return next_at
+
+    async def _watch_drain(self, stream: LiveStream, now: float) -> float:
+        """While closing, the server owes the last events: a quiet drain probes the connection.
+
+        Audio no longer flows, so the stall watchdog cannot tell a finished server from a
+        silent connection; the periodic PING would notice too late for the close budget. A
+        probe that is not answered fails the connection, and recovery replays the open turn.
+        """
+        quiet_since = max(self._timers.last_server_data, self._drain_started)
+        probe_at = quiet_since + _DRAIN_QUIET
+        if now < probe_at:
+            return probe_at
+        if self._probed is not stream:
+            self._probed = stream
+            await stream.h2.connection.probe(_DRAIN_PROBE_TIMEOUT)
+        return now + 1.0
 
     def _events_full(self) -> bool:
         stats = self._events_in.statistics()

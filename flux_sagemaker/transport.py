@@ -222,6 +222,7 @@ class H2Connection(H2ConnectionBase):
         self._ping_deadline: float | None = None
         self._ping_grace_used = False
         self._ping_count = 0
+        self._ping_wait = 0.0  # how long the PING in flight may wait for its answer
 
     # -- properties used by the pool ---------------------------------------------------------------
 
@@ -416,13 +417,36 @@ class H2Connection(H2ConnectionBase):
                 self._ping_deadline = now + PING_GRACE
                 return
             if now >= self._ping_deadline:
-                msg = f"the server did not answer a PING within {self.timeouts.ping_timeout} s"
+                msg = f"the server did not answer a PING within {self._ping_wait:g} s"
                 raise errors.ConnectionLost(msg)
             return
+        await self._send_ping(self.timeouts.ping_timeout)
+
+    async def _send_ping(self, wait: float) -> None:
         self._ping_count += 1
         self._h2.ping(self._ping_count.to_bytes(8, "big"))
-        self._ping_deadline = now + self.timeouts.ping_timeout
+        self._ping_wait = wait
+        self._ping_deadline = anyio.current_time() + wait
         await self._flush_soon()
+
+    async def probe(self, answer_within: float) -> None:
+        """Check now that the server is alive: a PING it must answer within ``answer_within`` s.
+
+        For when silence matters before the PING interval is up (a stream draining after
+        ``CloseStream``). A PING already in flight keeps its own, earlier deadline. No answer
+        in time fails the connection with ``ConnectionLost``, like the periodic PING.
+        """
+        if self._error is not None or self._closing:
+            return
+        wait = min(answer_within, self.timeouts.ping_timeout)
+        if self._ping_deadline is None:
+            await self._send_ping(wait)
+        elif anyio.current_time() + wait < self._ping_deadline and not self._ping_grace_used:
+            self._ping_wait = wait
+            self._ping_deadline = anyio.current_time() + wait
+        scope = self._read_scope
+        if scope is not None and self._ping_deadline is not None:
+            scope.deadline = min(scope.deadline, self._ping_deadline)  # the read in progress
 
     def _on_bytes_received(self) -> None:
         self._last_received = anyio.current_time()

@@ -548,3 +548,24 @@ def test_only_refused_stream_resets_mark_the_request_unprocessed(
 ) -> None:
     assert errors.StreamReset("reset", error_code=code).unprocessed is unprocessed
     assert errors.GoAway("goaway").unprocessed is False  # a drained stream may have been handled
+
+
+async def test_probe_finds_a_silent_peer_long_before_the_ping_interval() -> None:
+    async def handler(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        if stream.path == "/silent":
+            stream.connection.pause()
+        await anyio.sleep_forever()
+
+    timeouts = Timeouts(ping_interval=30, ping_timeout=10)
+    with anyio.fail_after(10):
+        async with serve_and_connect(handler, timeouts=timeouts) as (_, conn):
+            await (await open_post(conn)).response()
+            await conn.probe(0.2)  # a live peer answers: nothing happens
+            await anyio.sleep(0.6)
+            assert conn.error is None
+            silent = await open_post(conn, "/silent")
+            await silent.response()
+            await conn.probe(0.2)  # fail_after(10): the 30 s interval + 10 s would be too late
+            with pytest.raises(errors.ConnectionLost, match=r"PING within 0\.2 s"):
+                await silent.receive()

@@ -446,3 +446,24 @@ async def test_unprocessed_past_the_limit_is_a_goaway_error() -> None:
     assert caught.value.unprocessed
     assert caught.value.retryable
     assert len(endpoint.streams) == UNPROCESSED_RETRIES + 1
+
+
+async def test_a_connection_that_goes_silent_during_close_is_probed_and_recovered() -> None:
+    """The drain after CloseStream is watched: the open turn still ends within close()."""
+    cut = int(4.5 * BYTES_PER_SECOND) // FRAME * FRAME  # inside the second turn
+    async with MockFluxEndpoint(
+        script=SAMPLE.turns,
+        faults=[Fault(kind=FaultKind.SILENT_CONNECTION, after_audio_s=4.4)],
+    ) as endpoint:
+        # The default PING timing (20 s, then 10 s) alone would notice only after close()'s
+        # 10 s budget; the default stall watchdog (10 s) watches flowing audio only.
+        events = await run_session(
+            endpoint, SAMPLE.pcm[:cut], timeouts=Timeouts(), keepalive=KeepalivePolicy()
+        )
+    finals = [e for e in events if isinstance(e, EndOfTurn)]
+    assert [e.turn_index for e in finals] == [0, 1]
+    assert finals[1].transcript.startswith("Tomorrow")
+    (reconnect,) = [e for e in events if isinstance(e, Reconnected)]
+    assert isinstance(reconnect.error, ConnectionLost)
+    assert "PING" in str(reconnect.error)
+    assert_audio_delivered(endpoint, events, SAMPLE.pcm[:cut])
