@@ -5,7 +5,7 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from flux_sagemaker import ConnectionPool, EndOfTurn, FluxEvent
+from flux_sagemaker import ConnectionPool, EndOfTurn, FluxEvent, Timeouts
 
 from .helpers import SAMPLE, TEST_TIMEOUT, EndpointFactory, client_for, ms, of_type, run_session
 
@@ -13,6 +13,10 @@ pytestmark = pytest.mark.anyio
 
 FIRST_TURN_DONE = SAMPLE.pcm[: ms(3100)]
 """The first turn and the silence that ends it (EndOfTurn at about 2.6 s)."""
+#: 100 sessions hand over their audio at once and close: the in-process mock then works
+#: through 310 s of audio, which under coverage on two cores takes longer than the suite's
+#: usual 3 s close budget. Closing is not what these tests are about.
+MANY_SESSIONS = Timeouts(connect=3.0, connected=10.0, close=30.0, write=10.0, ping_interval=None)
 
 
 async def _sessions(
@@ -23,7 +27,7 @@ async def _sessions(
     async with endpoint(script_scope="stream") as ep:
 
         async def one(i: int, pool: ConnectionPool | None) -> None:
-            async with client_for(ep, pool=pool) as flux:
+            async with client_for(ep, pool=pool, timeouts=MANY_SESSIONS) as flux:
                 # Each session sends its own slice of audio: sessions must not mix streams.
                 results[i] = await run_session(flux, FIRST_TURN_DONE, ms(80) + 2 * i)
 
