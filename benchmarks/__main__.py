@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from . import codec, machine, profiling, report, streams
-from .stats import median_run
+from .stats import median_run, peer_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("codec", "streams", "startup")
@@ -98,11 +98,6 @@ def _log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def _peer_cpu(run: dict[str, Any]) -> float | None:
-    value = ((run.get("cpu") or {}).get("steady") or {}).get("cpu_ms_per_stream_second")
-    return float(value) if isinstance(value, int | float) else None
-
-
 def _peer_failed(result: dict[str, Any]) -> bool:
     return "error" in result or result.get("totals", {}).get("streams_ok", 0) == 0
 
@@ -144,7 +139,7 @@ def run_streams(args: argparse.Namespace) -> dict[str, Any]:
         out["ours"] = [
             median_run(runs, lambda r: r.get("cpu_ms_per_stream_second")) for runs in ours.values()
         ]
-        out["peers"] = [median_run(runs, _peer_cpu) for runs in peers.values()]
+        out["peers"] = [median_run(runs, peer_cpu) for runs in peers.values()]
         for n in args.streams:
             _log(f"harness alone: {n} streams")
             harness = streams.run_ours(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+from .stats import peer_cpu
+
 FRAME_EVENTS_PER_S = 50  # 20 ms frames
 
 
@@ -58,12 +60,6 @@ def _peer(results: dict[str, Any], which: str, n: int) -> dict[str, Any] | None:
         if run.get("which") == which and run.get("n") == n and "error" not in run:
             return run
     return None
-
-
-def _peer_cpu(run: dict[str, Any] | None) -> float | None:
-    steady = (run or {}).get("cpu", {}).get("steady") or {}
-    value = steady.get("cpu_ms_per_stream_second")
-    return float(value) if value is not None else None
 
 
 def _header(results: dict[str, Any]) -> str:
@@ -289,7 +285,7 @@ def _peers(results: dict[str, Any]) -> str:
                 + [""] * 7
             )
             continue
-        cpu = _peer_cpu(run)
+        cpu = peer_cpu(run)
         totals = run.get("totals", {})
         lag = run.get("max_send_lag_ms")
         marginal = _marginal_rss(results, run["which"], run)
@@ -339,8 +335,8 @@ def _targets(results: dict[str, Any]) -> str:
         return ""
     rows = []
     for n in sorted({r["n"] for r in s.get("peers", []) if r.get("which") == "aws"}):
-        aws = _peer_cpu(_peer(results, "aws", n))
-        dg = _peer_cpu(_peer(results, "deepgram", n))
+        aws = peer_cpu(_peer(results, "aws", n))
+        dg = peer_cpu(_peer(results, "deepgram", n))
         off, on = _ours(results, n, 0), _ours(results, n, 80)
         if off:
             eps = _events_per_stream_s(off) or FRAME_EVENTS_PER_S

@@ -43,6 +43,12 @@ def cpu_between(samples: Sequence[Sequence[float]], start: float, end: float) ->
     return at(end) - at(start)
 
 
+def peer_cpu(run: dict[str, Any] | None) -> float | None:
+    """A peer run's CPU ms per stream-second over its own steady window, if it measured one."""
+    value = (((run or {}).get("cpu") or {}).get("steady") or {}).get("cpu_ms_per_stream_second")
+    return float(value) if isinstance(value, int | float) else None
+
+
 def median_run(
     runs: list[dict[str, Any]], cpu: Callable[[dict[str, Any]], float | None]
 ) -> dict[str, Any]:
