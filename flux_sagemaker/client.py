@@ -581,14 +581,12 @@ class FluxClient:
 
     async def __anext__(self) -> FluxEvent:
         try:
-            # No checkpoint when an event is ready: one task switch less per event. The
-            # buffer is bounded, so a consumer cannot hog the loop for long.
-            item = self._events_out.receive_nowait()
-        except anyio.WouldBlock:
             try:
+                # No checkpoint when an event is ready: one task switch less per event. The
+                # buffer is bounded, so a consumer cannot hog the loop for long.
+                item = self._events_out.receive_nowait()
+            except anyio.WouldBlock:
                 item = await self._events_out.receive()
-            except (anyio.EndOfStream, anyio.ClosedResourceError):
-                raise StopAsyncIteration from None
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             raise StopAsyncIteration from None
         if isinstance(item, FluxError):
@@ -901,10 +899,11 @@ class FluxClient:
             now = _now()
             look_at = now + 1.0
             current = self._current
-            if current is not None and not current.retired and self._state == "open":
-                look_at = await self._tick(current, now)
-            elif current is not None and not current.retired and self._state == "closing":
-                look_at = await self._watch_drain(current, now)
+            if current is not None and not current.retired:
+                if self._state == "open":
+                    look_at = await self._tick(current, now)
+                elif self._state == "closing":
+                    look_at = await self._watch_drain(current, now)
             if self._look_again:
                 self._look_again = False
                 continue

@@ -227,6 +227,10 @@ class H2ConnectionBase:
         """
         if self._write_lock.locked():
             return
+        await self._write_now()
+
+    async def _write_now(self) -> None:
+        """Write what h2 has queued, waiting for the lock if need be; raise if it failed."""
         async with self._write_lock:
             await self._flush_locked()
         if self._error is not None:

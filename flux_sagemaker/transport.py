@@ -66,10 +66,10 @@ __all__ = [
 _SECONDS_OR_NONE = number_in_range(0, above_low=True, optional=True, unit="seconds")
 
 
-# Queued bytes beyond which a sender writes itself instead of leaving it to the writer task.
 #: After an unanswered PING's timeout, one more read this long before the connection is
 #: declared lost: the answer may have waited in the socket while the event loop was blocked.
 PING_GRACE = 0.25
+# Queued bytes beyond which a sender writes itself instead of leaving it to the writer task.
 _BATCH_HIGH_WATER = 256 * 1024
 # Queued bytes beyond which a sender yields once so that the writer task sends them.
 _BATCH_YIELD = 16 * 1024
@@ -377,8 +377,7 @@ class H2Connection(H2ConnectionBase):
         outbox = self._outbox
         outbox += self._h2.data_to_send()
         if urgent or len(outbox) >= _BATCH_HIGH_WATER:
-            async with self._write_lock:
-                await self._flush_locked()
+            await self._write_now()
         else:
             wanted.set()
             if len(outbox) >= _BATCH_YIELD:
