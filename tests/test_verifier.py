@@ -542,8 +542,8 @@ def inner(data_type: str | None = "BINARY", payload: bytes = b"x", **extra: str)
     [
         (b"not an event-stream message", "malformed inner"),
         (inner() + b"x", "malformed inner"),
-        (inner(data_type=None), "DataType"),
         (inner(data_type="TEXT"), "DataType"),
+        (inner(data_type=""), "DataType"),
         (inner(data_type="UTF8", payload=b"\xff\xfe"), "UTF-8"),
         (inner(CompletionState="DONE"), "CompletionState"),
         (
@@ -558,6 +558,14 @@ def test_malformed_inner_messages_are_refused(payload: bytes, match: str) -> Non
     with pytest.raises(EventSignatureError, match=match) as info:
         events.receive_data(body)
     assert (info.value.status, info.value.error_type) == (400, "ValidationError")
+
+
+def test_a_part_without_data_type_is_binary() -> None:
+    # deepgram-sagemaker sends audio this way; the API model makes DataType optional.
+    [event] = event_verifier().receive_data(signed_body(inner(data_type=None, payload=b"pcm")))
+    assert isinstance(event, InputEvent)
+    assert (event.data_type, event.payload) == ("BINARY", b"pcm")
+    assert "DataType" not in event.headers
 
 
 def test_inner_message_fields_are_reported() -> None:

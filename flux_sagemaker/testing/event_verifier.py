@@ -154,7 +154,12 @@ class EventVerifier:
             inner.header_str(":event-type") != "PayloadPart"
         ):
             raise _bad_event("the inner message must be a PayloadPart event")
+        # DataType is optional in the API model (the AWS SDK's ``data_type`` defaults to None),
+        # and deepgram-sagemaker sends audio without it: SageMaker forwards such a part to the
+        # container as a binary frame, so it counts as BINARY here.
         data_type = inner.header_str("DataType")
+        if data_type is None:
+            data_type = "BINARY"
         if data_type not in _DATA_TYPES:
             raise _bad_event(f"DataType must be BINARY or UTF8, got {data_type!r}")
         if data_type == "UTF8":
