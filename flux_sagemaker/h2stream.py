@@ -11,15 +11,58 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import struct
+from typing import Final
 
 import anyio
 import attrs
+import h2.connection
 import h2.exceptions
+import h2.stream
 
 from flux_sagemaker import errors
 from flux_sagemaker.h2core import CLOSE_TIMEOUT, H2ConnectionBase, fresh_error, wait_event
 
 __all__ = ["H2StreamBase"]
+
+# A DATA frame header: 24-bit length, type 0, no flags, stream id (RFC 9113 section 6.1).
+_DATA_HEADER: Final = struct.Struct(">BHBBL")
+# The states in which h2 itself lets a DATA frame go, without changing state.
+_DATA_CONNECTION_STATES: Final = frozenset(
+    {h2.connection.ConnectionState.CLIENT_OPEN, h2.connection.ConnectionState.SERVER_OPEN}
+)
+_DATA_STREAM_STATES: Final = frozenset(
+    {h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE}
+)
+
+
+def _frame_data_fast(conn: H2ConnectionBase, stream_id: int, data: bytes) -> bool:
+    """Frame one whole DATA frame without h2's per-frame objects; False if h2 must do it.
+
+    This is the hot path (one frame per audio event), and h2's ``send_data`` costs about a
+    fifth of the client's CPU there. It does what h2 does in the states where sending DATA
+    changes no state: charge both flow-control windows and queue the frame bytes. Frames h2
+    queued earlier go to the outbox first, so the order on the wire is unchanged. The caller
+    has checked that ``data`` fits the window and the peer's frame size.
+    """
+    h2c = conn._h2
+    stream = h2c.streams.get(stream_id)
+    if (
+        stream is None
+        or stream.state_machine.state not in _DATA_STREAM_STATES
+        or h2c.state_machine.state not in _DATA_CONNECTION_STATES
+    ):
+        return False
+    n = len(data)
+    stream.outbound_flow_control_window -= n
+    h2c.outbound_flow_control_window -= n
+    outbox = conn._outbox
+    pending = h2c.data_to_send()
+    if pending:
+        outbox += pending
+    outbox += _DATA_HEADER.pack(n >> 16, n & 0xFFFF, 0, 0, stream_id)
+    outbox += data
+    return True
 
 
 @attrs.define(eq=False)
@@ -112,7 +155,9 @@ class H2StreamBase:
                 else:
                     n = min(len(view), window)
                     last = end_stream and n == len(view)
-                    if n:
+                    if n and not last and n == len(data) and _frame_data_fast(conn, sid, data):
+                        pass  # the whole of it, framed by us
+                    elif n:
                         h2c.send_data(sid, bytes(view[:n]), end_stream=last)
                     elif last:
                         h2c.end_stream(sid)
