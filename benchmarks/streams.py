@@ -166,7 +166,7 @@ def run_peer(
     env = {**os.environ, **PEER_ENV}
     server.command(cmd="reset")
     start = time.monotonic()
-    # A peer that hangs (it happens at close) is killed: its sessions take ~duration + 10 s.
+    # A peer that hangs is killed (a safety net): its sessions take ~duration + 10 s.
     out, err, code, peak = _run_sampled(command, cwd=PEERS, env=env, timeout=duration + 90)
     try:
         summary = json.loads(out)  # the peers print one indented JSON document
