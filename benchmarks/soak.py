@@ -7,8 +7,9 @@ as 20 ms frames in real time, then closes cleanly. Meanwhile seeded random fault
 
 * in-stream faults (the mock's :class:`~flux_sagemaker.testing.Fault`, planned for the streams
   as the endpoint numbers them): reset, stall, ``ModelStreamError``, ``InternalStreamFailure``,
-  dropped connection, GOAWAY, silent connection;
-* connection faults from outside, on a random live connection: drop, GOAWAY then drop, pause;
+  and, when each session has a pool of its own, dropped connection, GOAWAY, silent connection;
+* connection faults from outside, on a random live connection, at ``--conn-fault-rate``: drop,
+  GOAWAY then drop, pause;
 * refused reconnects: throttling (400), 503 and 500 answers to the next request(s).
 
 No fault is started in the last ``--quiet-tail`` seconds, so every session can close cleanly.
@@ -71,10 +72,12 @@ STREAM_FAULTS = (
     FaultKind.STALL,
     FaultKind.MODEL_STREAM_ERROR,
     FaultKind.INTERNAL_STREAM_FAILURE,
-    FaultKind.DROP_CONNECTION,
-    FaultKind.GOAWAY,
-    FaultKind.SILENT_CONNECTION,
 )
+# Planned per stream, these strike every session on the stream's connection. When sessions share
+# connections they come only from outside, at a fixed rate: planned per stream, their rate would
+# grow with the reconnects they cause (each one opens a stream per session, and each new stream
+# may carry another), until a connection died every fraction of a second.
+CONNECTION_FAULTS = (FaultKind.DROP_CONNECTION, FaultKind.GOAWAY, FaultKind.SILENT_CONNECTION)
 REFUSALS = (
     RequestFailure.throttling,
     RequestFailure.service_unavailable,
@@ -331,6 +334,7 @@ async def plan_stream_faults(
 ) -> None:
     """Give streams a random fault as the endpoint numbers them, while faults are allowed."""
     planned = 0
+    kinds = STREAM_FAULTS + (CONNECTION_FAULTS if args.sessions_per_pool == 1 else ())
     while anyio.current_time() < until:
         # Plan only a few streams ahead, so that a stream's fault time is drawn from the time
         # left when it opens; ``after_audio_s`` counts the replayed audio too, so it strikes
@@ -342,7 +346,7 @@ async def plan_stream_faults(
                 low = 1.0 if first else 0.5
                 endpoint.inject(
                     Fault(
-                        kind=rng.choice(STREAM_FAULTS),
+                        kind=rng.choice(kinds),
                         after_audio_s=rng.uniform(low, max(low, left - 1.0)),
                         stream_index=index,
                     )

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+import random
 import struct
 from pathlib import Path
 
+import anyio
 import pytest
 
-from benchmarks import profiling, report
+from benchmarks import profiling, report, soak
 from benchmarks.bench_server import (
     FRAME_BYTES,
     STAMP,
@@ -20,6 +22,7 @@ from benchmarks.bench_server import (
 )
 from benchmarks.stats import cpu_between, median_run, percentile, percentiles
 from flux_sagemaker.core.eventstream import decode_message
+from flux_sagemaker.testing import Fault
 
 
 def _frame(stamp: float | None) -> bytes:
@@ -157,3 +160,35 @@ def test_the_median_run_is_reported_with_every_round() -> None:
 def test_stamp_layout_is_magic_then_big_endian_double() -> None:
     assert STAMP.size == 12
     assert STAMP.pack(STAMP_MAGIC, 1.0) == b"FLXB" + struct.pack("!d", 1.0)
+
+
+class _PlanningEndpoint:
+    """What plan_stream_faults uses of the mock: its stream list and inject()."""
+
+    def __init__(self, streams: int) -> None:
+        self.streams = [object()] * streams
+        self.faults: list[Fault] = []
+
+    def inject(self, fault: Fault) -> None:
+        self.faults.append(fault)
+
+
+@pytest.mark.parametrize("sessions_per_pool", [0, 1, 10])
+def test_soak_plans_connection_faults_per_stream_only_for_a_pool_per_session(
+    sessions_per_pool: int,
+) -> None:
+    # Shared connections: a connection fault planned per stream strikes every session, and the
+    # reconnects it causes open streams that may carry another; those come from outside instead.
+    args = soak.parse_args(["--streams", "100", "--sessions-per-pool", str(sessions_per_pool)])
+    args.fault_ratio = args.refault_ratio = 1.0
+    endpoint = _PlanningEndpoint(streams=200)
+
+    async def plan() -> None:
+        until = anyio.current_time() + 0.01
+        await soak.plan_stream_faults(endpoint, random.Random(3), args, until)  # type: ignore[arg-type]
+
+    anyio.run(plan)
+    kinds = {fault.kind for fault in endpoint.faults}
+    assert len(endpoint.faults) == 205
+    assert kinds >= set(soak.STREAM_FAULTS)
+    assert bool(kinds & set(soak.CONNECTION_FAULTS)) is (sessions_per_pool == 1)
