@@ -334,10 +334,14 @@ def _targets(results: dict[str, Any]) -> str:
     if not s:
         return ""
     rows = []
+    harness_cpu = {h["n"]: h.get("cpu_ms_per_stream_second") for h in s_harness(results)}
     for n in sorted({r["n"] for r in s.get("peers", []) if r.get("which") == "aws"}):
         aws = peer_cpu(_peer(results, "aws", n))
         dg = peer_cpu(_peer(results, "deepgram", n))
         off, on = _ours(results, n, 0), _ours(results, n, 80)
+        # Our figure includes the harness (pacer wake-ups, stamping); a client costing nothing
+        # would still measure that much, which caps the ratio this machine can show.
+        ceiling = _ratio(harness_cpu.get(n), aws)
         if off:
             eps = _events_per_stream_s(off) or FRAME_EVENTS_PER_S
             mine = off["cpu_ms_per_stream_second"] / eps
@@ -345,7 +349,7 @@ def _targets(results: dict[str, Any]) -> str:
             rows.append(
                 [
                     f"≥ 5x less CPU per event than the AWS SDK, coalescing off (N={n})",
-                    f"{_f(r, 1)}x",
+                    f"{_f(r, 1)}x" + _ceiling_note(ceiling, 5),
                     _met(r, 5),
                 ]
             )
@@ -355,7 +359,8 @@ def _targets(results: dict[str, Any]) -> str:
                 [
                     f"≥ 10x less CPU per stream-second, default coalescing (N={n})",
                     f"{_f(r, 1)}x vs AWS SDK; Deepgram: "
-                    + (f"{_f(_ratio(on['cpu_ms_per_stream_second'], dg), 1)}x" if dg else "n/a"),
+                    + (f"{_f(_ratio(on['cpu_ms_per_stream_second'], dg), 1)}x" if dg else "n/a")
+                    + _ceiling_note(ceiling, 10),
                     _met(r, 10),
                 ]
             )
@@ -417,6 +422,16 @@ def _targets(results: dict[str, Any]) -> str:
             ]
         )
     return "\n".join(["## Targets", "", _table(["target", "measured", ""], rows)])
+
+
+def _ceiling_note(ceiling: float | None, target: float) -> str:
+    """Say so when the harness alone already costs more than the target allows."""
+    if ceiling is None or ceiling >= target:
+        return ""
+    return (
+        f" (out of reach here: the harness alone, with no client, measures 1/{_f(ceiling, 1)} "
+        "of the AWS SDK)"
+    )
 
 
 def _met(ratio: float | None, target: float) -> str:

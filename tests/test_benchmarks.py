@@ -192,3 +192,31 @@ def test_soak_plans_connection_faults_per_stream_only_for_a_pool_per_session(
     assert len(endpoint.faults) == 205
     assert kinds >= set(soak.STREAM_FAULTS)
     assert bool(kinds & set(soak.CONNECTION_FAULTS)) is (sessions_per_pool == 1)
+
+
+def test_a_target_below_the_harness_floor_is_called_out_of_reach() -> None:
+    # The AWS SDK at 50 ms/stream-s; the harness alone at 12.5 (1/4 of it), so a 5x or 10x
+    # ratio cannot show at N=1, while at N=10 (harness 1/20 of the SDK) it could.
+    results = {
+        "streams": {
+            "ours": [
+                {"n": n, "coalesce_ms": c, "cpu_ms_per_stream_second": cpu}
+                for n, c, cpu in ((1, 0, 25.0), (1, 80, 20.0), (10, 0, 5.0), (10, 80, 4.0))
+            ],
+            "harness": [
+                {"n": 1, "cpu_ms_per_stream_second": 12.5},
+                {"n": 10, "cpu_ms_per_stream_second": 2.5},
+            ],
+            "peers": [
+                {"which": "aws", "n": n, "cpu": {"steady": {"cpu_ms_per_stream_second": 50.0}}}
+                for n in (1, 10)
+            ],
+        }
+    }
+    rows = [line for line in report._targets(results).splitlines() if "(N=" in line]
+    assert len(rows) == 4
+    n1 = [row for row in rows if "(N=1)" in row]
+    n10 = [row for row in rows if "(N=10)" in row]
+    assert all("out of reach here" in row and "1/4.0 of the AWS SDK" in row for row in n1)
+    assert not any("out of reach" in row for row in n10)
+    assert "| 12.5x vs AWS SDK" in n10[1]  # 50 / 4 ms per stream-second
