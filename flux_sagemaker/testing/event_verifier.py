@@ -155,8 +155,8 @@ class EventVerifier:
         ):
             raise _bad_event("the inner message must be a PayloadPart event")
         # DataType is optional in the API model (the AWS SDK's ``data_type`` defaults to None),
-        # and deepgram-sagemaker sends audio without it: SageMaker forwards such a part to the
-        # container as a binary frame, so it counts as BINARY here.
+        # and deepgram-sagemaker, written for SageMaker, sends audio without it. We take such a
+        # part as BINARY, as that transport relies on (not checked against SageMaker itself).
         data_type = inner.header_str("DataType")
         if data_type is None:
             data_type = "BINARY"
