@@ -8,6 +8,7 @@ import ssl
 import threading
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
 import h2.config
@@ -17,7 +18,7 @@ import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flux_sagemaker import errors
+from flux_sagemaker import errors, h2stream
 from flux_sagemaker.testing.h2server import H2Server, ServerStream
 from flux_sagemaker.transport import H2Connection, H2Stream, Timeouts, connect, open_connection
 
@@ -140,6 +141,49 @@ async def test_request_body_arrives_intact(chunks: list[bytes]) -> None:
             _, headers = await stream.response()
             assert dict(headers)["x-len"] == str(sum(map(len, chunks)))
             assert await read_all(stream) == b"".join(chunks)
+
+
+async def test_a_small_window_mixes_whole_frames_and_frames_cut_by_h2(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A 1000-byte stream window: some 600-byte sends fit and go out as one frame framed by us,
+    # others are cut at the window by h2 and wait for WINDOW_UPDATE. Order and bytes must hold.
+    chunks = [pattern(600, seed=i + 1) for i in range(40)]
+    framed = {"ours": 0, "h2": 0}
+    ours, theirs = h2stream._frame_data_fast, h2.connection.H2Connection.send_data
+
+    def count_ours(*args: Any) -> bool:
+        done = ours(*args)
+        framed["ours"] += done
+        return done
+
+    def count_h2(self: h2.connection.H2Connection, *args: Any, **kwargs: Any) -> None:
+        framed["h2"] += self.config.client_side
+        theirs(self, *args, **kwargs)
+
+    monkeypatch.setattr(h2stream, "_frame_data_fast", count_ours)
+    monkeypatch.setattr(h2.connection.H2Connection, "send_data", count_h2)
+
+    async def collect(stream: ServerStream) -> None:
+        await stream.send_headers(200)  # after the server's SETTINGS: the window is in force
+        body = bytearray()
+        while (chunk := await stream.receive()) is not None:
+            body += chunk
+        await stream.send_data(bytes(body), end_stream=True)
+
+    with anyio.fail_after(10):
+        async with (
+            H2Server(collect, receive_window=1000) as server,
+            open_connection("127.0.0.1", server.port, ssl_context=None, timeouts=NO_PING) as conn,
+        ):
+            stream = await open_post(conn)
+            await stream.response()
+            for chunk in chunks:
+                await stream.send(chunk)
+            await stream.end_input()
+            assert await read_all(stream) == b"".join(chunks)
+    assert framed["ours"] > 0  # whole frames framed by us
+    assert framed["h2"] > 0  # frames cut at the window by h2
 
 
 async def test_slow_reader_bounds_client_buffer() -> None:
