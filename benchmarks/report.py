@@ -526,8 +526,10 @@ METHOD = """## Method and caveats
 - **CPU** is `time.process_time()` of the client process over the window; the peers measure their
   own steady window the same way (all threads, since awscrt does I/O on native threads).
   RSS per stream for our client is (RSS at the end of the window - RSS before connecting) / N.
-- **The peers** (`benchmarks/peers/`) run under Python 3.12 in their own environments; they share
-  one SDK client (one HTTP/2 connection) and do not coalesce: one event per 20 ms frame.
+- **The peers** (`benchmarks/peers/`) run under Python 3.12 in their own environments, and
+  `nox -s bench` runs our client on 3.12 too. Neither peer coalesces: one event per 20 ms frame.
+  The AWS SDK peer shares one SDK client (one HTTP/2 connection) between its sessions; Deepgram's
+  transport makes an SDK client per session, as it does for its users.
 """
 
 
