@@ -119,7 +119,7 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def soak(session: nox.Session) -> None:
-    """Hundreds of concurrent streams with random faults for a bounded time (not part of CI)."""
+    """Concurrent sessions (100 by default) with random faults for a bounded time (not in CI)."""
     _install(session, "testing", groups=("test",))
     session.run("python", "-m", "benchmarks.soak", *session.posargs)
 
