@@ -1,4 +1,4 @@
-"""Soak: hundreds of concurrent Flux sessions in real time, with random faults, and an audio audit.
+"""Soak: many concurrent Flux sessions in real time, with random faults, and an audio audit.
 
 ``python -m benchmarks.soak [--streams 100] [--duration 60] [--seed 1]`` (or ``nox -s soak -- ...``)
 runs that many :class:`~flux_sagemaker.FluxClient` sessions against one in-process
