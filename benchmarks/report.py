@@ -168,14 +168,19 @@ def _spread(run: dict[str, Any]) -> str:
     return " / ".join(_f(v, 2) for v in values) if len(values) > 1 else ""
 
 
+def _harness_cpu(results: dict[str, Any]) -> dict[int, float | None]:
+    """The harness alone, CPU ms per stream-second by N (runs that failed left out)."""
+    return {
+        h["n"]: h.get("cpu_ms_per_stream_second") for h in s_harness(results) if "error" not in h
+    }
+
+
 def _streams(results: dict[str, Any]) -> str:
     s = results.get("streams")
     if not s:
         return ""
     cfg = s["server"]
-    harness_cpu = {
-        h["n"]: h.get("cpu_ms_per_stream_second") for h in s_harness(results) if "error" not in h
-    }
+    harness_cpu = _harness_cpu(results)
     rows = []
     for run in s["ours"]:
         if "error" in run:
@@ -334,7 +339,7 @@ def _targets(results: dict[str, Any]) -> str:
     if not s:
         return ""
     rows = []
-    harness_cpu = {h["n"]: h.get("cpu_ms_per_stream_second") for h in s_harness(results)}
+    harness_cpu = _harness_cpu(results)
     for n in sorted({r["n"] for r in s.get("peers", []) if r.get("which") == "aws"}):
         aws = peer_cpu(_peer(results, "aws", n))
         dg = peer_cpu(_peer(results, "deepgram", n))
