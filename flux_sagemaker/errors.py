@@ -41,6 +41,8 @@ from __future__ import annotations
 import builtins
 from typing import Any
 
+import h2.errors
+
 __all__ = [
     "AccessDeniedError",
     "CapabilityError",
@@ -281,9 +283,6 @@ class FluxServerError(FluxError):
         self.description = description
 
 
-_REFUSED_STREAM = 0x7  # HTTP/2 error code
-
-
 class TransportError(FluxError):
     """The network failed under the stream."""
 
@@ -317,7 +316,7 @@ class StreamReset(TransportError):
     def unprocessed(self) -> bool:
         """``REFUSED_STREAM``: the server did not process the request (RFC 9113 section 8.7),
         so it can be sent again at once."""
-        return self.error_code == _REFUSED_STREAM
+        return self.error_code == h2.errors.ErrorCodes.REFUSED_STREAM
 
 
 class GoAway(TransportError):
