@@ -440,9 +440,11 @@ class H2Connection(H2ConnectionBase):
         wait = min(answer_within, self.timeouts.ping_timeout)
         if self._ping_deadline is None:
             await self._send_ping(wait)
-        elif anyio.current_time() + wait < self._ping_deadline and not self._ping_grace_used:
-            self._ping_wait = wait
-            self._ping_deadline = anyio.current_time() + wait
+        else:
+            deadline = anyio.current_time() + wait
+            if deadline < self._ping_deadline and not self._ping_grace_used:
+                self._ping_wait = wait
+                self._ping_deadline = deadline
         scope = self._read_scope
         if scope is not None and self._ping_deadline is not None:
             scope.deadline = min(scope.deadline, self._ping_deadline)  # the read in progress
