@@ -286,6 +286,32 @@ async def test_aborted_tcp_fails_every_stream_with_connection_lost() -> None:
                 await open_post(conn)
 
 
+async def test_abort_still_sends_what_a_handler_already_queued() -> None:
+    # A handler's send returned while another task was writing (it joined that write); an
+    # abort that follows must not drop those bytes: they were sent before the fault.
+    async def handler(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        conn = stream.connection
+
+        async def busy_writer() -> None:
+            async with conn._write_lock:  # a socket write in progress elsewhere
+                await anyio.sleep(0.2)
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(busy_writer)
+            await anyio.sleep(0.05)
+            await stream.send_data(b"last words")  # queued for the busy writer
+            await conn.abort()
+
+    with anyio.fail_after(10):
+        async with serve_and_connect(handler, timeouts=NO_PING) as (_, conn):
+            stream = await open_post(conn)
+            await stream.response()
+            assert await stream.receive() == b"last words"
+            with pytest.raises(errors.ConnectionLost):
+                await stream.receive()
+
+
 async def test_silent_peer_fails_by_ping_timeout() -> None:
     async def handler(stream: ServerStream) -> None:
         await stream.send_headers(200)

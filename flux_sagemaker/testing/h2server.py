@@ -17,6 +17,7 @@ exception resets its stream with ``INTERNAL_ERROR`` and is kept in ``H2Server.ha
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
@@ -34,6 +35,7 @@ from anyio.streams.tls import TLSStream
 
 from flux_sagemaker import errors
 from flux_sagemaker.h2core import (
+    CLOSE_TIMEOUT,
     DEFAULT_RECEIVE_WINDOW,
     MAX_WINDOW,
     DrainingH2Connection,
@@ -171,9 +173,16 @@ class ServerConnection(H2ConnectionBase):
                 await self._flush_locked()
 
     async def abort(self) -> None:
-        """Drop the TCP connection without sending any frame."""
+        """Drop the TCP connection without sending any frame of its own.
+
+        Frames already queued go out first: a handler whose send joined another task's write
+        has seen its send return, so they were sent before the fault.
+        """
         self._closing = True
         with anyio.CancelScope(shield=True):
+            with contextlib.suppress(errors.FluxError), anyio.move_on_after(CLOSE_TIMEOUT):
+                async with self._write_lock:
+                    await self._flush_locked()
             await anyio.aclose_forcefully(self._stream)
         self._fail(errors.ConnectionLost("the connection was aborted"))
 
