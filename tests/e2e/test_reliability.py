@@ -166,8 +166,11 @@ async def test_recovers_after_a_completed_turn_replaying_only_the_open_one() -> 
     assert_turns_complete(events)
     (reconnect,) = [e for e in events if isinstance(e, Reconnected)]
     first_end = next(e for e in events if isinstance(e, EndOfTurn)).audio_window_end
-    assert reconnect.resumed_at_s == pytest.approx(first_end, abs=0.001)
-    assert reconnect.replayed_audio_s < fault_at - first_end + 0.5
+    # The replay starts where the completed turn ended, not at the start of the session.
+    assert 0 < reconnect.resumed_at_s == pytest.approx(first_end, abs=0.001)
+    # It holds at least the open turn's audio up to the fault. How much more it holds depends
+    # on how soon the drop was noticed (wall-clock), so there is no upper bound to assert.
+    assert reconnect.replayed_audio_s >= fault_at - first_end - 0.02
     assert_audio_delivered(endpoint, events)
 
 
