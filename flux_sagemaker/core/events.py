@@ -427,9 +427,13 @@ def _refuse_constant(name: str) -> None:
     raise _Bad(f"{name} is not a JSON number")
 
 
+# One decoder for every message: json.loads with any option builds a new one per call.
+_DECODER: Final = json.JSONDecoder(parse_constant=_refuse_constant)
+
+
 def _parse(payload: bytes | str) -> ServerMessage:
     text = payload.decode("utf-8") if isinstance(payload, bytes) else payload
-    obj = json.loads(text, parse_constant=_refuse_constant)
+    obj = _DECODER.decode(text)
     if not isinstance(obj, dict):
         raise _Bad(f"a {type(obj).__name__}, not a JSON object")
     kind = obj.get("type")
