@@ -20,7 +20,14 @@ from hypothesis import strategies as st
 
 from flux_sagemaker import errors, h2stream
 from flux_sagemaker.testing.h2server import H2Server, ServerStream
-from flux_sagemaker.transport import H2Connection, H2Stream, Timeouts, connect, open_connection
+from flux_sagemaker.transport import (
+    _BATCH_YIELD,
+    H2Connection,
+    H2Stream,
+    Timeouts,
+    connect,
+    open_connection,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -595,10 +602,11 @@ async def test_frames_queued_by_many_streams_leave_in_one_socket_write() -> None
 
 
 async def test_a_long_burst_is_written_in_parts_as_it_is_queued() -> None:
-    """Past 16 KiB queued, a sender lets the writer go: the peer is not kept waiting."""
+    """Past ``_BATCH_YIELD`` queued, a sender lets the writer go: the peer is not kept waiting."""
+    n_streams = 2 * _BATCH_YIELD // 1024  # a burst of twice the threshold
     with anyio.fail_after(10):
         async with serve_and_connect(echo) as (_server, conn):
-            streams = [await open_post(conn) for _ in range(40)]
+            streams = [await open_post(conn) for _ in range(n_streams)]
             await anyio.sleep(0.05)
             counting = _CountingStream(conn._stream)
             conn._stream = counting
@@ -607,7 +615,7 @@ async def test_a_long_burst_is_written_in_parts_as_it_is_queued() -> None:
             for stream in streams:
                 assert await stream.receive() == b"x" * 1024
             assert len(counting.writes) >= 2
-            assert sum(counting.writes) >= 40 * (9 + 1024)
+            assert sum(counting.writes) >= n_streams * (9 + 1024)
             for stream in streams:
                 await stream.aclose()
 
