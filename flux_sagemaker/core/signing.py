@@ -55,6 +55,11 @@ _INT64: Final = struct.Struct("!q")
 # time.gmtime() works up to year 9999; the :date of an envelope comes from the peer in the verifier.
 _MAX_DATE_MS: Final = 253_402_300_800_000
 
+# HMAC's key pads (RFC 2104): the key XOR 0x36 for the inner hash, XOR 0x5C for the outer.
+_INNER_PAD: Final = bytes(x ^ 0x36 for x in range(256))
+_OUTER_PAD: Final = bytes(x ^ 0x5C for x in range(256))
+_SHA256_BLOCK: Final = 64
+
 # Access keys go into the authorization header and session tokens are a header of their own:
 # checking them keeps CR, LF and NUL (header injection) out whatever the credential source.
 _ACCESS_KEY_RE = re.compile(r"[A-Za-z0-9_\-.]{1,128}")
@@ -75,6 +80,34 @@ def signing_key(secret_key: str, date: str, region: str, service: str = SERVICE)
     key = hmac.digest(key, region.encode(), "sha256")
     key = hmac.digest(key, service.encode(), "sha256")
     return hmac.digest(key, b"aws4_request", "sha256")
+
+
+@attrs.frozen
+class _HmacSha256:
+    """HMAC-SHA256 under one key, with the key's two blocks hashed once.
+
+    ``hmac.digest`` sets the key up again on every call: 1.7 us for a 230-byte string to sign,
+    against 0.7 us for copying these states and hashing only the message.
+    """
+
+    _inner: hashlib._Hash
+    _outer: hashlib._Hash
+
+    @classmethod
+    def keyed(cls, key: bytes) -> _HmacSha256:
+        if len(key) > _SHA256_BLOCK:
+            key = hashlib.sha256(key).digest()
+        key = key.ljust(_SHA256_BLOCK, b"\0")
+        return cls(
+            hashlib.sha256(key.translate(_INNER_PAD)), hashlib.sha256(key.translate(_OUTER_PAD))
+        )
+
+    def digest(self, message: bytes) -> bytes:
+        inner = self._inner.copy()
+        inner.update(message)
+        outer = self._outer.copy()
+        outer.update(inner.digest())
+        return outer.digest()
 
 
 def encode_date_header(date_ms: int) -> bytes:
@@ -207,7 +240,7 @@ class SignatureChain:
     _second: int = attrs.field(init=False, default=-1, repr=False)
     _prefix: bytes = attrs.field(init=False, default=b"", repr=False)
     _day: str = attrs.field(init=False, default="", repr=False)
-    _key: bytes = attrs.field(init=False, default=b"", repr=False)
+    _hmac: _HmacSha256 | None = attrs.field(init=False, default=None, repr=False)
 
     def __attrs_post_init__(self) -> None:
         if re.fullmatch(r"[0-9a-f]{64}", self.seed_signature) is None:
@@ -218,7 +251,8 @@ class SignatureChain:
         amz_date = time.strftime(_AMZ_DATE_FORMAT, time.gmtime(second))
         day = amz_date[:8]
         if day != self._day:
-            self._key = signing_key(self.secret_key, day, self.region, self.service)
+            key = signing_key(self.secret_key, day, self.region, self.service)
+            self._hmac = _HmacSha256.keyed(key)
             self._day = day
         scope = f"{day}/{self.region}/{self.service}/aws4_request"
         self._prefix = b"\n".join((_EVENT_ALGORITHM, amz_date.encode(), scope.encode(), b""))
@@ -255,7 +289,8 @@ class SignatureChain:
                 hashlib.sha256(payload).hexdigest().encode(),
             )
         )
-        signature = hmac.digest(self._key, string_to_sign, "sha256")
+        assert self._hmac is not None  # set with the day, by _enter_second
+        signature = self._hmac.digest(string_to_sign)
         self._prior = signature.hex().encode()
         return date_record, signature
 

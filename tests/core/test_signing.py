@@ -345,3 +345,13 @@ def test_reprs_never_show_secrets() -> None:
             assert repr(key) not in text
     assert "127.0.0.1:43899" in repr(signed)  # the rest stays visible
     assert "<redacted>" in repr(signed)
+
+
+@given(key=st.binary(max_size=200), message=st.binary(max_size=600))
+def test_hmac_with_hashed_key_blocks_equals_the_standard_library(
+    key: bytes, message: bytes
+) -> None:
+    """The chain's HMAC hashes the key blocks once; it must stay HMAC-SHA256 for any key."""
+    keyed = signing._HmacSha256.keyed(key)
+    assert keyed.digest(message) == hmac.digest(key, message, "sha256")
+    assert keyed.digest(message) == keyed.digest(message)  # the stored states are not consumed
