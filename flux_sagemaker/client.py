@@ -422,7 +422,12 @@ class FluxClient:
             await self._send_events(events, self._epoch)
 
     async def _send_events(self, events: Sequence[bytes], epoch: int) -> None:
-        async with self._send_lock:
+        lock = self._send_lock
+        try:
+            lock.acquire_nowait()  # the usual case, no other sender: skip acquire()'s checkpoint
+        except anyio.WouldBlock:
+            await lock.acquire()
+        try:
             current = self._current
             if current is None or current.retired or epoch != self._epoch:
                 # Being replaced, or replaced while we waited for the lock: the replay
@@ -435,6 +440,8 @@ class FluxClient:
                     # close() or a failure overtook this call: never write after CloseStream.
                     self._check_open("send audio")
                 await self._write_audio(current, event)
+        finally:
+            lock.release()
 
     async def _write_audio(self, stream: LiveStream, audio: bytes) -> None:
         if stream.proto.input_ended:

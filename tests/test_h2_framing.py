@@ -8,8 +8,9 @@ import anyio.abc
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import pytest
-from hypothesis import assume, given
+from hypothesis import given
 from hypothesis import strategies as st
 
 from flux_sagemaker.h2core import H2ConnectionBase
@@ -26,19 +27,39 @@ def opened(*, client_side: bool = True) -> H2ConnectionBase:
     return H2ConnectionBase(cast(anyio.abc.ByteStream, None), h2c, None)
 
 
+def widen_connection_window(conn: H2ConnectionBase) -> None:
+    """The peer opens the connection window past the stream's (a WINDOW_UPDATE on stream 0)."""
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    server.initiate_connection()
+    server.receive_data(conn._h2.data_to_send())
+    server.increment_flow_control_window(100_000)
+    conn._h2.receive_data(server.data_to_send())
+
+
 def windows(conn: H2ConnectionBase) -> tuple[int, int]:
     h2c = conn._h2
     return h2c.outbound_flow_control_window, h2c.local_flow_control_window(1)
 
 
-@given(sizes=st.lists(st.integers(min_value=1, max_value=16_384), min_size=1, max_size=6))
-def test_fast_data_frames_are_the_bytes_h2_writes(sizes: list[int]) -> None:
-    assume(sum(sizes) <= 65_535)  # the caller keeps within the window, as h2 requires
+@given(
+    sizes=st.lists(st.integers(min_value=0, max_value=20_000), min_size=1, max_size=8),
+    wide=st.booleans(),
+)
+def test_fast_data_frames_are_the_bytes_h2_writes(sizes: list[int], wide: bool) -> None:
+    """Whatever fits one frame and both windows is framed as h2 would; the rest is left alone."""
     ours, reference = opened(), opened()
+    if wide:  # then the stream's window is the smaller one
+        widen_connection_window(ours)
+        widen_connection_window(reference)
     for i, size in enumerate(sizes):
         data = bytes([i % 256]) * size
-        assert _frame_data_fast(ours, 1, data)
-        reference._h2.send_data(1, data)
+        fits = 0 < size <= min(16_384, reference._h2.local_flow_control_window(1))
+        before = windows(ours), bytes(ours._outbox)
+        assert _frame_data_fast(ours, 1, data) is fits
+        if fits:
+            reference._h2.send_data(1, data)
+        else:  # empty, past the window or the frame size: h2 splits or waits
+            assert (windows(ours), bytes(ours._outbox)) == before
     wire = bytes(ours._outbox) + ours._h2.data_to_send()
     assert wire == reference._h2.data_to_send()  # the preface and HEADERS first, in order
     assert windows(ours) == windows(reference)
@@ -97,3 +118,38 @@ def test_half_closed_remote_still_takes_data() -> None:
     assert _frame_data_fast(conn, 1, b"audio")
     received = server.receive_data(bytes(conn._outbox) + conn._h2.data_to_send())
     assert [e.data for e in received if isinstance(e, h2.events.DataReceived)] == [b"audio"]
+
+
+def test_a_peer_that_raised_its_frame_size_gets_larger_frames() -> None:
+    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    server.initiate_connection()
+    server.update_settings({h2.settings.SettingCodes.MAX_FRAME_SIZE: 32_768})
+    conn = opened()
+    server.receive_data(conn._h2.data_to_send())
+    conn._h2.receive_data(server.data_to_send())  # the SETTINGS
+    server.receive_data(conn._h2.data_to_send())  # our ACK: now the server takes larger frames
+    assert conn._h2.max_outbound_frame_size == 32_768
+    assert _frame_data_fast(conn, 1, b"x" * 20_000)
+    assert not _frame_data_fast(conn, 1, b"x" * 40_000)  # still past the window
+    received = server.receive_data(bytes(conn._outbox))
+    assert [len(e.data) for e in received if isinstance(e, h2.events.DataReceived)] == [20_000]
+
+
+def test_the_stream_window_bounds_the_fast_path() -> None:
+    conn = opened()
+    widen_connection_window(conn)  # 165,535 bytes on the connection, 65,535 on the stream
+    for _ in range(3):
+        assert _frame_data_fast(conn, 1, b"x" * 16_384)
+    assert conn._h2.local_flow_control_window(1) == 16_383
+    assert not _frame_data_fast(conn, 1, b"x" * 16_384)
+    assert _frame_data_fast(conn, 1, b"x" * 16_383)
+
+
+def test_the_connection_window_bounds_the_fast_path() -> None:
+    conn = opened()
+    conn._h2.send_headers(3, REQUEST)
+    for _ in range(3):  # stream 3 takes 49,152 of the connection's 65,535
+        assert _frame_data_fast(conn, 3, b"x" * 16_384)
+    assert conn._h2.streams[1].outbound_flow_control_window == 65_535
+    assert not _frame_data_fast(conn, 1, b"x" * 16_384)
+    assert _frame_data_fast(conn, 1, b"x" * 16_383)
