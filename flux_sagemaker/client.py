@@ -66,6 +66,7 @@ from .errors import (
     UsageError,
     ValidationError,
 )
+from .event_queue import EventQueue
 from .pool import ConnectionPool, default_pool
 from .streams import LiveStream, aclose_quietly, open_stream
 from .transport import Timeouts
@@ -227,9 +228,7 @@ class FluxClient:
         self._pending_configures: deque[_Ack] = deque()
         self._configure_lock = anyio.Lock()
         self._task_group: anyio.abc.TaskGroup | None = None
-        self._events_in, self._events_out = anyio.create_memory_object_stream[
-            FluxEvent | FluxError
-        ](max_buffered_events)
+        self._events: EventQueue[FluxEvent | FluxError] = EventQueue(max_buffered_events)
         self._closed_event = anyio.Event()
         self._error: FluxError | None = None
         self._connected_delivered = False
@@ -342,8 +341,7 @@ class FluxClient:
                 await task_group.__aexit__(None, None, None)
             except Exception:
                 logger.exception("a Flux background task failed")
-        self._events_in.close()
-        self._events_out.close()
+        self._events.close(discard=True)
 
     async def close(self) -> None:
         """End the session cleanly: send ``CloseStream``, drain every event, end the input.
@@ -588,24 +586,21 @@ class FluxClient:
 
     async def __anext__(self) -> FluxEvent:
         try:
-            try:
-                # No checkpoint when an event is ready: one task switch less per event. The
-                # buffer is bounded, so a consumer cannot hog the loop for long.
-                item = self._events_out.receive_nowait()
-            except anyio.WouldBlock:
-                item = await self._events_out.receive()
-        except (anyio.EndOfStream, anyio.ClosedResourceError):
+            # No checkpoint when an event is ready: one task switch less per event. The
+            # buffer is bounded, so a consumer cannot hog the loop for long.
+            item = await self._events.get()
+        except anyio.EndOfStream:
             raise StopAsyncIteration from None
         if isinstance(item, FluxError):
             raise item
         return item
 
     async def _deliver(self, item: FluxEvent | FluxError) -> None:
-        with contextlib.suppress(anyio.ClosedResourceError, anyio.BrokenResourceError):
+        with contextlib.suppress(anyio.ClosedResourceError):
             try:
-                self._events_in.send_nowait(item)  # room: no task switch
+                self._events.put_nowait(item)  # room: no task switch
             except anyio.WouldBlock:
-                await self._events_in.send(item)  # the consumer is behind: back-pressure
+                await self._events.put(item)  # the consumer is behind: back-pressure
 
     # -- streams ------------------------------------------------------------------------------
 
@@ -774,23 +769,23 @@ class FluxClient:
         if error is not None and self._error is None:
             self._error = error
             try:
-                self._events_in.send_nowait(error)
+                self._events.put_nowait(error)
             except anyio.WouldBlock:
                 # A full queue: deliver the error once the consumer has made room.
                 self._task_group_start(self._deliver_then_close, error)
                 self._state = "closed"
                 self._closed_event.set()
                 return
-            except (anyio.ClosedResourceError, anyio.BrokenResourceError):
+            except anyio.ClosedResourceError:
                 pass
         self._state = "closed"
         self._closed_event.set()
-        self._events_in.close()
+        self._events.close()
         self._wake_supervisor()
 
     async def _deliver_then_close(self, error: FluxError) -> None:
         await self._deliver(error)
-        self._events_in.close()
+        self._events.close()
 
     async def _recover(self, failed: LiveStream, error: FluxError) -> None:
         self._current = None
@@ -992,8 +987,7 @@ class FluxClient:
         return now + 1.0
 
     def _events_full(self) -> bool:
-        stats = self._events_in.statistics()
-        return stats.current_buffer_used >= stats.max_buffer_size
+        return self._events.full
 
     async def _send_silence(self, stream: LiveStream, duration: float | None) -> None:
         """Keepalive audio: ``duration`` seconds, or one sample when ``None``."""
