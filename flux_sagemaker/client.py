@@ -15,6 +15,7 @@ task under one lock, so signing order equals wire order.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import math
 import random
@@ -653,7 +654,38 @@ class FluxClient:
     def _install(self, stream: LiveStream) -> None:
         self._current = stream
         assert self._task_group is not None
+        stream.h2.set_data_hook(functools.partial(self._take_data, stream))
         self._task_group.start_soon(self._guarded, self._read_stream, stream)
+
+    def _take_data(self, stream: LiveStream, chunk: bytes) -> bool:
+        """Handle a chunk in the connection's reader task when nothing has to wait for it.
+
+        The usual case: the stream's reader is idle and the consumer keeps up. This saves the
+        switch to the stream's reader task on every server message. Otherwise (a consumer
+        behind, a retired stream) the chunk goes to that task, which waits as needed. The
+        events of one chunk may fill the queue past ``max_buffered_events``; later chunks
+        then wait for the consumer.
+        """
+        if stream.retired or self._events.full:
+            return False
+        try:
+            self._timers.on_server_data(_now())
+            for event in stream.proto.receive_data(chunk):
+                if isinstance(event, StreamFailed):
+                    self._on_failure(stream, event.error)
+                    if stream.retired or self._state == "closed":
+                        # Its reader task waits for data; retire the stream as it would.
+                        self._task_group_start(self._retire, stream)
+                    break
+                assert not isinstance(event, StreamEnded)  # only receive_eof() ends a stream
+                item = self._observe(stream, event)
+                if item is not None:
+                    with contextlib.suppress(anyio.ClosedResourceError):
+                        self._events.put_nowait(item, force=True)
+        except Exception as exc:  # the connection's reader must not die of our bug
+            logger.exception("a Flux event handler failed")
+            self._finish(LocalProtocolError(f"internal error in the Flux client: {exc!r}"))
+        return True
 
     async def _read_stream(self, stream: LiveStream) -> None:
         """Reader task of one stream: feed the protocol until the stream ends or fails."""
@@ -683,12 +715,18 @@ class FluxClient:
                     await self._retire(stream)
 
     async def _handle_event(self, stream: LiveStream, event: ServerMessage) -> None:
+        item = self._observe(stream, event)
+        if item is not None:
+            await self._deliver(item)
+
+    def _observe(self, stream: LiveStream, event: ServerMessage) -> FluxEvent | None:
+        """Account for a server message; return what the application gets, if anything."""
         if stream.retired:
-            return  # a newer stream replays this audio; its events are the ones that count
+            return None  # a newer stream replays this audio; its events are the ones that count
         self._stats.events_received += 1
         if isinstance(event, Connected):
             if self._connected_delivered:
-                return
+                return None
             self._connected_delivered = True
         elif isinstance(event, ConfigureSuccess | ConfigureFailure):
             # Answers match Configures in order (Flux has no correlation id).
@@ -701,12 +739,12 @@ class FluxClient:
         elif isinstance(event, TurnInfo):
             observed = self._tracker.observe(event)
             if observed is None:
-                return
+                return None
             event = observed
             if isinstance(event, EndOfTurn) and self._format.bytes_per_second:
                 self._replay.trim_to(self._format.byte_offset(event.audio_window_end))
                 self._wake_supervisor()  # a turn boundary: the moment for a due rollover
-        await self._deliver(event)
+        return event
 
     async def _on_stream_ended(self, stream: LiveStream) -> None:
         if stream.retired:

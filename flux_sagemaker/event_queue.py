@@ -42,11 +42,11 @@ class EventQueue(Generic[T]):
     def __len__(self) -> int:
         return len(self._items)
 
-    def put_nowait(self, item: T) -> None:
-        """Append ``item``; raise ``anyio.WouldBlock`` when full."""
+    def put_nowait(self, item: T, *, force: bool = False) -> None:
+        """Append ``item``; raise ``anyio.WouldBlock`` when full, unless ``force``."""
         if self._closed:
             raise anyio.ClosedResourceError
-        if len(self._items) >= self._capacity:
+        if len(self._items) >= self._capacity and not force:
             raise anyio.WouldBlock
         self._items.append(item)
         if self._not_empty is not None:

@@ -318,7 +318,13 @@ class H2ConnectionBase:
                     return
                 if fcl > len(data):  # padding is not the consumer's to acknowledge
                     self._h2.acknowledge_received_data(fcl - len(data), sid)
-                if data:
+                if not data:
+                    return
+                hook = stream._data_hook
+                if hook is not None and stream._receiving and not stream._chunks and hook(data):
+                    # Consumed in this task, no switch to the receiver; _feed sends any update.
+                    self._h2.acknowledge_received_data(len(data), sid)
+                else:
                     stream._chunks.append(data)
                     stream._buffered += len(data)
                     stream._wake_recv()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import struct
+from collections.abc import Callable
 from typing import Final
 
 import anyio
@@ -87,7 +88,22 @@ class H2StreamBase:
     _closed: bool = attrs.field(init=False, default=False)
     _error: errors.FluxError | None = attrs.field(init=False, default=None)
     _recv_event: anyio.Event | None = attrs.field(init=False, default=None, repr=False)
+    # True while a receive() without a time limit waits with nothing buffered: then data may
+    # go to the data hook.
+    _receiving: bool = attrs.field(init=False, default=False, repr=False)
+    _data_hook: Callable[[bytes], bool] | None = attrs.field(init=False, default=None, repr=False)
     _send_event: anyio.Event | None = attrs.field(init=False, default=None, repr=False)
+
+    def set_data_hook(self, hook: Callable[[bytes], bool] | None) -> None:
+        """Have the connection's reader offer data to ``hook`` while a receive() waits idle.
+
+        The hook runs in the reader task and must not raise. It returns True when it consumed
+        the chunk (the stream then acknowledges it at once) and False to leave it to
+        receive(). Data is offered only when receive() is parked with nothing buffered, so
+        hooked and received chunks never overtake each other. Only a receive() without a time
+        limit counts: data the hook consumed would not reset the limit.
+        """
+        self._data_hook = hook
 
     @property
     def buffered(self) -> int:
@@ -121,8 +137,13 @@ class H2StreamBase:
             if self._recv_event is None:
                 self._recv_event = anyio.Event()
             if limit is None:
-                await self._recv_event.wait()
+                self._receiving = True
+                try:
+                    await self._recv_event.wait()
+                finally:
+                    self._receiving = False
                 continue
+            # With a read limit, no hook: data it consumed would not reset the limit.
             msg = f"no data on stream {self.stream_id} for {limit} s"
             await wait_event(self._recv_event, limit, msg)
         chunk = self._chunks.popleft()

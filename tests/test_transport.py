@@ -647,3 +647,74 @@ async def test_probe_finds_a_silent_peer_long_before_the_ping_interval() -> None
             await conn.probe(0.2)  # fail_after(10): the 30 s interval + 10 s would be too late
             with pytest.raises(errors.ConnectionLost, match=r"PING within 0\.2 s"):
                 await silent.receive()
+
+
+async def _send_after_go(stream: ServerStream) -> None:
+    """Wait for the client's "go", then send 5 x 1000 bytes and end the response."""
+    await stream.send_headers(200)
+    assert await stream.receive() == b"go"
+    for _ in range(5):
+        await stream.send_data(b"x" * 1000)
+    await stream.end()
+
+
+async def test_a_data_hook_takes_the_chunks_while_the_receiver_waits() -> None:
+    taken = bytearray()
+
+    def hook(chunk: bytes) -> bool:
+        taken.extend(chunk)
+        return True
+
+    with anyio.fail_after(10):
+        # 5000 bytes through a 1000-byte window: the hooked chunks must be acknowledged.
+        async with serve_and_connect(_send_after_go, receive_window=1000) as (_, conn):
+            stream = await open_post(conn)
+            await stream.response()
+            stream.set_data_hook(hook)
+            await stream.send(b"go")
+            assert await stream.receive() is None  # all data went to the hook; the end did not
+    assert taken == b"x" * 5000
+
+
+async def test_a_hook_that_declines_leaves_the_chunk_to_receive() -> None:
+    offered: list[int] = []
+
+    def hook(chunk: bytes) -> bool:
+        offered.append(len(chunk))
+        return False
+
+    with anyio.fail_after(10):
+        async with serve_and_connect(_send_after_go) as (_, conn):
+            stream = await open_post(conn)
+            await stream.response()
+            stream.set_data_hook(hook)
+            await stream.send(b"go")
+            assert await read_all(stream) == b"x" * 5000
+    assert offered  # the receiver was waiting for the first chunk at least
+
+
+async def test_data_arriving_while_nobody_waits_is_buffered_not_hooked() -> None:
+    hooked: list[bytes] = []
+    with anyio.fail_after(10):
+        async with serve_and_connect(_send_after_go) as (_, conn):
+            stream = await open_post(conn)
+            await stream.response()
+            stream.set_data_hook(lambda chunk: hooked.append(chunk) is None)
+            await stream.send(b"go")
+            while stream.buffered < 5000:  # noqa: ASYNC110 - polling the buffer is the point
+                await anyio.sleep(0.01)
+            assert await read_all(stream) == b"x" * 5000
+    assert hooked == []
+
+
+async def test_a_receive_with_a_time_limit_is_never_bypassed() -> None:
+    hooked: list[bytes] = []
+    timeouts = Timeouts(ping_interval=None, read=5)
+    with anyio.fail_after(10):
+        async with serve_and_connect(_send_after_go, timeouts=timeouts) as (_, conn):
+            stream = await open_post(conn)
+            await stream.response()
+            stream.set_data_hook(lambda chunk: hooked.append(chunk) is None)
+            await stream.send(b"go")
+            assert await read_all(stream) == b"x" * 5000
+    assert hooked == []

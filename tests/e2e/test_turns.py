@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import anyio
 import pytest
 
@@ -9,14 +11,28 @@ from flux_sagemaker import (
     Connected,
     EagerEndOfTurn,
     EndOfTurn,
+    FluxClient,
     FluxSettings,
+    LocalProtocolError,
     StartOfTurn,
     TurnInfo,
     TurnResumed,
     Update,
+    UsageError,
 )
+from flux_sagemaker.core.turns import TurnTracker
 
-from .helpers import SAMPLE, TEST_TIMEOUT, EndpointFactory, client_for, of_type, run_session
+from .helpers import (
+    SAMPLE,
+    TEST_TIMEOUT,
+    EndpointFactory,
+    client_for,
+    events_until_error,
+    ms,
+    of_type,
+    run_session,
+    send_audio,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -80,3 +96,56 @@ async def test_sample_turns_without_eager(endpoint: EndpointFactory) -> None:
             script = SAMPLE.turns[update.turn_index]
             assert script.startswith(update.transcript)
     assert ep.streams[0].event_types[0] == "Connected"
+
+
+async def test_a_consumer_that_falls_behind_gets_every_event_in_order(
+    endpoint: EndpointFactory,
+) -> None:
+    """A full buffer hands the stream back to its reader task, which waits for the consumer."""
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as reference:
+            expected = await run_session(reference, SAMPLE.pcm)
+        async with endpoint() as ep, client_for(ep, max_buffered_events=2) as flux:
+            most_buffered = 0
+
+            async def sender() -> None:
+                await send_audio(flux, SAMPLE.pcm)
+                await flux.close()
+
+            events = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(sender)
+                # Consume nothing while the session runs well ahead, then everything.
+                for _ in range(50):
+                    await anyio.sleep(0.01)
+                    most_buffered = max(most_buffered, len(flux._events))
+                events = [event async for event in flux]
+    # The consumer was behind: the buffer filled, and held no more than the events of the
+    # chunk that filled it (the session had 30 ready).
+    assert 2 <= most_buffered <= 10
+    assert [(type(e), getattr(e, "transcript", None)) for e in events] == [
+        (type(e), getattr(e, "transcript", None)) for e in expected
+    ]
+
+
+async def test_a_bug_in_event_handling_ends_the_session_with_a_typed_error(
+    endpoint: EndpointFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The connection's reader runs our event handling; a bug there must not pass silently."""
+
+    def broken(self: TurnTracker, event: TurnInfo) -> None:
+        raise RuntimeError("a bug")
+
+    monkeypatch.setattr(TurnTracker, "observe", broken)
+
+    async def sender(flux: FluxClient) -> None:
+        with contextlib.suppress(UsageError):  # the session may fail before all is sent
+            await send_audio(flux, SAMPLE.pcm[: ms(1000)])
+
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as flux, anyio.create_task_group() as tg:
+            tg.start_soon(sender, flux)
+            error = await events_until_error(flux, [])
+    assert isinstance(error, LocalProtocolError)
+    assert "internal error" in str(error)
+    assert "a bug" in str(error)
