@@ -142,6 +142,7 @@ class AudioCoalescer:
     target_ms: float = attrs.field(default=80)
     """Target event duration in milliseconds; ``0`` disables coalescing."""
     _target: int = attrs.field(init=False, default=0)
+    _width: int | None = attrs.field(init=False, default=None, repr=False)
     _buffer: bytearray = attrs.field(init=False, factory=bytearray, repr=False)
 
     @target_ms.validator
@@ -155,7 +156,7 @@ class AudioCoalescer:
 
     def __attrs_post_init__(self) -> None:
         rate = self.format.bytes_per_second
-        width = self.format.sample_width
+        width = self._width = self.format.sample_width
         if rate is not None and width is not None and self.target_ms > 0:
             samples = max(1, round(rate * self.target_ms / 1000) // width)
             self._target = samples * width
@@ -177,9 +178,10 @@ class AudioCoalescer:
             ValidationError: ``data`` is not a bytes-like object, or its size is not a
                 multiple of the sample width.
         """
-        view = _as_view(data)
-        size = view.nbytes
-        width = self.format.sample_width
+        # bytes, the usual input, needs no memoryview unless it is cut.
+        view = None if type(data) is bytes else _as_view(data)
+        size = len(data) if view is None else view.nbytes
+        width = self._width
         if width is not None and size % width:
             raise ValidationError(
                 f"audio chunk of {size} bytes is not a whole number of {width}-byte "
@@ -188,17 +190,17 @@ class AudioCoalescer:
         if size == 0:
             return []
         target = self._target
-        if target == 0:
-            return [data if isinstance(data, bytes) else view.tobytes()]
+        if target == 0 or (not self._buffer and target <= size <= MAX_EVENT_FACTOR * target):
+            # Passed through whole: a copy only of a buffer the caller may reuse.
+            return [bytes(data) if view is None else view.tobytes()]
+        chunk = data if view is None else view
         if not self._buffer:
-            if target <= size <= MAX_EVENT_FACTOR * target:
-                return [data if isinstance(data, bytes) else view.tobytes()]
             if size < target:
-                self._buffer.extend(view)
+                self._buffer.extend(chunk)
                 return []
-            return self._split(view)
+            return self._split(memoryview(chunk))
         buffer = self._buffer
-        buffer.extend(view)
+        buffer.extend(chunk)
         if len(buffer) < target:
             return []
         if len(buffer) <= MAX_EVENT_FACTOR * target:
