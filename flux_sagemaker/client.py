@@ -415,7 +415,10 @@ class FluxClient:
         self._stats.audio_bytes_accepted += size
         self._replay.append(audio)
         pending = coalescer.pending_bytes > 0
-        if self._timers.on_app_audio(_now(), self._seconds(size), pending=pending):
+        if self._timers.on_app_audio(_now(), self._seconds(size), pending=pending) and pending:
+            # A partial event started waiting: bring the alarm to its flush time. When one
+            # leaves in an event, the alarm stays early (no second move per event); if no
+            # audio follows, it wakes the supervisor once for nothing.
             self._set_alarm()
         if events:
             await self._send_events(events, self._epoch)

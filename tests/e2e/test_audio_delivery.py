@@ -119,12 +119,24 @@ async def test_a_partial_event_leaves_one_coalescing_window_later(
 async def test_steady_audio_moves_the_flush_alarm_without_waking_the_timers(
     endpoint: EndpointFactory,
 ) -> None:
-    """Every 20 ms frame starts or ends a partial event; none of that is a timer wake-up."""
+    """Every 20 ms frame starts or ends a partial event; none of that is a timer wake-up.
+
+    The alarm moves when a partial event starts (to its flush time), not when one leaves.
+    """
     pcm = SAMPLE.pcm[: ms(2000)]
     with anyio.fail_after(TEST_TIMEOUT):
         async with endpoint() as ep, client_for(ep) as flux:
             await anyio.sleep(0.05)
             rounds = flux._supervisor_rounds
+            moves = 0
+            set_alarm = flux._set_alarm
+
+            def counting_set_alarm() -> None:
+                nonlocal moves
+                moves += 1
+                set_alarm()
+
+            flux._set_alarm = counting_set_alarm  # type: ignore[method-assign]
             for offset in range(0, len(pcm), ms(20)):
                 await flux.send_audio(pcm[offset : offset + ms(20)])
                 await anyio.sleep(0.005)  # four frames well within one 80 ms window
@@ -133,3 +145,4 @@ async def test_steady_audio_moves_the_flush_alarm_without_waking_the_timers(
     assert bytes(ep.streams[0].audio) == pcm
     assert ep.streams[0].audio_event_sizes == [ms(80)] * 25
     assert woken <= 3  # the 1 s look at the other timers, not one per window (25)
+    assert moves == 25  # one per event (a partial event starting), not two
