@@ -601,10 +601,8 @@ class FluxClient:
 
     async def _deliver(self, item: FluxEvent | FluxError) -> None:
         with contextlib.suppress(anyio.ClosedResourceError):
-            try:
-                self._events.put_nowait(item)  # room: no task switch
-            except anyio.WouldBlock:
-                await self._events.put(item)  # the consumer is behind: back-pressure
+            # With room, no task switch; with the consumer behind, back-pressure.
+            await self._events.put(item)
 
     # -- streams ------------------------------------------------------------------------------
 
@@ -980,7 +978,7 @@ class FluxClient:
         """Do what the timers say is due; return when they next need a look (flush aside)."""
         timers = self._timers
         actions, _ = timers.due(
-            now, turn_open=self._tracker.turn_open, consumer_blocked=self._events_full()
+            now, turn_open=self._tracker.turn_open, consumer_blocked=self._events.full
         )
         next_at = timers.checks_due_at
         for action in actions:
@@ -1026,9 +1024,6 @@ class FluxClient:
             self._probed = stream
             await stream.h2.connection.probe(_DRAIN_PROBE_TIMEOUT)
         return now + 1.0
-
-    def _events_full(self) -> bool:
-        return self._events.full
 
     async def _send_silence(self, stream: LiveStream, duration: float | None) -> None:
         """Keepalive audio: ``duration`` seconds, or one sample when ``None``."""
