@@ -27,11 +27,17 @@ def opened(*, client_side: bool = True) -> H2ConnectionBase:
     return H2ConnectionBase(cast(anyio.abc.ByteStream, None), h2c, None)
 
 
-def widen_connection_window(conn: H2ConnectionBase) -> None:
-    """The peer opens the connection window past the stream's (a WINDOW_UPDATE on stream 0)."""
+def peer_of(conn: H2ConnectionBase) -> h2.connection.H2Connection:
+    """A server h2 connection that has read what ``conn`` queued (its preface, stream 1)."""
     server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
     server.initiate_connection()
     server.receive_data(conn._h2.data_to_send())
+    return server
+
+
+def widen_connection_window(conn: H2ConnectionBase) -> None:
+    """The peer opens the connection window past the stream's (a WINDOW_UPDATE on stream 0)."""
+    server = peer_of(conn)
     server.increment_flow_control_window(100_000)
     conn._h2.receive_data(server.data_to_send())
 
@@ -108,10 +114,8 @@ def test_states_where_h2_would_refuse_or_change_state_are_left_to_h2(break_it: A
 
 def test_half_closed_remote_still_takes_data() -> None:
     # The server ended its response early; the request body may still go (h2 allows it too).
-    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
-    server.initiate_connection()
     conn = opened()
-    server.receive_data(conn._h2.data_to_send())
+    server = peer_of(conn)
     server.send_headers(1, [(":status", "200")], end_stream=True)
     events = conn._h2.receive_data(server.data_to_send())
     assert any(isinstance(e, h2.events.StreamEnded) for e in events)
@@ -121,11 +125,9 @@ def test_half_closed_remote_still_takes_data() -> None:
 
 
 def test_a_peer_that_raised_its_frame_size_gets_larger_frames() -> None:
-    server = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
-    server.initiate_connection()
-    server.update_settings({h2.settings.SettingCodes.MAX_FRAME_SIZE: 32_768})
     conn = opened()
-    server.receive_data(conn._h2.data_to_send())
+    server = peer_of(conn)
+    server.update_settings({h2.settings.SettingCodes.MAX_FRAME_SIZE: 32_768})
     conn._h2.receive_data(server.data_to_send())  # the SETTINGS
     server.receive_data(conn._h2.data_to_send())  # our ACK: now the server takes larger frames
     assert conn._h2.max_outbound_frame_size == 32_768
