@@ -121,7 +121,7 @@ async def test_steady_audio_moves_the_flush_alarm_without_waking_the_timers(
 ) -> None:
     """Every 20 ms frame starts or ends a partial event; none of that is a timer wake-up.
 
-    The alarm moves when a partial event starts (to its flush time), not when one leaves.
+    The alarm moves when a partial event starts (to its flush time) and when one leaves.
     """
     pcm = SAMPLE.pcm[: ms(2000)]
     with anyio.fail_after(TEST_TIMEOUT):
@@ -145,4 +145,25 @@ async def test_steady_audio_moves_the_flush_alarm_without_waking_the_timers(
     assert bytes(ep.streams[0].audio) == pcm
     assert ep.streams[0].audio_event_sizes == [ms(80)] * 25
     assert woken <= 3  # the 1 s look at the other timers, not one per window (25)
-    assert moves == 25  # one per event (a partial event starting), not two
+    assert moves == 50  # a partial event starting, and leaving in a full event
+
+
+async def test_the_alarm_does_not_stay_at_the_flush_time_of_an_event_already_sent(
+    endpoint: EndpointFactory,
+) -> None:
+    """Steady audio's next chunk comes at about the last partial event's flush time.
+
+    When the event left full, nothing is due then: the supervisor must not wake for it (it
+    would, each time the event loop wakes a little late and runs the alarm first).
+    """
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as flux:
+            await anyio.sleep(0.05)
+            rounds = flux._supervisor_rounds
+            for offset in range(0, ms(80), ms(20)):  # one full event, sent at once
+                await flux.send_audio(SAMPLE.pcm[offset : offset + ms(20)])
+            await anyio.sleep(0.15)  # past the first chunk's flush time (80 ms)
+            woken = flux._supervisor_rounds - rounds
+            await flux.close()
+    assert ep.streams[0].audio_event_sizes == [ms(80)]
+    assert woken == 0
