@@ -186,7 +186,7 @@ def _streams(results: dict[str, Any]) -> str:
         if "error" in run:
             rows.append(
                 [str(run["n"]), _f(run["coalesce_ms"], 0), "error: " + run["error"][:80]]
-                + [""] * 11
+                + [""] * 12
             )
             continue
         server = run.get("server", {})
@@ -197,7 +197,7 @@ def _streams(results: dict[str, Any]) -> str:
                 [str(run["n"]), _f(run["coalesce_ms"], 0)]
                 + [f"overloaded: {done:.0%} of real time", ""]
                 + [""] * 7
-                + [f"{run['error_count'] + server.get('error_count', 0)}", "yes", ""]
+                + [f"{run['error_count'] + server.get('error_count', 0)}", "yes", "", ""]
             )
             continue
         eps = _events_per_stream_s(run)
@@ -218,6 +218,7 @@ def _streams(results: dict[str, Any]) -> str:
                 f"{run['error_count'] + server.get('error_count', 0)}",
                 ("yes, x" + _f(run["realtime_factor"], 2)) if run["saturated"] else "no",
                 _f(server.get("cpu_ms_per_stream_second"), 2),
+                _stalls(run),
             ]
         )
     header = [
@@ -235,6 +236,7 @@ def _streams(results: dict[str, Any]) -> str:
         "errors",
         "saturated (wall / audio)",
         "server CPU ms / stream-s",
+        "loop stalls: pacer's longest lag / GC pauses (full) / longest GC ms",
     ]
     harness = s.get("harness") or []
     text = [
@@ -265,6 +267,18 @@ def _streams(results: dict[str, Any]) -> str:
         )
     text.append(_peers(results))
     return "\n".join(text)
+
+
+def _stalls(run: dict[str, Any]) -> str:
+    """What held the client's event loop up in the window (runs before this column: blank)."""
+    gc_pauses = run.get("gc")
+    lag = run.get("pacer", {}).get("window_lag_max_ms")
+    if gc_pauses is None or lag is None:
+        return ""
+    return (
+        f"{_f(lag, 1)} / {gc_pauses['count']} ({gc_pauses['full']}) / "
+        f"{_f(gc_pauses['max_ms'], 1)}"
+    )
 
 
 def _marginal_rss(results: dict[str, Any], which: str, run: dict[str, Any]) -> float | None:
@@ -405,11 +419,18 @@ def _targets(results: dict[str, Any]) -> str:
                 run["server"]["transport_ms"].get("p99", math.inf),
                 run["consumer_ms"].get("p99", math.inf),
             )
+            stalls = _stalls(run)
             rows.append(
                 [
                     f"p99 added latency < 5 ms at 500 streams (coalesce {coalesce:g} ms)",
                     f"send→server {_pct(run['server']['transport_ms'], 'p99')} ms, "
-                    f"server→consumer {_pct(run['consumer_ms'], 'p99')} ms",
+                    f"server→consumer {_pct(run['consumer_ms'], 'p99')} ms"
+                    + (
+                        f"; the client's loop stalled (pacer's longest lag / GC pauses "
+                        f"(full) / longest GC ms): {stalls}"
+                        if stalls
+                        else ""
+                    ),
                     "met" if p99 < 5 else "**missed**",
                 ]
             )
@@ -528,6 +549,11 @@ METHOD = """## Method and caveats
   harness's cost stays small, see the harness row). When a tick cannot finish in 20 ms the run
   falls behind real time: it is marked saturated with wall time / audio time, CPU is then per
   second of audio actually sent, and latencies include queueing.
+- **Loop stalls.** Every stream of a client process shares one event loop, so whatever holds it
+  up delays every stream's frames and events. The streams table gives, for the window, the
+  pacer's longest lag behind its 20 ms schedule and the process's garbage-collection pauses
+  (`gc.callbacks`): how many, how many were full collections, and the longest. With hundreds
+  of sessions, a full collection walks every live object of every session.
 - **CPU** is `time.process_time()` of the client process over the window; the peers measure their
   own steady window the same way (all threads, since awscrt does I/O on native threads).
   RSS per stream for our client is (RSS at the end of the window - RSS before connecting) / N.

@@ -10,13 +10,15 @@ frame each 20 ms (the harness's own cost stays small and is measured by ``--clie
 task per stream iterates its events, as an application does.
 
 Measured in the steady window (every stream connected and sending; the first ``--warmup``
-seconds of audio excluded): process CPU (``time.process_time``), RSS, and for each event the
-consumer's receipt time minus the server's ``bench_sent`` stamp.
+seconds of audio excluded): process CPU (``time.process_time``), RSS, for each event the
+consumer's receipt time minus the server's ``bench_sent`` stamp, and what stalls the event loop:
+the pacer's longest lag and the garbage collector's pauses.
 """
 
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import math
 import os
@@ -48,6 +50,37 @@ def tone_frames(seconds: float = 1.0) -> list[bytes]:
         pcm.byteswap()
     data = pcm.tobytes()
     return [data[i : i + FRAME_BYTES] for i in range(0, len(data), FRAME_BYTES)]
+
+
+class GcPauses:
+    """This process's garbage-collection pauses while recording (a ``gc.callbacks`` hook).
+
+    A collection stops the event loop: at hundreds of sessions a full one takes tens of
+    milliseconds, which shows in the latency tail.
+    """
+
+    def __init__(self) -> None:
+        self.pauses = array("d")
+        self.full = 0
+        self.recording = False
+        self._started = 0.0
+
+    def __call__(self, phase: str, info: dict[str, int]) -> None:
+        """The ``gc.callbacks`` signature."""
+        if phase == "start":
+            self._started = time.perf_counter()
+        elif self.recording:
+            self.pauses.append(time.perf_counter() - self._started)
+            self.full += info["generation"] == 2
+
+    def summary(self) -> dict[str, float]:
+        """Count, total and longest pause (ms), and how many were full collections."""
+        return {
+            "count": len(self.pauses),
+            "total_ms": sum(self.pauses) * 1000,
+            "max_ms": max(self.pauses, default=0.0) * 1000,
+            "full": self.full,
+        }
 
 
 def rss_bytes() -> int:
@@ -82,11 +115,13 @@ class Workload:
         self.events_received = 0
         self.errors: list[str] = []
         self.lag_max = 0.0
+        self.window_lag_max = 0.0  # the steady window's, like the GC pauses
         self.late_ticks = 0
         self.sessions_done = 0
         self.mark = (0.0, 0.0, 0)
         self.ticks_sent = 0
         self.warm_ticks = 0
+        self.gc_pauses = GcPauses()
 
     def _kwargs(self) -> dict[str, Any]:
         args = self.args
@@ -154,11 +189,14 @@ class Workload:
             else:
                 lag = -delay
                 self.lag_max = max(self.lag_max, lag)
+                if k > warmup_ticks:
+                    self.window_lag_max = max(self.window_lag_max, lag)
                 if lag > FRAME_S:
                     self.late_ticks += 1
             if k == warmup_ticks:
                 self.mark = (time.monotonic(), time.process_time(), rss_bytes())
                 self.warm_ticks = k
+                self.gc_pauses.recording = True
             tail = frames[k % len(frames)][STAMP.size :]
             for client in clients:
                 await client.send_audio(pack(STAMP_MAGIC, time.monotonic()) + tail)
@@ -167,6 +205,7 @@ class Workload:
     def window_summary(self) -> dict[str, Any]:
         """The steady window: from the end of the warm-up to the last tick sent."""
         t_cpu1, cpu1, rss1 = time.monotonic(), time.process_time(), rss_bytes()
+        self.gc_pauses.recording = False
         t_cpu0, cpu0, rss0 = self.mark
         self.window = (self.window[0], t_cpu1)
         return {
@@ -253,7 +292,12 @@ class Workload:
             "audio_events_sent": sent_events,
             "events_received": self.events_received,
             "consumer_ms": percentiles([v * 1000 for v in self.consumer]),
-            "pacer": {"lag_max_ms": self.lag_max * 1000, "late_ticks": self.late_ticks},
+            "pacer": {
+                "lag_max_ms": self.lag_max * 1000,
+                "window_lag_max_ms": self.window_lag_max * 1000,
+                "late_ticks": self.late_ticks,
+            },
+            "gc": self.gc_pauses.summary(),
             "errors": self.errors[:20],
             "error_count": len(self.errors),
             "reconnects": getattr(self, "reconnects", 0),
@@ -296,6 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     """Run the workload and print its JSON summary."""
     args = parse_args(argv)
     workload = Workload(args)
+    gc.callbacks.append(workload.gc_pauses)
     if args.profile:
         import cProfile
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import random
 import struct
@@ -21,6 +22,7 @@ from benchmarks.bench_server import (
     payload_part,
 )
 from benchmarks.stats import cpu_between, median_run, percentile, percentiles
+from benchmarks.stream_client import GcPauses
 from flux_sagemaker.core.eventstream import decode_message
 from flux_sagemaker.testing import Fault
 
@@ -155,6 +157,34 @@ def test_the_median_run_is_reported_with_every_round() -> None:
     assert report._spread(chosen) == "1.00 / 2.00 / 3.00"
     assert median_run([{"cpu": None}], lambda r: r["cpu"])["cpu_runs"] == [None]
     assert report._spread({"cpu_runs": [1.0]}) == ""
+
+
+def test_gc_pauses_are_recorded_only_in_the_window() -> None:
+    pauses = GcPauses()
+    gc.callbacks.append(pauses)
+    try:
+        gc.collect(0)
+        assert pauses.summary()["count"] == 0  # not recording yet: warm-up
+        pauses.recording = True
+        gc.collect(0)
+        gc.collect()
+        pauses.recording = False
+        gc.collect()
+    finally:
+        gc.callbacks.remove(pauses)
+    summary = pauses.summary()
+    assert summary["count"] == 2
+    assert summary["full"] == 1
+    assert 0 < summary["max_ms"] <= summary["total_ms"]
+
+
+def test_the_stall_column_names_lag_and_gc_pauses() -> None:
+    run = {
+        "pacer": {"lag_max_ms": 80.0, "window_lag_max_ms": 12.34, "late_ticks": 0},
+        "gc": {"count": 40, "total_ms": 100.0, "max_ms": 61.5, "full": 1},
+    }
+    assert report._stalls(run) == "12.3 / 40 (1) / 61.5"
+    assert report._stalls({"pacer": {"lag_max_ms": 1.0}}) == ""  # a run before this column
 
 
 def test_stamp_layout_is_magic_then_big_endian_double() -> None:
