@@ -45,6 +45,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, help="seconds of audio per stream (default 15)")
     p.add_argument("--coalesce", type=_floats, default=[0, 80], help="coalesce_ms values")
     p.add_argument(
+        "--gc-freeze-streams",
+        type=_ints,
+        help="N values run once more with gc.freeze() after connecting, at the largest "
+        "coalescing value (default 500 if it is among --streams)",
+    )
+    p.add_argument(
         "--repeats",
         type=int,
         help="rounds of the stream runs, ours and the peers interleaved; the median CPU run of "
@@ -81,6 +87,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.streams = [1, 10, 100] if quick else [1, 10, 100, 500, 1000]
     if args.peer_streams is None:
         args.peer_streams = [1, 10] if quick else [1, 10, 100]
+    if args.gc_freeze_streams is None:
+        args.gc_freeze_streams = [n for n in args.streams if n == 500]
     if args.duration is None:
         args.duration = 4.0 if quick else 15.0
     if args.repeats is None:
@@ -106,20 +114,26 @@ def run_streams(args: argparse.Namespace) -> dict[str, Any]:
     """Section 2: ours (both coalescing modes), the harness alone, the peers; then a profile."""
     out: dict[str, Any] = {"ours": [], "harness": [], "peers": [], "profiles": []}
     server = streams.ServerProcess(tls=not args.plaintext, engine=args.engine, verify=args.verify)
-    ours: dict[tuple[int, float], list[dict[str, Any]]] = {}
+    ours: dict[tuple[int, float, bool], list[dict[str, Any]]] = {}
     peers: dict[tuple[str, int], list[dict[str, Any]]] = {}
     peer_limit: dict[str, int] = {}  # a peer failed at this N: larger N are not run again
     try:
         out["server"] = {"tls": not args.plaintext, "engine": args.engine, "verify": args.verify}
         for round_ in range(1, args.repeats + 1):
-            for n in args.streams:
-                for coalesce in args.coalesce:
-                    _log(f"round {round_}: ours, {n} streams, coalesce_ms={coalesce:g}")
-                    result = streams.run_ours(
-                        server, streams=n, duration=args.duration, coalesce_ms=coalesce
-                    )
-                    result["n"], result["coalesce_ms"] = n, coalesce
-                    ours.setdefault((n, coalesce), []).append(result)
+            configs = [(n, c, False) for n in args.streams for c in args.coalesce]
+            configs += [(n, max(args.coalesce), True) for n in args.gc_freeze_streams]
+            for n, coalesce, freeze in configs:
+                label = ", gc.freeze()" if freeze else ""
+                _log(f"round {round_}: ours, {n} streams, coalesce_ms={coalesce:g}{label}")
+                result = streams.run_ours(
+                    server,
+                    streams=n,
+                    duration=args.duration,
+                    coalesce_ms=coalesce,
+                    gc_freeze=freeze,
+                )
+                result["n"], result["coalesce_ms"], result["gc_freeze"] = n, coalesce, freeze
+                ours.setdefault((n, coalesce, freeze), []).append(result)
             if args.no_peers:
                 continue
             for which, python in (("aws", args.py312), ("deepgram", args.py312_deepgram)):

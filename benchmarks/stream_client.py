@@ -174,6 +174,8 @@ class Workload:
         """Hand every client one stamped 20 ms frame per tick; record the CPU/RSS window."""
         frames, clients = self.frames, list(self.clients)
         warmup_ticks = round(self.args.warmup / FRAME_S)
+        spread = max(1, min(self.args.spread_ticks, warmup_ticks))
+        per_tick = math.ceil(len(clients) / spread)
         t0 = time.monotonic() + 0.05
         self.window = (t0 + warmup_ticks * FRAME_S, math.inf)
         self.mark = (t0, time.process_time(), rss_bytes())
@@ -198,7 +200,10 @@ class Workload:
                 self.warm_ticks = k
                 self.gc_pauses.recording = True
             tail = frames[k % len(frames)][STAMP.size :]
-            for client in clients:
+            # The streams start in groups over the first `spread` ticks: independent calls are
+            # not in step, so their coalesced events and the server's Updates (every 240 ms)
+            # do not all fall on the same tick.
+            for client in clients if k >= spread else clients[: (k + 1) * per_tick]:
                 await client.send_audio(pack(STAMP_MAGIC, time.monotonic()) + tail)
             self.ticks_sent = k + 1
 
@@ -248,6 +253,9 @@ class Workload:
                     await self.all_connected.wait()
                 open_all_s = time.monotonic() - t_open
                 rss_connected = rss_bytes()
+                if args.gc_freeze:
+                    gc.collect()
+                    gc.freeze()
                 window = await self.paced_window()
                 t_close = time.monotonic()
                 with anyio.move_on_after(30):
@@ -326,7 +334,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of audio per stream")
     p.add_argument("--warmup", type=float, default=1.0, help="seconds excluded from the window")
     p.add_argument("--coalesce-ms", type=float, default=80)
+    p.add_argument(
+        "--spread-ticks",
+        type=int,
+        default=12,
+        help="start the streams over this many 20 ms ticks of the warm-up (1: all in step)",
+    )
     p.add_argument("--client", choices=("flux", "none"), default="flux")
+    p.add_argument("--gc-freeze", action="store_true", help="gc.freeze() once connected")
     p.add_argument(
         "--max-wall-factor", type=float, default=2.5, help="stop pacing after this x real time"
     )

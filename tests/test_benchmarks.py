@@ -22,7 +22,7 @@ from benchmarks.bench_server import (
     payload_part,
 )
 from benchmarks.stats import cpu_between, median_run, percentile, percentiles
-from benchmarks.stream_client import GcPauses
+from benchmarks.stream_client import GcPauses, Workload, parse_args
 from flux_sagemaker.core.eventstream import decode_message
 from flux_sagemaker.testing import Fault
 
@@ -176,6 +176,35 @@ def test_gc_pauses_are_recorded_only_in_the_window() -> None:
     assert summary["count"] == 2
     assert summary["full"] == 1
     assert 0 < summary["max_ms"] <= summary["total_ms"]
+
+
+class _CountingClient:
+    def __init__(self) -> None:
+        self.frames = 0
+
+    async def send_audio(self, audio: bytes) -> None:
+        self.frames += 1
+
+
+@pytest.mark.anyio
+async def test_the_pacer_starts_the_streams_out_of_step_then_feeds_all_of_them() -> None:
+    args = parse_args(["--streams", "5", "--duration", "0.2", "--warmup", "0.1"])
+    args.spread_ticks = 3  # groups of two streams start on ticks 0, 1 and 2
+    workload = Workload(args)
+    workload.clients = [_CountingClient() for _ in range(5)]
+    with anyio.fail_after(10):
+        await workload.pace()
+    assert [c.frames for c in workload.clients] == [10, 10, 9, 9, 8]
+
+
+def test_a_gc_freeze_run_is_kept_apart_from_the_default_run() -> None:
+    frozen = {"n": 500, "coalesce_ms": 80, "gc_freeze": True}
+    default = {"n": 500, "coalesce_ms": 80}  # results from before the option: not frozen
+    results = {"streams": {"ours": [frozen, default]}}
+    assert report._ours(results, 500, 80) is default
+    assert report._ours(results, 500, 80, gc_freeze=True) is frozen
+    assert report._label(frozen) == "500, gc.freeze()"
+    assert report._label(default) == "500"
 
 
 def test_the_stall_column_names_lag_and_gc_pauses() -> None:
