@@ -572,8 +572,14 @@ METHOD = """## Method and caveats
   process" in `docs/client.md`).
 - **Streams out of step.** The streams start in groups over the first 12 ticks (240 ms) of the
   warm-up, as independent calls would: otherwise every stream's 80 ms event and every
-  `Update` (one per 240 ms of audio) would fall on the same tick, and the latency tail would
-  measure those bursts. In the window every stream gets a frame on every tick.
+  `Update` (one per 240 ms of audio) would fall on the same tick, sharing one write and one
+  read among all streams, and the latency tail would measure those bursts. In the window every
+  stream gets a frame on every tick. The peers' streams start the same way.
+- **One pacer for every client.** Our client and both peers are fed by one pacing task per
+  process (the peers' `--pacer shared`). With a pacing task per stream instead, as the peers
+  used until 2026-11-26, the AWS SDK peer measured 19-23 ms / stream-s at 10 streams against
+  14-15 with the shared pacer, and 9.6 against 8.5 at 100 (Deepgram's route: 29.4 against
+  22.1 at 10): that much was the harness's wake-ups, not the client.
 - **CPU** is `time.process_time()` of the client process over the window; the peers measure their
   own steady window the same way (all threads, since awscrt does I/O on native threads).
   RSS per stream for our client is (RSS at the end of the window - RSS before connecting) / N.

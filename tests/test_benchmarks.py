@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
+import importlib.util
 import json
 import random
 import struct
+import sys
+import time
 from pathlib import Path
+from typing import Any
 
 import anyio
 import pytest
@@ -205,6 +210,48 @@ def test_a_gc_freeze_run_is_kept_apart_from_the_default_run() -> None:
     assert report._ours(results, 500, 80, gc_freeze=True) is frozen
     assert report._label(frozen) == "500, gc.freeze()"
     assert report._label(default) == "500"
+
+
+def _peer_harness() -> Any:
+    """The peers' harness module (it imports no SDK at module level)."""
+    path = Path(__file__).parents[1] / "benchmarks" / "peers" / "aws_sdk_stream.py"
+    spec = importlib.util.spec_from_file_location("aws_sdk_stream", path)
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses resolve the module's annotations through it
+    try:
+        spec.loader.exec_module(module)
+    finally:
+        del sys.modules[spec.name]
+    return module
+
+
+def test_the_peers_shared_pacer_feeds_streams_like_ours() -> None:
+    """One task, streams starting in groups, a failing stream dropped alone."""
+    harness = _peer_harness()
+    argv = ["--endpoint-url", "http://peer", "--streams", "5", "--spread-ticks", "3"]
+    run = harness.Run(harness.base_parser("test").parse_args(argv), [bytes([j]) for j in range(6)])
+    sent: list[tuple[int, int]] = []
+
+    async def session(st: Any) -> None:
+        async def send(frame: bytes) -> None:
+            if st.index == 4 and frame[0] == 2:
+                raise ValueError("the stream broke")
+            sent.append((st.index, frame[0]))
+
+        await run.pace(st, send)
+        st.t_end = time.monotonic()
+
+    summary = asyncio.run(run.run(session))
+    tick_0 = [(0, 0), (1, 0)]  # two streams per start group: ticks 0, 1 and 2
+    tick_1 = [(0, 1), (1, 1), (2, 0), (3, 0)]
+    tick_2 = [(0, 2), (1, 2), (2, 1), (3, 1), (4, 0)]
+    assert sent[:11] == [*tick_0, *tick_1, *tick_2]
+    assert [sum(1 for i, _ in sent if i == k) for k in range(5)] == [6, 6, 6, 6, 2]
+    assert summary["totals"]["streams_ok"] == 4
+    assert summary["totals"]["errors"] == ["ValueError: the stream broke"]
+    assert summary["cpu"]["steady"] is not None
 
 
 def test_the_stall_column_names_lag_and_gc_pauses() -> None:

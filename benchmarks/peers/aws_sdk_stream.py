@@ -52,6 +52,15 @@ def base_parser(description: str) -> argparse.ArgumentParser:
     p.add_argument("--duration", type=float, default=10.0, help="seconds of generated audio")
     p.add_argument("--sample-rate", type=int, default=16000)
     p.add_argument("--stagger-ms", type=float, default=0.0, help="delay between stream starts")
+    p.add_argument(
+        "--pacer",
+        choices=("shared", "per-stream"),
+        default="shared",
+        help="shared: one task hands every stream its frame each tick, as flux_sagemaker's "
+        "benchmark client does (the streams start in groups over --spread-ticks ticks); "
+        "per-stream: a pacing task per stream, from its own start",
+    )
+    p.add_argument("--spread-ticks", type=int, default=12, help="see --pacer shared")
     p.add_argument("--timeout", type=float, default=60.0, help="extra seconds allowed per stream")
     p.add_argument("--event-times", action="store_true", help="per-event receive timestamps")
     p.add_argument("--output", help="write the JSON summary here instead of stdout")
@@ -176,6 +185,10 @@ class Run:
         self._started = 0
         self._steady_start: tuple[float, float, float, float] | None = None
         self._steady_end: tuple[float, float, float, float] | None = None
+        # The shared pacer: the streams that joined it, and those that never will (failed).
+        self._members: list[tuple[StreamStats, Callable[[bytes], Awaitable[None]], Any]] = []
+        self._gave_up = 0
+        self._pacer: asyncio.Task[None] | None = None
 
     def audio_started(self) -> None:
         """A stream sent its first frame, or gave up before it could."""
@@ -189,7 +202,17 @@ class Run:
             self._steady_end = _cpu_sample()
 
     async def pace(self, st: StreamStats, send: Callable[[bytes], Awaitable[None]]) -> None:
-        """Send every frame at its real-time instant (absolute schedule, so no drift)."""
+        """Send every frame at its real-time instant (absolute schedule, so no drift).
+
+        With ``--pacer shared`` the stream joins the shared pacer and waits until it has sent
+        the stream's last frame (or raises the stream's send error).
+        """
+        if self.args.pacer == "shared":
+            done = asyncio.get_running_loop().create_future()
+            self._members.append((st, send, done))
+            self._start_shared_pacer_when_all_joined()
+            await done
+            return
         step = self.args.frame_ms / 1000
         t0 = time.monotonic()
         st.t_first_audio = t0
@@ -207,6 +230,50 @@ class Run:
         finally:
             self.audio_finished()
 
+    def _start_shared_pacer_when_all_joined(self) -> None:
+        if self._pacer is None and len(self._members) + self._gave_up == len(self.stats):
+            self._pacer = asyncio.create_task(self._shared_pacer(list(self._members)))
+
+    async def _shared_pacer(self, members: list[Any]) -> None:
+        """One task, one tick per frame: every joined stream gets its frame, in turn."""
+        step = self.args.frame_ms / 1000
+        spread = max(1, self.args.spread_ticks)
+        per_tick = max(1, math.ceil(len(members) / spread))
+        n = len(self.frames)
+        t0 = time.monotonic() + 0.05
+        try:
+            for k in range(n + (len(members) - 1) // per_tick):
+                delay = t0 + k * step - time.monotonic()
+                lag = 0.0
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                else:
+                    lag = -delay
+                for i, (st, send, done) in enumerate(members):
+                    j = k - i // per_tick  # member i starts on tick i // per_tick
+                    if not 0 <= j < n or done.done():
+                        continue
+                    if j == 0:
+                        st.t_first_audio = time.monotonic()
+                        self.audio_started()
+                    frame = self.frames[j]
+                    try:
+                        await send(frame)
+                    except Exception as exc:
+                        self.audio_finished()
+                        done.set_exception(exc)
+                        continue
+                    st.events_sent += 1
+                    st.audio_bytes += len(frame)
+                    st.max_send_lag = max(st.max_send_lag, lag)
+                    if j == n - 1:
+                        self.audio_finished()
+                        done.set_result(None)
+        finally:
+            for _, _, done in members:  # a bug or a cancel here must not leave a session waiting
+                if not done.done():
+                    done.set_exception(RuntimeError("the shared pacer stopped"))
+
     async def _one(self, st: StreamStats, body: Callable[[StreamStats], Awaitable[None]]) -> None:
         await asyncio.sleep(st.index * self.args.stagger_ms / 1000)
         st.t_start = time.monotonic()
@@ -221,6 +288,9 @@ class Run:
         finally:
             if st.t_first_audio is None:
                 self.audio_started()
+            if not any(member[0] is st for member in self._members):
+                self._gave_up += 1  # never joined the shared pacer: it must not wait for this one
+                self._start_shared_pacer_when_all_joined()
 
     async def run(self, body: Callable[[StreamStats], Awaitable[None]]) -> dict[str, Any]:
         """Run every session concurrently and return the summary."""
