@@ -397,9 +397,9 @@ class FluxClient:
         """Send audio in the session's encoding.
 
         Audio is coalesced into events of about ``coalesce_ms``; a partial event is sent at
-        the latest one window later. While a stream is being replaced, audio is kept in the
-        replay buffer and sent on the new stream. Waits while HTTP/2 flow control holds the
-        stream back.
+        the latest one window (and at most 10 ms) later. While a stream is being replaced,
+        audio is kept in the replay buffer and sent on the new stream. Waits while HTTP/2 flow
+        control holds the stream back.
 
         Raises:
             ValidationError: ``audio`` is not bytes-like or not a whole number of samples.
@@ -415,12 +415,11 @@ class FluxClient:
         self._stats.audio_bytes_accepted += size
         self._replay.append(audio)
         pending = coalescer.pending_bytes > 0
-        if self._timers.on_app_audio(_now(), self._seconds(size), pending=pending):
-            # A partial event started waiting (the alarm comes forward to its flush time), or
-            # left in a full event (the alarm goes back). Left at the old flush time, the alarm
-            # races the next chunk, which arrives at about that time in steady audio: when the
-            # loop wakes late, it fires first and wakes the supervisor for nothing. A move
-            # costs ~2 us; a wake-up for nothing ~35 us.
+        if self._timers.on_app_audio(_now(), self._seconds(size), pending=pending) and pending:
+            # A partial event started waiting: bring the alarm to its flush time (plus a little
+            # slack, see SessionTimers.flush_alarm_at). When one leaves in a full event, the
+            # alarm stays (no second timer reschedule per event); in steady audio the next
+            # chunk, due at about that time, moves it on before it rings.
             self._set_alarm()
         if events:
             await self._send_events(events, self._epoch)
@@ -959,7 +958,7 @@ class FluxClient:
 
     def _alarm_deadline(self) -> float:
         """The supervisor's next look, on anyio's clock: its own timers or the flush."""
-        return min(self._look_at, self._timers.flush_at) + self._clock_offset
+        return min(self._look_at, self._timers.flush_alarm_at) + self._clock_offset
 
     def _set_alarm(self) -> None:
         """The flush deadline moved: move the sleeping supervisor's alarm (no task switch)."""

@@ -16,6 +16,7 @@ import attrs
 from .validators import number_in_range
 
 __all__ = [
+    "FLUSH_SLACK",
     "SAGEMAKER_MAX_STREAM_SECONDS",
     "SILENCE_STEP",
     "FlushAudio",
@@ -33,6 +34,10 @@ SAGEMAKER_MAX_STREAM_SECONDS = 30 * 60
 SILENCE_STEP = 0.08
 # Look again at least this often, so policy changes and stray wake-ups stay cheap.
 _MAX_SLEEP = 1.0
+#: The flush alarm rings this much after :attr:`SessionTimers.flush_at` (at most half a chunk):
+#: in steady audio the next chunk is due just then, and it should find the partial event sent
+#: and start the next one itself, not race the alarm and lose when the event loop wakes late.
+FLUSH_SLACK = 0.01
 #: A stall is acted on only if it is still there this long after it was first seen: after the
 #: event loop was blocked, the timers may run before the readers took in what had arrived.
 STALL_CONFIRM = 0.25
@@ -152,14 +157,24 @@ class SessionTimers:
     checks_due_at: float = 0.0
     """When the timers other than the coalescing flush need a look, as of the last :meth:`due`.
 
-    With :attr:`flush_at`, this lets the shell move its single alarm as audio comes and goes,
-    without waking up: ``min(checks_due_at, flush_at)``."""
+    With :attr:`flush_alarm_at`, this lets the shell move its single alarm as audio comes and
+    goes, without waking up: ``min(checks_due_at, flush_alarm_at)``."""
 
     @property
     def flush_at(self) -> float:
         """When the pending partial audio event is due (``inf`` when nothing is pending)."""
         since = self.pending_since
         return math.inf if since is None else since + self.coalesce_s
+
+    @property
+    def flush_alarm_at(self) -> float:
+        """When to wake up for the flush: :attr:`flush_at` plus :data:`FLUSH_SLACK`.
+
+        The slack is at most half the last chunk. It keeps steady audio from racing the alarm:
+        a partial event that left full leaves the alarm at its flush time (moving it back would
+        cost a timer reschedule per event), which is when the next chunk is due.
+        """
+        return self.flush_at + min(FLUSH_SLACK, self.last_chunk_s / 2)
 
     def start(self, now: float) -> None:
         """A stream opened: every clock starts now."""

@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flux_sagemaker.core.timers import (
+    FLUSH_SLACK,
     SILENCE_STEP,
     STALL_CONFIRM,
     FlushAudio,
@@ -69,6 +70,17 @@ def test_flush_at_moves_as_partial_events_come_and_go() -> None:
     _, next_at = t.due(100.1, turn_open=False)
     assert next_at == pytest.approx(100.18)
     assert t.checks_due_at > next_at
+
+
+def test_the_flush_alarm_rings_a_little_after_the_flush_time() -> None:
+    """Steady audio's next chunk, due at the flush time, gets there before the alarm."""
+    t = timers()
+    assert t.flush_alarm_at == math.inf
+    t.on_app_audio(100.0, 0.02, pending=True)
+    assert t.flush_alarm_at == pytest.approx(100.08 + FLUSH_SLACK)
+    t.on_app_audio(100.02, 0.005, pending=True)  # 5 ms chunks: half a chunk of slack
+    assert t.flush_alarm_at == pytest.approx(100.0825)
+    assert t.due(100.08, turn_open=False)[0] == [FlushAudio()]  # the flush time stays
 
 
 def test_open_turn_gets_real_time_silence_after_the_gap() -> None:

@@ -9,6 +9,7 @@ import anyio
 import pytest
 
 from flux_sagemaker import EndOfTurn
+from flux_sagemaker.core.timers import FLUSH_SLACK
 
 from .helpers import SAMPLE, TEST_TIMEOUT, EndpointFactory, client_for, ms, of_type, run_session
 
@@ -121,7 +122,7 @@ async def test_steady_audio_moves_the_flush_alarm_without_waking_the_timers(
 ) -> None:
     """Every 20 ms frame starts or ends a partial event; none of that is a timer wake-up.
 
-    The alarm moves when a partial event starts (to its flush time) and when one leaves.
+    The alarm moves when a partial event starts (to its flush time), not when one leaves.
     """
     pcm = SAMPLE.pcm[: ms(2000)]
     with anyio.fail_after(TEST_TIMEOUT):
@@ -145,25 +146,26 @@ async def test_steady_audio_moves_the_flush_alarm_without_waking_the_timers(
     assert bytes(ep.streams[0].audio) == pcm
     assert ep.streams[0].audio_event_sizes == [ms(80)] * 25
     assert woken <= 3  # the 1 s look at the other timers, not one per window (25)
-    assert moves == 50  # a partial event starting, and leaving in a full event
+    assert moves == 25  # one per event (a partial event starting), not two
 
 
-async def test_the_alarm_does_not_stay_at_the_flush_time_of_an_event_already_sent(
+async def test_the_flush_alarm_waits_a_little_for_the_next_chunk(
     endpoint: EndpointFactory,
 ) -> None:
-    """Steady audio's next chunk comes at about the last partial event's flush time.
+    """Steady audio's next chunk is due at the last event's flush time: it moves the alarm on.
 
-    When the event left full, nothing is due then: the supervisor must not wake for it (it
-    would, each time the event loop wakes a little late and runs the alarm first).
+    So the alarm rings a little after the flush time (SessionTimers.flush_alarm_at), and a
+    loop that wakes late runs the chunk first instead of waking the supervisor for nothing.
     """
     with anyio.fail_after(TEST_TIMEOUT):
         async with endpoint() as ep, client_for(ep) as flux:
             await anyio.sleep(0.05)
-            rounds = flux._supervisor_rounds
-            for offset in range(0, ms(80), ms(20)):  # one full event, sent at once
-                await flux.send_audio(SAMPLE.pcm[offset : offset + ms(20)])
-            await anyio.sleep(0.15)  # past the first chunk's flush time (80 ms)
-            woken = flux._supervisor_rounds - rounds
+            await flux.send_audio(SAMPLE.pcm[: ms(20)])  # a partial event starts waiting
+            assert flux._alarm is not None
+            started = flux._timers.pending_since
+            assert started is not None
+            assert flux._alarm.deadline == pytest.approx(
+                started + 0.08 + FLUSH_SLACK + flux._clock_offset, abs=1e-6
+            )
             await flux.close()
-    assert ep.streams[0].audio_event_sizes == [ms(80)]
-    assert woken == 0
+    assert ep.streams[0].audio_event_sizes == [ms(20)]
