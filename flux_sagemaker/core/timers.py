@@ -35,8 +35,8 @@ SILENCE_STEP = 0.08
 # Look again at least this often, so policy changes and stray wake-ups stay cheap.
 _MAX_SLEEP = 1.0
 #: The flush alarm rings this much after :attr:`SessionTimers.flush_at` (at most half a chunk):
-#: in steady audio the next chunk is due just then, and it should find the partial event sent
-#: and start the next one itself, not race the alarm and lose when the event loop wakes late.
+#: in steady audio the next chunk is due just then, and it should start the next partial event
+#: (moving the alarm on) before the alarm rings, not race it and lose when the loop wakes late.
 FLUSH_SLACK = 0.01
 #: A stall is acted on only if it is still there this long after it was first seen: after the
 #: event loop was blocked, the timers may run before the readers took in what had arrived.
