@@ -23,9 +23,10 @@ _LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("parsing server messages (core/events.py, json)", ("core/events.py", "json/")),
     ("h2 state machine (h2, hpack, hyperframe)", ("(h2/", "(hpack/", "(hyperframe/")),
     (
-        "our HTTP/2 shell (transport, h2core, h2stream, pool)",
+        "our HTTP/2 shell (transport, h2core, h2stream, pool, asyncio_stream)",
         (
             "flux_sagemaker/transport.py",
+            "flux_sagemaker/asyncio_stream.py",
             "flux_sagemaker/h2core.py",
             "flux_sagemaker/h2stream.py",
             "flux_sagemaker/pool.py",
@@ -42,7 +43,10 @@ _LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
         ),
     ),
     ("benchmark harness (pacer, consumer)", ("benchmarks/stream_client.py",)),
-    ("TLS (ssl, anyio TLSStream)", ("(ssl.py", "anyio/streams/tls.py")),
+    (
+        "TLS (ssl, asyncio sslproto, anyio TLSStream)",
+        ("(ssl.py", "asyncio/sslproto.py", "anyio/streams/tls.py"),
+    ),
     (
         "event loop, sockets, anyio (asyncio, anyio, selectors)",
         ("asyncio/", "anyio/", "selectors.py", "socket.py", "sniffio"),

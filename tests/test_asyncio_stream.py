@@ -1,0 +1,205 @@
+"""The asyncio byte stream under the client's connections, over real TCP on 127.0.0.1."""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import struct
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import anyio
+import anyio.lowlevel
+import anyio.to_thread
+import pytest
+
+from flux_sagemaker.asyncio_stream import (
+    READ_HIGH_WATER,
+    AsyncioStream,
+    connect_asyncio,
+    running_on_asyncio,
+)
+from flux_sagemaker.testing.h2server import H2Server, ServerStream
+from flux_sagemaker.transport import open_connection
+
+pytestmark = pytest.mark.anyio
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"  # the stream is asyncio's; trio keeps anyio's (see the last test)
+
+
+@contextlib.asynccontextmanager
+async def peer_and_stream() -> AsyncIterator[tuple[socket.socket, AsyncioStream]]:
+    """A plain blocking socket as the peer (it reads only when told to) and our stream.
+
+    The peer's receive buffer is fixed at 64 KiB (no autotuning), so that what the kernel
+    can hold for a peer that does not read is small and known: the client's send buffer
+    (``tcp_wmem``, 4 MiB at most) plus that.
+    """
+    with socket.socket() as listener:
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 64 * 1024)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        stream = await connect_asyncio("127.0.0.1", listener.getsockname()[1], ssl_context=None)
+        peer, _ = listener.accept()
+        with peer:
+            try:
+                yield peer, stream
+            finally:
+                await stream.aclose()
+
+
+async def in_thread(func: Callable[..., object], *args: object) -> object:
+    return await anyio.to_thread.run_sync(func, *args)
+
+
+async def until(condition: Callable[[], bool], what: str) -> None:
+    """Wait (polling the loop) until ``condition()`` holds; fail after 10 s."""
+    with anyio.fail_after(10):
+        while not condition():  # noqa: ASYNC110 - polling the stream's state
+            await anyio.sleep(0.001)
+    assert condition(), what
+
+
+async def test_receive_returns_everything_queued_in_one_piece_and_splits_at_max_bytes() -> None:
+    async with peer_and_stream() as (peer, stream):
+        peer.sendall(b"a" * 10)
+        await until(lambda: stream._protocol.buffered == 10, "first chunk queued")
+        peer.sendall(b"b" * 10)
+        await until(lambda: stream._protocol.buffered == 20, "second chunk queued")
+        assert len(stream._protocol.chunks) == 2
+        assert await stream.receive() == b"a" * 10 + b"b" * 10  # one read, both arrivals
+        peer.sendall(b"0123456789")
+        assert await stream.receive(4) == b"0123"
+        assert await stream.receive(4) == b"4567"
+        assert await stream.receive() == b"89"
+        assert stream._protocol.buffered == 0
+
+
+async def test_reading_stops_past_the_high_water_mark_and_resumes_when_taken() -> None:
+    total = 3 * READ_HIGH_WATER
+    data = bytes(range(256)) * (total // 256)
+    async with peer_and_stream() as (peer, stream):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(in_thread, peer.sendall, data)
+            await until(lambda: stream._protocol.reading_paused, "reading paused")
+            # One socket read may land past the mark, no more: then the socket stays unread.
+            assert stream._protocol.buffered < READ_HIGH_WATER + 256 * 1024
+            received = bytearray()
+            while len(received) < total:
+                received += await stream.receive()
+            assert not stream._protocol.reading_paused
+        assert received == data
+
+
+async def test_send_waits_while_the_peer_does_not_read() -> None:
+    chunk = b"x" * (1 << 20)
+    count = 16
+    sent = anyio.Event()
+
+    async def sender(stream: AsyncioStream) -> None:
+        for _ in range(count):
+            await stream.send(chunk)
+        sent.set()
+
+    async with peer_and_stream() as (peer, stream):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(sender, stream)
+            await until(lambda: stream._protocol.write_paused, "the transport asked to wait")
+            for _ in range(10):
+                await anyio.lowlevel.checkpoint()
+            assert not sent.is_set()  # blocked in send(), not buffering all 16 MB
+            received = 0
+            while received < count * len(chunk):
+                received += len(await anyio.to_thread.run_sync(peer.recv, 1 << 20))
+            await sent.wait()
+        assert received == count * len(chunk)
+
+
+async def test_the_peer_closing_gives_its_last_bytes_then_end_of_stream() -> None:
+    async with peer_and_stream() as (peer, stream):
+        peer.sendall(b"bye")
+        peer.close()
+        assert await stream.receive() == b"bye"
+        with pytest.raises(anyio.EndOfStream):
+            await stream.receive()
+        with pytest.raises(anyio.EndOfStream):
+            await stream.receive()  # and again: the state is kept
+        with pytest.raises(anyio.BrokenResourceError):
+            await stream.send(b"too late")
+
+
+async def test_a_reset_connection_is_a_broken_resource() -> None:
+    async with peer_and_stream() as (peer, stream):
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()  # linger 0: the kernel sends RST
+        with pytest.raises(anyio.BrokenResourceError) as caught:
+            await stream.receive()
+        assert isinstance(caught.value.__cause__, ConnectionResetError)
+        with pytest.raises(anyio.BrokenResourceError):
+            await stream.send(b"x")
+
+
+async def test_aclose_wakes_a_blocked_sender_and_receiver_and_refuses_later_calls() -> None:
+    async with peer_and_stream() as (_, stream):
+        closed: list[str] = []
+
+        async def receiver() -> None:
+            with pytest.raises(anyio.ClosedResourceError):
+                await stream.receive()
+            closed.append("receive")
+
+        async def sender() -> None:
+            with pytest.raises(anyio.ClosedResourceError):
+                # More than the kernel can hold while the peer does not read (see
+                # peer_and_stream): the transport keeps the rest and send() waits.
+                await stream.send(bytes(16 << 20))
+            closed.append("send")
+
+        with anyio.fail_after(10):  # without the abort the waits would last for ever
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(receiver)
+                tg.start_soon(sender)
+                await until(lambda: stream._protocol._read_waiter is not None, "receiver waiting")
+                await until(lambda: stream._protocol._drain_waiter is not None, "sender waiting")
+                await stream.aclose()
+                assert stream._transport.is_closing()
+        assert sorted(closed) == ["receive", "send"]
+        with pytest.raises(anyio.ClosedResourceError):
+            await stream.send(b"x")
+        with pytest.raises(anyio.ClosedResourceError):
+            await stream.receive()
+        await stream.aclose()  # idempotent
+
+
+async def test_a_cancelled_receive_leaves_the_stream_usable() -> None:
+    async with peer_and_stream() as (peer, stream):
+        with anyio.CancelScope() as scope:
+            scope.cancel()
+            await stream.receive()
+        assert scope.cancelled_caught
+        with anyio.move_on_after(0.01) as late:
+            await stream.receive()
+        assert late.cancelled_caught
+        assert stream._protocol._read_waiter is None
+        peer.sendall(b"after")
+        assert await stream.receive() == b"after"
+
+
+async def _hold(stream: ServerStream) -> None:
+    await stream.send_headers(200)
+    await anyio.sleep_forever()
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])
+async def test_connections_use_it_on_asyncio_and_anyio_streams_on_trio(
+    anyio_backend: str,
+) -> None:
+    assert running_on_asyncio() == (anyio_backend == "asyncio")
+    handler: Callable[[ServerStream], Awaitable[None]] = _hold
+    async with (
+        H2Server(handler) as server,
+        open_connection("127.0.0.1", server.port, ssl_context=None) as conn,
+    ):
+        assert isinstance(conn._stream, AsyncioStream) == (anyio_backend == "asyncio")
