@@ -326,3 +326,30 @@ def test_a_target_below_the_harness_floor_is_called_out_of_reach() -> None:
     assert all("out of reach here" in row and "1/4.0 of the AWS SDK" in row for row in n1)
     assert not any("out of reach" in row for row in n10)
     assert "| 12.5x vs AWS SDK" in n10[1]  # 50 / 4 ms per stream-second
+
+
+@pytest.mark.parametrize(
+    ("cpu", "saturated", "verdict", "pace"),
+    [
+        (0.98, True, "**missed**", "x1.03 behind real time"),  # CPU under 1 ms, yet behind
+        (0.98, False, "met", "real time"),
+        (1.05, False, "**missed**", "real time"),
+    ],
+)
+def test_the_1000_stream_target_needs_real_time_and_names_the_endpoints_share(
+    cpu: float, saturated: bool, verdict: str, pace: str
+) -> None:
+    run = {
+        "n": 1000,
+        "coalesce_ms": 80,
+        "cpu_ms_per_stream_second": cpu,
+        "saturated": saturated,
+        "realtime_factor": 1.03 if saturated else 1.0,
+        "error_count": 0,
+        "server": {"cpu_ms_per_stream_second": 0.94},
+    }
+    results = {"machine": {"cores": 2}, "streams": {"ours": [run], "harness": [], "peers": []}}
+    (row,) = [line for line in report._targets(results).splitlines() if "1000 real-time" in line]
+    assert f"{cpu:.3f} ms / stream-s, {pace}, errors: 0" in row
+    assert "the endpoint, on the same 2 cores, used 0.94 ms / stream-s" in row
+    assert row.endswith(f"| {verdict} |")
