@@ -29,6 +29,8 @@ __all__ = ["AsyncioStream", "connect_asyncio", "running_on_asyncio"]
 #: Stop reading from the socket while this much has arrived and not been taken. HTTP/2 flow
 #: control bounds what the server may send anyway; this only caps what sits in our queue.
 READ_HIGH_WATER = 1 << 20
+#: Seconds before the next address is tried while one is still connecting (anyio's value).
+HAPPY_EYEBALLS_DELAY = 0.25
 
 
 def running_on_asyncio() -> bool:
@@ -97,6 +99,8 @@ class _StreamProtocol(asyncio.Protocol):
             waiter.set_result(None)
 
     async def wait_readable(self) -> None:
+        if self._read_waiter is not None:
+            raise anyio.BusyResourceError("reading from")
         waiter = self._read_waiter = asyncio.get_running_loop().create_future()
         try:
             await waiter
@@ -104,6 +108,8 @@ class _StreamProtocol(asyncio.Protocol):
             self._read_waiter = None
 
     async def wait_writable(self) -> None:
+        if self._drain_waiter is not None:
+            raise anyio.BusyResourceError("writing to")
         waiter = self._drain_waiter = asyncio.get_running_loop().create_future()
         try:
             await waiter
@@ -205,7 +211,11 @@ class AsyncioStream(anyio.abc.ByteStream):
 async def connect_asyncio(
     host: str, port: int, *, ssl_context: ssl.SSLContext | None
 ) -> AsyncioStream:
-    """Open TCP (and TLS when ``ssl_context`` is given) with asyncio's own transports."""
+    """Open TCP (and TLS when ``ssl_context`` is given) with asyncio's own transports.
+
+    Addresses are tried as anyio's ``connect_tcp`` tries them: Happy Eyeballs (RFC 8305),
+    the next one 250 ms after the last, so a dead IPv6 route does not cost the connect timeout.
+    """
     loop = asyncio.get_running_loop()
     transport, protocol = await loop.create_connection(
         _StreamProtocol,
@@ -213,6 +223,7 @@ async def connect_asyncio(
         port,
         ssl=ssl_context,
         server_hostname=host if ssl_context is not None else None,
+        happy_eyeballs_delay=HAPPY_EYEBALLS_DELAY,
     )
     assert isinstance(transport, asyncio.Transport)
     return AsyncioStream(transport, protocol)

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any
 
 import anyio
 import anyio.lowlevel
@@ -203,3 +205,52 @@ async def test_connections_use_it_on_asyncio_and_anyio_streams_on_trio(
         open_connection("127.0.0.1", server.port, ssl_context=None) as conn,
     ):
         assert isinstance(conn._stream, AsyncioStream) == (anyio_backend == "asyncio")
+
+
+async def test_concurrent_waits_on_one_side_are_refused() -> None:
+    # One reader and one writer at a time, as with anyio's streams: the second waiter would
+    # otherwise replace the first one's wake-up.
+    async with peer_and_stream() as (_, stream), anyio.create_task_group() as tg:
+        tg.start_soon(stream.receive)
+        await until(lambda: stream._protocol._read_waiter is not None, "first reader")
+        with pytest.raises(anyio.BusyResourceError):
+            await stream.receive()
+        tg.start_soon(stream.send, bytes(16 << 20))  # blocks: the peer does not read
+        await until(lambda: stream._protocol._drain_waiter is not None, "first writer")
+        with pytest.raises(anyio.BusyResourceError):
+            await stream.send(b"x")
+        tg.cancel_scope.cancel()
+
+
+async def test_an_address_that_does_not_answer_does_not_hold_up_the_next(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # A listener whose accept queue is full drops SYNs: a connect to it hangs, like a dead
+    # IPv6 route. The name resolves to it first, then to a listener that works.
+    with socket.socket() as dead, socket.create_server(("127.0.0.1", 0)) as alive:
+        dead.bind(("127.0.0.1", 0))
+        dead.listen(0)
+        fillers = []
+        for _ in range(4):  # fill the backlog (never accepted)
+            filler = socket.socket()
+            filler.setblocking(False)
+            filler.connect_ex(dead.getsockname())
+            fillers.append(filler)
+        loop = asyncio.get_running_loop()
+
+        async def resolve(host: str, port: int, **kwargs: object) -> list[tuple[Any, ...]]:
+            tcp = (socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP, "")
+            return [(*tcp, dead.getsockname()), (*tcp, alive.getsockname())]
+
+        monkeypatch.setattr(loop, "getaddrinfo", resolve)
+        try:
+            with anyio.fail_after(10):  # trying one address at a time: the OS's connect timeout
+                stream = await connect_asyncio("flux.test", 0, ssl_context=None)
+            peer, _ = alive.accept()
+            with peer:
+                peer.sendall(b"hello")
+                assert await stream.receive() == b"hello"
+            await stream.aclose()
+        finally:
+            for filler in fillers:
+                filler.close()
