@@ -41,6 +41,37 @@ def running_on_asyncio() -> bool:
         return False
 
 
+class _Wakeup:
+    """One task waiting for a transport callback.
+
+    A second waiter is refused, as anyio refuses a second concurrent reader or writer: it would
+    replace the first one's wake-up.
+    """
+
+    def __init__(self, side: str) -> None:
+        self._side = side
+        self._future: asyncio.Future[None] | None = None
+
+    @property
+    def waiting(self) -> bool:
+        """Whether a task waits."""
+        return self._future is not None
+
+    def wake(self) -> None:
+        future = self._future
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    async def wait(self) -> None:
+        if self._future is not None:
+            raise anyio.BusyResourceError(self._side)
+        future = self._future = asyncio.get_running_loop().create_future()
+        try:
+            await future
+        finally:
+            self._future = None
+
+
 class _StreamProtocol(asyncio.Protocol):
     """Queues what the transport receives and wakes the one reader and the one writer."""
 
@@ -53,8 +84,8 @@ class _StreamProtocol(asyncio.Protocol):
         self.lost = False
         self.error: BaseException | None = None
         self.write_paused = False
-        self._read_waiter: asyncio.Future[None] | None = None
-        self._drain_waiter: asyncio.Future[None] | None = None
+        self.readable = _Wakeup("reading from")
+        self.writable = _Wakeup("writing to")
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -67,54 +98,26 @@ class _StreamProtocol(asyncio.Protocol):
             self.reading_paused = True
             assert self.transport is not None
             self.transport.pause_reading()
-        self.wake_reader()
+        self.readable.wake()
 
     def eof_received(self) -> bool | None:
         self.at_eof = True
-        self.wake_reader()
+        self.readable.wake()
         return None  # let the transport close itself
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.lost = True
         self.at_eof = True
         self.error = exc
-        self.wake_reader()
-        self.wake_writer()
+        self.readable.wake()
+        self.writable.wake()
 
     def pause_writing(self) -> None:
         self.write_paused = True
 
     def resume_writing(self) -> None:
         self.write_paused = False
-        self.wake_writer()
-
-    def wake_reader(self) -> None:
-        waiter = self._read_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def wake_writer(self) -> None:
-        waiter = self._drain_waiter
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    async def wait_readable(self) -> None:
-        if self._read_waiter is not None:
-            raise anyio.BusyResourceError("reading from")
-        waiter = self._read_waiter = asyncio.get_running_loop().create_future()
-        try:
-            await waiter
-        finally:
-            self._read_waiter = None
-
-    async def wait_writable(self) -> None:
-        if self._drain_waiter is not None:
-            raise anyio.BusyResourceError("writing to")
-        waiter = self._drain_waiter = asyncio.get_running_loop().create_future()
-        try:
-            await waiter
-        finally:
-            self._drain_waiter = None
+        self.writable.wake()
 
 
 class AsyncioStream(anyio.abc.ByteStream):
@@ -150,7 +153,7 @@ class AsyncioStream(anyio.abc.ByteStream):
         if not chunks:
             self._check_usable()
             if not protocol.at_eof:
-                await protocol.wait_readable()
+                await protocol.readable.wait()
             if not chunks:
                 self._check_usable()
                 raise anyio.EndOfStream
@@ -184,7 +187,7 @@ class AsyncioStream(anyio.abc.ByteStream):
         except RuntimeError as exc:  # the transport is closing
             raise anyio.BrokenResourceError from exc
         while protocol.write_paused and not protocol.lost:
-            await protocol.wait_writable()
+            await protocol.writable.wait()
         if protocol.lost:  # aborted: the bytes may not have left
             self._check_usable()
             raise anyio.BrokenResourceError

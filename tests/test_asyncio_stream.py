@@ -163,8 +163,8 @@ async def test_aclose_wakes_a_blocked_sender_and_receiver_and_refuses_later_call
             async with anyio.create_task_group() as tg:
                 tg.start_soon(receiver)
                 tg.start_soon(sender)
-                await until(lambda: stream._protocol._read_waiter is not None, "receiver waiting")
-                await until(lambda: stream._protocol._drain_waiter is not None, "sender waiting")
+                await until(lambda: stream._protocol.readable.waiting, "receiver waiting")
+                await until(lambda: stream._protocol.writable.waiting, "sender waiting")
                 await stream.aclose()
                 assert stream._transport.is_closing()
         assert sorted(closed) == ["receive", "send"]
@@ -184,7 +184,7 @@ async def test_a_cancelled_receive_leaves_the_stream_usable() -> None:
         with anyio.move_on_after(0.01) as late:
             await stream.receive()
         assert late.cancelled_caught
-        assert stream._protocol._read_waiter is None
+        assert not stream._protocol.readable.waiting
         peer.sendall(b"after")
         assert await stream.receive() == b"after"
 
@@ -212,11 +212,11 @@ async def test_concurrent_waits_on_one_side_are_refused() -> None:
     # otherwise replace the first one's wake-up.
     async with peer_and_stream() as (_, stream), anyio.create_task_group() as tg:
         tg.start_soon(stream.receive)
-        await until(lambda: stream._protocol._read_waiter is not None, "first reader")
+        await until(lambda: stream._protocol.readable.waiting, "first reader")
         with pytest.raises(anyio.BusyResourceError):
             await stream.receive()
         tg.start_soon(stream.send, bytes(16 << 20))  # blocks: the peer does not read
-        await until(lambda: stream._protocol._drain_waiter is not None, "first writer")
+        await until(lambda: stream._protocol.writable.waiting, "first writer")
         with pytest.raises(anyio.BusyResourceError):
             await stream.send(b"x")
         tg.cancel_scope.cancel()
