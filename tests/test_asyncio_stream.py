@@ -13,6 +13,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import pytest
+from anyio.streams.tls import TLSAttribute
 
 from flux_sagemaker.asyncio_stream import (
     READ_HIGH_WATER,
@@ -254,3 +255,18 @@ async def test_an_address_that_does_not_answer_does_not_hold_up_the_next(
         finally:
             for filler in fillers:
                 filler.close()
+
+
+async def test_send_eof_ends_our_side_and_a_plain_stream_has_no_alpn() -> None:
+    async with peer_and_stream() as (peer, stream):
+        assert stream.extra(TLSAttribute.alpn_protocol, None) is None  # no TLS here
+        await stream.send(b"last")
+        await stream.send_eof()
+        received = b""
+        while chunk := await anyio.to_thread.run_sync(peer.recv, 1024):
+            received += chunk
+        assert received == b"last"  # then EOF
+        with pytest.raises(anyio.BrokenResourceError):
+            await stream.send(b"after eof")
+        peer.sendall(b"still readable")
+        assert await stream.receive() == b"still readable"
