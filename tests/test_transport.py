@@ -271,15 +271,26 @@ async def test_goaway_drains_lower_streams_and_fails_higher_ones() -> None:
             assert await read_all(low) == b"finished after goaway"
 
 
-async def test_aborted_tcp_fails_every_stream_with_connection_lost() -> None:
+@pytest.mark.parametrize("tls", [False, True])
+async def test_aborted_tcp_fails_every_stream_with_connection_lost(
+    tls: bool, server_tls: ssl.SSLContext, client_tls: ssl.SSLContext
+) -> None:
+    # Over TLS the server drops TCP without close_notify: a truncated TLS stream is a lost
+    # connection too, not a hang and not a clean end.
     async def handler(stream: ServerStream) -> None:
         await stream.send_headers(200)
         if stream.stream_id == 3:
             await stream.connection.abort()
         await anyio.sleep_forever()
 
+    served = serve_and_connect(
+        handler,
+        timeouts=NO_PING,
+        server_tls=server_tls if tls else None,
+        client_tls=client_tls if tls else None,
+    )
     with anyio.fail_after(10):  # no PING: only the EOF can end these waits
-        async with serve_and_connect(handler, timeouts=NO_PING) as (_, conn):
+        async with served as (_, conn):
             first = await open_post(conn)
             await first.response()
             second = await open_post(conn)
