@@ -7,8 +7,8 @@ write. With hundreds of real-time streams on one connection those are a large sh
 client's CPU (see ``docs/benchmarks.md``). This stream keeps the socket readable while little is
 buffered, lets asyncio's transport do TLS, and yields in ``send()`` only when the transport asks
 for back-pressure. It behaves as an anyio :class:`~anyio.abc.ByteStream` (the same exceptions,
-cancellable waits) and is used only when the running event loop is asyncio's; on trio the
-client keeps anyio's streams.
+cancellable waits) and is used only on asyncio's own event loop; on trio and on other loops
+(uvloop) the client keeps anyio's streams.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ import anyio.abc
 import anyio.lowlevel
 from anyio.streams.tls import TLSAttribute
 
-__all__ = ["AsyncioStream", "connect_asyncio", "running_on_asyncio"]
+__all__ = ["AsyncioStream", "connect_asyncio", "on_stdlib_asyncio_loop"]
 
 #: Stop reading from the socket while this much has arrived and not been taken. HTTP/2 flow
 #: control bounds what the server may send anyway; this only caps what sits in our queue.
@@ -33,12 +33,17 @@ READ_HIGH_WATER = 1 << 20
 HAPPY_EYEBALLS_DELAY = 0.25
 
 
-def running_on_asyncio() -> bool:
-    """Whether the current task runs on an asyncio event loop (not trio)."""
+def on_stdlib_asyncio_loop() -> bool:
+    """Whether the current task runs on asyncio's own event loop.
+
+    False on trio, and on other asyncio loops such as uvloop: their transports differ (uvloop's
+    ``create_connection`` has no Happy Eyeballs), so the client keeps anyio's streams there.
+    """
     try:
-        return asyncio.current_task() is not None
+        loop = asyncio.get_running_loop()
     except RuntimeError:  # no asyncio loop in this thread
         return False
+    return isinstance(loop, asyncio.BaseEventLoop) and asyncio.current_task(loop) is not None
 
 
 class _Wakeup:

@@ -6,8 +6,8 @@ acknowledged as the consumer reads, the first failure raised to every stream). O
 
 - :func:`connect` opens TCP, then TLS with ALPN ``h2`` (or plaintext prior knowledge), and waits
   for the server's SETTINGS; :func:`open_connection` also runs the reader in its own task group.
-  On asyncio the socket is an :class:`~flux_sagemaker.asyncio_stream.AsyncioStream` (asyncio's
-  own transports, cheaper per read and write); on trio, anyio's streams.
+  On asyncio's own loop the socket is an :class:`~flux_sagemaker.asyncio_stream.AsyncioStream`
+  (asyncio's transports, cheaper per read and write); on trio and uvloop, anyio's streams.
 - :class:`H2Connection` opens streams within the server's concurrent-stream limit, sends PING
   after ``Timeouts.ping_interval`` of silence and fails the connection when no answer comes within
   ``Timeouts.ping_timeout``. Whoever owns the connection runs :meth:`H2Connection.run` in their
@@ -38,7 +38,7 @@ import h2.settings
 from anyio.streams.tls import TLSAttribute
 
 from flux_sagemaker import errors
-from flux_sagemaker.asyncio_stream import connect_asyncio, running_on_asyncio
+from flux_sagemaker.asyncio_stream import connect_asyncio, on_stdlib_asyncio_loop
 from flux_sagemaker.core.validators import number_in_range
 from flux_sagemaker.h2core import (
     CLOSE_TIMEOUT,
@@ -547,7 +547,7 @@ async def connect(
     try:
         with anyio.fail_after(timeouts.connect):
             stream: anyio.abc.ByteStream
-            if running_on_asyncio():
+            if on_stdlib_asyncio_loop():
                 stream = await connect_asyncio(host, port, ssl_context=ssl_context)
             elif ssl_context is None:
                 stream = await anyio.connect_tcp(host, port)
