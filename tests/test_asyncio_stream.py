@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib.util
 import socket
 import struct
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -199,7 +200,14 @@ async def _echo(stream: ServerStream) -> None:
 
 BACKENDS = [
     pytest.param("asyncio", id="asyncio"),
-    pytest.param(("asyncio", {"use_uvloop": True}), id="uvloop"),
+    pytest.param(
+        ("asyncio", {"use_uvloop": True}),
+        id="uvloop",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("uvloop") is None,
+            reason="uvloop is not installed (the test group installs it except on Windows)",
+        ),
+    ),
     pytest.param("trio", id="trio"),
 ]
 
