@@ -4,10 +4,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import importlib.util
 import socket
 import struct
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import anyio
@@ -20,17 +19,14 @@ from flux_sagemaker.asyncio_stream import (
     READ_HIGH_WATER,
     AsyncioStream,
     connect_asyncio,
-    on_stdlib_asyncio_loop,
 )
-from flux_sagemaker.testing.h2server import H2Server, ServerStream
-from flux_sagemaker.transport import open_connection
 
 pytestmark = pytest.mark.anyio
 
 
 @pytest.fixture
 def anyio_backend() -> str:
-    return "asyncio"  # the stream is asyncio's; trio keeps anyio's (see the last test)
+    return "asyncio"  # the stream is asyncio's (test_transport checks where it is used)
 
 
 @contextlib.asynccontextmanager
@@ -189,48 +185,6 @@ async def test_a_cancelled_receive_leaves_the_stream_usable() -> None:
         assert not stream._protocol.readable.waiting
         peer.sendall(b"after")
         assert await stream.receive() == b"after"
-
-
-async def _echo(stream: ServerStream) -> None:
-    await stream.send_headers(200)
-    while (chunk := await stream.receive()) is not None:
-        await stream.send_data(chunk)
-    await stream.end()
-
-
-BACKENDS = [
-    pytest.param("asyncio", id="asyncio"),
-    pytest.param(
-        ("asyncio", {"use_uvloop": True}),
-        id="uvloop",
-        marks=pytest.mark.skipif(
-            importlib.util.find_spec("uvloop") is None,
-            reason="uvloop is not installed (the test group installs it except on Windows)",
-        ),
-    ),
-    pytest.param("trio", id="trio"),
-]
-
-
-@pytest.mark.parametrize("anyio_backend", BACKENDS)
-async def test_connections_use_it_on_asyncios_own_loop_only(
-    anyio_backend: str | tuple[str, dict[str, bool]],
-) -> None:
-    # uvloop's transports are not asyncio's (its create_connection has no Happy Eyeballs), so
-    # there, as on trio, the connection keeps anyio's streams; it works the same either way.
-    ours = anyio_backend == "asyncio"
-    assert on_stdlib_asyncio_loop() == ours
-    handler: Callable[[ServerStream], Awaitable[None]] = _echo
-    async with (
-        H2Server(handler) as server,
-        open_connection("127.0.0.1", server.port, ssl_context=None) as conn,
-    ):
-        assert isinstance(conn._stream, AsyncioStream) == ours
-        stream = await conn.open_stream("POST", "http", "localhost", "/", [])
-        await stream.send(b"ping")
-        await stream.end_input()
-        assert await stream.receive() == b"ping"
-        assert await stream.receive() is None
 
 
 async def test_concurrent_waits_on_one_side_are_refused() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import socket
 import ssl
 import threading
@@ -19,6 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from flux_sagemaker import errors, h2stream
+from flux_sagemaker.asyncio_stream import AsyncioStream, on_stdlib_asyncio_loop
 from flux_sagemaker.testing.h2server import H2Server, ServerStream
 from flux_sagemaker.transport import (
     _BATCH_YIELD,
@@ -729,3 +731,33 @@ async def test_a_receive_with_a_time_limit_is_never_bypassed() -> None:
             await stream.send(b"go")
             assert await read_all(stream) == b"x" * 5000
     assert hooked == []
+
+
+BACKENDS = [
+    pytest.param("asyncio", id="asyncio"),
+    pytest.param(
+        ("asyncio", {"use_uvloop": True}),
+        id="uvloop",
+        marks=pytest.mark.skipif(
+            importlib.util.find_spec("uvloop") is None,
+            reason="uvloop is not installed (the test group installs it except on Windows)",
+        ),
+    ),
+    pytest.param("trio", id="trio"),
+]
+
+
+@pytest.mark.parametrize("anyio_backend", BACKENDS)
+async def test_connections_use_asyncio_stream_on_asyncios_own_loop_only(
+    anyio_backend: str | tuple[str, dict[str, bool]],
+) -> None:
+    # uvloop's transports are not asyncio's (its create_connection has no Happy Eyeballs), so
+    # there, as on trio, the connection keeps anyio's streams; it works the same either way.
+    ours = anyio_backend == "asyncio"
+    assert on_stdlib_asyncio_loop() == ours
+    async with serve_and_connect(echo) as (_, conn):
+        assert isinstance(conn._stream, AsyncioStream) == ours
+        stream = await open_post(conn)
+        await stream.send(b"ping")
+        await stream.end_input()
+        assert await read_all(stream) == b"ping"
