@@ -23,12 +23,13 @@ _LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("parsing server messages (core/events.py, json)", ("core/events.py", "json/")),
     ("h2 state machine (h2, hpack, hyperframe)", ("(h2/", "(hpack/", "(hyperframe/")),
     (
-        "our HTTP/2 shell (transport, h2core, h2stream, pool, asyncio_stream)",
+        "our HTTP/2 shell (transport, h2core, h2stream, h2inbound, pool, asyncio_stream)",
         (
             "flux_sagemaker/transport.py",
             "flux_sagemaker/asyncio_stream.py",
             "flux_sagemaker/h2core.py",
             "flux_sagemaker/h2stream.py",
+            "flux_sagemaker/h2inbound.py",
             "flux_sagemaker/pool.py",
         ),
     ),

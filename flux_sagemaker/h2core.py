@@ -9,6 +9,8 @@ stay cheap):
 
 - One reader task (:meth:`H2ConnectionBase._read_loop`) feeds h2 and routes events to the
   streams; subclasses add their own events (responses, requests) and timers (PING) via hooks.
+  Reads pass through :class:`~flux_sagemaker.h2inbound.InboundFrames`, which takes the plain
+  DATA frames of streams without ``content-length`` past h2 (same windows, same order).
 - Socket writes happen under one write lock; every lock holder flushes *all* of h2's pending
   bytes before releasing it. The reader never waits for the lock: when it is held, the holder
   will flush the reader's frames (WINDOW_UPDATE, PING ACK) too. So the reader keeps draining
@@ -46,6 +48,7 @@ import h2.events
 import h2.exceptions
 
 from flux_sagemaker import errors
+from flux_sagemaker.h2inbound import InboundFrames, declares_length
 
 if TYPE_CHECKING:
     from flux_sagemaker.h2stream import H2StreamBase
@@ -148,6 +151,7 @@ class H2ConnectionBase:
     ) -> None:
         self._stream = stream
         self._h2 = h2conn
+        self._inbound = InboundFrames(h2conn)
         self._write_timeout = write_timeout
         self._write_lock = anyio.Lock(fast_acquire=True)  # no yield when uncontended
         self._outbox = bytearray()
@@ -184,6 +188,7 @@ class H2ConnectionBase:
 
     def _forget(self, stream: H2StreamBase) -> None:
         self._streams.pop(stream.stream_id, None)
+        self._inbound.fast_streams.discard(stream.stream_id)
 
     def _on_local_end(self, stream: H2StreamBase) -> None:
         if stream._remote_ended:
@@ -294,40 +299,54 @@ class H2ConnectionBase:
 
     async def _feed(self, data: bytes) -> None:
         try:
-            events = self._h2.receive_data(data)
+            items = self._inbound.receive(data)
         except h2.exceptions.ProtocolError as exc:
             await self._flush_soon()  # h2 queued a GOAWAY explaining the error
             msg = f"the {self._peer} broke the HTTP/2 protocol: {exc}"
             raise errors.RemoteProtocolError(msg) from exc
         self._on_bytes_received()
-        for event in events:
-            self._dispatch(event)
+        for item in items:
+            if isinstance(item, tuple):
+                sid, payload = item
+                self._data_received(sid, payload, len(payload))
+            else:
+                self._dispatch(item)
         await self._flush_soon()
 
     def _on_bytes_received(self) -> None:
         """Hook: any bytes from the peer prove it is alive."""
 
+    def _data_received(self, sid: int, data: bytes, flow_controlled_length: int) -> None:
+        """Route a DATA frame's payload (from h2 or :class:`InboundFrames`) to its stream."""
+        stream = self._streams.get(sid)
+        if stream is None or stream._closed:
+            self._h2.acknowledge_received_data(flow_controlled_length, sid)
+            return
+        if flow_controlled_length > len(data):  # padding is not the consumer's to acknowledge
+            self._h2.acknowledge_received_data(flow_controlled_length - len(data), sid)
+        if not data:
+            return
+        hook = stream._data_hook
+        if hook is not None and stream._receiving and not stream._chunks and hook(data):
+            # Consumed in this task, no switch to the receiver; _feed sends any update.
+            self._h2.acknowledge_received_data(len(data), sid)
+        else:
+            stream._chunks.append(data)
+            stream._buffered += len(data)
+            stream._wake_recv()
+
     def _dispatch(self, event: h2.events.Event) -> None:
         streams = self._streams
         match event:
             case h2.events.DataReceived(stream_id=int(sid), data=bytes(data)):
-                fcl = event.flow_controlled_length or 0
-                stream = streams.get(sid)
-                if stream is None or stream._closed:
-                    self._h2.acknowledge_received_data(fcl, sid)
-                    return
-                if fcl > len(data):  # padding is not the consumer's to acknowledge
-                    self._h2.acknowledge_received_data(fcl - len(data), sid)
-                if not data:
-                    return
-                hook = stream._data_hook
-                if hook is not None and stream._receiving and not stream._chunks and hook(data):
-                    # Consumed in this task, no switch to the receiver; _feed sends any update.
-                    self._h2.acknowledge_received_data(len(data), sid)
-                else:
-                    stream._chunks.append(data)
-                    stream._buffered += len(data)
-                    stream._wake_recv()
+                self._data_received(sid, data, event.flow_controlled_length or 0)
+            case (
+                h2.events.RequestReceived(stream_id=int(sid))
+                | h2.events.ResponseReceived(stream_id=int(sid))
+            ):
+                if not declares_length(event.headers):
+                    self._inbound.fast_streams.add(sid)  # its DATA may skip h2
+                self._on_event(event)
             case h2.events.StreamEnded(stream_id=int(sid)):
                 if (stream := streams.get(sid)) is not None:
                     stream._remote_ended = True

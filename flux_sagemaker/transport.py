@@ -329,7 +329,9 @@ class H2Connection(H2ConnectionBase):
             )
 
     def _forget(self, stream: H2StreamBase) -> None:
-        if self._streams.pop(stream.stream_id, None) is not None:
+        known = stream.stream_id in self._streams
+        super()._forget(stream)
+        if known:
             if not self._streams:
                 self._idle_since = anyio.current_time()
             self._wake_capacity()

@@ -761,3 +761,31 @@ async def test_connections_use_asyncio_stream_on_asyncios_own_loop_only(
         await stream.send(b"ping")
         await stream.end_input()
         assert await read_all(stream) == b"ping"
+
+
+@pytest.mark.parametrize(
+    ("headers", "fast"),
+    [([], True), ([("content-length", "5000")], False)],
+    ids=["no-content-length", "content-length"],
+)
+async def test_response_data_skips_h2_unless_it_declares_a_length(
+    headers: list[tuple[str, str]], fast: bool
+) -> None:
+    """A response without content-length has its DATA taken past h2 (h2 checks the length)."""
+
+    async def handler(stream: ServerStream) -> None:
+        await stream.send_headers(200, headers)
+        assert await stream.receive() == b"go"
+        for _ in range(5):
+            await stream.send_data(b"x" * 1000)
+        await stream.end()
+
+    with anyio.fail_after(10):
+        async with serve_and_connect(handler) as (_, conn):
+            stream = await open_post(conn)
+            await stream.response()
+            assert (stream.stream_id in conn._inbound.fast_streams) is fast
+            await stream.send(b"go")
+            assert await read_all(stream) == b"x" * 5000
+            await stream.aclose()
+            assert stream.stream_id not in conn._inbound.fast_streams
