@@ -65,9 +65,8 @@ def _frame_data_fast(conn: H2ConnectionBase, stream_id: int, data: bytes) -> boo
     stream.outbound_flow_control_window -= n
     h2c.outbound_flow_control_window -= n
     outbox = conn._outbox
-    pending = h2c.data_to_send()
-    if pending:
-        outbox += pending
+    if h2c._data_to_send:  # data_to_send() copies and replaces h2's buffer even when empty
+        outbox += h2c.data_to_send()
     outbox += _DATA_HEADER.pack(n >> 16, n & 0xFFFF, 0, 0, stream_id)
     outbox += data
     return True

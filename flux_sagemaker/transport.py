@@ -382,7 +382,8 @@ class H2Connection(H2ConnectionBase):
             await self._flush_or_join()
             return
         outbox = self._outbox
-        outbox += self._h2.data_to_send()
+        if self._h2._data_to_send:  # usually empty: _frame_data_fast took it already
+            outbox += self._h2.data_to_send()
         if urgent or len(outbox) >= _BATCH_HIGH_WATER:
             await self._write_now()
         else:
