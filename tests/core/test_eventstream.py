@@ -14,6 +14,7 @@ from botocore.eventstream import EventStreamBuffer
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flux_sagemaker.core import eventstream
 from flux_sagemaker.core.eventstream import (
     MAX_HEADER_VALUE_LENGTH,
     MAX_HEADERS_LENGTH,
@@ -577,6 +578,27 @@ def test_message_is_a_frozen_value() -> None:
     assert Message() == Message({}, b"")
     with pytest.raises(attrs.exceptions.FrozenInstanceError):
         message.payload = b"x"  # type: ignore[misc]
+
+
+def test_a_repeated_header_block_is_parsed_once_and_each_message_gets_its_own_dict() -> None:
+    """The parse of a block is kept by its bytes; every message still gets a fresh dict."""
+    frame = encode_message({":event-type": "PayloadPart", "n": Integer(1)}, b"x")
+    first = decode_message(frame)
+    first.headers["n"] = Integer(2)  # the caller's to change
+    second = decode_message(frame)
+    assert second.headers == {":event-type": "PayloadPart", "n": Integer(1)}
+    assert second.headers is not first.headers
+    block = frame[12 : 12 + struct.unpack_from(">I", frame, 4)[0]]
+    assert eventstream._PARSED_HEADERS[block] == second.headers
+
+
+def test_the_parsed_header_cache_is_bounded() -> None:
+    for i in range(3 * eventstream._CACHED_BLOCKS):
+        decode_message(encode_message({"n": Long(i)}, b""))
+    assert 0 < len(eventstream._PARSED_HEADERS) <= eventstream._CACHED_BLOCKS
+    long_block = {"v": "x" * eventstream._CACHED_BLOCK_MAX}
+    assert decode_message(encode_message(long_block, b"")).headers == long_block
+    assert all(len(block) <= eventstream._CACHED_BLOCK_MAX for block in eventstream._PARSED_HEADERS)
 
 
 def test_header_str() -> None:
