@@ -280,6 +280,20 @@ def _label(run: dict[str, Any]) -> str:
     return str(run["n"]) + (", gc.freeze()" if run.get("gc_freeze") else "")
 
 
+def _pace(run: dict[str, Any]) -> str:
+    """Whether a run kept real time: behind it, or on average but with late ticks, or fully."""
+    if not run["saturated"]:
+        return "real time"
+    factor = run["realtime_factor"]
+    pacer = run.get("pacer", {})
+    if factor > 1.02 or not pacer.get("late_ticks"):
+        return f"x{_f(factor, 2)} behind real time"
+    return (
+        f"real time on average (x{_f(factor, 2)}), but {pacer['late_ticks']} pacer ticks were "
+        f"over 20 ms late (the longest by {_f(pacer.get('window_lag_max_ms'), 0)} ms)"
+    )
+
+
 def _stalls(run: dict[str, Any]) -> str:
     """What held the client's event loop up in the window (runs before this column: blank)."""
     gc_pauses = run.get("gc")
@@ -406,8 +420,7 @@ def _targets(results: dict[str, Any]) -> str:
         ok = (
             top["cpu_ms_per_stream_second"] < 1 and not top["saturated"] and top["error_count"] == 0
         )
-        behind = f"x{_f(top['realtime_factor'], 2)} behind real time"
-        pace = behind if top["saturated"] else "real time"
+        pace = _pace(top)
         server_cpu = top.get("server", {}).get("cpu_ms_per_stream_second")
         cores = results.get("machine", {}).get("cores")
         rows.append(

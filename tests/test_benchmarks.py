@@ -329,22 +329,31 @@ def test_a_target_below_the_harness_floor_is_called_out_of_reach() -> None:
 
 
 @pytest.mark.parametrize(
-    ("cpu", "saturated", "verdict", "pace"),
+    ("cpu", "factor", "late", "verdict", "pace"),
     [
-        (0.98, True, "**missed**", "x1.03 behind real time"),  # CPU under 1 ms, yet behind
-        (0.98, False, "met", "real time"),
-        (1.05, False, "**missed**", "real time"),
+        (0.98, 1.03, 40, "**missed**", "x1.03 behind real time"),  # CPU under 1 ms, yet behind
+        (
+            0.83,
+            1.0,
+            168,
+            "**missed**",
+            "real time on average (x1.00), but 168 pacer ticks were over 20 ms late "
+            "(the longest by 209 ms)",
+        ),
+        (0.98, 1.0, 0, "met", "real time"),
+        (1.05, 1.0, 0, "**missed**", "real time"),
     ],
 )
 def test_the_1000_stream_target_needs_real_time_and_names_the_endpoints_share(
-    cpu: float, saturated: bool, verdict: str, pace: str
+    cpu: float, factor: float, late: int, verdict: str, pace: str
 ) -> None:
     run = {
         "n": 1000,
         "coalesce_ms": 80,
         "cpu_ms_per_stream_second": cpu,
-        "saturated": saturated,
-        "realtime_factor": 1.03 if saturated else 1.0,
+        "saturated": factor > 1.02 or late > 0,
+        "realtime_factor": factor,
+        "pacer": {"late_ticks": late, "window_lag_max_ms": 209.1},
         "error_count": 0,
         "server": {"cpu_ms_per_stream_second": 0.94},
     }
