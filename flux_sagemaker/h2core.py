@@ -241,11 +241,22 @@ class H2ConnectionBase:
         if self._error is not None:
             raise fresh_error(self._error)
 
+    def _take_h2_output(self) -> bool:
+        """Move what h2 has queued to the outbox; return whether there was anything.
+
+        Checks h2's buffer first: ``data_to_send()`` copies and replaces it even when empty, and
+        the DATA fast path asks once per audio event.
+        """
+        if not self._h2._data_to_send:
+            return False
+        self._outbox += self._h2.data_to_send()
+        return True
+
     async def _flush_soon(self) -> None:
         """Flush from the reader or a consumer without ever waiting for the lock."""
         if self._write_lock.locked():
             return  # the holder flushes everything before releasing
-        self._outbox += self._h2.data_to_send()
+        self._take_h2_output()
         if not self._outbox:
             return  # most reads need no answer: spare the lock and the shield
         with anyio.CancelScope(shield=True):
@@ -256,9 +267,7 @@ class H2ConnectionBase:
         if self._error is not None or size == 0:
             return
         self._h2.acknowledge_received_data(size, stream_id)
-        pending = self._h2.data_to_send()
-        if pending:
-            self._outbox += pending
+        if self._take_h2_output():
             await self._flush_soon()
 
     async def _wait_window(self, event: anyio.Event, stream_id: int) -> None:

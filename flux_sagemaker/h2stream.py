@@ -64,9 +64,8 @@ def _frame_data_fast(conn: H2ConnectionBase, stream_id: int, data: bytes) -> boo
         return False
     stream.outbound_flow_control_window -= n
     h2c.outbound_flow_control_window -= n
+    conn._take_h2_output()  # frames h2 queued earlier go first
     outbox = conn._outbox
-    if h2c._data_to_send:  # data_to_send() copies and replaces h2's buffer even when empty
-        outbox += h2c.data_to_send()
     outbox += _DATA_HEADER.pack(n >> 16, n & 0xFFFF, 0, 0, stream_id)
     outbox += data
     return True

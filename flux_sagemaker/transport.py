@@ -381,9 +381,8 @@ class H2Connection(H2ConnectionBase):
         if wanted is None:  # no writer task (not started yet, or stopped)
             await self._flush_or_join()
             return
+        self._take_h2_output()  # usually nothing: _frame_data_fast took it already
         outbox = self._outbox
-        if self._h2._data_to_send:  # usually empty: _frame_data_fast took it already
-            outbox += self._h2.data_to_send()
         if urgent or len(outbox) >= _BATCH_HIGH_WATER:
             await self._write_now()
         else:
