@@ -153,6 +153,19 @@ FRAMES = st.one_of(
 )
 
 
+def receivers(
+    *, client_side: bool, window: int
+) -> tuple[Receiver, Receiver, h2.connection.H2Connection, bytes]:
+    """h2 alone, InboundFrames, their peer, and the peer's opening bytes for both of them."""
+    reference = Receiver(client_side=client_side, window=window, fast=False)
+    ours = Receiver(client_side=client_side, window=window, fast=True)
+    peer = sender_for(reference, client_side=client_side)
+    opening = peer.data_to_send()
+    if not client_side:  # a server's first bytes are the client's preface
+        opening = reference.preface + opening
+    return reference, ours, peer, opening
+
+
 @settings(max_examples=500)  # about a second: cheap, and the rare interleavings need it
 @given(
     specs=st.lists(FRAMES, max_size=25),
@@ -164,12 +177,7 @@ def test_inbound_frames_match_h2_alone(
     specs: list[tuple[Any, ...]], cuts: list[int], window: int, client_side: bool
 ) -> None:
     """Any frames, cut anywhere: the same events and errors per chunk, and the same windows."""
-    reference = Receiver(client_side=client_side, window=window, fast=False)
-    ours = Receiver(client_side=client_side, window=window, fast=True)
-    peer = sender_for(reference, client_side=client_side)
-    opening = peer.data_to_send()
-    if not client_side:  # a server's first bytes are the client's preface
-        opening = reference.preface + opening
+    reference, ours, peer, opening = receivers(client_side=client_side, window=window)
     wire = opening + b"".join(frame_bytes(peer, spec) for spec in specs)
     bounds = sorted({0, len(wire), *(c for c in cuts if c < len(wire))})
     for start, end in itertools.pairwise(bounds):
@@ -187,8 +195,8 @@ def test_inbound_frames_match_h2_alone(
         assert ours.windows() == reference.windows()
 
 
-def opened_pair(window: int = 65_535) -> tuple[Receiver, h2.connection.H2Connection]:
-    ours = Receiver(client_side=True, window=window, fast=True)
+def opened_pair() -> tuple[Receiver, h2.connection.H2Connection]:
+    ours = Receiver(client_side=True, window=65_535, fast=True)
     peer = sender_for(ours, client_side=True)
     ours.feed(peer.data_to_send())
     return ours, peer
@@ -262,10 +270,7 @@ def test_declares_length(headers: object, expected: bool) -> None:
 )
 def test_data_that_h2_refuses_is_refused(specs: list[tuple[Any, ...]]) -> None:
     """DATA inside a header block, or after GOAWAY (h2 alone is CLOSED), is h2's to refuse."""
-    reference = Receiver(client_side=True, window=65_535, fast=False)
-    ours = Receiver(client_side=True, window=65_535, fast=True)
-    peer = sender_for(reference, client_side=True)
-    opening = peer.data_to_send()
+    reference, ours, peer, opening = receivers(client_side=True, window=65_535)
     reference.feed(opening)
     ours.feed(opening)
     wire = b"".join(frame_bytes(peer, spec) for spec in specs)
