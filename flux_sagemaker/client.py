@@ -422,6 +422,25 @@ class FluxClient:
             # chunk, due at about that time, moves it on before it rings.
             self._set_alarm()
         if events:
+            lock, current = self._send_lock, self._current
+            if (
+                len(events) == 1
+                and not lock.locked()
+                and current is not None
+                and not current.retired
+                and not current.proto.input_ended
+            ):
+                # The usual case: one event and no other sender. Nothing here awaits before
+                # the event is queued, so the order is kept without the lock's checkpoints.
+                data = self._sign_audio(current, events[0])
+                if current.h2.send_nowait(data):
+                    return
+                lock.acquire_nowait()  # still free: nothing was awaited since locked()
+                try:
+                    await self._write(current, data)
+                finally:
+                    lock.release()
+                return
             await self._send_events(events, self._epoch)
 
     async def _send_events(self, events: Sequence[bytes], epoch: int) -> None:
@@ -451,10 +470,16 @@ class FluxClient:
             # The stream failed and was retired while we waited for the lock or the window:
             # the replay buffer holds this audio for the stream that replaces it.
             return
+        data = self._sign_audio(stream, audio)
+        if not stream.h2.send_nowait(data):
+            await self._write(stream, data)
+
+    def _sign_audio(self, stream: LiveStream, audio: bytes) -> bytes:
+        """Count ``audio`` as sent and return its signed event (the caller writes it next)."""
         self._stats.audio_bytes_sent += len(audio)
         self._stats.audio_events_sent += 1
         self._timers.on_audio_sent(_now())
-        await self._write(stream, stream.proto.send_audio(audio))
+        return stream.proto.send_audio(audio)
 
     async def _flush_audio(self, stream: LiveStream) -> None:
         """Send the pending partial audio event (caller holds the send lock)."""

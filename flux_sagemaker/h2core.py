@@ -224,6 +224,14 @@ class H2ConnectionBase:
         """
         await self._flush_or_join()
 
+    def _frame_nowait(self, stream_id: int, data: bytes) -> bool:
+        """Queue ``data`` as one DATA frame if nothing needs awaiting; ``False``: nothing queued.
+
+        Only a connection with a writer task (the client's) lets a sender queue and go on;
+        here every send awaits its own write.
+        """
+        return False
+
     async def _flush_or_join(self) -> None:
         """Write what h2 has queued, unless a writer is at it: then it writes ours too.
 

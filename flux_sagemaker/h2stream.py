@@ -162,6 +162,14 @@ class H2StreamBase:
         if self._error is not None:
             raise fresh_error(self._error)
 
+    def send_nowait(self, data: bytes) -> bool:
+        """Queue ``data`` if that needs no waiting; on ``False`` nothing was queued: ``send`` it."""
+        return (
+            self._error is None
+            and not (self._closed or self._local_ended)
+            and self._conn._frame_nowait(self.stream_id, data)
+        )
+
     async def _send(self, data: bytes, end_stream: bool) -> None:
         conn, h2c, sid = self._conn, self._conn._h2, self.stream_id
         if (

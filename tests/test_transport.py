@@ -789,3 +789,79 @@ async def test_response_data_skips_h2_unless_it_declares_a_length(
             assert await read_all(stream) == b"x" * 5000
             await stream.aclose()
             assert stream.stream_id not in conn._inbound.fast_streams
+
+
+async def test_send_nowait_queues_for_the_writer_task_in_order() -> None:
+    with anyio.fail_after(10):
+        async with serve_and_connect(echo) as (_server, conn):
+            stream = await open_post(conn)
+            await anyio.sleep(0.05)  # the HEADERS are out
+            assert stream.send_nowait(b"alone")
+            assert await stream.receive() == b"alone"  # it woke the writer task
+            counting = _CountingStream(conn._stream)
+            conn._stream = counting
+            assert stream.send_nowait(b"first")
+            await stream.send(b" second")
+            assert stream.send_nowait(b" third")
+            assert counting.writes == []  # queued: the writer task sends them together
+            body = b""
+            while len(body) < len(b"first second third"):
+                body += await stream.receive()
+            assert body == b"first second third"
+            assert len(counting.writes) == 1
+            await stream.aclose()
+
+
+async def test_send_nowait_declines_what_would_wait_and_queues_nothing() -> None:
+    """Past the stream's window it declines; ``send`` then waits for the window."""
+    chunk = b"y" * 16_384
+    with anyio.fail_after(10):
+        async with (
+            H2Server(echo, receive_window=40_000) as server,
+            open_connection("127.0.0.1", server.port, ssl_context=None, timeouts=NO_PING) as conn,
+        ):
+            stream = await open_post(conn)
+            await stream.response()
+            assert not stream.send_nowait(b"z" * 16_385)  # past the frame size h2 was told
+            assert stream.send_nowait(chunk)
+            assert stream.send_nowait(chunk)
+            queued = bytes(conn._outbox)
+            assert not stream.send_nowait(chunk)  # the third is past the window (40,000)
+            assert conn._outbox == queued
+            await stream.send(chunk)  # waits for the window that the echo reopens
+            await stream.end_input()
+            assert not stream.send_nowait(b"after the end")
+            assert await read_all(stream) == chunk * 3
+
+
+async def test_send_nowait_declines_past_the_writers_yield_mark() -> None:
+    chunk = b"y" * 16_384
+    with anyio.fail_after(10):
+        async with serve_and_connect(echo) as (_server, conn):
+            stream = await open_post(conn)
+            await stream.response()
+            for _ in range(3):
+                assert stream.send_nowait(chunk)
+            queued = len(conn._outbox)
+            assert queued == 3 * (9 + len(chunk))
+            assert not stream.send_nowait(b"x" * (_BATCH_YIELD - queued - 9))  # reaches the mark
+            assert len(conn._outbox) == queued
+            assert stream.send_nowait(b"x" * (_BATCH_YIELD - queued - 10))
+            await stream.aclose()
+            assert not stream.send_nowait(b"after aclose")
+
+
+async def test_the_server_side_always_awaits_its_sends() -> None:
+    declined: list[bool] = []
+
+    async def handler(stream: ServerStream) -> None:
+        declined.append(not stream.send_nowait(b"x"))
+        await echo(stream)
+
+    with anyio.fail_after(10):
+        async with serve_and_connect(handler) as (_server, conn):
+            stream = await open_post(conn)
+            await stream.send(b"ping")
+            assert await stream.receive() == b"ping"
+            await stream.aclose()
+    assert declined == [True]

@@ -10,6 +10,7 @@ import pytest
 
 from flux_sagemaker import EndOfTurn
 from flux_sagemaker.core.timers import FLUSH_SLACK
+from flux_sagemaker.transport import H2Stream
 
 from .helpers import SAMPLE, TEST_TIMEOUT, EndpointFactory, client_for, ms, of_type, run_session
 
@@ -169,3 +170,43 @@ async def test_the_flush_alarm_waits_a_little_for_the_next_chunk(
             )
             await flux.close()
     assert ep.streams[0].audio_event_sizes == [ms(20)]
+
+
+async def test_an_event_that_must_wait_keeps_its_place_in_the_signature_chain(
+    endpoint: EndpointFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signed event that cannot be queued at once holds the send lock until it is written.
+
+    Each event's signature chains to the previous one, so an event signed later must not
+    reach the wire first: the endpoint would reject the stream.
+    """
+    gate = anyio.Event()
+    calls: list[int] = []
+    real_send_nowait, real_send = H2Stream.send_nowait, H2Stream.send
+
+    def refuse_the_first(self: H2Stream, data: bytes) -> bool:
+        return bool(calls) and real_send_nowait(self, data)
+
+    async def first_send_waits(self: H2Stream, data: bytes) -> None:
+        calls.append(len(data))
+        if len(calls) == 1:
+            await gate.wait()  # as if the flow-control window were closed
+        await real_send(self, data)
+
+    up, first, second = (SAMPLE.pcm[ms(20 * i) : ms(20 * i + 20)] for i in range(3))
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep, coalesce_ms=0) as flux:
+            await flux.send_audio(up)
+            monkeypatch.setattr(H2Stream, "send_nowait", refuse_the_first)
+            monkeypatch.setattr(H2Stream, "send", first_send_waits)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(flux.send_audio, first)
+                await anyio.wait_all_tasks_blocked()
+                tg.start_soon(flux.send_audio, second)
+                await anyio.wait_all_tasks_blocked()
+                gate.set()
+            monkeypatch.undo()
+            await flux.close()
+    (stream,) = ep.streams
+    assert stream.error is None
+    assert bytes(stream.audio) == up + first + second
