@@ -327,24 +327,51 @@ def _dict(obj: dict[str, Any], key: str) -> dict[str, Any]:
     return value
 
 
+def _checked_word(item: object) -> Word:
+    if not isinstance(item, dict):
+        raise _Bad(f"a word is {_show(item)}, not an object")
+    return Word(
+        word=_str(item, "word", ""),
+        confidence=_float(item, "confidence", 0.0),
+        start=_float(item, "start", None),
+        end=_float(item, "end", None),
+    )
+
+
+# Word's slot setters, in field order. attrs' frozen __init__ sets each field through
+# object.__setattr__ (0.7 us a word, keywords included); the slots take 0.35 us. An Update
+# carries every word of its turn so far, about four times a second per stream.
+_WORD_SETTERS: Final = tuple(Word.__dict__[field.name].__set__ for field in attrs.fields(Word))
+
+
 def _words(obj: dict[str, Any]) -> tuple[Word, ...]:
     value = obj.get("words")
     if value is None:
         return ()
     if not isinstance(value, list):
         raise _Bad(f"words is {_show(value)}, not a list")
+    set_word, set_confidence, set_start, set_end = _WORD_SETTERS
     words = []
     for item in value:
-        if not isinstance(item, dict):
-            raise _Bad(f"a word is {_show(item)}, not an object")
-        words.append(
-            Word(
-                word=_str(item, "word", ""),
-                confidence=_float(item, "confidence", 0.0),
-                start=_float(item, "start", None),
-                end=_float(item, "end", None),
-            )
-        )
+        if type(item) is dict:
+            text, confidence = item.get("word"), item.get("confidence")
+            start, end = item.get("start"), item.get("end")
+            if (
+                type(text) is str
+                and type(confidence) is float
+                and type(start) is float
+                and type(end) is float
+                # x - x is 0.0 only for a finite x (NaN and infinities give NaN).
+                and confidence - confidence == start - start == end - end == 0.0
+            ):
+                word = object.__new__(Word)
+                set_word(word, text)
+                set_confidence(word, confidence)
+                set_start(word, start)
+                set_end(word, end)
+                words.append(word)
+                continue
+        words.append(_checked_word(item))  # anything else: defaults, conversions, errors
     return tuple(words)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import attrs
 import pytest
-from hypothesis import given
+from hypothesis import example, given
 from hypothesis import strategies as st
 
 from flux_sagemaker.core.events import (
@@ -28,6 +28,8 @@ from flux_sagemaker.core.events import (
     Unknown,
     Update,
     Word,
+    _Bad,
+    _checked_word,
     parse_server_message,
 )
 from flux_sagemaker.errors import MessageParseError
@@ -403,3 +405,41 @@ def test_well_formed_turn_info_round_trips(
     assert msg.event == event
     assert msg.turn_index == turn_index
     assert [(w.word, w.confidence, w.start) for w in msg.words] == words
+
+
+_WORD_FIELDS = st.dictionaries(
+    st.sampled_from(["word", "confidence", "start", "end"]),
+    st.text(max_size=3) | st.floats() | st.integers(-3, 3) | st.none(),
+)
+
+
+@given(st.lists(_WORD_FIELDS, max_size=4))
+@example([{"word": "hi", "confidence": 0.5, "start": 0.25, "end": 0.75}])
+@example([{"word": "hi", "confidence": 1, "start": 0.25, "end": 0.75}])
+@example([{"word": 7, "confidence": 0.5, "start": 0.25, "end": 0.75}])
+def test_words_are_the_words_attrs_builds(items: list[dict[str, Any]]) -> None:
+    """Well-formed words skip attrs' __init__; they must equal what it builds, every field."""
+    payload = json.dumps({"type": "TurnInfo", "event": "Update", "turn_index": 0, "words": items})
+    try:
+        built = [_checked_word(item) for item in json.loads(payload)["words"]]
+    except (_Bad, ValueError):
+        with pytest.raises(MessageParseError):
+            turn(payload)
+        return
+    words = turn(payload).words
+    assert len(words) == len(built)
+    for word, reference in zip(words, built, strict=True):
+        assert attrs.astuple(word) == attrs.astuple(reference)
+        assert word == reference
+        assert hash(word) == hash(reference)
+        assert repr(word) == repr(reference)
+        assert attrs.evolve(word, word="x") == attrs.evolve(reference, word="x")
+
+
+@pytest.mark.parametrize("field", ["confidence", "start", "end"])
+@pytest.mark.parametrize("value", ["1e999", "-1e999"])
+def test_a_word_with_every_field_must_still_be_finite(field: str, value: str) -> None:
+    fields = {"word": '"hi"', "confidence": "0.5", "start": "0.25", "end": "0.75", field: value}
+    body = ",".join(f'"{k}":{v}' for k, v in fields.items())
+    with pytest.raises(MessageParseError, match=f"{field} is .*not a finite number"):
+        turn(f'{{"type":"TurnInfo","event":"Update","turn_index":0,"words":[{{{body}}}]}}')
