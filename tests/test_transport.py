@@ -64,10 +64,13 @@ async def serve_and_connect(
     timeouts: Timeouts = NO_PING,
     server_tls: ssl.SSLContext | None = None,
     client_tls: ssl.SSLContext | None = None,
+    server_receive_window: int | None = None,
     **kwargs: int,
 ) -> AsyncIterator[tuple[H2Server, H2Connection]]:
     server_kwargs = {k: v for k, v in kwargs.items() if k == "max_concurrent_streams"}
     client_kwargs = {k: v for k, v in kwargs.items() if k != "max_concurrent_streams"}
+    if server_receive_window is not None:
+        server_kwargs["receive_window"] = server_receive_window
     async with (
         H2Server(handler, ssl_context=server_tls, **server_kwargs) as server,
         open_connection(
@@ -181,10 +184,7 @@ async def test_a_small_window_mixes_whole_frames_and_frames_cut_by_h2(
         await stream.send_data(bytes(body), end_stream=True)
 
     with anyio.fail_after(10):
-        async with (
-            H2Server(collect, receive_window=1000) as server,
-            open_connection("127.0.0.1", server.port, ssl_context=None, timeouts=NO_PING) as conn,
-        ):
+        async with serve_and_connect(collect, server_receive_window=1000) as (_, conn):
             stream = await open_post(conn)
             await stream.response()
             for chunk in chunks:
@@ -816,10 +816,7 @@ async def test_send_nowait_declines_what_would_wait_and_queues_nothing() -> None
     """Past the stream's window it declines; ``send`` then waits for the window."""
     chunk = b"y" * 16_384
     with anyio.fail_after(10):
-        async with (
-            H2Server(echo, receive_window=40_000) as server,
-            open_connection("127.0.0.1", server.port, ssl_context=None, timeouts=NO_PING) as conn,
-        ):
+        async with serve_and_connect(echo, server_receive_window=40_000) as (_, conn):
             stream = await open_post(conn)
             await stream.response()
             assert not stream.send_nowait(b"z" * 16_385)  # past the frame size h2 was told
