@@ -22,7 +22,13 @@ import h2.connection
 import h2.events
 import h2.stream
 
-__all__ = ["FastData", "InboundFrames", "declares_length"]
+__all__ = [
+    "FRAME_HEADER_SIZE",
+    "OPEN_CONNECTION_STATES",
+    "FastData",
+    "InboundFrames",
+    "declares_length",
+]
 
 #: A DATA frame taken past h2: ``(stream_id, payload)``; its flow-controlled length is the
 #: payload's (no padding).
@@ -30,7 +36,8 @@ FastData: TypeAlias = tuple[int, bytes]
 
 # A frame header: 24-bit length (as 16 + 8 bits), type, flags, R bit and stream id.
 _FRAME_HEADER: Final = struct.Struct(">HBBBL")
-_HEADER_SIZE: Final = 9
+#: Bytes in every frame's header (RFC 9113 section 4.1).
+FRAME_HEADER_SIZE: Final = _FRAME_HEADER.size
 _DATA: Final = 0x0
 _HEADERS: Final = 0x1
 _PUSH_PROMISE: Final = 0x5
@@ -38,10 +45,11 @@ _CONTINUATION: Final = 0x9
 _END_HEADERS: Final = 0x4
 # The client preface (RFC 9113 section 3.4): a server's first bytes are not frames.
 _PREFACE_SIZE: Final = 24
-# States in which a DATA frame without flags changes neither h2's connection nor its stream.
-_OPEN_CONNECTION: Final = frozenset(
+#: h2's connection states in which DATA, sent or received, changes no connection state.
+OPEN_CONNECTION_STATES: Final = frozenset(
     {h2.connection.ConnectionState.CLIENT_OPEN, h2.connection.ConnectionState.SERVER_OPEN}
 )
+# Stream states in which a DATA frame without flags changes no stream state.
 _RECEIVING_STREAM: Final = frozenset(
     {h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_LOCAL}
 )
@@ -109,7 +117,7 @@ class InboundFrames:
             self._preface -= pos
             items += h2c.receive_data(data[:pos])  # h2 checks it
         run = pos  # start of the frames not yet given to h2
-        while size - pos >= _HEADER_SIZE:
+        while size - pos >= FRAME_HEADER_SIZE:
             length_high, length_low, kind, flags, stream_id = _FRAME_HEADER.unpack_from(data, pos)
             length = length_high << 8 | length_low
             if length > h2c.max_inbound_frame_size:
@@ -118,7 +126,7 @@ class InboundFrames:
                 self._to_h2_only = True
                 pos = size
                 break
-            end = pos + _HEADER_SIZE + length
+            end = pos + FRAME_HEADER_SIZE + length
             if end > size:
                 break
             if kind == _DATA and not flags and length and not self._header_block_open:
@@ -127,7 +135,7 @@ class InboundFrames:
                     run = pos
                 stream_id &= 0x7FFFFFFF
                 if self._take(stream_id, length):
-                    items.append((stream_id, data[pos + _HEADER_SIZE : end]))
+                    items.append((stream_id, data[pos + FRAME_HEADER_SIZE : end]))
                     run = end
             elif kind in (_HEADERS, _PUSH_PROMISE):
                 self._header_block_open = not flags & _END_HEADERS
@@ -138,7 +146,7 @@ class InboundFrames:
             items += h2c.receive_data(data[run:pos])
         if pos < size:
             pending += data[pos:] if pos else data
-            self._pending_needs = _HEADER_SIZE + (
+            self._pending_needs = FRAME_HEADER_SIZE + (
                 int.from_bytes(pending[:3], "big") if len(pending) >= 3 else 0
             )
         return items
@@ -146,7 +154,10 @@ class InboundFrames:
     def _take(self, stream_id: int, length: int) -> bool:
         """Charge both windows for a DATA frame if h2 would take it without a state change."""
         h2c = self._h2
-        if stream_id not in self.fast_streams or h2c.state_machine.state not in _OPEN_CONNECTION:
+        if (
+            stream_id not in self.fast_streams
+            or h2c.state_machine.state not in OPEN_CONNECTION_STATES
+        ):
             return False
         stream = h2c.streams.get(stream_id)
         if stream is None or stream.state_machine.state not in _RECEIVING_STREAM:

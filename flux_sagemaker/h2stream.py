@@ -17,12 +17,12 @@ from typing import Final
 
 import anyio
 import attrs
-import h2.connection
 import h2.exceptions
 import h2.stream
 
 from flux_sagemaker import errors
 from flux_sagemaker.h2core import CLOSE_TIMEOUT, H2ConnectionBase, fresh_error, wait_event
+from flux_sagemaker.h2inbound import OPEN_CONNECTION_STATES
 
 __all__ = ["H2StreamBase"]
 
@@ -30,10 +30,7 @@ __all__ = ["H2StreamBase"]
 _DATA_HEADER: Final = struct.Struct(">BHBBL")
 # SETTINGS_MAX_FRAME_SIZE can only be raised from this (RFC 9113 section 6.5.2).
 _MIN_MAX_FRAME_SIZE: Final = 16_384
-# The states in which h2 itself lets a DATA frame go, without changing state.
-_DATA_CONNECTION_STATES: Final = frozenset(
-    {h2.connection.ConnectionState.CLIENT_OPEN, h2.connection.ConnectionState.SERVER_OPEN}
-)
+# The stream states in which h2 itself lets a DATA frame go, without changing state.
 _DATA_STREAM_STATES: Final = frozenset(
     {h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE}
 )
@@ -59,7 +56,7 @@ def _frame_data_fast(conn: H2ConnectionBase, stream_id: int, data: bytes) -> boo
         # Every peer takes frames of 16 KiB (RFC 9113 section 4.2); only look further above.
         or (n > _MIN_MAX_FRAME_SIZE and n > h2c.max_outbound_frame_size)
         or stream.state_machine.state not in _DATA_STREAM_STATES
-        or h2c.state_machine.state not in _DATA_CONNECTION_STATES
+        or h2c.state_machine.state not in OPEN_CONNECTION_STATES
     ):
         return False
     stream.outbound_flow_control_window -= n

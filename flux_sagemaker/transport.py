@@ -52,6 +52,7 @@ from flux_sagemaker.h2core import (
     fresh_error,
     wait_event,
 )
+from flux_sagemaker.h2inbound import FRAME_HEADER_SIZE
 from flux_sagemaker.h2stream import H2StreamBase, _frame_data_fast
 
 __all__ = [
@@ -78,8 +79,6 @@ _BATCH_HIGH_WATER = 256 * 1024
 # socket write costs the sender and wakes the peer: at 16 KiB, 100 streams fed by one task
 # made five writes per 20 ms round; at 64 KiB one or two (client CPU -12 to -20% at N=100).
 _BATCH_YIELD = 64 * 1024
-# A DATA frame's header, queued with its payload.
-_FRAME_HEADER_SIZE = 9
 
 
 @attrs.frozen
@@ -400,7 +399,7 @@ class H2Connection(H2ConnectionBase):
         wanted = self._write_wanted
         if (
             wanted is None
-            or len(self._outbox) + len(data) + _FRAME_HEADER_SIZE >= _BATCH_YIELD
+            or len(self._outbox) + len(data) + FRAME_HEADER_SIZE >= _BATCH_YIELD
             or not _frame_data_fast(self, stream_id, data)
         ):
             return False
