@@ -25,6 +25,8 @@ from .stats import median_run, peer_cpu
 
 ROOT = Path(__file__).resolve().parent.parent
 SECTIONS = ("codec", "streams", "startup")
+PHASES = 10
+"""``--phased-streams`` runs hand each tick's frames in this many groups, 2 ms apart."""
 
 
 def _ints(text: str) -> list[int]:
@@ -49,6 +51,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=_ints,
         help="N values run once more with gc.freeze() after connecting, at the largest "
         "coalescing value (default 500 if it is among --streams)",
+    )
+    p.add_argument(
+        "--phased-streams",
+        type=_ints,
+        help=f"N values run once more with gc.freeze() and each tick's frames in {PHASES} "
+        "groups spread over the 20 ms, at the largest coalescing value (default 500 if it is "
+        "among --streams)",
     )
     p.add_argument(
         "--repeats",
@@ -89,6 +98,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         args.peer_streams = [1, 10] if quick else [1, 10, 100]
     if args.gc_freeze_streams is None:
         args.gc_freeze_streams = [n for n in args.streams if n == 500]
+    if args.phased_streams is None:
+        args.phased_streams = [n for n in args.streams if n == 500]
     if args.duration is None:
         args.duration = 4.0 if quick else 15.0
     if args.repeats is None:
@@ -114,16 +125,19 @@ def run_streams(args: argparse.Namespace) -> dict[str, Any]:
     """Section 2: ours (both coalescing modes), the harness alone, the peers; then a profile."""
     out: dict[str, Any] = {"ours": [], "harness": [], "peers": [], "profiles": []}
     server = streams.ServerProcess(tls=not args.plaintext, engine=args.engine, verify=args.verify)
-    ours: dict[tuple[int, float, bool], list[dict[str, Any]]] = {}
+    ours: dict[tuple[int, float, bool, int], list[dict[str, Any]]] = {}
     peers: dict[tuple[str, int], list[dict[str, Any]]] = {}
     peer_limit: dict[str, int] = {}  # a peer failed at this N: larger N are not run again
     try:
         out["server"] = {"tls": not args.plaintext, "engine": args.engine, "verify": args.verify}
         for round_ in range(1, args.repeats + 1):
-            configs = [(n, c, False) for n in args.streams for c in args.coalesce]
-            configs += [(n, max(args.coalesce), True) for n in args.gc_freeze_streams]
-            for n, coalesce, freeze in configs:
-                label = ", gc.freeze()" if freeze else ""
+            configs = [(n, c, False, 1) for n in args.streams for c in args.coalesce]
+            configs += [(n, max(args.coalesce), True, 1) for n in args.gc_freeze_streams]
+            configs += [(n, max(args.coalesce), True, PHASES) for n in args.phased_streams]
+            for n, coalesce, freeze, phases in configs:
+                label = (", gc.freeze()" if freeze else "") + (
+                    f", {phases} phases" if phases > 1 else ""
+                )
                 _log(f"round {round_}: ours, {n} streams, coalesce_ms={coalesce:g}{label}")
                 result = streams.run_ours(
                     server,
@@ -131,9 +145,11 @@ def run_streams(args: argparse.Namespace) -> dict[str, Any]:
                     duration=args.duration,
                     coalesce_ms=coalesce,
                     gc_freeze=freeze,
+                    phases=phases,
                 )
                 result["n"], result["coalesce_ms"], result["gc_freeze"] = n, coalesce, freeze
-                ours.setdefault((n, coalesce, freeze), []).append(result)
+                result["phases"] = phases
+                ours.setdefault((n, coalesce, freeze, phases), []).append(result)
             if args.no_peers:
                 continue
             for which, python in (("aws", args.py312), ("deepgram", args.py312_deepgram)):
@@ -154,12 +170,19 @@ def run_streams(args: argparse.Namespace) -> dict[str, Any]:
             median_run(runs, lambda r: r.get("cpu_ms_per_stream_second")) for runs in ours.values()
         ]
         out["peers"] = [median_run(runs, peer_cpu) for runs in peers.values()]
-        for n in args.streams:
-            _log(f"harness alone: {n} streams")
+        harness_configs = [(n, 1) for n in args.streams]
+        harness_configs += [(n, PHASES) for n in args.phased_streams]
+        for n, phases in harness_configs:
+            _log(f"harness alone: {n} streams" + (f", {phases} phases" if phases > 1 else ""))
             harness = streams.run_ours(
-                server, streams=n, duration=min(args.duration, 6.0), coalesce_ms=0, client="none"
+                server,
+                streams=n,
+                duration=min(args.duration, 6.0),
+                coalesce_ms=0,
+                client="none",
+                phases=phases,
             )
-            harness["n"] = n
+            harness["n"], harness["phases"] = n, phases
             out["harness"].append(harness)
         py_spy = None if args.no_profile else profiling.py_spy_path(args.py_spy)
         if py_spy is None:

@@ -1,12 +1,13 @@
 """N concurrent real-time FluxClient sessions, in a process of their own; prints one JSON summary.
 
 ``python -m benchmarks.stream_client --url URL [--ca PEM] --streams N --duration S
-[--coalesce-ms 80] [--client flux|none] [--profile out.prof]``
+[--coalesce-ms 80] [--phases 1] [--gc-freeze] [--client flux|none] [--profile out.prof]``
 
 The workload: a 16 kHz linear16 tone handed over in 20 ms frames, as Pipecat does. Each frame
 starts with a :data:`~benchmarks.bench_server.STAMP_MAGIC` stamp written just before
 ``send_audio`` so that the server can time its receipt. One pacer task hands every stream its
-frame each 20 ms (the harness's own cost stays small and is measured by ``--client none``); one
+frame each 20 ms (the harness's own cost stays small and is measured by ``--client none``),
+every frame at the same instant or, with ``--phases P``, in P groups spread over the 20 ms; one
 task per stream iterates its events, as an application does.
 
 Measured in the steady window (every stream connected and sending; the first ``--warmup``
@@ -181,30 +182,35 @@ class Workload:
         self.mark = (t0, time.process_time(), rss_bytes())
         pack = STAMP.pack
         give_up = t0 + self.args.max_wall_factor * self.n_frames * FRAME_S
+        phases = self.args.phases
         for k in range(self.n_frames):
             if k > warmup_ticks and time.monotonic() > give_up:
                 break  # hopelessly behind real time: stop, the run is reported as saturated
-            due = t0 + k * FRAME_S
-            delay = due - time.monotonic()
-            if delay > 0:
-                await anyio.sleep(delay)
-            else:
-                lag = -delay
-                self.lag_max = max(self.lag_max, lag)
-                if k > warmup_ticks:
-                    self.window_lag_max = max(self.window_lag_max, lag)
-                if lag > FRAME_S:
-                    self.late_ticks += 1
-            if k == warmup_ticks:
-                self.mark = (time.monotonic(), time.process_time(), rss_bytes())
-                self.warm_ticks = k
-                self.gc_pauses.recording = True
             tail = frames[k % len(frames)][STAMP.size :]
             # The streams start in groups over the first `spread` ticks: independent calls are
             # not in step, so their coalesced events and the server's Updates (every 240 ms)
             # do not all fall on the same tick.
-            for client in clients if k >= spread else clients[: (k + 1) * per_tick]:
-                await client.send_audio(pack(STAMP_MAGIC, time.monotonic()) + tail)
+            active = clients if k >= spread else clients[: (k + 1) * per_tick]
+            # With `--phases P`, stream i's frame is due i % P / P of a tick later: the frames
+            # of independent calls do not all arrive at the same instant either.
+            for phase in range(phases):
+                due = t0 + (k + phase / phases) * FRAME_S
+                delay = due - time.monotonic()
+                if delay > 0:
+                    await anyio.sleep(delay)
+                else:
+                    lag = -delay
+                    self.lag_max = max(self.lag_max, lag)
+                    if k > warmup_ticks:
+                        self.window_lag_max = max(self.window_lag_max, lag)
+                    if lag > FRAME_S:
+                        self.late_ticks += 1
+                if k == warmup_ticks and phase == 0:
+                    self.mark = (time.monotonic(), time.process_time(), rss_bytes())
+                    self.warm_ticks = k
+                    self.gc_pauses.recording = True
+                for client in active[phase::phases]:
+                    await client.send_audio(pack(STAMP_MAGIC, time.monotonic()) + tail)
             self.ticks_sent = k + 1
 
     def window_summary(self) -> dict[str, Any]:
@@ -339,6 +345,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         type=int,
         default=12,
         help="start the streams over this many 20 ms ticks of the warm-up (1: all in step)",
+    )
+    p.add_argument(
+        "--phases",
+        type=int,
+        default=1,
+        choices=range(1, 51),
+        metavar="P",
+        help="hand each tick's frames in P groups spread over the 20 ms (1: all at once)",
     )
     p.add_argument("--client", choices=("flux", "none"), default="flux")
     p.add_argument("--gc-freeze", action="store_true", help="gc.freeze() once connected")

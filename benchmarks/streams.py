@@ -121,12 +121,14 @@ def run_ours(
     py_spy: str | None = None,
     profile_out: Path | None = None,
     gc_freeze: bool = False,
+    phases: int = 1,
 ) -> dict[str, Any]:
     """One run of our client (or of the harness alone); adds the server's view of it."""
     command = [sys.executable, "-m", "benchmarks.stream_client", "--url", server.url]
     command += ["--streams", str(streams), "--duration", str(duration)]
     command += ["--coalesce-ms", str(coalesce_ms), "--client", client]
     command += ["--gc-freeze"] if gc_freeze else []
+    command += ["--phases", str(phases)]
     if server.ca:
         command += ["--ca", server.ca]
     server.command(cmd="reset")

@@ -202,6 +202,80 @@ async def test_the_pacer_starts_the_streams_out_of_step_then_feeds_all_of_them()
     assert [c.frames for c in workload.clients] == [10, 10, 9, 9, 8]
 
 
+class _RecordingClient:
+    def __init__(self, index: int, log: list[int]) -> None:
+        self.index, self.log = index, log
+
+    async def send_audio(self, audio: bytes) -> None:
+        self.log.append(self.index)
+
+
+@pytest.mark.anyio
+async def test_the_pacer_hands_a_ticks_frames_in_phases() -> None:
+    args = parse_args(["--streams", "5", "--duration", "0.1", "--phases", "2"])
+    args.spread_ticks = 1  # every stream from the first tick
+    workload = Workload(args)
+    log: list[int] = []
+    workload.clients = [_RecordingClient(i, log) for i in range(5)]
+    with anyio.fail_after(10):
+        await workload.pace()
+    assert log == [0, 2, 4, 1, 3] * 5  # even streams half a tick before the odd ones
+    assert workload.ticks_sent == 5
+
+
+def test_the_phases_option_is_bounded() -> None:
+    assert parse_args([]).phases == 1
+    with pytest.raises(SystemExit):
+        parse_args(["--phases", "0"])
+
+
+def test_a_phased_run_is_its_own_row_with_its_own_harness_figure() -> None:
+    def run(phases: int) -> dict[str, Any]:
+        return {
+            "n": 500,
+            "coalesce_ms": 80,
+            "gc_freeze": True,
+            "phases": phases,
+            "cpu_ms_per_stream_second": 0.9,
+            "saturated": False,
+            "realtime_factor": 1.0,
+            "error_count": 0,
+            "audio_events_sent": 500 * 100 // 4,
+            "window": {"ticks_sent": 100, "audio_s_per_stream": 2.0, "wall_s": 2.0},
+            "rss_per_stream": 600 * 1024,
+            "consumer_ms": {"p50": 0.6, "p99": 3.0 * phases},
+            "server": {"transport_ms": {"p50": 0.9, "p99": 3.1}, "error_count": 0},
+        }
+
+    phased, at_once = run(10), run(1)
+    results: dict[str, Any] = {
+        "options": {"duration": 2.0},
+        "streams": {
+            "server": {"tls": True, "engine": "stub", "verify": "full"},
+            "ours": [at_once, phased],
+            "harness": [
+                {"n": 500, "cpu_ms_per_stream_second": 0.035},
+                {"n": 500, "phases": 10, "cpu_ms_per_stream_second": 0.15},
+            ],
+        },
+    }
+    assert report._ours(results, 500, 80, gc_freeze=True) is at_once
+    assert report._ours(results, 500, 80, gc_freeze=True, phases=10) is phased
+    assert report._label(phased) == "500, gc.freeze(), 10 phases"
+    assert report._harness_cpu(results) == {(500, 1): 0.035, (500, 10): 0.15}
+    rows = [line for line in report._targets(results).splitlines() if "at 500 streams" in line]
+    assert len(rows) == 2
+    assert "gc.freeze() after start-up, every frame at once)" in rows[0]
+    assert "frames in 10 phases)" in rows[1]
+    assert "server→consumer 3.00 ms" in rows[0]
+    assert rows[0].endswith("| met |")
+    assert "server→consumer 30.00 ms" in rows[1]
+    assert rows[1].endswith("| **missed** |")
+    table = report._streams(results)
+    assert "| 500, gc.freeze() | 80 | 0.900 (0.035) |" in table
+    assert "| 500, gc.freeze(), 10 phases | 80 | 0.900 (0.150) |" in table
+
+
 def test_a_gc_freeze_run_is_kept_apart_from_the_default_run() -> None:
     frozen = {"n": 500, "coalesce_ms": 80, "gc_freeze": True}
     default = {"n": 500, "coalesce_ms": 80}  # results from before the option: not frozen
