@@ -50,7 +50,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--gc-freeze-streams",
         type=_ints,
         help="N values run once more with gc.freeze() after connecting, at the largest "
-        "coalescing value (default 500 if it is among --streams)",
+        "coalescing value (default 500 and 1000 where among --streams)",
     )
     p.add_argument(
         "--phased-streams",
@@ -97,7 +97,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.peer_streams is None:
         args.peer_streams = [1, 10] if quick else [1, 10, 100]
     if args.gc_freeze_streams is None:
-        args.gc_freeze_streams = [n for n in args.streams if n == 500]
+        args.gc_freeze_streams = [n for n in args.streams if n in (500, 1000)]
     if args.phased_streams is None:
         args.phased_streams = [n for n in args.streams if n == 500]
     if args.duration is None:

@@ -436,3 +436,32 @@ def test_the_1000_stream_target_needs_real_time_and_names_the_endpoints_share(
     assert f"{cpu:.3f} ms / stream-s, {pace}, errors: 0" in row
     assert "the endpoint, on the same 2 cores, used 0.94 ms / stream-s" in row
     assert row.endswith(f"| {verdict} |")
+
+
+def test_the_1000_stream_target_lists_the_gc_freeze_run_after_the_default_one() -> None:
+    def run(freeze: bool, late: int, longest_gc: float) -> dict[str, Any]:
+        return {
+            "n": 1000,
+            "coalesce_ms": 80,
+            "gc_freeze": freeze,
+            "cpu_ms_per_stream_second": 0.8,
+            "saturated": late > 0,
+            "realtime_factor": 1.0,
+            "pacer": {"late_ticks": late, "window_lag_max_ms": 45.0},
+            "gc": {"count": 200, "total_ms": 500.0, "max_ms": longest_gc, "full": 1},
+            "error_count": 0,
+            "server": {"cpu_ms_per_stream_second": 0.7},
+        }
+
+    runs = [run(True, 0, 11.3), run(False, 118, 118.8)]
+    results = {"machine": {"cores": 2}, "streams": {"ours": runs, "harness": [], "peers": []}}
+    rows = [line for line in report._targets(results).splitlines() if "1000 real-time" in line]
+    assert len(rows) == 2
+    assert "(< 1 ms / stream-s) |" in rows[0]
+    assert "118 pacer ticks were over 20 ms late" in rows[0]
+    assert "longest GC ms): 45.0 / 200 (1) / 118.8" in rows[0]
+    assert rows[0].endswith("| **missed** |")
+    assert "(< 1 ms / stream-s, gc.freeze() after start-up) |" in rows[1]
+    assert "0.800 ms / stream-s, real time, errors: 0" in rows[1]
+    assert "longest GC ms): 45.0 / 200 (1) / 11.3" in rows[1]
+    assert rows[1].endswith("| met |")
