@@ -240,7 +240,7 @@ class FluxClient:
         # The supervisor sleeps in a cancel scope whose deadline send_audio moves as partial
         # events come and go: no task switch per coalescing window in steady streaming.
         self._alarm: anyio.CancelScope | None = None
-        self._look_at = -math.inf  # when the timers other than the flush need the supervisor
+        self._look_at = -math.inf  # when the timers that audio does not move need a look
         self._clock_offset = 0.0  # anyio's clock minus _now() (trio's clock has its own origin)
         self._supervisor_rounds = 0
         self._look_again = False  # a wake-up came while the supervisor was awake
@@ -982,11 +982,17 @@ class FluxClient:
             self._alarm = None
 
     def _alarm_deadline(self) -> float:
-        """The supervisor's next look, on anyio's clock: its own timers or the flush."""
-        return min(self._look_at, self._timers.flush_alarm_at) + self._clock_offset
+        """The supervisor's next look, on anyio's clock: its own timers, the flush or the
+        open turn's silence (the last two as of the latest chunk)."""
+        return min(self._look_at, self._timers.audio_alarm_at) + self._clock_offset
 
     def _set_alarm(self) -> None:
-        """The flush deadline moved: move the sleeping supervisor's alarm (no task switch)."""
+        """The flush deadline moved: move the sleeping supervisor's alarm (no task switch).
+
+        The silence deadline moves with every chunk but only comes along here. Between two
+        moves it only gets later, so the alarm may ring early (the supervisor looks and sleeps
+        again), never late.
+        """
         alarm = self._alarm
         if alarm is not None:
             deadline = self._alarm_deadline()

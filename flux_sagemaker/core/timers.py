@@ -155,10 +155,14 @@ class SessionTimers:
     stall_seen_at: float | None = None
     """When :meth:`due` first saw a stall that it has not yet reported, or ``None``."""
     checks_due_at: float = 0.0
-    """When the timers other than the coalescing flush need a look, as of the last :meth:`due`.
+    """When the timers other than the audio-driven ones (the coalescing flush, the open turn's
+    silence) need a look, as of the last :meth:`due`.
 
-    With :attr:`flush_alarm_at`, this lets the shell move its single alarm as audio comes and
-    goes, without waking up: ``min(checks_due_at, flush_alarm_at)``."""
+    With :attr:`audio_alarm_at`, this lets the shell move its single alarm as audio comes and
+    goes, without waking up: ``min(checks_due_at, audio_alarm_at)``."""
+    silence_gap: float = math.inf
+    """The quiet after which an open turn gets silence, as of the last :meth:`due` (``inf``
+    while no turn is open, while silence is being sent, or with the keepalive off)."""
 
     @property
     def flush_at(self) -> float:
@@ -175,6 +179,17 @@ class SessionTimers:
         cost a timer reschedule per event), which is when the next chunk is due.
         """
         return self.flush_at + min(FLUSH_SLACK, self.last_chunk_s / 2)
+
+    @property
+    def audio_alarm_at(self) -> float:
+        """When the timers that audio moves on need a look: the flush alarm, or the open turn's
+        silence deadline (:attr:`last_app_audio` plus :attr:`silence_gap`).
+
+        Both move with every chunk without waking the shell: in steady audio an open turn's
+        silence check never rings, where a deadline fixed at the last look would ring about
+        every :attr:`KeepalivePolicy.turn_silence_after` only to find audio still flowing.
+        """
+        return min(self.flush_alarm_at, self.last_app_audio + self.silence_gap)
 
     def start(self, now: float) -> None:
         """A stream opened: every clock starts now."""
@@ -222,6 +237,8 @@ class SessionTimers:
         """
         actions: list[TimerAction] = []
         next_at = now + _MAX_SLEEP
+        silence_at = math.inf  # audio moves it on: in the answer, not in checks_due_at
+        self.silence_gap = math.inf
         if now >= self.flush_at:
             actions.append(FlushAudio())
             self.pending_since = None
@@ -234,7 +251,8 @@ class SessionTimers:
                 self.last_app_audio += SILENCE_STEP
                 next_at = min(next_at, now + SILENCE_STEP)
             else:
-                next_at = min(next_at, self.last_app_audio + gap)
+                self.silence_gap = gap
+                silence_at = self.last_app_audio + gap
         elif policy.idle_interval is not None:
             idle_since = max(self.last_app_audio, self.last_audio_sent, self.last_idle_ping)
             if now - idle_since >= policy.idle_interval:
@@ -259,4 +277,4 @@ class SessionTimers:
             else:
                 next_at = min(next_at, self.stall_seen_at + STALL_CONFIRM)
         self.checks_due_at = max(next_at, now)
-        return actions, max(min(next_at, self.flush_at), now)
+        return actions, max(min(next_at, silence_at, self.flush_at), now)

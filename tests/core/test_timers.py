@@ -152,6 +152,39 @@ def test_disabled_policy_never_acts() -> None:
         assert t.due(now, turn_open=True)[0] == []
 
 
+def test_an_open_turns_silence_deadline_moves_with_the_audio() -> None:
+    """The shell's alarm follows the latest chunk: steady audio never rings it."""
+    t = timers(turn_silence_after=0.5)
+    t.on_app_audio(100.0, 0.02, pending=False)
+    assert t.audio_alarm_at == math.inf  # no turn seen open yet
+    _, next_at = t.due(100.0, turn_open=True)
+    assert next_at == pytest.approx(100.5)
+    assert t.checks_due_at == pytest.approx(101.0)  # the other timers' look leaves it out
+    assert t.audio_alarm_at == pytest.approx(100.5)
+    t.on_app_audio(100.3, 0.02, pending=False)
+    assert t.audio_alarm_at == pytest.approx(100.8)
+    t.on_app_audio(100.32, 0.02, pending=True)  # a partial event: the flush comes first
+    assert t.audio_alarm_at == pytest.approx(100.32 + 0.08 + FLUSH_SLACK)
+    t.on_app_audio(100.34, 0.02, pending=False)
+    assert t.audio_alarm_at == pytest.approx(100.84)
+    # Quiet for the gap: silence is due, and its steps go by checks_due_at.
+    actions, next_at = t.due(100.84, turn_open=True)
+    assert actions == [SendSilence(SILENCE_STEP)]
+    assert t.audio_alarm_at == math.inf
+    assert t.checks_due_at == next_at == pytest.approx(100.84 + SILENCE_STEP)
+    # The turn ended: no silence deadline any more.
+    t.on_app_audio(101.0, 0.02, pending=False)
+    t.due(101.0, turn_open=False)
+    assert t.audio_alarm_at == math.inf
+
+
+def test_the_silence_deadline_is_off_with_the_keepalive_off() -> None:
+    t = timers(turn_silence_after=None)
+    t.on_app_audio(100.0, 0.02, pending=False)
+    t.due(100.0, turn_open=True)
+    assert t.audio_alarm_at == math.inf
+
+
 @given(
     st.lists(
         st.tuples(st.floats(0.001, 3.0), st.booleans(), st.booleans(), st.booleans()),
@@ -172,6 +205,8 @@ def test_next_wakeup_is_always_in_the_future_and_soon(
             t.on_server_data(now)
         _, next_at = t.due(now, turn_open=turn_open)
         assert now <= next_at <= now + 1.0
+        # The shell's alarm: the same look, bar the flush alarm's slack.
+        assert next_at <= min(t.checks_due_at, t.audio_alarm_at) <= next_at + FLUSH_SLACK
 
 
 @pytest.mark.parametrize(

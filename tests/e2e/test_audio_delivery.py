@@ -8,7 +8,7 @@ import math
 import anyio
 import pytest
 
-from flux_sagemaker import EndOfTurn
+from flux_sagemaker import EndOfTurn, KeepalivePolicy
 from flux_sagemaker.core.timers import FLUSH_SLACK
 from flux_sagemaker.transport import H2Stream
 
@@ -148,6 +148,47 @@ async def test_steady_audio_moves_the_flush_alarm_without_waking_the_timers(
     assert ep.streams[0].audio_event_sizes == [ms(80)] * 25
     assert woken <= 3  # the 1 s look at the other timers, not one per window (25)
     assert moves == 25  # one per event (a partial event starting), not two
+
+
+GAP = 0.2
+"""``turn_silence_after`` of the silence-deadline test."""
+
+
+async def test_an_open_turn_in_steady_audio_does_not_wake_the_timers(
+    endpoint: EndpointFactory,
+) -> None:
+    """The open turn's silence deadline moves with the audio, as the flush alarm does.
+
+    A deadline fixed when the supervisor last looked would wake it every
+    ``turn_silence_after`` (here 0.2 s) only to find the audio still flowing.
+    """
+    frame = ms(20)
+    keepalive = KeepalivePolicy(turn_silence_after=GAP, idle_interval=None, stall_timeout=None)
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep, keepalive=keepalive) as flux:
+            offset = 0
+            while not flux._tracker.turn_open:  # real time until Flux opens the first turn
+                await flux.send_audio(SAMPLE.pcm[offset : offset + frame])
+                offset += frame
+                await anyio.sleep(0.02)
+            rounds = flux._supervisor_rounds
+            for _ in range(75):  # 1.5 s of the turn, in real time
+                await flux.send_audio(SAMPLE.pcm[offset : offset + frame])
+                offset += frame
+                await anyio.sleep(0.02)
+            woken = flux._supervisor_rounds - rounds
+            still_open = flux._tracker.turn_open
+            while flux._coalescer.pending_bytes:  # end on a whole event: no flush alarm
+                await flux.send_audio(SAMPLE.pcm[offset : offset + frame])
+                offset += frame
+            # If the audio stops here, the alarm rings by the silence deadline, not later.
+            silence_due = flux._timers.last_app_audio + GAP + flux._clock_offset
+            assert flux._alarm_deadline() <= silence_due + 1e-6
+            await flux.close()
+    assert still_open
+    assert flux.stats.silence_bytes_sent == 0
+    assert bytes(ep.streams[0].audio) == SAMPLE.pcm[:offset]
+    assert woken <= 3  # the 1 s look at the other timers, not one per 0.2 s (6 or more)
 
 
 async def test_the_flush_alarm_waits_a_little_for_the_next_chunk(
