@@ -402,6 +402,37 @@ def test_a_target_below_the_harness_floor_is_called_out_of_reach() -> None:
     assert "| 12.5x vs AWS SDK" in n10[1]  # 50 / 4 ms per stream-second
 
 
+def test_the_ratio_targets_give_each_rounds_ratio() -> None:
+    """Ours and the AWS SDK run back to back in each round: the ratio of each round, in order."""
+
+    def ours(coalesce: float, cpu_runs: list[float | None]) -> dict[str, Any]:
+        return {
+            "n": 100,
+            "coalesce_ms": coalesce,
+            "cpu_ms_per_stream_second": sorted(v for v in cpu_runs if v)[1],
+            "cpu_runs": cpu_runs,
+            "audio_events_sent": 100 * 100 * (1 if coalesce else 4) // 4,
+            "window": {"ticks_sent": 100},
+        }
+
+    aws = {
+        "which": "aws",
+        "n": 100,
+        "cpu": {"steady": {"cpu_ms_per_stream_second": 8.0}},
+        "cpu_runs": [8.0, 6.0, 9.0],
+    }
+    results = {
+        "streams": {"ours": [ours(0, [2.0, 1.5, 1.6]), ours(80, [1.0, 1.2, 1.5])], "peers": [aws]}
+    }
+    off, on = [line for line in report._targets(results).splitlines() if "(N=100)" in line]
+    assert "| 5.0x (round by round: 4.0x / 4.0x / 5.6x) |" in off
+    assert "| 6.7x vs AWS SDK (round by round: 8.0x / 5.0x / 6.0x); Deepgram: n/a |" in on
+    # A round that measured nothing leaves the pairing out.
+    results["streams"]["ours"][1]["cpu_runs"] = [1.0, None, 1.5]
+    on = [line for line in report._targets(results).splitlines() if "(N=100)" in line][1]
+    assert "round by round" not in on
+
+
 @pytest.mark.parametrize(
     ("cpu", "factor", "late", "verdict", "pace"),
     [
