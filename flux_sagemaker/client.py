@@ -965,6 +965,7 @@ class FluxClient:
             self._supervisor_rounds += 1
             now = _now()
             look_at = now + 1.0
+            self._timers.hold_silence()  # only _tick's due() keeps an open turn's deadline
             current = self._current
             if current is not None and not current.retired:
                 if self._state == "open":

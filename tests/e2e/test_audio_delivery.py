@@ -10,6 +10,7 @@ import pytest
 
 from flux_sagemaker import EndOfTurn, KeepalivePolicy
 from flux_sagemaker.core.timers import FLUSH_SLACK
+from flux_sagemaker.testing import Fault, FaultKind
 from flux_sagemaker.transport import H2Stream
 
 from .helpers import SAMPLE, TEST_TIMEOUT, EndpointFactory, client_for, ms, of_type, run_session
@@ -189,6 +190,34 @@ async def test_an_open_turn_in_steady_audio_does_not_wake_the_timers(
     assert flux.stats.silence_bytes_sent == 0
     assert bytes(ep.streams[0].audio) == SAMPLE.pcm[:offset]
     assert woken <= 3  # the 1 s look at the other timers, not one per 0.2 s (6 or more)
+
+
+async def test_a_slow_drain_after_an_open_turn_does_not_spin_the_timers(
+    endpoint: EndpointFactory,
+) -> None:
+    """While closing, the supervisor watches the drain, not the turn's silence deadline.
+
+    That deadline passes as soon as the audio stops; kept in the alarm, it would ring again
+    at once on every look until the server finished.
+    """
+    frame = ms(20)
+    keepalive = KeepalivePolicy(turn_silence_after=GAP, idle_interval=None, stall_timeout=None)
+    late = Fault(kind=FaultKind.LATENCY, after_audio_s=1.2, latency=0.8)
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(faults=[late]) as ep, client_for(ep, keepalive=keepalive) as flux:
+            offset = 0
+            while not flux._tracker.turn_open or offset < ms(1300):
+                await flux.send_audio(SAMPLE.pcm[offset : offset + frame])
+                offset += frame
+                await anyio.sleep(0.02)
+            flux._wake_supervisor()
+            await anyio.sleep(0.01)
+            assert flux._timers.silence_gap == GAP  # the open turn's deadline is armed
+            rounds = flux._supervisor_rounds
+            await flux.close()  # the server's last events come 0.8 s late, GAP is 0.2 s
+            woken = flux._supervisor_rounds - rounds
+    assert bytes(ep.streams[0].audio) == SAMPLE.pcm[:offset]
+    assert woken <= 5  # thousands if the passed deadline kept ringing
 
 
 async def test_the_flush_alarm_waits_a_little_for_the_next_chunk(
