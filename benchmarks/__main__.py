@@ -121,6 +121,13 @@ def _peer_failed(result: dict[str, Any]) -> bool:
     return "error" in result or result.get("totals", {}).get("streams_ok", 0) == 0
 
 
+def _ours_median(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The median-CPU round of one configuration, with every round's late pacer ticks."""
+    chosen = median_run(runs, lambda r: r.get("cpu_ms_per_stream_second"))
+    chosen["late_ticks_runs"] = [(r.get("pacer") or {}).get("late_ticks") for r in runs]
+    return chosen
+
+
 def run_streams(args: argparse.Namespace) -> dict[str, Any]:
     """Section 2: ours (both coalescing modes), the harness alone, the peers; then a profile."""
     out: dict[str, Any] = {"ours": [], "harness": [], "peers": [], "profiles": []}
@@ -166,9 +173,7 @@ def run_streams(args: argparse.Namespace) -> dict[str, Any]:
                         _log(f"peer {which} failed at {n} streams; skipping larger N")
                         peer_limit[which] = n
                         break
-        out["ours"] = [
-            median_run(runs, lambda r: r.get("cpu_ms_per_stream_second")) for runs in ours.values()
-        ]
+        out["ours"] = [_ours_median(runs) for runs in ours.values()]
         out["peers"] = [median_run(runs, peer_cpu) for runs in peers.values()]
         harness_configs = [(n, 1) for n in args.streams]
         harness_configs += [(n, PHASES) for n in args.phased_streams]
