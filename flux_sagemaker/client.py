@@ -965,7 +965,6 @@ class FluxClient:
             self._supervisor_rounds += 1
             now = _now()
             look_at = now + 1.0
-            self._timers.hold_silence()  # only _tick's due() keeps an open turn's deadline
             current = self._current
             if current is not None and not current.retired:
                 if self._state == "open":
@@ -984,7 +983,15 @@ class FluxClient:
 
     def _alarm_deadline(self) -> float:
         """The supervisor's next look, on anyio's clock: its own timers, the flush or the
-        open turn's silence (the last two as of the latest chunk)."""
+        open turn's silence (the last two as of the latest chunk).
+
+        Only an open session with a live stream has a flush to send or a turn to keep alive.
+        Otherwise (closing, or between streams) those deadlines wait for the next stream, and
+        kept in the alarm after they passed, they would ring again on every look.
+        """
+        current = self._current
+        if self._state != "open" or current is None or current.retired:
+            return self._look_at + self._clock_offset
         return min(self._look_at, self._timers.audio_alarm_at) + self._clock_offset
 
     def _set_alarm(self) -> None:

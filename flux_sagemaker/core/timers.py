@@ -191,14 +191,6 @@ class SessionTimers:
         """
         return min(self.flush_alarm_at, self.last_app_audio + self.silence_gap)
 
-    def hold_silence(self) -> None:
-        """Drop the silence deadline until the next :meth:`due` sets it again.
-
-        For the shell's looks that do not run :meth:`due` (closing, or no stream): a deadline
-        from an earlier look would otherwise stay in the past and keep ringing.
-        """
-        self.silence_gap = math.inf
-
     def start(self, now: float) -> None:
         """A stream opened: every clock starts now."""
         self.last_app_audio = self.last_audio_sent = self.last_server_data = now

@@ -178,16 +178,6 @@ def test_an_open_turns_silence_deadline_moves_with_the_audio() -> None:
     assert t.audio_alarm_at == math.inf
 
 
-def test_holding_the_silence_deadline_lasts_until_the_next_look() -> None:
-    t = timers(turn_silence_after=0.5)
-    t.on_app_audio(100.0, 0.02, pending=False)
-    t.due(100.0, turn_open=True)
-    t.hold_silence()  # closing: the deadline must not ring once the audio stops
-    assert t.audio_alarm_at == math.inf
-    t.due(100.1, turn_open=True)
-    assert t.audio_alarm_at == pytest.approx(100.5)
-
-
 def test_the_silence_deadline_is_off_with_the_keepalive_off() -> None:
     t = timers(turn_silence_after=None)
     t.on_app_audio(100.0, 0.02, pending=False)

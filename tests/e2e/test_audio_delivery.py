@@ -8,7 +8,7 @@ import math
 import anyio
 import pytest
 
-from flux_sagemaker import EndOfTurn, KeepalivePolicy
+from flux_sagemaker import EndOfTurn, KeepalivePolicy, RetryPolicy
 from flux_sagemaker.core.timers import FLUSH_SLACK
 from flux_sagemaker.testing import Fault, FaultKind
 from flux_sagemaker.transport import H2Stream
@@ -218,6 +218,38 @@ async def test_a_slow_drain_after_an_open_turn_does_not_spin_the_timers(
             woken = flux._supervisor_rounds - rounds
     assert bytes(ep.streams[0].audio) == SAMPLE.pcm[:offset]
     assert woken <= 5  # thousands if the passed deadline kept ringing
+
+
+async def test_a_partial_event_waiting_out_a_reconnect_does_not_spin_the_timers(
+    endpoint: EndpointFactory,
+) -> None:
+    """Between streams the pending audio waits for the next one (the replay has it too).
+
+    Its flush deadline passes while the client backs off; kept in the alarm, it would ring
+    again at once on every look until the new stream took over.
+    """
+    frame = ms(20)
+    retry = RetryPolicy(initial_backoff=0.6, max_backoff=0.6, jitter="none", budget=10.0)
+    reset = Fault(kind=FaultKind.RESET_STREAM, after_audio_s=1.0)
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(faults=[reset]) as ep, client_for(ep, retry=retry) as flux:
+            offset = 0
+            while flux._current is not None and not flux._current.retired:
+                await flux.send_audio(SAMPLE.pcm[offset : offset + frame])
+                offset += frame
+                await anyio.sleep(0.02)
+            if not flux._coalescer.pending_bytes:
+                await flux.send_audio(SAMPLE.pcm[offset : offset + frame])
+                offset += frame
+            rounds = flux._supervisor_rounds
+            await anyio.sleep(0.4)  # the application pauses; the client is backing off
+            woken = flux._supervisor_rounds - rounds
+            between_streams = flux._current is None or flux._current.retired
+            await flux.close()
+    assert between_streams
+    assert woken <= 5  # thousands if the passed flush deadline kept ringing
+    assert len(ep.streams) == 2
+    assert bytes(ep.streams[1].audio).endswith(SAMPLE.pcm[offset - frame : offset])
 
 
 async def test_the_flush_alarm_waits_a_little_for_the_next_chunk(
