@@ -365,8 +365,8 @@ class FluxClient:
         with anyio.move_on_after(self._timeouts.close):
             async with self._send_lock:
                 # A stream being replaced gets its CloseStream once the new one took over.
-                current = self._current
-                if current is not None and not current.retired:
+                current = self._live_stream()
+                if current is not None:
                     await self._flush_audio(current)
                     await self._write(current, current.proto.send_close_stream())
             self._drain_started = _now()
@@ -450,8 +450,8 @@ class FluxClient:
         except anyio.WouldBlock:
             await lock.acquire()
         try:
-            current = self._current
-            if current is None or current.retired or epoch != self._epoch:
+            current = self._live_stream()
+            if current is None or epoch != self._epoch:
                 # Being replaced, or replaced while we waited for the lock: the replay
                 # buffer had this audio and the new stream got it already, in order.
                 return
@@ -602,8 +602,8 @@ class FluxClient:
 
     async def _send_control(self, message: bytes) -> None:
         async with self._send_lock:
-            current = self._current
-            if current is None or current.retired:
+            current = self._live_stream()
+            if current is None:
                 raise UsageError("the stream is being replaced; try again after Reconnected")
             self._check_open("send a control message")  # close() may have overtaken us
             await self._flush_audio(current)
@@ -677,6 +677,11 @@ class FluxClient:
                 return await self._open_stream()
             except FluxError as exc:
                 error = exc
+
+    def _live_stream(self) -> LiveStream | None:
+        """The current stream, or ``None`` while there is none or it is being replaced."""
+        current = self._current
+        return None if current is None or current.retired else current
 
     def _install(self, stream: LiveStream) -> None:
         self._current = stream
@@ -965,8 +970,8 @@ class FluxClient:
             self._supervisor_rounds += 1
             now = _now()
             look_at = now + 1.0
-            current = self._current
-            if current is not None and not current.retired:
+            current = self._live_stream()
+            if current is not None:
                 if self._state == "open":
                     look_at = await self._tick(current, now)
                 elif self._state == "closing":
@@ -989,8 +994,7 @@ class FluxClient:
         Otherwise (closing, or between streams) those deadlines wait for the next stream, and
         kept in the alarm after they passed, they would ring again on every look.
         """
-        current = self._current
-        if self._state != "open" or current is None or current.retired:
+        if self._state != "open" or self._live_stream() is None:
             return self._look_at + self._clock_offset
         return min(self._look_at, self._timers.audio_alarm_at) + self._clock_offset
 

@@ -237,8 +237,7 @@ class SessionTimers:
         """
         actions: list[TimerAction] = []
         next_at = now + _MAX_SLEEP
-        silence_at = math.inf  # audio moves it on: in the answer, not in checks_due_at
-        self.silence_gap = math.inf
+        self.silence_gap = math.inf  # audio moves this deadline: in the answer, not the checks
         if now >= self.flush_at:
             actions.append(FlushAudio())
             self.pending_since = None
@@ -252,7 +251,6 @@ class SessionTimers:
                 next_at = min(next_at, now + SILENCE_STEP)
             else:
                 self.silence_gap = gap
-                silence_at = self.last_app_audio + gap
         elif policy.idle_interval is not None:
             idle_since = max(self.last_app_audio, self.last_audio_sent, self.last_idle_ping)
             if now - idle_since >= policy.idle_interval:
@@ -277,4 +275,5 @@ class SessionTimers:
             else:
                 next_at = min(next_at, self.stall_seen_at + STALL_CONFIRM)
         self.checks_due_at = max(next_at, now)
+        silence_at = self.last_app_audio + self.silence_gap
         return actions, max(min(next_at, silence_at, self.flush_at), now)
