@@ -318,6 +318,17 @@ def _stalls(run: dict[str, Any]) -> str:
     )
 
 
+def _stalls_note(run: dict[str, Any]) -> str:
+    """:func:`_stalls` as a clause for a target row (empty for runs without the figures)."""
+    stalls = _stalls(run)
+    if not stalls:
+        return ""
+    return (
+        "; the client's loop stalled (pacer's longest lag / GC pauses (full) / longest GC ms): "
+        + stalls
+    )
+
+
 def _marginal_rss(results: dict[str, Any], which: str, run: dict[str, Any]) -> float | None:
     one = _peer(results, which, 1)
     if not one or run["n"] <= 1 or not run.get("peak_rss") or not one.get("peak_rss"):
@@ -443,7 +454,6 @@ def _targets(results: dict[str, Any]) -> str:
             )
             server_cpu = top.get("server", {}).get("cpu_ms_per_stream_second")
             cores = results.get("machine", {}).get("cores")
-            stalls = _stalls(top)
             rows.append(
                 [
                     name,
@@ -456,12 +466,7 @@ def _targets(results: dict[str, Any]) -> str:
                         if len(late_runs) > 1
                         else ""
                     )
-                    + (
-                        f"; the client's loop stalled (pacer's longest lag / GC pauses "
-                        f"(full) / longest GC ms): {stalls}"
-                        if stalls
-                        else ""
-                    ),
+                    + _stalls_note(top),
                     "met" if ok else "**missed**",
                 ]
             )
@@ -491,18 +496,11 @@ def _targets(results: dict[str, Any]) -> str:
                 run["server"]["transport_ms"].get("p99", math.inf),
                 run["consumer_ms"].get("p99", math.inf),
             )
-            stalls = _stalls(run)
             rows.append(
                 [
                     name,
                     f"send→server {_pct(run['server']['transport_ms'], 'p99')} ms, "
-                    f"server→consumer {_pct(run['consumer_ms'], 'p99')} ms"
-                    + (
-                        f"; the client's loop stalled (pacer's longest lag / GC pauses "
-                        f"(full) / longest GC ms): {stalls}"
-                        if stalls
-                        else ""
-                    ),
+                    f"server→consumer {_pct(run['consumer_ms'], 'p99')} ms" + _stalls_note(run),
                     "met" if p99 < 5 else "**missed**",
                 ]
             )
