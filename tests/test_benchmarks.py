@@ -202,6 +202,26 @@ async def test_the_pacer_starts_the_streams_out_of_step_then_feeds_all_of_them()
     assert [c.frames for c in workload.clients] == [10, 10, 9, 9, 8]
 
 
+def _run_record(n: int, **fields: Any) -> dict[str, Any]:
+    """One configuration's reported run, as the report reads it: 80 ms, in real time, no
+    errors, 0.8 ms per stream-second (the endpoint 0.7); ``fields`` add or override."""
+    record: dict[str, Any] = {
+        "n": n,
+        "coalesce_ms": 80,
+        "cpu_ms_per_stream_second": 0.8,
+        "saturated": False,
+        "realtime_factor": 1.0,
+        "error_count": 0,
+        "server": {"cpu_ms_per_stream_second": 0.7},
+    }
+    return record | fields
+
+
+def _target_rows(results: dict[str, Any], marker: str) -> list[str]:
+    """The rows of the targets table that mention ``marker``."""
+    return [line for line in report._targets(results).splitlines() if marker in line]
+
+
 class _RecordingClient:
     def __init__(self, index: int, log: list[int]) -> None:
         self.index, self.log = index, log
@@ -231,21 +251,17 @@ def test_the_phases_option_is_bounded() -> None:
 
 def test_a_phased_run_is_its_own_row_with_its_own_harness_figure() -> None:
     def run(phases: int) -> dict[str, Any]:
-        return {
-            "n": 500,
-            "coalesce_ms": 80,
-            "gc_freeze": True,
-            "phases": phases,
-            "cpu_ms_per_stream_second": 0.9,
-            "saturated": False,
-            "realtime_factor": 1.0,
-            "error_count": 0,
-            "audio_events_sent": 500 * 100 // 4,
-            "window": {"ticks_sent": 100, "audio_s_per_stream": 2.0, "wall_s": 2.0},
-            "rss_per_stream": 600 * 1024,
-            "consumer_ms": {"p50": 0.6, "p99": 3.0 * phases},
-            "server": {"transport_ms": {"p50": 0.9, "p99": 3.1}, "error_count": 0},
-        }
+        return _run_record(
+            500,
+            gc_freeze=True,
+            phases=phases,
+            cpu_ms_per_stream_second=0.9,
+            audio_events_sent=500 * 100 // 4,
+            window={"ticks_sent": 100, "audio_s_per_stream": 2.0, "wall_s": 2.0},
+            rss_per_stream=600 * 1024,
+            consumer_ms={"p50": 0.6, "p99": 3.0 * phases},
+            server={"transport_ms": {"p50": 0.9, "p99": 3.1}, "error_count": 0},
+        )
 
     phased, at_once = run(10), run(1)
     results: dict[str, Any] = {
@@ -263,7 +279,7 @@ def test_a_phased_run_is_its_own_row_with_its_own_harness_figure() -> None:
     assert report._ours(results, 500, 80, gc_freeze=True, phases=10) is phased
     assert report._label(phased) == "500, gc.freeze(), 10 phases"
     assert report._harness_cpu(results) == {(500, 1): 0.035, (500, 10): 0.15}
-    rows = [line for line in report._targets(results).splitlines() if "at 500 streams" in line]
+    rows = _target_rows(results, "at 500 streams")
     assert len(rows) == 2
     assert "gc.freeze() after start-up, every frame at once)" in rows[0]
     assert "frames in 10 phases)" in rows[1]
@@ -393,7 +409,7 @@ def test_a_target_below_the_harness_floor_is_called_out_of_reach() -> None:
             ],
         }
     }
-    rows = [line for line in report._targets(results).splitlines() if "(N=" in line]
+    rows = _target_rows(results, "(N=")
     assert len(rows) == 4
     n1 = [row for row in rows if "(N=1)" in row]
     n10 = [row for row in rows if "(N=10)" in row]
@@ -437,12 +453,12 @@ def test_the_ratio_targets_give_each_rounds_ratio() -> None:
     results = {
         "streams": {"ours": [ours(0, [2.0, 1.5, 1.6]), ours(80, [1.0, 1.2, 1.5])], "peers": [aws]}
     }
-    off, on = [line for line in report._targets(results).splitlines() if "(N=100)" in line]
+    off, on = _target_rows(results, "(N=100)")
     assert "| 5.0x (round by round: 4.0x / 4.0x / 5.6x) |" in off
     assert "| 6.7x vs AWS SDK (round by round: 8.0x / 5.0x / 6.0x); Deepgram: n/a |" in on
     # A round that measured nothing leaves the pairing out.
     results["streams"]["ours"][1]["cpu_runs"] = [1.0, None, 1.5]
-    on = [line for line in report._targets(results).splitlines() if "(N=100)" in line][1]
+    on = _target_rows(results, "(N=100)")[1]
     assert "round by round" not in on
 
 
@@ -476,7 +492,7 @@ def test_the_1000_stream_target_needs_real_time_and_names_the_endpoints_share(
         "server": {"cpu_ms_per_stream_second": 0.94},
     }
     results = {"machine": {"cores": 2}, "streams": {"ours": [run], "harness": [], "peers": []}}
-    (row,) = [line for line in report._targets(results).splitlines() if "1000 real-time" in line]
+    (row,) = _target_rows(results, "1000 real-time")
     assert f"{cpu:.3f} ms / stream-s, {pace}, errors: 0" in row
     assert "the endpoint, on the same 2 cores, used 0.94 ms / stream-s" in row
     assert row.endswith(f"| {verdict} |")
@@ -484,22 +500,17 @@ def test_the_1000_stream_target_needs_real_time_and_names_the_endpoints_share(
 
 def test_the_1000_stream_target_lists_the_gc_freeze_run_after_the_default_one() -> None:
     def run(freeze: bool, late: int, longest_gc: float) -> dict[str, Any]:
-        return {
-            "n": 1000,
-            "coalesce_ms": 80,
-            "gc_freeze": freeze,
-            "cpu_ms_per_stream_second": 0.8,
-            "saturated": late > 0,
-            "realtime_factor": 1.0,
-            "pacer": {"late_ticks": late, "window_lag_max_ms": 45.0},
-            "gc": {"count": 200, "total_ms": 500.0, "max_ms": longest_gc, "full": 1},
-            "error_count": 0,
-            "server": {"cpu_ms_per_stream_second": 0.7},
-        }
+        return _run_record(
+            1000,
+            gc_freeze=freeze,
+            saturated=late > 0,
+            pacer={"late_ticks": late, "window_lag_max_ms": 45.0},
+            gc={"count": 200, "total_ms": 500.0, "max_ms": longest_gc, "full": 1},
+        )
 
     runs = [run(True, 0, 11.3), run(False, 118, 118.8)]
     results = {"machine": {"cores": 2}, "streams": {"ours": runs, "harness": [], "peers": []}}
-    rows = [line for line in report._targets(results).splitlines() if "1000 real-time" in line]
+    rows = _target_rows(results, "1000 real-time")
     assert len(rows) == 2
     assert "(< 1 ms / stream-s) |" in rows[0]
     assert "118 pacer ticks were over 20 ms late" in rows[0]
@@ -511,9 +522,9 @@ def test_the_1000_stream_target_lists_the_gc_freeze_run_after_the_default_one() 
     assert rows[1].endswith("| met |")
     # Every round must keep real time, not only the median one that the row reports.
     runs[0]["late_ticks_runs"] = [3, 0, 0]
-    rows = [line for line in report._targets(results).splitlines() if "1000 real-time" in line]
+    rows = _target_rows(results, "1000 real-time")
     assert "pacer ticks over 20 ms late, round by round: 3 / 0 / 0" in rows[1]
     assert rows[1].endswith("| **missed** |")
     runs[0]["late_ticks_runs"] = [0, 0, 0]
-    rows = [line for line in report._targets(results).splitlines() if "1000 real-time" in line]
+    rows = _target_rows(results, "1000 real-time")
     assert rows[1].endswith("| met |")
