@@ -142,10 +142,8 @@ def run_streams(args: argparse.Namespace) -> dict[str, Any]:
             configs += [(n, max(args.coalesce), True, 1) for n in args.gc_freeze_streams]
             configs += [(n, max(args.coalesce), True, PHASES) for n in args.phased_streams]
             for n, coalesce, freeze, phases in configs:
-                label = (", gc.freeze()" if freeze else "") + (
-                    f", {phases} phases" if phases > 1 else ""
-                )
-                _log(f"round {round_}: ours, {n} streams, coalesce_ms={coalesce:g}{label}")
+                label = report.run_label({"n": n, "gc_freeze": freeze, "phases": phases})
+                _log(f"round {round_}: ours, N={label}, coalesce_ms={coalesce:g}")
                 result = streams.run_ours(
                     server,
                     streams=n,
@@ -178,7 +176,7 @@ def run_streams(args: argparse.Namespace) -> dict[str, Any]:
         harness_configs = [(n, 1) for n in args.streams]
         harness_configs += [(n, PHASES) for n in args.phased_streams]
         for n, phases in harness_configs:
-            _log(f"harness alone: {n} streams" + (f", {phases} phases" if phases > 1 else ""))
+            _log(f"harness alone: N={report.run_label({'n': n, 'phases': phases})}")
             harness = streams.run_ours(
                 server,
                 streams=n,

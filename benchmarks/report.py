@@ -200,7 +200,8 @@ def _streams(results: dict[str, Any]) -> str:
     for run in s["ours"]:
         if "error" in run:
             rows.append(
-                [_label(run), _f(run["coalesce_ms"], 0), "error: " + run["error"][:80]] + [""] * 12
+                [run_label(run), _f(run["coalesce_ms"], 0), "error: " + run["error"][:80]]
+                + [""] * 12
             )
             continue
         server = run.get("server", {})
@@ -208,7 +209,7 @@ def _streams(results: dict[str, Any]) -> str:
             window = run["window"]
             done = window["audio_s_per_stream"] / max(window["wall_s"], 1e-9)
             rows.append(
-                [_label(run), _f(run["coalesce_ms"], 0)]
+                [run_label(run), _f(run["coalesce_ms"], 0)]
                 + [f"overloaded: {done:.0%} of real time", ""]
                 + [""] * 7
                 + [f"{run['error_count'] + server.get('error_count', 0)}", "yes", "", ""]
@@ -218,7 +219,7 @@ def _streams(results: dict[str, Any]) -> str:
         cpu = run["cpu_ms_per_stream_second"]
         rows.append(
             [
-                _label(run),
+                run_label(run),
                 _f(run["coalesce_ms"], 0),
                 f"{_f(cpu, 3)} ({_f(harness_cpu.get((run['n'], run.get('phases', 1))), 3)})",
                 _spread(run),
@@ -283,7 +284,7 @@ def _streams(results: dict[str, Any]) -> str:
     return "\n".join(text)
 
 
-def _label(run: dict[str, Any]) -> str:
+def run_label(run: dict[str, Any]) -> str:
     """The N column: the stream count, whether the run froze the start-up objects, its phases."""
     phases = run.get("phases", 1)
     return (

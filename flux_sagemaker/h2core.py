@@ -38,7 +38,8 @@ from __future__ import annotations
 import copy
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+import struct
+from typing import TYPE_CHECKING, Any, Final
 
 import anyio
 import anyio.abc
@@ -46,9 +47,10 @@ import h2.connection
 import h2.errors
 import h2.events
 import h2.exceptions
+import h2.stream
 
 from flux_sagemaker import errors
-from flux_sagemaker.h2inbound import InboundFrames, declares_length
+from flux_sagemaker.h2inbound import OPEN_CONNECTION_STATES, InboundFrames, declares_length
 
 if TYPE_CHECKING:
     from flux_sagemaker.h2stream import H2StreamBase
@@ -136,6 +138,16 @@ class DrainingH2Connection(h2.connection.H2Connection):
         self.state_machine.state = state  # h2 set CLOSED
         self._data_to_send[:0] = pending  # h2 dropped our queued WINDOW_UPDATEs and PING ACKs
         return result
+
+
+# A DATA frame header: 24-bit length, type 0, no flags, stream id (RFC 9113 section 6.1).
+_DATA_HEADER: Final = struct.Struct(">BHBBL")
+# SETTINGS_MAX_FRAME_SIZE can only be raised from this (RFC 9113 section 6.5.2).
+_MIN_MAX_FRAME_SIZE: Final = 16_384
+# The stream states in which h2 itself lets a DATA frame go, without changing state.
+_DATA_STREAM_STATES: Final = frozenset(
+    {h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE}
+)
 
 
 class H2ConnectionBase:
@@ -258,6 +270,37 @@ class H2ConnectionBase:
         if not self._h2._data_to_send:
             return False
         self._outbox += self._h2.data_to_send()
+        return True
+
+    def _frame_data_fast(self, stream_id: int, data: bytes) -> bool:
+        """Frame ``data`` as one DATA frame without h2's per-frame objects; False if h2 must.
+
+        This is the hot path (one frame per audio event), and h2's ``send_data`` costs about a
+        fifth of the client's CPU there. It does what h2 does in the states where sending DATA
+        changes no state: charge both flow-control windows and queue the frame bytes. Frames h2
+        queued earlier go to the outbox first, so the order on the wire is unchanged. Data that
+        is empty, does not fit both windows or exceeds the peer's frame size is left to h2 as
+        well (split, or waited for), with nothing taken.
+        """
+        h2c = self._h2
+        stream = h2c.streams.get(stream_id)
+        n = len(data)
+        if (
+            stream is None
+            or not 0 < n <= stream.outbound_flow_control_window
+            or n > h2c.outbound_flow_control_window
+            # Every peer takes frames of 16 KiB (RFC 9113 section 4.2); only look further above.
+            or (n > _MIN_MAX_FRAME_SIZE and n > h2c.max_outbound_frame_size)
+            or stream.state_machine.state not in _DATA_STREAM_STATES
+            or h2c.state_machine.state not in OPEN_CONNECTION_STATES
+        ):
+            return False
+        stream.outbound_flow_control_window -= n
+        h2c.outbound_flow_control_window -= n
+        self._take_h2_output()  # frames h2 queued earlier go first
+        outbox = self._outbox
+        outbox += _DATA_HEADER.pack(n >> 16, n & 0xFFFF, 0, 0, stream_id)
+        outbox += data
         return True
 
     async def _flush_soon(self) -> None:

@@ -11,9 +11,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
-import struct
 from collections.abc import Callable
-from typing import Final
 
 import anyio
 import attrs
@@ -22,50 +20,8 @@ import h2.stream
 
 from flux_sagemaker import errors
 from flux_sagemaker.h2core import CLOSE_TIMEOUT, H2ConnectionBase, fresh_error, wait_event
-from flux_sagemaker.h2inbound import OPEN_CONNECTION_STATES
 
 __all__ = ["H2StreamBase"]
-
-# A DATA frame header: 24-bit length, type 0, no flags, stream id (RFC 9113 section 6.1).
-_DATA_HEADER: Final = struct.Struct(">BHBBL")
-# SETTINGS_MAX_FRAME_SIZE can only be raised from this (RFC 9113 section 6.5.2).
-_MIN_MAX_FRAME_SIZE: Final = 16_384
-# The stream states in which h2 itself lets a DATA frame go, without changing state.
-_DATA_STREAM_STATES: Final = frozenset(
-    {h2.stream.StreamState.OPEN, h2.stream.StreamState.HALF_CLOSED_REMOTE}
-)
-
-
-def _frame_data_fast(conn: H2ConnectionBase, stream_id: int, data: bytes) -> bool:
-    """Frame ``data`` as one DATA frame without h2's per-frame objects; False if h2 must do it.
-
-    This is the hot path (one frame per audio event), and h2's ``send_data`` costs about a
-    fifth of the client's CPU there. It does what h2 does in the states where sending DATA
-    changes no state: charge both flow-control windows and queue the frame bytes. Frames h2
-    queued earlier go to the outbox first, so the order on the wire is unchanged. Data that is
-    empty, does not fit both windows or exceeds the peer's frame size is left to h2 as well
-    (split, or waited for), with nothing taken.
-    """
-    h2c = conn._h2
-    stream = h2c.streams.get(stream_id)
-    n = len(data)
-    if (
-        stream is None
-        or not 0 < n <= stream.outbound_flow_control_window
-        or n > h2c.outbound_flow_control_window
-        # Every peer takes frames of 16 KiB (RFC 9113 section 4.2); only look further above.
-        or (n > _MIN_MAX_FRAME_SIZE and n > h2c.max_outbound_frame_size)
-        or stream.state_machine.state not in _DATA_STREAM_STATES
-        or h2c.state_machine.state not in OPEN_CONNECTION_STATES
-    ):
-        return False
-    stream.outbound_flow_control_window -= n
-    h2c.outbound_flow_control_window -= n
-    conn._take_h2_output()  # frames h2 queued earlier go first
-    outbox = conn._outbox
-    outbox += _DATA_HEADER.pack(n >> 16, n & 0xFFFF, 0, 0, stream_id)
-    outbox += data
-    return True
 
 
 @attrs.define(eq=False)
@@ -173,7 +129,7 @@ class H2StreamBase:
             not end_stream
             and self._error is None
             and not (self._closed or self._local_ended)
-            and _frame_data_fast(conn, sid, data)
+            and conn._frame_data_fast(sid, data)
         ):
             # The common case (an event that fits the window) in one step; nothing to wait for.
             await conn._after_queue()
@@ -195,7 +151,7 @@ class H2StreamBase:
                 else:
                     n = min(len(view), window)
                     last = end_stream and n == len(view)
-                    if n and not last and n == len(data) and _frame_data_fast(conn, sid, data):
+                    if n and not last and n == len(data) and conn._frame_data_fast(sid, data):
                         pass  # the whole of it, framed by us once the window opened
                     elif n:
                         h2c.send_data(sid, bytes(view[:n]), end_stream=last)

@@ -53,7 +53,7 @@ from flux_sagemaker.h2core import (
     wait_event,
 )
 from flux_sagemaker.h2inbound import FRAME_HEADER_SIZE
-from flux_sagemaker.h2stream import H2StreamBase, _frame_data_fast
+from flux_sagemaker.h2stream import H2StreamBase
 
 __all__ = [
     "DEFAULT_RECEIVE_WINDOW",
@@ -400,7 +400,7 @@ class H2Connection(H2ConnectionBase):
         if (
             wanted is None
             or len(self._outbox) + len(data) + FRAME_HEADER_SIZE >= _BATCH_YIELD
-            or not _frame_data_fast(self, stream_id, data)
+            or not self._frame_data_fast(stream_id, data)
         ):
             return False
         wanted.set()

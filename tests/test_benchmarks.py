@@ -277,7 +277,7 @@ def test_a_phased_run_is_its_own_row_with_its_own_harness_figure() -> None:
     }
     assert report._ours(results, 500, 80, gc_freeze=True) is at_once
     assert report._ours(results, 500, 80, gc_freeze=True, phases=10) is phased
-    assert report._label(phased) == "500, gc.freeze(), 10 phases"
+    assert report.run_label(phased) == "500, gc.freeze(), 10 phases"
     assert report._harness_cpu(results) == {(500, 1): 0.035, (500, 10): 0.15}
     rows = _target_rows(results, "at 500 streams")
     assert len(rows) == 2
@@ -298,8 +298,8 @@ def test_a_gc_freeze_run_is_kept_apart_from_the_default_run() -> None:
     results = {"streams": {"ours": [frozen, default]}}
     assert report._ours(results, 500, 80) is default
     assert report._ours(results, 500, 80, gc_freeze=True) is frozen
-    assert report._label(frozen) == "500, gc.freeze()"
-    assert report._label(default) == "500"
+    assert report.run_label(frozen) == "500, gc.freeze()"
+    assert report.run_label(default) == "500"
 
 
 def _peer_harness() -> Any:

@@ -14,7 +14,6 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flux_sagemaker.h2core import H2ConnectionBase
-from flux_sagemaker.h2stream import _frame_data_fast
 
 REQUEST = [(":method", "POST"), (":scheme", "http"), (":authority", "x"), (":path", "/")]
 
@@ -61,7 +60,7 @@ def test_fast_data_frames_are_the_bytes_h2_writes(sizes: list[int], wide: bool) 
         data = bytes([i % 256]) * size
         fits = 0 < size <= min(16_384, reference._h2.local_flow_control_window(1))
         before = windows(ours), bytes(ours._outbox)
-        assert _frame_data_fast(ours, 1, data) is fits
+        assert ours._frame_data_fast(1, data) is fits
         if fits:
             reference._h2.send_data(1, data)
         else:  # empty, past the window or the frame size: h2 splits or waits
@@ -73,7 +72,7 @@ def test_fast_data_frames_are_the_bytes_h2_writes(sizes: list[int], wide: bool) 
 
 def test_frames_h2_queues_later_follow_ours() -> None:
     ours, reference = opened(), opened()
-    assert _frame_data_fast(ours, 1, b"audio")
+    assert ours._frame_data_fast(1, b"audio")
     reference._h2.send_data(1, b"audio")
     for conn in (ours, reference):
         conn._h2.ping(b"12345678")
@@ -104,7 +103,7 @@ def test_states_where_h2_would_refuse_or_change_state_are_left_to_h2(break_it: A
     break_it(conn)
     before = windows(conn) if 1 in conn._h2.streams else None
     queued = conn._h2.data_to_send()
-    assert not _frame_data_fast(conn, 1, b"audio")
+    assert not conn._frame_data_fast(1, b"audio")
     assert conn._outbox == b""
     assert conn._h2.data_to_send() == b""  # nothing queued, nothing taken
     assert queued  # (the state change itself was queued before)
@@ -119,7 +118,7 @@ def test_half_closed_remote_still_takes_data() -> None:
     server.send_headers(1, [(":status", "200")], end_stream=True)
     events = conn._h2.receive_data(server.data_to_send())
     assert any(isinstance(e, h2.events.StreamEnded) for e in events)
-    assert _frame_data_fast(conn, 1, b"audio")
+    assert conn._frame_data_fast(1, b"audio")
     received = server.receive_data(bytes(conn._outbox) + conn._h2.data_to_send())
     assert [e.data for e in received if isinstance(e, h2.events.DataReceived)] == [b"audio"]
 
@@ -131,8 +130,8 @@ def test_a_peer_that_raised_its_frame_size_gets_larger_frames() -> None:
     conn._h2.receive_data(server.data_to_send())  # the SETTINGS
     server.receive_data(conn._h2.data_to_send())  # our ACK: now the server takes larger frames
     assert conn._h2.max_outbound_frame_size == 32_768
-    assert _frame_data_fast(conn, 1, b"x" * 20_000)
-    assert not _frame_data_fast(conn, 1, b"x" * 40_000)  # still past the window
+    assert conn._frame_data_fast(1, b"x" * 20_000)
+    assert not conn._frame_data_fast(1, b"x" * 40_000)  # still past the window
     received = server.receive_data(bytes(conn._outbox))
     assert [len(e.data) for e in received if isinstance(e, h2.events.DataReceived)] == [20_000]
 
@@ -141,17 +140,17 @@ def test_the_stream_window_bounds_the_fast_path() -> None:
     conn = opened()
     widen_connection_window(conn)  # 165,535 bytes on the connection, 65,535 on the stream
     for _ in range(3):
-        assert _frame_data_fast(conn, 1, b"x" * 16_384)
+        assert conn._frame_data_fast(1, b"x" * 16_384)
     assert conn._h2.local_flow_control_window(1) == 16_383
-    assert not _frame_data_fast(conn, 1, b"x" * 16_384)
-    assert _frame_data_fast(conn, 1, b"x" * 16_383)
+    assert not conn._frame_data_fast(1, b"x" * 16_384)
+    assert conn._frame_data_fast(1, b"x" * 16_383)
 
 
 def test_the_connection_window_bounds_the_fast_path() -> None:
     conn = opened()
     conn._h2.send_headers(3, REQUEST)
     for _ in range(3):  # stream 3 takes 49,152 of the connection's 65,535
-        assert _frame_data_fast(conn, 3, b"x" * 16_384)
+        assert conn._frame_data_fast(3, b"x" * 16_384)
     assert conn._h2.streams[1].outbound_flow_control_window == 65_535
-    assert not _frame_data_fast(conn, 1, b"x" * 16_384)
-    assert _frame_data_fast(conn, 1, b"x" * 16_383)
+    assert not conn._frame_data_fast(1, b"x" * 16_384)
+    assert conn._frame_data_fast(1, b"x" * 16_383)

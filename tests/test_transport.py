@@ -19,8 +19,9 @@ import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flux_sagemaker import errors, h2stream
+from flux_sagemaker import errors
 from flux_sagemaker.asyncio_stream import AsyncioStream, on_stdlib_asyncio_loop
+from flux_sagemaker.h2core import H2ConnectionBase
 from flux_sagemaker.testing.h2server import H2Server, ServerStream
 from flux_sagemaker.transport import (
     _BATCH_YIELD,
@@ -162,10 +163,10 @@ async def test_a_small_window_mixes_whole_frames_and_frames_cut_by_h2(
     # others are cut at the window by h2 and wait for WINDOW_UPDATE. Order and bytes must hold.
     chunks = [pattern(600, seed=i + 1) for i in range(40)]
     framed = {"ours": 0, "h2": 0}
-    ours, theirs = h2stream._frame_data_fast, h2.connection.H2Connection.send_data
+    ours, theirs = H2ConnectionBase._frame_data_fast, h2.connection.H2Connection.send_data
 
-    def count_ours(*args: Any) -> bool:
-        done = ours(*args)
+    def count_ours(self: H2ConnectionBase, *args: Any) -> bool:
+        done = ours(self, *args)
         framed["ours"] += done
         return done
 
@@ -173,7 +174,7 @@ async def test_a_small_window_mixes_whole_frames_and_frames_cut_by_h2(
         framed["h2"] += self.config.client_side
         theirs(self, *args, **kwargs)
 
-    monkeypatch.setattr(h2stream, "_frame_data_fast", count_ours)
+    monkeypatch.setattr(H2ConnectionBase, "_frame_data_fast", count_ours)
     monkeypatch.setattr(h2.connection.H2Connection, "send_data", count_h2)
 
     async def collect(stream: ServerStream) -> None:
