@@ -181,15 +181,20 @@ class SessionTimers:
         return self.flush_at + min(FLUSH_SLACK, self.last_chunk_s / 2)
 
     @property
+    def silence_at(self) -> float:
+        """When an open turn gets silence: :attr:`last_app_audio` plus :attr:`silence_gap`."""
+        return self.last_app_audio + self.silence_gap
+
+    @property
     def audio_alarm_at(self) -> float:
         """When the timers that audio moves on need a look: the flush alarm, or the open turn's
-        silence deadline (:attr:`last_app_audio` plus :attr:`silence_gap`).
+        silence deadline (:attr:`silence_at`).
 
         Both move with every chunk without waking the shell: in steady audio an open turn's
         silence check never rings, where a deadline fixed at the last look would ring about
         every :attr:`KeepalivePolicy.turn_silence_after` only to find audio still flowing.
         """
-        return min(self.flush_alarm_at, self.last_app_audio + self.silence_gap)
+        return min(self.flush_alarm_at, self.silence_at)
 
     def start(self, now: float) -> None:
         """A stream opened: every clock starts now."""
@@ -275,5 +280,4 @@ class SessionTimers:
             else:
                 next_at = min(next_at, self.stall_seen_at + STALL_CONFIRM)
         self.checks_due_at = max(next_at, now)
-        silence_at = self.last_app_audio + self.silence_gap
-        return actions, max(min(next_at, silence_at, self.flush_at), now)
+        return actions, max(min(next_at, self.silence_at, self.flush_at), now)
