@@ -645,13 +645,13 @@ METHOD = """## Method and caveats
   `Update` (one per 240 ms of audio) would fall on the same tick, sharing one write and one
   read among all streams, and the latency tail would measure those bursts. In the window every
   stream gets a frame on every tick. The peers' streams start the same way.
-- **Frames at once, or in phases.** Every row but one hands all streams their frame at the same
-  instant of each tick, the burstiest case: at 500 streams one tick's `send_audio` calls hold
-  the client's loop for 2-4 ms, and the endpoint then verifies a tick's events in a row, so
-  the latency tail measures those bursts. Independent calls do not have their 20 ms clocks in
-  phase. The row marked `10 phases` hands stream i its frame (i mod 10) x 2 ms into each
-  tick (`--phases 10`), with `gc.freeze()`; its harness figure is the harness alone with the
-  same phases, since ten wake-ups per tick cost the harness more.
+- **Frames at once, or in phases.** Every row but one hands all streams their frame at the
+  same instant of each tick, the burstiest case: at 500 streams one tick's `send_audio` calls
+  hold the client's loop for 2-4 ms, and an event waits in the client for the rest of its
+  burst before its socket write, so the latency tail measures those bursts. Independent calls
+  do not have their 20 ms clocks in phase. The row marked `10 phases` hands stream i its frame
+  (i mod 10) x 2 ms into each tick (`--phases 10`), with `gc.freeze()`; its harness figure is
+  the harness alone with the same phases, since ten wake-ups per tick cost the harness more.
 - **One pacer for every client.** Our client and both peers are fed by one pacing task per
   process (the peers' `--pacer shared`). With a pacing task per stream instead, as the peers
   used until 2026-11-26, the AWS SDK peer measured 19-23 ms / stream-s at 10 streams against
