@@ -367,8 +367,8 @@ class FluxClient:
                 # A stream being replaced gets its CloseStream once the new one took over.
                 current = self._live_stream()
                 if current is not None:
-                    await self._flush_audio(current)
-                    await self._write(current, current.proto.send_close_stream())
+                    await self._flush_audio(current, whole=False)
+                    await self._write(current, current.proto.send_close_stream(), whole=False)
             self._drain_started = _now()
             self._wake_supervisor()  # it watches the drain now
             await self._closed_event.wait()
@@ -399,7 +399,8 @@ class FluxClient:
         Audio is coalesced into events of about ``coalesce_ms``; a partial event is sent at
         the latest one window (and at most 10 ms) later. While a stream is being replaced,
         audio is kept in the replay buffer and sent on the new stream. Waits while HTTP/2 flow
-        control holds the stream back.
+        control holds the stream back; cancelled meanwhile, the call still writes its events
+        whole and in order before it returns (within ``Timeouts.write``).
 
         Raises:
             ValidationError: ``audio`` is not bytes-like or not a whole number of samples.
@@ -441,7 +442,10 @@ class FluxClient:
                 finally:
                     lock.release()
                 return
-            await self._send_events(events, self._epoch)
+            # The events have left the coalescer: a caller cancelled now (its own timeout)
+            # would leave a gap in the stream's audio. They are written first.
+            with anyio.CancelScope(shield=True):
+                await self._send_events(events, self._epoch)
 
     async def _send_events(self, events: Sequence[bytes], epoch: int) -> None:
         lock = self._send_lock
@@ -465,14 +469,14 @@ class FluxClient:
         finally:
             lock.release()
 
-    async def _write_audio(self, stream: LiveStream, audio: bytes) -> None:
+    async def _write_audio(self, stream: LiveStream, audio: bytes, *, whole: bool = True) -> None:
         if stream.proto.input_ended:
             # The stream failed and was retired while we waited for the lock or the window:
             # the replay buffer holds this audio for the stream that replaces it.
             return
         data = self._sign_audio(stream, audio)
         if not stream.h2.send_nowait(data):
-            await self._write(stream, data)
+            await self._write(stream, data, whole=whole)
 
     def _sign_audio(self, stream: LiveStream, audio: bytes) -> bytes:
         """Count ``audio`` as sent and return its signed event (the caller writes it next)."""
@@ -481,19 +485,30 @@ class FluxClient:
         self._timers.on_audio_sent(_now())
         return stream.proto.send_audio(audio)
 
-    async def _flush_audio(self, stream: LiveStream) -> None:
+    async def _flush_audio(self, stream: LiveStream, *, whole: bool = True) -> None:
         """Send the pending partial audio event (caller holds the send lock)."""
         pending = self._coalescer.flush()
         self._timers.on_flushed()
         if pending:
-            await self._write_audio(stream, pending)
+            await self._write_audio(stream, pending, whole=whole)
 
-    async def _write(self, stream: LiveStream, data: bytes) -> None:
-        """Write to a stream; a transport failure there starts recovery, not an exception."""
+    async def _write(self, stream: LiveStream, data: bytes, *, whole: bool = True) -> None:
+        """Write a signed event to a stream; a transport failure there starts recovery.
+
+        With ``whole`` (all but ``close()``, which ends the stream on its own deadline), a
+        cancelled caller still waits for the event's last byte: half an event would corrupt
+        the stream, and an event never sent would break the signature chain. The wait is
+        bounded: by ``Timeouts.write`` for a window that does not open, and by the stream's
+        failure otherwise.
+        """
         if not data:
             return
         try:
-            await stream.h2.send(data)
+            if whole:
+                with anyio.CancelScope(shield=True):
+                    await stream.h2.send(data)
+            else:
+                await stream.h2.send(data)
         except FluxError as exc:
             self._on_failure(stream, exc)
 

@@ -26,7 +26,7 @@ from .bundle import NEWEST, BundleProfile
 from .certs import TestCA
 from .engine import EngineParams, FluxEngine, ScriptedTurn
 from .faults import Fault, RequestFailure
-from .h2server import H2Server, ServerStream
+from .h2server import DEFAULT_RECEIVE_WINDOW, H2Server, ServerStream
 from .session import StreamSession
 from .session import payload_part as _payload_part  # noqa: F401 - benchmarks/codec.py uses it
 from .verifier import RequestVerifier, VerificationFailure
@@ -95,6 +95,8 @@ class MockFluxEndpoint:
             stream starts the script from the beginning (for concurrent sessions).
         max_stream_duration: End a stream with ``ModelStreamError``
             (``ModelInvocationTimeExceeded``) after this many seconds, like SageMaker's limit.
+        receive_window: The HTTP/2 flow-control window each request body gets, in bytes; a
+            small one makes the client wait for ``WINDOW_UPDATE`` (back-pressure tests).
     """
 
     def __init__(
@@ -109,6 +111,7 @@ class MockFluxEndpoint:
         faults: Sequence[Fault] = (),
         script_scope: str = "endpoint",
         max_stream_duration: float | None = None,
+        receive_window: int = DEFAULT_RECEIVE_WINDOW,
     ) -> None:
         if script_scope not in ("endpoint", "stream"):
             raise ValidationError(
@@ -131,7 +134,9 @@ class MockFluxEndpoint:
         self._goaway_requests = 0
         self._ca = TestCA() if tls else None
         self._server = H2Server(
-            self._handle, ssl_context=self._ca.server_context if self._ca else None
+            self._handle,
+            ssl_context=self._ca.server_context if self._ca else None,
+            receive_window=receive_window,
         )
         self._stream_counter = itertools.count()
         self._turns_done = 0

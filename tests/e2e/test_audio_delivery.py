@@ -312,3 +312,85 @@ async def test_an_event_that_must_wait_keeps_its_place_in_the_signature_chain(
     (stream,) = ep.streams
     assert stream.error is None
     assert bytes(stream.audio) == up + first + second
+
+
+async def test_cancelled_sends_still_write_their_events_whole_and_in_order(
+    endpoint: EndpointFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An application's timeout that cancels ``send_audio`` loses nothing and breaks nothing.
+
+    One call is cancelled while its signed event waits for the window, another while it waits
+    for the send lock with its event already out of the coalescer. Both events still reach the
+    stream, whole and in order: half an event, or a signed event never sent, would corrupt the
+    stream and break the signature chain.
+    """
+    gate = anyio.Event()
+    calls: list[int] = []
+    real_send_nowait, real_send = H2Stream.send_nowait, H2Stream.send
+
+    def refuse_the_first(self: H2Stream, data: bytes) -> bool:
+        return bool(calls) and real_send_nowait(self, data)
+
+    async def first_send_waits(self: H2Stream, data: bytes) -> None:
+        calls.append(len(data))
+        if len(calls) == 1:
+            await gate.wait()  # as if the flow-control window were closed
+        await real_send(self, data)
+
+    up, first, second, third = (SAMPLE.pcm[ms(20 * i) : ms(20 * i + 20)] for i in range(4))
+    returned: list[bytes] = []
+
+    async def send_then_get_cancelled(scope: anyio.CancelScope, chunk: bytes) -> None:
+        with scope:
+            await flux.send_audio(chunk)
+        returned.append(chunk)
+
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep, coalesce_ms=0) as flux:
+            await flux.send_audio(up)
+            monkeypatch.setattr(H2Stream, "send_nowait", refuse_the_first)
+            monkeypatch.setattr(H2Stream, "send", first_send_waits)
+            scopes = anyio.CancelScope(), anyio.CancelScope()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_then_get_cancelled, scopes[0], first)
+                await anyio.wait_all_tasks_blocked()
+                tg.start_soon(send_then_get_cancelled, scopes[1], second)
+                await anyio.wait_all_tasks_blocked()
+                for scope in scopes:
+                    scope.cancel()
+                await anyio.wait_all_tasks_blocked()
+                assert returned == []  # each still owes its event to the stream
+                gate.set()
+            monkeypatch.undo()
+            await flux.send_audio(third)
+            await flux.close()
+    assert returned == [first, second]
+    (stream,) = ep.streams
+    assert stream.error is None
+    assert bytes(stream.audio) == up + first + second + third
+
+
+async def test_sends_cut_short_by_a_timeout_under_back_pressure_lose_no_audio(
+    endpoint: EndpointFactory,
+) -> None:
+    """The same with real flow control: a small server window, a server slow for a moment,
+    and every 20 ms frame sent under a 30 ms timeout, as an agent guarding its audio loop."""
+    ep = endpoint(
+        faults=[Fault(kind=FaultKind.LATENCY, after_audio_s=0.5, latency=0.15)],
+        receive_window=8192,
+    )
+    cut_short = 0
+    pcm = SAMPLE.pcm[: ms(4000)]
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with ep, client_for(ep) as flux:
+            for offset in range(0, len(pcm), ms(20)):
+                with anyio.move_on_after(0.03) as scope:
+                    await flux.send_audio(pcm[offset : offset + ms(20)])
+                cut_short += scope.cancel_called
+            await flux.close()
+            events = [event async for event in flux]
+    assert cut_short > 0  # the scenario did hold senders back
+    (stream,) = ep.streams
+    assert stream.error == "fault: latency"  # the injected slowness, and nothing went wrong
+    assert bytes(stream.audio) == pcm
+    assert of_type(events, EndOfTurn)[0].transcript == SAMPLE.turns[0]
