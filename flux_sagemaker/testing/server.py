@@ -22,11 +22,12 @@ from botocore.credentials import Credentials
 
 from ..core.settings import FluxSettings
 from ..errors import ValidationError
+from ..h2core import DEFAULT_RECEIVE_WINDOW
 from .bundle import NEWEST, BundleProfile
 from .certs import TestCA
 from .engine import EngineParams, FluxEngine, ScriptedTurn
 from .faults import Fault, RequestFailure
-from .h2server import DEFAULT_RECEIVE_WINDOW, H2Server, ServerStream
+from .h2server import H2Server, ServerStream
 from .session import StreamSession
 from .session import payload_part as _payload_part  # noqa: F401 - benchmarks/codec.py uses it
 from .verifier import RequestVerifier, VerificationFailure
