@@ -67,6 +67,7 @@ __all__ = [
 ]
 
 
+_SECONDS = number_in_range(0, above_low=True, unit="seconds")
 _SECONDS_OR_NONE = number_in_range(0, above_low=True, optional=True, unit="seconds")
 
 
@@ -83,7 +84,7 @@ _BATCH_YIELD = 64 * 1024
 
 @attrs.frozen
 class Timeouts:
-    """Time limits, in seconds; ``None`` means no limit.
+    """Time limits, in seconds; ``None`` means no limit (``ping_timeout`` and ``close`` have one).
 
     The single definition shared by the transport, the pool and ``FluxClient`` (which re-exports
     it). The transport uses ``connect``, ``read``, ``write``, ``ping_interval`` and
@@ -98,11 +99,11 @@ class Timeouts:
     """Longest socket write, and longest wait for the peer's flow-control window to open."""
     ping_interval: float | None = attrs.field(default=20.0, validator=_SECONDS_OR_NONE)
     """Send a PING after this much silence from the peer; ``None`` disables keepalive."""
-    ping_timeout: float = attrs.field(default=10.0, validator=_SECONDS_OR_NONE)
+    ping_timeout: float = attrs.field(default=10.0, validator=_SECONDS)
     """A PING unanswered for this long fails the connection with ``ConnectionLost``."""
     connected: float | None = attrs.field(default=10.0, validator=_SECONDS_OR_NONE)
     """Client level: longest wait after opening a stream for the response and ``Connected``."""
-    close: float = attrs.field(default=10.0, validator=_SECONDS_OR_NONE)
+    close: float = attrs.field(default=10.0, validator=_SECONDS)
     """Client level: longest graceful close (draining after ``CloseStream``, releasing streams)."""
 
 

@@ -572,6 +572,10 @@ def test_timeouts_are_validated() -> None:
     with pytest.raises(errors.ValidationError, match="ping_timeout"):
         Timeouts(ping_timeout=-1)
     assert Timeouts(read=None).read is None
+    # These two always have a limit: an unanswered PING and a close must end.
+    for name in ("ping_timeout", "close"):
+        with pytest.raises(errors.ValidationError, match=name):
+            Timeouts(**{name: None})
 
 
 class _CountingStream:
