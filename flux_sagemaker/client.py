@@ -376,6 +376,12 @@ class FluxClient:
             logger.warning(
                 "Flux did not end the stream within %.1f s of CloseStream", self._timeouts.close
             )
+            # Like any other end of the stream: an open turn still gets its final EndOfTurn,
+            # with what was heard. Forced: close() must not wait for a consumer to make room.
+            synthetic = self._tracker.stream_ended()
+            if synthetic is not None:
+                with contextlib.suppress(anyio.ClosedResourceError):
+                    self._events.put_nowait(synthetic, force=True)
             self._finish(
                 TimeoutError(
                     f"the stream did not end within {self._timeouts.close} s of CloseStream",

@@ -5,8 +5,17 @@ from __future__ import annotations
 import anyio
 import pytest
 
-from flux_sagemaker import BundleCapabilities, EndOfTurn, FluxClient, TurnInfo, Update, UsageError
-from flux_sagemaker.testing import FLUX_MULTI_20260417, NEWEST
+from flux_sagemaker import (
+    BundleCapabilities,
+    EndOfTurn,
+    FluxClient,
+    FluxEvent,
+    TimeoutError,
+    TurnInfo,
+    Update,
+    UsageError,
+)
+from flux_sagemaker.testing import FLUX_MULTI_20260417, NEWEST, Fault, FaultKind
 
 from .helpers import (
     SAMPLE,
@@ -140,3 +149,24 @@ async def test_close_while_a_sender_is_busy_sends_nothing_after_close_stream(
     # Byte-exact: the repeated sample up to where the sender was refused.
     assert (SAMPLE.pcm * (len(audio) // len(SAMPLE.pcm) + 1)).startswith(audio)
     assert all(e.turn_index >= 1 for e in of_type(events, EndOfTurn))
+
+
+async def test_a_close_that_times_out_still_finalizes_the_open_turn(
+    endpoint: EndpointFactory,
+) -> None:
+    """Flux turns slow mid-turn (each event 4 s late) while the connection stays healthy:
+    close() gives up after ``Timeouts.close``, and the open turn still gets its EndOfTurn,
+    with what was heard, before the iterator raises the timeout."""
+    ep = endpoint(faults=[Fault(kind=FaultKind.LATENCY, after_audio_s=1.9, latency=4.0)])
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with ep, client_for(ep) as flux:
+            await flux.send_audio(SAMPLE.pcm[: ms(2000)])
+            updates = [await next_of(flux, Update) for _ in range(2)]
+            await flux.close()
+            events: list[FluxEvent] = []
+            with pytest.raises(TimeoutError, match="did not end within"):
+                await collect(flux, into=events)
+    heard = [u for u in [*updates, *of_type(events, Update)] if u.transcript]
+    (end,) = of_type(events, EndOfTurn)
+    assert end.synthetic
+    assert end.transcript == heard[-1].transcript
