@@ -89,6 +89,10 @@ FluxEvent = ServerMessage | ClientEvent
 
 # Pipecat's ack timeout for Configure; Flux answers within a few audio frames.
 _CONFIGURE_ACK_TIMEOUT = 5.0
+# With no turn open, a new stream gets only this much of the audio since the last EndOfTurn:
+# speech Flux had not yet called a turn is in it, and the new stream does not first wade
+# through every quiet minute since (the replay buffer holds up to 8 MiB).
+_IDLE_REPLAY_S = 3.0
 
 
 @attrs.define
@@ -237,6 +241,9 @@ class FluxClient:
         self._request_id: str | None = None
         self._switching = False
         self._switch_finished = anyio.Event()
+        # One stream replacement at a time (a rollover, a settings change, a recovery): each
+        # starts from the stream the previous one left, so none installs a stream over another.
+        self._stream_change = anyio.Lock()
         # The supervisor sleeps in a cancel scope whose deadline send_audio moves as partial
         # events come and go: no task switch per coalescing window in steady streaming.
         self._alarm: anyio.CancelScope | None = None
@@ -246,6 +253,8 @@ class FluxClient:
         self._look_again = False  # a wake-up came while the supervisor was awake
         self._drain_started = math.inf  # when close() sent CloseStream
         self._probed: LiveStream | None = None  # the draining stream whose connection was probed
+        # Session byte offset of the audio sent before the current stream was retired.
+        self._heard_until = 0
         # Counts stream take-overs: audio events made before one must not be sent after it.
         self._epoch = 0
 
@@ -584,8 +593,18 @@ class FluxClient:
         Raises:
             ValidationError: the new settings are invalid (nothing was changed).
             CapabilityError: the bundle refuses a parameter of the new settings.
+            FluxError: the new stream could not be opened (a ``ModelError`` for settings the
+                container refuses, for example); the session goes on with the settings in
+                force, on its current stream.
+
+        Cancelling the call does not cancel a stream switch it started: the switch finishes
+        (or fails and changes nothing) in the background.
         """
         self._check_open("update settings")
+        while self._switching:
+            # One switch at a time, each from the settings the previous one left in force.
+            await self._switch_finished.wait()
+            self._check_open("update settings")
         new_settings = self._settings.with_changes(**changes)
         new_settings.check_capabilities(self._capabilities)
         if new_settings == self._settings:
@@ -605,8 +624,14 @@ class FluxClient:
             raise ValidationError(
                 "encoding and sample_rate cannot change within a session; open a new FluxClient"
             )
-        self._settings = new_settings
-        await self._switch_stream("settings changed")
+        refused: list[FluxError] = []
+        finished = self._begin_switch()
+        # In the session's task group, not the caller's task: a caller cancelled mid-switch
+        # (its own timeout) must not leave the old stream retired and the new one not installed.
+        self._task_group_start(self._switch_stream, "settings changed", new_settings, refused)
+        await finished.wait()
+        if refused:
+            raise refused[0]
 
     async def force_end_turn(self) -> None:
         """Ask Flux to end the current turn now (``EndOfTurn`` with trigger ``manual``).
@@ -662,12 +687,15 @@ class FluxClient:
             target_variant=self._target_variant,
         )
 
-    async def _open_stream(self) -> LiveStream:
-        """Open one stream with the settings in force and wait for Flux's ``Connected``."""
+    async def _open_stream(self, settings: FluxSettings | None = None) -> LiveStream:
+        """Open one stream (with the settings in force by default); wait for ``Connected``."""
         assert self._pool is not None
         self._stats.streams_opened += 1
         stream, early = await open_stream(
-            self._pool, self._config, self._request_for(self._settings), self._timeouts
+            self._pool,
+            self._config,
+            self._request_for(settings if settings is not None else self._settings),
+            self._timeouts,
         )
         self._request_id = stream.request_id
         self._streams.append(stream)
@@ -676,7 +704,9 @@ class FluxClient:
             await self._handle_event(stream, event)
         return stream
 
-    async def _open_with_retry(self, first_error: FluxError | None) -> LiveStream:
+    async def _open_with_retry(
+        self, first_error: FluxError | None, settings: FluxSettings | None = None
+    ) -> LiveStream:
         """Open a stream, retrying retryable failures under the retry policy.
 
         ``self._attempts`` counts the streams tried, for the ``Reconnected`` event.
@@ -695,7 +725,7 @@ class FluxClient:
                 await anyio.sleep(delay)
             self._attempts += 1
             try:
-                return await self._open_stream()
+                return await self._open_stream(settings)
             except FluxError as exc:
                 error = exc
 
@@ -821,7 +851,7 @@ class FluxClient:
         """A stream failed: recover in the background, or end the session with ``error``."""
         if stream.retired or self._state == "closed" or stream is not self._current:
             return
-        stream.retired = True
+        self._stop_using(stream)
         # Also while closing: the new stream replays the open turn and drains it.
         if not (self._retry.enabled and error.retryable):
             self._task_group_start(self._fail, error)
@@ -879,19 +909,27 @@ class FluxClient:
         self._events.close()
 
     async def _recover(self, failed: LiveStream, error: FluxError) -> None:
-        self._current = None
         if isinstance(error, StreamStalled | TimeoutError):
             # A silent peer (no FIN, no RST) looks like this: open the next stream on a fresh
             # connection rather than behind this one's PING timeout.
             failed.h2.connection.stop_new_streams()
-        await self._retire(failed)
+        async with self._stream_change:
+            if self._current is not failed:
+                # A switch that was under way replaced the stream (and replayed its audio).
+                await self._retire(failed)
+                return
+            self._current = None
+            await self._retire(failed)
+            await self._reconnect(error)
+
+    async def _reconnect(self, error: FluxError) -> None:
         try:
             stream = await self._open_with_retry(first_error=error)
         except FluxError as final:
             await self._fail(final)
             return
         self._stats.reconnects += 1
-        resumed_at, replayed = self._replay_window()
+        resumed_at, replayed = self._prepare_replay()
         await self._deliver(
             Reconnected(
                 reason=str(error),
@@ -904,36 +942,76 @@ class FluxClient:
         )
         await self._take_over(stream)
 
-    async def _switch_stream(self, reason: str) -> None:
-        """Move the session to a fresh stream while the current one still works."""
+    def _begin_switch(self) -> anyio.Event:
+        """Mark a stream switch under way; return the event set when it is over."""
+        self._switching = True
+        self._switch_finished = anyio.Event()
+        return self._switch_finished
+
+    async def _switch_stream(
+        self,
+        reason: str,
+        settings: FluxSettings | None = None,
+        refused: list[FluxError] | None = None,
+    ) -> None:
+        """Move the session to a fresh stream while the current one still works.
+
+        With ``settings``, the new stream is opened with them, and they are in force once it
+        is; if it cannot be opened, the error goes to ``refused`` and nothing changes.
+        """
         try:
-            await self._switch_to_new_stream(reason)
+            async with self._stream_change:
+                await self._switch_to_new_stream(reason, settings, refused)
         finally:
             self._switching = False
             self._switch_finished.set()
 
-    async def _switch_to_new_stream(self, reason: str) -> None:
+    async def _switch_to_new_stream(
+        self, reason: str, settings: FluxSettings | None, refused: list[FluxError] | None
+    ) -> None:
+        if self._state not in ("open", "closing"):
+            return
         old = self._current
         try:
-            stream = await self._open_with_retry(first_error=None)
+            stream = await self._open_with_retry(first_error=None, settings=settings)
         except FluxError as exc:
-            logger.warning("could not open the next Flux stream (%s); keeping the current one", exc)
+            if refused is not None:
+                refused.append(exc)
+            else:
+                logger.warning(
+                    "could not open the next Flux stream (%s); keeping the current one", exc
+                )
             return
-        if old is not None:
-            old.retired = True
+        if settings is not None:
+            self._settings = settings
+        if old is not None and not old.retired:
+            self._stop_using(old)
         self._stats.rollovers += 1
-        resumed_at, replayed = self._replay_window()
+        resumed_at, replayed = self._prepare_replay()
         await self._deliver(
             StreamRolledOver(reason=reason, resumed_at_s=resumed_at, replayed_audio_s=replayed)
         )
         await self._take_over(stream, old=old)
 
+    def _stop_using(self, stream: LiveStream) -> None:
+        """Retire the current ``stream``: from now on, audio waits in the replay buffer."""
+        stream.retired = True
+        self._heard_until = self._replay.total_bytes
+
     def _seconds(self, n_bytes: int) -> float:
         rate = self._byte_rate
         return n_bytes / rate if rate else 0.0
 
-    def _replay_window(self) -> tuple[float, float]:
-        """Where the next stream's audio starts on the session timeline; how much is replayed."""
+    def _prepare_replay(self) -> tuple[float, float]:
+        """Settle the replay for the next stream; return where its audio starts on the session
+        timeline and how much of it is replayed.
+
+        With no turn open, the audio the old stream heard is replayed from its last
+        ``_IDLE_REPLAY_S`` only; what came after is all replayed (no stream heard it yet).
+        """
+        if not self._tracker.turn_open and self._format.bytes_per_second:
+            tail = self._format.byte_offset(_IDLE_REPLAY_S)
+            self._replay.trim_to(max(0, self._heard_until - tail))
         return self._seconds(self._replay.start_offset), self._seconds(self._replay.held_bytes)
 
     async def _take_over(self, stream: LiveStream, old: LiveStream | None = None) -> None:
@@ -1069,8 +1147,7 @@ class FluxClient:
         )
         if reason is not None and not self._switching:
             # In its own task: the timers keep running while the next stream opens.
-            self._switching = True
-            self._switch_finished = anyio.Event()
+            self._begin_switch()
             self._task_group_start(self._switch_stream, reason)
         return next_at
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 
 import anyio
@@ -13,11 +14,12 @@ from flux_sagemaker import (
     ConfigureFailure,
     ConfigureSuccess,
     EndOfTurn,
+    ModelError,
     ServerWarning,
     StartOfTurn,
     StreamRolledOver,
 )
-from flux_sagemaker.testing import FLUX_ENGLISH_20260311, FLUX_MULTI_20260417
+from flux_sagemaker.testing import FLUX_ENGLISH_20260311, FLUX_MULTI_20260417, RequestFailure
 
 from .helpers import (
     SAMPLE,
@@ -176,3 +178,89 @@ async def test_force_end_turn_unsupported(endpoint: EndpointFactory) -> None:
             await flux.close()
             await collect(flux)
     assert ep.streams[0].texts == ['{"type":"CloseStream"}']
+
+
+async def test_update_settings_whose_stream_is_refused_raises_and_changes_nothing(
+    endpoint: EndpointFactory,
+) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as flux:
+            first_turn_done = SAMPLE.pcm[: ms(3100)]
+            await flux.send_audio(first_turn_done)
+            await next_of(flux, EndOfTurn)
+            ep.fail_requests(RequestFailure.model_error("the container said no"))
+            with pytest.raises(ModelError, match="the container said no"):
+                await flux.update_settings(tags=("new-tag",))
+            assert flux.settings.tags == ()  # still the settings of the stream in use
+            await send_audio(flux, SAMPLE.pcm[len(first_turn_done) :])
+            await flux.close()
+            rest = await collect(flux)
+    assert [e.transcript for e in of_type(rest, EndOfTurn)] == [SAMPLE.turns[1]]
+    assert [s.status for s in ep.streams] == [200, 424]
+    assert bytes(ep.streams[0].audio) == SAMPLE.pcm
+
+
+async def test_concurrent_stream_switches_run_one_after_the_other(
+    endpoint: EndpointFactory,
+) -> None:
+    """Two updates at once: each switch starts from the stream the other left, so no stream is
+    left open beside the session's, and the second starts from the first's settings."""
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as flux:
+            first_turn_done = SAMPLE.pcm[: ms(3100)]
+            await flux.send_audio(first_turn_done)
+            await next_of(flux, EndOfTurn)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(functools.partial(flux.update_settings, tags=("a",)))
+                tg.start_soon(functools.partial(flux.update_settings, redact="numbers"))
+            assert (flux.settings.tags, flux.settings.redact) == (("a",), "numbers")
+            await send_audio(flux, SAMPLE.pcm[len(first_turn_done) :])
+            await flux.close()
+            rest = await collect(flux)
+    assert len(of_type(rest, StreamRolledOver)) == 2
+    assert [e.transcript for e in of_type(rest, EndOfTurn)] == [SAMPLE.turns[1]]
+    first, second, third = ep.streams
+    # Every stream but the last was closed when the next took over, with one CloseStream.
+    assert first.texts == second.texts == third.texts == ['{"type":"CloseStream"}']
+    assert first.input_ended
+    assert second.input_ended
+    assert third.input_ended
+    assert third.settings is not None
+    assert (third.settings.tags, third.settings.redact) == (("a",), "numbers")
+
+
+async def test_update_settings_cancelled_mid_switch_still_completes_the_switch(
+    endpoint: EndpointFactory,
+) -> None:
+    """The caller's timeout expires while the switch waits for the consumer to take the
+    StreamRolledOver (a full event queue): the switch goes on in the background, and the
+    session keeps working on the new stream."""
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep, max_buffered_events=2) as flux:
+            first_turn_done = SAMPLE.pcm[: ms(3100)]
+            await flux.send_audio(first_turn_done)
+            await next_of(flux, EndOfTurn)
+            await flux.send_audio(bytes(ms(1000)))  # its Updates fill the queue: nobody reads
+            while not flux._events.full:  # noqa: ASYNC110 - no event to wait on here
+                await anyio.sleep(0.01)
+            with anyio.move_on_after(0.3) as scope:
+                await flux.update_settings(tags=("new",))
+            assert scope.cancelled_caught
+            async with anyio.create_task_group() as tg:
+                events: list[object] = []
+
+                async def consume() -> None:
+                    events.extend(await collect(flux))
+
+                tg.start_soon(consume)
+                await send_audio(flux, SAMPLE.pcm[len(first_turn_done) :])
+                await flux.close()
+    assert flux.settings.tags == ("new",)
+    assert len(of_type(events, StreamRolledOver)) == 1
+    assert of_type(events, EndOfTurn)[-1].transcript == SAMPLE.turns[1]
+    old, new = ep.streams
+    assert old.input_ended
+    assert new.input_ended
+    assert new.settings is not None
+    assert new.settings.tags == ("new",)
+    assert bytes(new.audio).endswith(SAMPLE.pcm[len(first_turn_done) :])

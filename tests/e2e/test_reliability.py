@@ -174,6 +174,40 @@ async def test_recovers_after_a_completed_turn_replaying_only_the_open_one() -> 
     assert_audio_delivered(endpoint, events)
 
 
+async def test_a_switch_between_turns_replays_only_the_tail_of_a_long_quiet() -> None:
+    """No turn open, 20 s of quiet since the last one (the agent was talking): the new stream
+    gets the quiet's last seconds, not all of it, and no audio sent around the switch."""
+    first_turn = SAMPLE.pcm[: 3100 * BYTES_PER_SECOND // 1000]
+    quiet = bytes(20 * BYTES_PER_SECOND)
+    rest = SAMPLE.pcm[len(first_turn) :]
+    events: list[Any] = []
+    with anyio.fail_after(30):
+        async with (
+            MockFluxEndpoint(script=SAMPLE.turns) as endpoint,
+            FluxClient(
+                "flux-ep",
+                **endpoint.client_kwargs(),
+                timeouts=FAST_TIMEOUTS,
+                keepalive=KeepalivePolicy.disabled(),
+            ) as flux,
+        ):
+            await flux.send_audio(first_turn)
+            async for event in flux:
+                events.append(event)
+                if isinstance(event, EndOfTurn):
+                    break
+            await flux.send_audio(quiet)
+            await flux.update_settings(tags=("after-the-quiet",))
+            await flux.send_audio(rest)
+            await flux.close()
+            events.extend([event async for event in flux])
+    (rolled,) = [e for e in events if isinstance(e, StreamRolledOver)]
+    assert rolled.replayed_audio_s == pytest.approx(3.0)
+    assert rolled.resumed_at_s == pytest.approx(len(first_turn + quiet) / BYTES_PER_SECOND - 3.0)
+    assert_audio_delivered(endpoint, events, first_turn + quiet + rest)
+    assert_turns_complete(events)
+
+
 async def test_throttled_reconnects_back_off_then_recover() -> None:
     async with MockFluxEndpoint(
         script=SAMPLE.turns,
