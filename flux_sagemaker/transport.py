@@ -367,9 +367,14 @@ class H2Connection(H2ConnectionBase):
                         error = exc
                     except Exception as exc:  # a bug here must not take the pool's group down
                         error = errors.ConnectionLost(f"the HTTP/2 reader failed: {exc!r}")
+                    if error is not None:
+                        # Now, not once the writer task is done: it may be stuck in a shielded
+                        # write to a peer that stopped reading, which only closing the socket
+                        # ends. Until then the streams would not hear of the failure.
+                        self._fail(error)
+                        with anyio.CancelScope(shield=True):
+                            await anyio.aclose_forcefully(self._stream)
                     tg.cancel_scope.cancel()
-                if error is not None:
-                    self._fail(error)
         finally:
             self._fail(errors.ConnectionLost("the connection was closed"))
             with anyio.CancelScope(shield=True):

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 
 from flux_sagemaker import errors
 from flux_sagemaker.asyncio_stream import AsyncioStream, on_stdlib_asyncio_loop
-from flux_sagemaker.h2core import H2ConnectionBase
+from flux_sagemaker.h2core import MAX_WINDOW, H2ConnectionBase
 from flux_sagemaker.testing.h2server import H2Server, ServerStream
 from flux_sagemaker.transport import (
     _BATCH_YIELD,
@@ -344,6 +344,40 @@ async def test_silent_peer_fails_by_ping_timeout() -> None:
         async with serve_and_connect(handler, timeouts=timeouts) as (_, conn):
             stream = await open_post(conn)
             await stream.response()
+            with pytest.raises(errors.ConnectionLost, match="PING"):
+                await stream.receive()
+            assert not conn.is_available
+
+
+@pytest.mark.parametrize("write", [None, 60.0])
+async def test_silent_peer_fails_by_ping_timeout_while_a_write_is_stuck(
+    write: float | None,
+) -> None:
+    """The peer stops reading while we send: the writer task is stuck in its socket write.
+    The PING timeout still fails the streams, as ConnectionLost, long before any write limit."""
+
+    async def handler(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        stream.connection.pause()
+        await anyio.sleep_forever()
+
+    async def fill_the_socket(stream: H2Stream) -> None:
+        with contextlib.suppress(errors.FluxError):
+            while True:
+                await stream.send(bytes(16_000))
+
+    timeouts = Timeouts(ping_interval=0.2, ping_timeout=0.3, write=write)
+    with anyio.fail_after(10):  # a hang bound: write=60 would otherwise end it at 60 s
+        async with (
+            serve_and_connect(handler, timeouts=timeouts, server_receive_window=MAX_WINDOW) as (
+                _,
+                conn,
+            ),
+            anyio.create_task_group() as tg,
+        ):
+            stream = await open_post(conn)
+            await stream.response()
+            tg.start_soon(fill_the_socket, stream)
             with pytest.raises(errors.ConnectionLost, match="PING"):
                 await stream.receive()
             assert not conn.is_available
