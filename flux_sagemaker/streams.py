@@ -159,6 +159,9 @@ async def _open_once(
         await aclose_quietly(h2, timeouts.close)
         raise
     except builtins.TimeoutError:
+        # A connection that went silent (no FIN, no RST) looks like this until its PING
+        # timeout: the next attempt opens a fresh one rather than waiting here again.
+        h2.connection.stop_new_streams()
         await aclose_quietly(h2, timeouts.close)
         raise TimeoutError(
             f"Flux did not say Connected within {timeouts.connected} s", request_id=request_id

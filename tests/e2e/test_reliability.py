@@ -24,6 +24,7 @@ from botocore.credentials import Credentials, RefreshableCredentials
 
 from flux_sagemaker import (
     ConnectionLost,
+    ConnectionPool,
     EndOfTurn,
     FluxClient,
     FluxError,
@@ -206,6 +207,29 @@ async def test_a_switch_between_turns_replays_only_the_tail_of_a_long_quiet() ->
     assert rolled.resumed_at_s == pytest.approx(len(first_turn + quiet) / BYTES_PER_SECOND - 3.0)
     assert_audio_delivered(endpoint, events, first_turn + quiet + rest)
     assert_turns_complete(events)
+
+
+async def test_a_connected_timeout_on_a_silent_pooled_connection_retries_on_a_fresh_one() -> None:
+    """A pooled connection whose peer vanished without FIN or RST (a NAT drop) is still in the
+    pool: the first attempt times out waiting for Connected, the retry connects afresh."""
+    retry = RetryPolicy(max_attempts=2, initial_backoff=0.01, max_backoff=0.01, jitter="none")
+    async with MockFluxEndpoint(script_scope="stream") as endpoint, ConnectionPool() as pool:
+        async with FluxClient("flux-ep", pool=pool, **endpoint.client_kwargs()) as flux:
+            await flux.close()
+        (idle,) = endpoint._server.connections
+        idle.pause()  # reads nothing, answers no PING
+        with anyio.fail_after(10):
+            async with FluxClient(
+                "flux-ep",
+                pool=pool,
+                timeouts=Timeouts(connected=0.5),  # PING at 20 s, as by default
+                retry=retry,
+                **endpoint.client_kwargs(),
+            ) as flux:
+                await flux.send_audio(SAMPLE.pcm[:FRAME])
+                await flux.close()
+    assert endpoint.connections_accepted == 2
+    assert flux.stats.streams_opened == 2
 
 
 async def test_throttled_reconnects_back_off_then_recover() -> None:
