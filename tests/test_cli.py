@@ -20,6 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flux_sagemaker import ValidationError
+from flux_sagemaker.cli.main import build_parser
 from flux_sagemaker.cli.wavfile import read_wav
 from flux_sagemaker.samples import load_sample, sample_path
 from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
@@ -377,6 +378,8 @@ def test_transcribe_served_wrong_credentials(served: dict[str, str]) -> None:
     result = run_cli(
         "transcribe",
         str(sample_path()),
+        "--endpoint",
+        "flux",
         "--endpoint-url",
         served["URL"],
         "--region",
@@ -555,13 +558,22 @@ def test_version_and_help() -> None:
         ["transcribe"],
         ["check"],
         ["demo", "--nope"],
-        ["transcribe", "x.wav", "--fast", "--realtime"],
+        ["transcribe", "x.wav", "--mock", "--fast", "--realtime"],
+        ["transcribe", "x.wav"],  # where to: --endpoint NAME or --mock
+        ["transcribe", "x.wav", "--endpoint", "flux", "--mock"],
     ],
 )
 def test_usage_errors_exit_2(args: list[str]) -> None:
     result = run_cli(*args)
     assert result.returncode == 2
     assert "usage:" in result.stderr
+
+
+def test_transcribe_paces_in_real_time_unless_fast() -> None:
+    parse = build_parser().parse_args
+    assert parse(["transcribe", "x.wav", "--mock"]).fast is False
+    assert parse(["transcribe", "x.wav", "--endpoint", "flux", "--realtime"]).fast is False
+    assert parse(["transcribe", "x.wav", "--mock", "--fast"]).fast is True
 
 
 def test_mock_with_endpoint_url_is_a_usage_error() -> None:

@@ -133,7 +133,8 @@ async def run_transcribe(args: argparse.Namespace) -> int:
     progress = stderr_progress(audio.duration)
 
     async def run(client_kwargs: dict[str, Any]) -> SessionResult:
-        async with FluxClient(args.endpoint, settings=settings, **client_kwargs) as flux:
+        name = "mock" if args.mock else args.endpoint  # --mock or --endpoint: the parser's rule
+        async with FluxClient(name, settings=settings, **client_kwargs) as flux:
             return await stream_audio(
                 flux,
                 audio.data,

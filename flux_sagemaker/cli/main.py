@@ -59,17 +59,23 @@ def _add_pacing(parser: argparse.ArgumentParser) -> None:
     pacing.add_argument(
         "--fast", action="store_true", help="send audio as fast as the endpoint takes it"
     )
+    # Without this, dest "fast" takes its default from the first action registered: the
+    # store_false of --realtime, whose default is True, would make --fast the default.
+    parser.set_defaults(fast=False)
 
 
-def _add_aws(parser: argparse.ArgumentParser, *, endpoint_required: bool) -> None:
+def _add_aws(parser: argparse.ArgumentParser, *, mock: bool) -> None:
+    """Endpoint and credential options; with ``mock``, ``--endpoint`` or ``--mock`` is required."""
     aws = parser.add_argument_group("endpoint and credentials (default: the AWS configuration)")
-    aws.add_argument(
-        "--endpoint",
-        required=endpoint_required,
-        default="mock",
-        metavar="NAME",
-        help="the SageMaker endpoint serving Flux",
-    )
+    endpoint_help = "the SageMaker endpoint serving Flux"
+    if mock:
+        where = aws.add_mutually_exclusive_group(required=True)
+        where.add_argument("--endpoint", metavar="NAME", help=endpoint_help)
+        where.add_argument(
+            "--mock", action="store_true", help="use an embedded mock endpoint instead of AWS"
+        )
+    else:
+        aws.add_argument("--endpoint", required=True, metavar="NAME", help=endpoint_help)
     aws.add_argument("--region", help="AWS region (default: AWS_REGION or the profile's region)")
     aws.add_argument("--profile", help="AWS profile (default: AWS_PROFILE or 'default')")
     aws.add_argument(
@@ -139,15 +145,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_pacing(transcribe)
     transcribe.add_argument("--json", action="store_true", help="one JSON object per event")
     transcribe.add_argument(
-        "--mock", action="store_true", help="use an embedded mock endpoint instead of AWS"
-    )
-    transcribe.add_argument(
         "--mock-script",
         action="append",
         metavar="TEXT",
         help="with --mock: the transcript of a turn, repeatable",
     )
-    _add_aws(transcribe, endpoint_required=False)
+    _add_aws(transcribe, mock=True)
     _add_flux(transcribe)
     _add_common(transcribe)
     transcribe.set_defaults(run=run_transcribe)
@@ -158,7 +161,7 @@ def build_parser() -> argparse.ArgumentParser:
         description="Describe the endpoint (status, instance types, variants), then open a "
         "short Flux stream and report the time to Connected.",
     )
-    _add_aws(check, endpoint_required=True)
+    _add_aws(check, mock=False)
     check.add_argument(
         "--control-endpoint-url",
         metavar="URL",
