@@ -7,7 +7,13 @@ from typing import Final
 
 import anyio
 
-__all__ = ["CLOSE", "Close", "PendingAudio"]
+from ..core.audio import AudioFormat
+
+__all__ = ["CLOSE", "Close", "PendingAudio", "max_pending_bytes"]
+
+# Bytes per sample assumed where the encoding has no fixed size (Opus): linear16's, an upper
+# bound for compressed audio.
+_FALLBACK_SAMPLE_WIDTH: Final = 2
 
 
 class Close:
@@ -15,6 +21,16 @@ class Close:
 
 
 CLOSE: Final = Close()
+
+
+def max_pending_bytes(encoding: str, sample_rate: int, seconds: float) -> int:
+    """The bytes ``seconds`` of audio take in ``encoding`` at ``sample_rate`` Hz.
+
+    G.711 (``mulaw``, ``alaw``) is one byte a sample, ``linear32`` four; encodings without a
+    fixed size (Opus) are bounded as if they were ``linear16``.
+    """
+    rate = AudioFormat(encoding=encoding, sample_rate=sample_rate).bytes_per_second
+    return int((rate or sample_rate * _FALLBACK_SAMPLE_WIDTH) * seconds)
 
 
 class PendingAudio:

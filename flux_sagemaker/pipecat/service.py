@@ -40,7 +40,7 @@ from ..errors import (
     UsageError,
     ValidationError,
 )
-from .pending import CLOSE, Close, PendingAudio
+from .pending import CLOSE, Close, PendingAudio, max_pending_bytes
 from .turns import FluxTurnFrames
 
 __all__ = ["DeepgramFluxSageMakerSTTService", "DeepgramFluxSageMakerSTTSettings"]
@@ -207,7 +207,9 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         """Resolve the sample rate and start connecting in the background."""
         await super().setup(setup)
         self._set_up = True
-        self._pending.set_limit(int(self.sample_rate * 2 * _MAX_PENDING_AUDIO_SECONDS))
+        self._pending.set_limit(
+            max_pending_bytes(self._encoding, self.sample_rate, _MAX_PENDING_AUDIO_SECONDS)
+        )
         self._start_session()
 
     async def stop(self, frame: EndFrame) -> None:
@@ -303,15 +305,24 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         return True
 
     async def _send_audio(self, flux: FluxClient) -> None:
-        try:
-            while True:
-                item = await self._pending.get()
+        while True:
+            item = await self._pending.get()
+            try:
                 if isinstance(item, Close):
                     await flux.close()
                     return
                 await flux.send_audio(item)
-        except FluxError as exc:
-            logger.debug(f"{self}: stopped sending audio: {exc}")  # the iterator says why
+            except ValidationError as exc:
+                # This chunk only (not a whole number of samples, say): the session goes on,
+                # as in Pipecat's service, which yields an ErrorFrame for the chunk.
+                await self.push_error(
+                    f"Flux refused an audio chunk: {exc}",
+                    exception=exc,
+                    category=ErrorCategory.APPLICATION,  # the audio given, not the service
+                )
+            except FluxError as exc:
+                logger.debug(f"{self}: stopped sending audio: {exc}")  # the iterator says why
+                return
 
     def _flux_settings(self) -> FluxSettings:
         s = self._settings

@@ -7,7 +7,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flux_sagemaker.pipecat.pending import CLOSE, Close, PendingAudio
+from flux_sagemaker.pipecat.pending import CLOSE, Close, PendingAudio, max_pending_bytes
 
 _items = st.lists(st.binary(min_size=1, max_size=50) | st.just(CLOSE), max_size=40)
 
@@ -50,3 +50,19 @@ async def test_get_waits_for_a_put() -> None:
         queue.put(b"ab")
         queue.put(CLOSE)
     assert got == [b"ab", CLOSE]
+
+
+@pytest.mark.parametrize(
+    ("encoding", "rate", "expected"),
+    [
+        ("linear16", 16000, 320_000),
+        ("linear32", 16000, 640_000),
+        ("mulaw", 8000, 80_000),  # one byte a sample, not two
+        ("alaw", 8000, 80_000),
+        ("opus", 48000, 960_000),  # no fixed size: bounded as linear16
+    ],
+)
+def test_the_bound_is_seconds_at_the_encodings_byte_rate(
+    encoding: str, rate: int, expected: int
+) -> None:
+    assert max_pending_bytes(encoding, rate, 10.0) == expected

@@ -11,6 +11,7 @@ from pipecat.frames.frames import (
     EagerTranscriptionFrame,
     ErrorFrame,
     Frame,
+    InputAudioRawFrame,
     STTUpdateSettingsFrame,
 )
 from pipecat.tests.utils import SleepFrame
@@ -27,7 +28,16 @@ from flux_sagemaker.testing import (
     RequestFailure,
 )
 
-from .helpers import audio_frames, flux_frames, run, service, silence, spoken_turns, tone
+from .helpers import (
+    SAMPLE_RATE,
+    audio_frames,
+    flux_frames,
+    run,
+    service,
+    silence,
+    spoken_turns,
+    tone,
+)
 from .helpers import transcripts as texts
 
 pytestmark = pytest.mark.timeout(30)
@@ -123,6 +133,23 @@ async def test_stream_reset_mid_turn_is_recovered_by_the_client() -> None:
     assert texts(down) == list(sample.turns)
     assert len(endpoint.streams) == 2
     assert not [f for f in up if isinstance(f, ErrorFrame)]
+
+
+@pytest.mark.anyio
+async def test_a_refused_audio_frame_is_reported_and_the_audio_after_it_is_sent() -> None:
+    # 641 bytes are not a whole number of linear16 samples: FluxClient.send_audio refuses them.
+    odd = InputAudioRawFrame(b"\x00" * 641, SAMPLE_RATE, 1)
+    audio = spoken_turns(1)
+    async with MockFluxEndpoint(script=["only turn"]) as endpoint:
+        stt = service(endpoint)
+        down, up = await run(stt, [odd, *audio_frames(audio)])
+        received = endpoint.received_audio()
+    [error] = [f for f in up if isinstance(f, ErrorFrame)]
+    assert isinstance(error.exception, errors.ValidationError)
+    assert not error.category.is_permanent
+    assert stt.is_usable
+    assert received == [audio]
+    assert texts(down) == ["only turn"]
 
 
 @pytest.mark.anyio
