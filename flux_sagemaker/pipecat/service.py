@@ -11,6 +11,7 @@ A close marker in the same queue ends a session only after the audio queued befo
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -28,10 +29,12 @@ from pipecat.transcriptions.language import Language
 from pipecat.utils.errors import ErrorCategory
 
 from ..client import FluxClient
-from ..core.settings import FluxSettings
+from ..core.request import validate_query_string
+from ..core.settings import BundleCapabilities, FluxSettings
 from ..core.timers import KeepalivePolicy
 from ..errors import (
     AccessDeniedError,
+    CapabilityError,
     FluxError,
     FluxServerError,
     ModelError,
@@ -54,8 +57,9 @@ _CLIENT_OPTIONS: Final = frozenset(
         "capabilities", "coalesce_ms", "replay_buffer_bytes", "max_buffered_events", "pool",
     }
 )  # fmt: skip
-# Settings Flux changes mid-stream (FluxClient.update_settings: Configure, or a new stream where
-# the bundle refuses Configure), and their FluxClient names.
+# Settings the running session takes (FluxClient.update_settings: Configure, or a new stream of
+# the same session, with the audio replayed, for what Configure cannot carry), and their
+# FluxClient names. As in Pipecat, profanity_filter is one of them: Pipecat sends it in Configure.
 _UPDATABLE: Final = {
     "eot_threshold": "eot_threshold",
     "eager_eot_threshold": "eager_eot_threshold",
@@ -63,10 +67,13 @@ _UPDATABLE: Final = {
     "keyterm": "keyterms",
     "language_hints": "language_hints",
     "numerals": "numerals",
+    "profanity_filter": "profanity_filter",
 }
-# Settings only the connection's query string carries: changing them opens a new session.
-_CONNECTION_FIELDS: Final = frozenset({"model", "redact", "profanity_filter"})
+# Settings that open a new session, at the end of the turn (Pipecat reconnects for these).
+_CONNECTION_FIELDS: Final = frozenset({"model", "redact"})
 _LOCAL_FIELDS: Final = frozenset({"min_confidence"})
+# Settings Flux never sees: changing only these needs no check against the bundle.
+_NOT_SENT: Final = _LOCAL_FIELDS | {"language"}
 # Audio held while no session accepts it (connecting, reconnecting): beyond this the oldest
 # audio goes, since a live conversation cannot use speech older than that anyway.
 _MAX_PENDING_AUDIO_SECONDS: Final = 10.0
@@ -200,6 +207,8 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         self._set_up = False
         self._accepting = True  # False once stopping: later audio is not sent
         self._reconnect_after_turn = False
+        capabilities = self._client_options.get("capabilities")
+        self._capabilities = capabilities if capabilities is not None else BundleCapabilities()
 
     # -- lifecycle ----------------------------------------------------------------------------
 
@@ -242,8 +251,11 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
                 logger.warning(f"{self}: no Flux session; dropped {dropped} bytes of old audio")
         yield None
 
+    def _session_running(self) -> bool:
+        return self._session_task is not None and not self._session_task.done()
+
     def _start_session(self) -> None:
-        if self._session_task is None or self._session_task.done():
+        if not self._session_running():
             self._session_task = self.create_task(self._run_sessions(), name="flux_session")
 
     async def _finish(self, *, drain: bool) -> None:
@@ -324,13 +336,16 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
                 logger.debug(f"{self}: stopped sending audio: {exc}")  # the iterator says why
                 return
 
-    def _flux_settings(self) -> FluxSettings:
-        s = self._settings
+    def _flux_settings(
+        self, s: DeepgramFluxSageMakerSTTSettings | None = None, *, warn: bool = True
+    ) -> FluxSettings:
+        """``s`` (default: the settings in force) as FluxClient settings; validates them."""
+        s = self._settings if s is None else s
         hints: list[str] = []
         if s.language_hints:
             if s.model == _MULTILINGUAL_MODEL:
                 hints = _language_codes(s.language_hints)
-            else:
+            elif warn:
                 logger.warning(f"language_hints only supported on {_MULTILINGUAL_MODEL}; ignored")
         return FluxSettings(
             model=s.model,
@@ -363,14 +378,22 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
     # -- settings -----------------------------------------------------------------------------
 
     async def _update_settings(self, delta: STTSettings) -> dict[str, Any]:  # type: ignore[override]
-        """Apply a settings delta: mid-stream where Flux allows it, else with a new session."""
+        """Apply a settings delta: mid-stream where Flux allows it, else with a new session.
+
+        Settings FluxClient would refuse are refused here, before anything is closed: an
+        ``ErrorFrame`` says why, and the settings and the session stay as they were.
+        """
+        refusal = self._check_update(delta)
+        if refusal is not None:
+            await self._report_refused_settings(refusal)
+            return {}
         changed: dict[str, Any] = await super()._update_settings(delta)
         if not changed:
             return changed
         updatable = changed.keys() & _UPDATABLE.keys()
         reconnect = bool(changed.keys() & (_CONNECTION_FIELDS | self._settings.extra.keys()))
         if updatable and not reconnect:
-            reconnect = not await self._update_session(updatable)
+            reconnect = not await self._update_session(updatable, changed)
         if reconnect:
             await self._reconnect_when_idle()
         self._warn_unhandled_updated_settings(
@@ -379,8 +402,38 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         )  # fmt: skip
         return changed
 
-    async def _update_session(self, fields: set[str]) -> bool:
-        """Apply ``fields`` to the live session; False if only a new session can."""
+    def _check_update(self, delta: STTSettings) -> FluxError | None:
+        """Why FluxClient would refuse the settings after ``delta``, or None if it would not.
+
+        The checks FluxClient makes when it is built (values, query string, what the bundle
+        accepts), without I/O and without changing anything.
+        """
+        candidate = copy.deepcopy(self._settings)
+        changed = candidate.apply_update(delta)  # type: ignore[arg-type]
+        if not self._set_up or not changed.keys() - _NOT_SENT:
+            return None
+        try:
+            settings = self._flux_settings(candidate, warn=False)
+            validate_query_string(settings.query_string())
+            settings.check_capabilities(self._capabilities)
+        except (ValidationError, CapabilityError) as exc:
+            return exc
+        return None
+
+    async def _report_refused_settings(self, error: FluxError) -> None:
+        """A settings update refused with nothing changed: the service goes on as it was."""
+        await self.push_error(
+            f"Flux settings refused, nothing was changed: {error}",
+            exception=error,
+            category=ErrorCategory.APPLICATION,  # the settings given, not the service's health
+        )
+
+    async def _update_session(self, fields: set[str], changed: dict[str, Any]) -> bool:
+        """Apply ``fields`` to the live session; False if only a new session can.
+
+        If the session refuses them, they go back to their values in ``changed`` (the ones in
+        force) and the refusal is reported.
+        """
         flux = self._flux
         if flux is None:
             return False
@@ -399,8 +452,12 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
             return True
         try:
             await flux.update_settings(**changes)
-        except ValidationError as exc:
-            await self.push_error(f"Flux settings rejected: {exc}", exception=exc)
+        except (ValidationError, CapabilityError) as exc:
+            # Nothing changed in the session (Flux answered ConfigureFailure, say): a later
+            # session must not be opened with what was refused.
+            for name in fields:
+                setattr(self._settings, name, changed[name])
+            await self._report_refused_settings(exc)
         except UsageError:
             return False  # the session is being replaced or closed
         return True
@@ -416,7 +473,7 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         """Start a new session with the current settings (Pipecat's reconnect hook)."""
         if not (self._set_up and self._accepting):
             return
-        if self._session_task is not None and not self._session_task.done():
+        if self._session_running():
             self._pending.put(CLOSE)  # closes after the queued audio; the loop reopens
         else:
             self._start_session()

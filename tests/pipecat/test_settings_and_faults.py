@@ -22,6 +22,7 @@ from flux_sagemaker.pipecat import DeepgramFluxSageMakerSTTService
 from flux_sagemaker.samples import load_sample
 from flux_sagemaker.testing import (
     FLUX_ENGLISH_20260311,
+    FLUX_MULTI_20260417,
     Fault,
     FaultKind,
     MockFluxEndpoint,
@@ -53,6 +54,17 @@ def two_turns_with_update(delta: Settings) -> list[Frame]:
         SleepFrame(sleep=0.2),
         *audio_frames(spoken_turns(1)),
     ]
+
+
+def _record(stt: DeepgramFluxSageMakerSTTService, name: str) -> list[tuple[Any, ...]]:
+    """The arguments of every call of the event handler ``name``."""
+    calls: list[tuple[Any, ...]] = []
+
+    async def handler(_stt: Any, *args: Any) -> None:
+        calls.append(args)
+
+    stt.add_event_handler(name, handler)
+    return calls
 
 
 def configures(endpoint: MockFluxEndpoint) -> list[dict[str, Any]]:
@@ -121,6 +133,71 @@ async def test_connection_only_setting_opens_a_new_session() -> None:
     assert texts(down) == ["first", "second"]
     assert [s.settings.redact for s in endpoint.streams if s.settings] == [None, "numbers"]
     assert configures(endpoint) == []
+
+
+@pytest.mark.anyio
+async def test_profanity_filter_update_stays_in_the_session() -> None:
+    # Pipecat sends profanity_filter in Configure; Flux's Configure has no such field, so the
+    # client opens a new stream of the same session with it (no on_disconnected, no new session).
+    async with MockFluxEndpoint(script=["first", "second"]) as endpoint:
+        stt = service(endpoint)
+        connects = _record(stt, "on_connected")
+        frames = two_turns_with_update(Settings(profanity_filter=True))
+        down, up = await run(stt, frames)
+    assert texts(down) == ["first", "second"]
+    assert [s.settings.profanity_filter for s in endpoint.streams if s.settings] == [None, True]
+    assert configures(endpoint) == []
+    assert len(connects) == 1
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+
+
+@pytest.mark.anyio
+async def test_a_setting_the_bundle_refuses_is_refused_and_the_session_goes_on() -> None:
+    # flux-multi-20260417 refuses profanity_filter: the update is refused before the working
+    # session is touched, as FluxClient.update_settings refuses it ("nothing was changed").
+    async with MockFluxEndpoint(script=["first", "second"], bundle=FLUX_MULTI_20260417) as ep:
+        stt = service(ep, capabilities=BundleCapabilities.flux_multi_20260417())
+        down, up = await run(stt, two_turns_with_update(Settings(profanity_filter=True)))
+    assert texts(down) == ["first", "second"]
+    assert len(ep.streams) == 1
+    [error] = [f for f in up if isinstance(f, ErrorFrame)]
+    assert isinstance(error.exception, errors.CapabilityError)
+    assert "nothing was changed" in error.error
+    assert not error.category.is_permanent
+    assert stt.is_usable
+
+
+@pytest.mark.parametrize(
+    "refused",
+    [
+        Settings(numerals=True),  # the bundle refuses the parameter: refused before sending
+        Settings(eot_threshold=0.95),  # Flux answers ConfigureFailure (this bundle's max: 0.9)
+    ],
+    ids=["by-capabilities", "by-flux"],
+)
+@pytest.mark.anyio
+async def test_a_refused_update_leaves_the_settings_in_force_for_later_sessions(
+    refused: Settings,
+) -> None:
+    frames = [
+        *audio_frames(spoken_turns(1)),
+        SleepFrame(sleep=0.5),
+        STTUpdateSettingsFrame(delta=refused),
+        STTUpdateSettingsFrame(delta=Settings(redact="numbers")),  # opens a new session
+        SleepFrame(sleep=0.2),
+        *audio_frames(spoken_turns(1)),
+    ]
+    async with MockFluxEndpoint(script=["first", "second"], bundle=FLUX_MULTI_20260417) as ep:
+        stt = service(ep, capabilities=BundleCapabilities.flux_multi_20260417())
+        down, up = await run(stt, frames)
+    assert texts(down) == ["first", "second"]
+    last = ep.streams[-1].settings
+    assert last is not None
+    assert (last.redact, last.numerals, last.eot_threshold) == ("numbers", None, None)
+    errors_ = [f for f in up if isinstance(f, ErrorFrame)]
+    assert errors_
+    assert not [f for f in errors_ if f.category.is_permanent]
+    assert stt.is_usable
 
 
 @pytest.mark.anyio
