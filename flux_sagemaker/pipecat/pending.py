@@ -64,6 +64,11 @@ class PendingAudio:
         self._ready.set()
         return dropped
 
+    def clear(self) -> None:
+        """Drop everything queued."""
+        self._items.clear()
+        self._bytes = 0
+
     async def get(self) -> bytes | Close:
         """The oldest item, waiting for one."""
         while not self._items:

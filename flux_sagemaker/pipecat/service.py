@@ -245,7 +245,9 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         Yields:
             Frame: None (transcription results come from the session's event task).
         """
-        if self._accepting:
+        # With no session running (the last one failed), nothing would send the audio: it is
+        # dropped, as Pipecat's service drops audio while not connected.
+        if self._accepting and self._session_running():
             dropped = self._pending.put(bytes(audio))
             if dropped:
                 logger.warning(f"{self}: no Flux session; dropped {dropped} bytes of old audio")
@@ -273,6 +275,8 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         """Open sessions one after another while closes we asked for end them."""
         while await self._run_session() and (self._accepting or len(self._pending)):
             pass
+        # No session takes the audio left over; a later one must not start with it.
+        self._pending.clear()
 
     async def _run_session(self) -> bool:
         """One FluxClient session; True if it ended because we closed it."""

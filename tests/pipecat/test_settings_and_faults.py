@@ -201,6 +201,32 @@ async def test_a_refused_update_leaves_the_settings_in_force_for_later_sessions(
 
 
 @pytest.mark.anyio
+async def test_audio_while_no_session_runs_is_not_sent_to_a_later_one() -> None:
+    # The session dies; a min_confidence update makes the service usable again (Pipecat's
+    # rule) but opens no session, so the audio after it has nowhere to go: it is dropped,
+    # not queued for the session that the redact update opens later.
+    fault = Fault(kind=FaultKind.FLUX_ERROR, after_audio_s=1.0, error_code="INTERNAL_SERVER_ERROR")
+    later = spoken_turns(1)
+    frames = [
+        *audio_frames(spoken_turns(1)),
+        SleepFrame(sleep=0.5),
+        STTUpdateSettingsFrame(delta=Settings(min_confidence=0.1)),
+        SleepFrame(sleep=0.2),  # audio frames are system frames: they overtake the update
+        *audio_frames(tone(1000)),
+        STTUpdateSettingsFrame(delta=Settings(redact="numbers")),
+        SleepFrame(sleep=0.2),
+        *audio_frames(later),
+    ]
+    async with MockFluxEndpoint(script=["later"], faults=[fault]) as endpoint:
+        stt = service(endpoint, retry=RetryPolicy(enabled=False))
+        down, _ = await run(stt, frames)
+        received = endpoint.received_audio()
+    assert len(received) == 2
+    assert received[-1] == later
+    assert texts(down)[-1] == "later"
+
+
+@pytest.mark.anyio
 async def test_stream_reset_mid_turn_is_recovered_by_the_client() -> None:
     sample = load_sample()
     # The first turn is spoken from 0.3 s to about 2 s: the reset strikes inside it.
