@@ -305,13 +305,14 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
             failure = exc
         finally:
             self._flux = None
+            if connected:  # also when cancelled (CancelFrame), as Pipecat's _disconnect does
+                await self._call_event_handler("on_disconnected")
         if not connected:
             assert failure is not None
             msg = f"Flux connection failed: {failure}"
             await self.push_error(msg, exception=failure, force_treat_as_permanent=True)
             await self._call_event_handler("on_connection_error", str(failure))
             return False
-        await self._call_event_handler("on_disconnected")
         if failure is not None:
             # The client already retried what was retryable: nothing will bring it back.
             msg = f"Flux session failed: {failure}"

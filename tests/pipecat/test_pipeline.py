@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 from pipecat.frames.frames import (
+    CancelWorkerFrame,
     Frame,
     InterimTranscriptionFrame,
     MetricsFrame,
@@ -14,6 +15,9 @@ from pipecat.frames.frames import (
     TranscriptionFrame,
 )
 from pipecat.metrics.metrics import STTUsageMetricsData
+from pipecat.pipeline.worker import PipelineParams
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.tests.utils import run_test
 from pipecat.transcriptions.language import Language
 
 from flux_sagemaker.pipecat import DeepgramFluxSageMakerSTTService
@@ -69,6 +73,34 @@ async def test_scripted_conversation_frames() -> None:
     assert names[0] == "on_connected"
     assert ("on_end_of_turn", (sample.turns[0],)) in events
     assert names.count("on_start_of_turn") == 2
+
+
+@pytest.mark.anyio
+async def test_cancel_ends_the_session_with_on_disconnected() -> None:
+    events: list[str] = []
+    async with MockFluxEndpoint(script=["first turn", "second turn"]) as endpoint:
+        stt = service(endpoint)
+        for name in ("on_connected", "on_disconnected"):
+
+            async def record(_svc: Any, _name: str = name) -> None:
+                events.append(_name)
+
+            stt.add_event_handler(name, record)
+
+        @stt.event_handler("on_end_of_turn")
+        async def cancel_once(_svc: Any, _transcript: str) -> None:
+            if "cancel" not in events:  # mid-session: the second turn is still being sent
+                events.append("cancel")
+                await stt.push_frame(CancelWorkerFrame(), FrameDirection.UPSTREAM)
+
+        await run_test(
+            stt,
+            frames_to_send=audio_frames(spoken_turns(2)),
+            pipeline_params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE),
+            send_end_frame=False,  # only the cancel ends the pipeline
+            start_timeout=10.0,
+        )
+    assert events == ["on_connected", "cancel", "on_disconnected"]
 
 
 @pytest.mark.anyio
