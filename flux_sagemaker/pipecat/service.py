@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import math
 from collections.abc import AsyncGenerator, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -79,6 +80,9 @@ _NOT_SENT: Final = _LOCAL_FIELDS | {"language"}
 _MAX_PENDING_AUDIO_SECONDS: Final = 10.0
 # How long stop() waits for the last turns after CloseStream before giving up on them.
 _STOP_TIMEOUT: Final = 15.0
+# KeepalivePolicy.turn_silence_after's range, in seconds (core/timers.py).
+_MIN_TURN_SILENCE: Final = 0.05
+_MAX_TURN_SILENCE: Final = 60.0
 _ERROR_CATEGORIES: Final = (
     (ValidationError, ErrorCategory.INVALID_REQUEST),
     (ModelError, ErrorCategory.INVALID_REQUEST),  # the container refused the parameters
@@ -96,6 +100,27 @@ def _language_codes(hints: Iterable[Language]) -> list[str]:
         if code and code not in codes:
             codes.append(code)
     return codes
+
+
+def _turn_silence_after(watchdog_min_timeout: float) -> float | None:
+    """Pipecat's ``watchdog_min_timeout`` as ``KeepalivePolicy.turn_silence_after``.
+
+    Both send silence after max(2 x the last chunk, the value) without audio in an open turn.
+    Pipecat takes any float. Below the policy's 50 ms (0, negative), 50 ms: Pipecat's watchdog
+    looks every 100 ms, so it sends no sooner. Infinity never sends, as ``None``. Above the
+    policy's 60 s, 60 s: the one value that acts sooner than Pipecat would, with a warning.
+    """
+    if not watchdog_min_timeout > _MIN_TURN_SILENCE:  # NaN too: max(chunk, nan) is chunk
+        return _MIN_TURN_SILENCE
+    if watchdog_min_timeout == math.inf:
+        return None
+    if watchdog_min_timeout > _MAX_TURN_SILENCE:
+        logger.warning(
+            f"watchdog_min_timeout={watchdog_min_timeout} s: silence is sent after"
+            f" {_MAX_TURN_SILENCE:.0f} s, the longest the client waits"
+        )
+        return _MAX_TURN_SILENCE
+    return watchdog_min_timeout
 
 
 @dataclass
@@ -156,7 +181,8 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
                 strategies the service recommends).
             watchdog_min_timeout: Seconds without audio during an open turn after which
                 silence is sent so the turn can end (the client's
-                ``KeepalivePolicy.turn_silence_after``).
+                ``KeepalivePolicy.turn_silence_after``, which takes 0.05-60 s: values
+                outside are brought to the nearest, infinity to ``None``).
             enable_eager_end_of_turn: Answer Flux's predicted end of turn; sets
                 ``eager_eot_threshold`` to 0.5 when the settings leave it unset.
             settings: A settings delta applied over the defaults.
@@ -168,9 +194,9 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         self._client_options: dict[str, Any] = {
             name: kwargs.pop(name) for name in _CLIENT_OPTIONS & kwargs.keys()
         }
-        self._client_options.setdefault(
-            "keepalive", KeepalivePolicy(turn_silence_after=watchdog_min_timeout)
-        )
+        if "keepalive" not in self._client_options:  # a policy given replaces the watchdog
+            silence_after = _turn_silence_after(watchdog_min_timeout)
+            self._client_options["keepalive"] = KeepalivePolicy(turn_silence_after=silence_after)
         store = self.Settings(
             model="flux-general-en",
             language=None,

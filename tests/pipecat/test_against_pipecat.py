@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import math
 from typing import Any
 
 import pytest
@@ -214,3 +215,26 @@ def test_any_message_sequence_same_frames(
         frames_for(messages, eager=eager, model=model, min_confidence=min_confidence)
     )
     assert ours == theirs
+
+
+@pytest.mark.parametrize(
+    ("watchdog_min_timeout", "turn_silence_after"),
+    [
+        (0.5, 0.5),
+        (0.0, 0.05),  # Pipecat: 2 x the chunk, looked at every 100 ms
+        (0.02, 0.05),
+        (-1.0, 0.05),
+        (120.0, 60.0),  # the client's longest
+        (math.inf, None),  # never
+    ],
+)
+def test_watchdog_min_timeout_takes_what_pipecat_takes(
+    watchdog_min_timeout: float, turn_silence_after: float | None
+) -> None:
+    PipecatFlux(
+        watchdog_min_timeout=watchdog_min_timeout, settings=store_settings(PipecatFlux.Settings)
+    )
+    ours = DeepgramFluxSageMakerSTTService(
+        endpoint_name="x", region="us-east-1", watchdog_min_timeout=watchdog_min_timeout
+    )
+    assert ours._client_options["keepalive"].turn_silence_after == turn_silence_after
