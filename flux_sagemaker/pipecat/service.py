@@ -483,14 +483,14 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
             return True
         try:
             await flux.update_settings(**changes)
-        except (ValidationError, CapabilityError) as exc:
-            # Nothing changed in the session (Flux answered ConfigureFailure, say): a later
-            # session must not be opened with what was refused.
+        except UsageError:
+            return False  # the session is being replaced or closed
+        except FluxError as exc:
+            # Nothing changed in the session (Flux answered ConfigureFailure, or the endpoint
+            # refused the new stream, say): a later session must not open with what was refused.
             for name in fields:
                 setattr(self._settings, name, changed[name])
             await self._report_refused_settings(exc)
-        except UsageError:
-            return False  # the session is being replaced or closed
         return True
 
     async def _reconnect_when_idle(self) -> None:

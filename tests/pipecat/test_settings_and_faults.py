@@ -167,6 +167,27 @@ async def test_a_setting_the_bundle_refuses_is_refused_and_the_session_goes_on()
     assert stt.is_usable
 
 
+@pytest.mark.anyio
+async def test_an_update_whose_new_stream_is_refused_leaves_the_session_as_it_was() -> None:
+    # profanity_filter moves the session to a new stream; the endpoint refuses that stream
+    # (424): the session stays on its stream and settings, and says so without ending.
+    async with MockFluxEndpoint(script=["first", "second"]) as endpoint:
+        stt = service(endpoint)
+
+        async def refuse_the_next_stream(_stt: Any) -> None:
+            endpoint.fail_requests(RequestFailure.model_error("no such option here"))
+
+        stt.add_event_handler("on_connected", refuse_the_next_stream)
+        down, up = await run(stt, two_turns_with_update(Settings(profanity_filter=True)))
+    assert texts(down) == ["first", "second"]
+    assert [s.status for s in endpoint.streams] == [200, 424]
+    [error] = [f for f in up if isinstance(f, ErrorFrame)]
+    assert isinstance(error.exception, errors.ModelError)
+    assert not error.category.is_permanent
+    assert stt.is_usable
+    assert stt._settings.profanity_filter is None
+
+
 @pytest.mark.parametrize(
     "refused",
     [
