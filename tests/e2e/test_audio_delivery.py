@@ -274,14 +274,9 @@ async def test_the_flush_alarm_waits_a_little_for_the_next_chunk(
     assert ep.streams[0].audio_event_sizes == [ms(20)]
 
 
-async def test_an_event_that_must_wait_keeps_its_place_in_the_signature_chain(
-    endpoint: EndpointFactory, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A signed event that cannot be queued at once holds the send lock until it is written.
-
-    Each event's signature chains to the previous one, so an event signed later must not
-    reach the wire first: the endpoint would reject the stream.
-    """
+def hold_the_next_event(monkeypatch: pytest.MonkeyPatch) -> anyio.Event:
+    """Make the next event written wait, as for a closed flow-control window, until the
+    returned event is set; events after it take the slow path too, behind it."""
     gate = anyio.Event()
     calls: list[int] = []
     real_send_nowait, real_send = H2Stream.send_nowait, H2Stream.send
@@ -292,15 +287,27 @@ async def test_an_event_that_must_wait_keeps_its_place_in_the_signature_chain(
     async def first_send_waits(self: H2Stream, data: bytes) -> None:
         calls.append(len(data))
         if len(calls) == 1:
-            await gate.wait()  # as if the flow-control window were closed
+            await gate.wait()
         await real_send(self, data)
 
+    monkeypatch.setattr(H2Stream, "send_nowait", refuse_the_first)
+    monkeypatch.setattr(H2Stream, "send", first_send_waits)
+    return gate
+
+
+async def test_an_event_that_must_wait_keeps_its_place_in_the_signature_chain(
+    endpoint: EndpointFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A signed event that cannot be queued at once holds the send lock until it is written.
+
+    Each event's signature chains to the previous one, so an event signed later must not
+    reach the wire first: the endpoint would reject the stream.
+    """
     up, first, second = (SAMPLE.pcm[ms(20 * i) : ms(20 * i + 20)] for i in range(3))
     with anyio.fail_after(TEST_TIMEOUT):
         async with endpoint() as ep, client_for(ep, coalesce_ms=0) as flux:
             await flux.send_audio(up)
-            monkeypatch.setattr(H2Stream, "send_nowait", refuse_the_first)
-            monkeypatch.setattr(H2Stream, "send", first_send_waits)
+            gate = hold_the_next_event(monkeypatch)
             async with anyio.create_task_group() as tg:
                 tg.start_soon(flux.send_audio, first)
                 await anyio.wait_all_tasks_blocked()
@@ -324,19 +331,6 @@ async def test_cancelled_sends_still_write_their_events_whole_and_in_order(
     stream, whole and in order: half an event, or a signed event never sent, would corrupt the
     stream and break the signature chain.
     """
-    gate = anyio.Event()
-    calls: list[int] = []
-    real_send_nowait, real_send = H2Stream.send_nowait, H2Stream.send
-
-    def refuse_the_first(self: H2Stream, data: bytes) -> bool:
-        return bool(calls) and real_send_nowait(self, data)
-
-    async def first_send_waits(self: H2Stream, data: bytes) -> None:
-        calls.append(len(data))
-        if len(calls) == 1:
-            await gate.wait()  # as if the flow-control window were closed
-        await real_send(self, data)
-
     up, first, second, third = (SAMPLE.pcm[ms(20 * i) : ms(20 * i + 20)] for i in range(4))
     returned: list[bytes] = []
 
@@ -348,8 +342,7 @@ async def test_cancelled_sends_still_write_their_events_whole_and_in_order(
     with anyio.fail_after(TEST_TIMEOUT):
         async with endpoint() as ep, client_for(ep, coalesce_ms=0) as flux:
             await flux.send_audio(up)
-            monkeypatch.setattr(H2Stream, "send_nowait", refuse_the_first)
-            monkeypatch.setattr(H2Stream, "send", first_send_waits)
+            gate = hold_the_next_event(monkeypatch)
             scopes = anyio.CancelScope(), anyio.CancelScope()
             async with anyio.create_task_group() as tg:
                 tg.start_soon(send_then_get_cancelled, scopes[0], first)
