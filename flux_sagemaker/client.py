@@ -929,7 +929,7 @@ class FluxClient:
             await self._fail(final)
             return
         self._stats.reconnects += 1
-        resumed_at, replayed = self._prepare_replay()
+        resumed_at, replayed, dropped = self._prepare_replay()
         await self._deliver(
             Reconnected(
                 reason=str(error),
@@ -937,7 +937,7 @@ class FluxClient:
                 attempts=self._attempts,
                 resumed_at_s=resumed_at,
                 replayed_audio_s=replayed,
-                dropped_audio_s=self._seconds(self._replay.dropped_bytes),
+                dropped_audio_s=dropped,
             )
         )
         await self._take_over(stream)
@@ -987,7 +987,11 @@ class FluxClient:
         if old is not None and not old.retired:
             self._stop_using(old)
         self._stats.rollovers += 1
-        resumed_at, replayed = self._prepare_replay()
+        resumed_at, replayed, dropped = self._prepare_replay()
+        if dropped:
+            logger.warning(
+                "%.1f s of audio of the open turn no longer fit the replay buffer", dropped
+            )
         await self._deliver(
             StreamRolledOver(reason=reason, resumed_at_s=resumed_at, replayed_audio_s=replayed)
         )
@@ -1002,9 +1006,10 @@ class FluxClient:
         rate = self._byte_rate
         return n_bytes / rate if rate else 0.0
 
-    def _prepare_replay(self) -> tuple[float, float]:
+    def _prepare_replay(self) -> tuple[float, float, float]:
         """Settle the replay for the next stream; return where its audio starts on the session
-        timeline and how much of it is replayed.
+        timeline, how much of it is replayed, and how much it misses (the replay buffer's bound
+        dropped it since the last completed turn or the last replay), all in seconds.
 
         With no turn open, the audio the old stream heard is replayed from its last
         ``_IDLE_REPLAY_S`` only; what came after is all replayed (no stream heard it yet).
@@ -1012,7 +1017,13 @@ class FluxClient:
         if not self._tracker.turn_open and self._format.bytes_per_second:
             tail = self._format.byte_offset(_IDLE_REPLAY_S)
             self._replay.trim_to(max(0, self._heard_until - tail))
-        return self._seconds(self._replay.start_offset), self._seconds(self._replay.held_bytes)
+        replay = self._replay
+        missed = replay.take_gap()
+        return (
+            self._seconds(replay.start_offset),
+            self._seconds(replay.held_bytes),
+            self._seconds(missed),
+        )
 
     async def _take_over(self, stream: LiveStream, old: LiveStream | None = None) -> None:
         """Make ``stream`` current and replay the audio since the last completed turn."""

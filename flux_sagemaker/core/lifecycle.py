@@ -28,7 +28,8 @@ class Reconnected:
     replayed_audio_s: float = 0.0
     """Seconds of audio sent again on the new stream."""
     dropped_audio_s: float = 0.0
-    """Seconds of audio lost because the replay buffer was full (0 unless it overflowed)."""
+    """Seconds of audio this replay misses: audio after the last completed turn that the replay
+    buffer's bound dropped (0 unless the open turn outgrew the buffer)."""
 
 
 @attrs.frozen

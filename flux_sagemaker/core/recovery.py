@@ -161,6 +161,7 @@ class ReplayBuffer:
     _held: int = attrs.field(init=False, default=0)
     _start: int = attrs.field(init=False, default=0)
     _dropped: int = attrs.field(init=False, default=0)
+    _needed_from: int = attrs.field(init=False, default=0)
 
     @max_bytes.validator
     def _check_max(self, _attr: attrs.Attribute[int], value: int) -> None:
@@ -197,6 +198,17 @@ class ReplayBuffer:
         """Bytes dropped, since creation, because the bound was hit (trims are not drops)."""
         return self._dropped
 
+    def take_gap(self) -> int:
+        """Bytes a replay now would miss: needed (after the last trim, or the last gap taken)
+        but dropped for the bound. Taken once: the next gap counts from here.
+
+        :attr:`dropped_bytes` also counts drops no replay needed any more (audio of a long
+        turn that has since ended), so it is no measure of one replay's gap.
+        """
+        gap = max(0, self._start - self._needed_from)
+        self._needed_from = self._start
+        return gap
+
     def append(self, data: bytes | bytearray | memoryview) -> None:
         """Record audio that was just sent.
 
@@ -227,6 +239,7 @@ class ReplayBuffer:
         if isinstance(byte_offset, bool) or not isinstance(byte_offset, int) or byte_offset < 0:
             raise ValidationError(f"byte_offset must be an integer >= 0, got {byte_offset!r}")
         target = min(byte_offset, self.total_bytes) // self.alignment * self.alignment
+        self._needed_from = max(self._needed_from, target)
         if target > self._start:
             self._drop_front(target - self._start)
 

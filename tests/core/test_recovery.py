@@ -161,6 +161,19 @@ def test_replay_bound_drops_oldest_and_reports() -> None:
     assert buf.start_offset == 6100 - 1000
 
 
+def test_the_gap_counts_only_drops_a_replay_still_needs() -> None:
+    buf = ReplayBuffer(100)
+    buf.append(bytes(250))  # a long turn: 150 bytes dropped
+    buf.trim_to(250)  # ...which ended: nothing of it is needed any more
+    assert buf.dropped_bytes == 150
+    assert buf.take_gap() == 0
+    buf.append(bytes(130))  # the next turn overflows by 30
+    assert buf.take_gap() == 30
+    assert buf.take_gap() == 0  # taken once
+    buf.append(bytes(20))  # 20 more dropped after that replay
+    assert buf.take_gap() == 20
+
+
 def test_trim_edges() -> None:
     buf = ReplayBuffer(alignment=2)
     assert buf.max_bytes == DEFAULT_REPLAY_BYTES
@@ -210,6 +223,7 @@ def test_zero_capacity_keeps_nothing() -> None:
         st.one_of(
             st.tuples(st.just("append"), st.integers(0, 120)),
             st.tuples(st.just("trim"), st.integers(0, 2000)),
+            st.tuples(st.just("gap"), st.just(0)),
         ),
         max_size=40,
     ),
@@ -218,14 +232,19 @@ def test_replay_properties(capacity: int, alignment: int, ops: list[tuple[str, i
     buf = ReplayBuffer(capacity, alignment=alignment)
     timeline = bytearray()  # every byte ever appended, at its session offset
     trimmed_to = 0
+    needed_from = 0  # what a replay must hold from, unless the bound dropped it
     for op, n in ops:
         if op == "append":
             chunk = bytes((len(timeline) + i) % 251 for i in range(n * alignment))
             timeline += chunk
             buf.append(chunk)
-        else:
+        elif op == "trim":
             buf.trim_to(n)
             trimmed_to = max(trimmed_to, min(n, len(timeline)) // alignment * alignment)
+            needed_from = max(needed_from, trimmed_to)
+        else:
+            assert buf.take_gap() == max(0, buf.start_offset - needed_from)
+            needed_from = max(needed_from, buf.start_offset)
         held = buf.replay()
         assert buf.total_bytes == len(timeline)
         assert buf.held_bytes == len(held) <= buf.capacity

@@ -232,6 +232,27 @@ async def test_a_connected_timeout_on_a_silent_pooled_connection_retries_on_a_fr
     assert flux.stats.streams_opened == 2
 
 
+@pytest.mark.parametrize("fault_at", [3.5, 5.0])
+async def test_a_replay_reports_what_the_bound_dropped_of_the_open_turn_only(
+    fault_at: float,
+) -> None:
+    """A replay buffer of 2 s: turn 0 (2.6 s of audio) overflows it, harmlessly, since it ends.
+    A drop about 1 s after that turn's end loses nothing; 2.5 s after, the replay misses some."""
+    async with MockFluxEndpoint(
+        script=SAMPLE.turns,
+        faults=[Fault(kind=FaultKind.DROP_CONNECTION, after_audio_s=fault_at)],
+    ) as endpoint:
+        events = await run_session(endpoint, replay_buffer_bytes=2 * BYTES_PER_SECOND)
+    (reconnect,) = [e for e in events if isinstance(e, Reconnected)]
+    first_end = next(e for e in events if isinstance(e, EndOfTurn)).audio_window_end
+    missed = reconnect.resumed_at_s - first_end
+    assert reconnect.dropped_audio_s == pytest.approx(missed, abs=0.001)
+    if fault_at == 3.5:
+        assert reconnect.dropped_audio_s == 0
+    else:
+        assert reconnect.dropped_audio_s > 0.3
+
+
 async def test_throttled_reconnects_back_off_then_recover() -> None:
     async with MockFluxEndpoint(
         script=SAMPLE.turns,
