@@ -17,6 +17,8 @@ from .validators import number_in_range
 
 __all__ = [
     "FLUSH_SLACK",
+    "MAX_TURN_SILENCE",
+    "MIN_TURN_SILENCE",
     "SAGEMAKER_MAX_STREAM_SECONDS",
     "SILENCE_STEP",
     "FlushAudio",
@@ -43,12 +45,20 @@ FLUSH_SLACK = 0.01
 STALL_CONFIRM = 0.25
 
 
+#: The range of :attr:`KeepalivePolicy.turn_silence_after`, in seconds.
+MIN_TURN_SILENCE = 0.05
+MAX_TURN_SILENCE = 60.0
+
+
 @attrs.frozen(kw_only=True)
 class KeepalivePolicy:
     """What the client sends on its own so that Flux keeps producing events."""
 
     turn_silence_after: float | None = attrs.field(
-        default=0.5, validator=number_in_range(0.05, 60, optional=True, unit="seconds")
+        default=0.5,
+        validator=number_in_range(
+            MIN_TURN_SILENCE, MAX_TURN_SILENCE, optional=True, unit="seconds"
+        ),
     )
     """While a turn is open and the application sends nothing for this long (or twice its
     last chunk, if longer), send silence in real time so that ``EndOfTurn`` still arrives.

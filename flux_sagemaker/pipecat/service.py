@@ -32,7 +32,7 @@ from pipecat.utils.errors import ErrorCategory
 from ..client import FluxClient
 from ..core.request import validate_query_string
 from ..core.settings import BundleCapabilities, FluxSettings
-from ..core.timers import KeepalivePolicy
+from ..core.timers import MAX_TURN_SILENCE, MIN_TURN_SILENCE, KeepalivePolicy
 from ..errors import (
     AccessDeniedError,
     CapabilityError,
@@ -80,9 +80,6 @@ _NOT_SENT: Final = _LOCAL_FIELDS | {"language"}
 _MAX_PENDING_AUDIO_SECONDS: Final = 10.0
 # How long stop() waits for the last turns after CloseStream before giving up on them.
 _STOP_TIMEOUT: Final = 15.0
-# KeepalivePolicy.turn_silence_after's range, in seconds (core/timers.py).
-_MIN_TURN_SILENCE: Final = 0.05
-_MAX_TURN_SILENCE: Final = 60.0
 _ERROR_CATEGORIES: Final = (
     (ValidationError, ErrorCategory.INVALID_REQUEST),
     (ModelError, ErrorCategory.INVALID_REQUEST),  # the container refused the parameters
@@ -110,16 +107,16 @@ def _turn_silence_after(watchdog_min_timeout: float) -> float | None:
     looks every 100 ms, so it sends no sooner. Infinity never sends, as ``None``. Above the
     policy's 60 s, 60 s: the one value that acts sooner than Pipecat would, with a warning.
     """
-    if not watchdog_min_timeout > _MIN_TURN_SILENCE:  # NaN too: max(chunk, nan) is chunk
-        return _MIN_TURN_SILENCE
+    if not watchdog_min_timeout > MIN_TURN_SILENCE:  # NaN too: max(chunk, nan) is chunk
+        return MIN_TURN_SILENCE
     if watchdog_min_timeout == math.inf:
         return None
-    if watchdog_min_timeout > _MAX_TURN_SILENCE:
+    if watchdog_min_timeout > MAX_TURN_SILENCE:
         logger.warning(
             f"watchdog_min_timeout={watchdog_min_timeout} s: silence is sent after"
-            f" {_MAX_TURN_SILENCE:.0f} s, the longest the client waits"
+            f" {MAX_TURN_SILENCE:.0f} s, the longest the client waits"
         )
-        return _MAX_TURN_SILENCE
+        return MAX_TURN_SILENCE
     return watchdog_min_timeout
 
 
