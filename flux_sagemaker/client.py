@@ -519,10 +519,7 @@ class FluxClient:
         if not data:
             return
         try:
-            if whole:
-                with anyio.CancelScope(shield=True):
-                    await stream.h2.send(data)
-            else:
+            with anyio.CancelScope(shield=whole):
                 await stream.h2.send(data)
         except FluxError as exc:
             self._on_failure(stream, exc)
