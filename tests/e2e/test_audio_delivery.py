@@ -173,10 +173,14 @@ async def test_an_open_turn_in_steady_audio_does_not_wake_the_timers(
                 offset += frame
                 await anyio.sleep(0.02)
             rounds = flux._supervisor_rounds
-            for _ in range(75):  # 1.5 s of the turn, in real time
+            start = anyio.current_time()
+            for n in range(75):  # 1.5 s of the turn, in real time
                 await flux.send_audio(SAMPLE.pcm[offset : offset + frame])
                 offset += frame
-                await anyio.sleep(0.02)
+                # On a fixed schedule: a plain sleep(0.02) per frame lets the time each send
+                # takes add up, and on a slow machine the 4th frame of an event then comes
+                # past the flush slack, which rightly rings the flush alarm.
+                await anyio.sleep(max(0.0, start + (n + 1) * 0.02 - anyio.current_time()))
             woken = flux._supervisor_rounds - rounds
             still_open = flux._tracker.turn_open
             while flux._coalescer.pending_bytes:  # end on a whole event: no flush alarm
