@@ -58,14 +58,17 @@ FRAME = BYTES_PER_SECOND // 50  # 20 ms, as Pipecat sends
 MID_TURN = 1.2
 #: Audio goes out this many times faster than real time: Flux is clocked by audio, not by the
 #: wall clock, and the suite stays quick.
-SPEED = 4
+SPEED = 8
+#: For tests whose faults or policies run on the wall clock (the stall watchdog, the stream's
+#: age, expiring credentials): their timeouts are scaled for this pace.
+TIMED_SPEED = 4
 FAST_TIMEOUTS = Timeouts(ping_interval=0.3, ping_timeout=0.5, connected=3.0, close=3.0)
 WATCHDOG = KeepalivePolicy(stall_timeout=0.8)
 NO_RETRY = RetryPolicy(enabled=False)
 
 
-async def stream_sample(flux: FluxClient, pcm: bytes = SAMPLE.pcm) -> None:
-    """Send ``pcm`` in 20 ms frames at ``SPEED`` times real time, then close.
+async def stream_sample(flux: FluxClient, pcm: bytes = SAMPLE.pcm, speed: float = SPEED) -> None:
+    """Send ``pcm`` in 20 ms frames at ``speed`` times real time, then close.
 
     Once the session has failed, sending raises ``UsageError``; the iterator raises the
     failure itself, which is what the tests check, so the sender just stops.
@@ -74,16 +77,16 @@ async def stream_sample(flux: FluxClient, pcm: bytes = SAMPLE.pcm) -> None:
     try:
         for n, offset in enumerate(range(0, len(pcm), FRAME)):
             await flux.send_audio(pcm[offset : offset + FRAME])
-            await anyio.sleep(max(0.0, start + (n + 1) * 0.02 / SPEED - anyio.current_time()))
+            await anyio.sleep(max(0.0, start + (n + 1) * 0.02 / speed - anyio.current_time()))
         await flux.close()
     except UsageError:
         assert flux.is_closed
 
 
 async def run_session(
-    endpoint: MockFluxEndpoint, pcm: bytes = SAMPLE.pcm, **options: Any
+    endpoint: MockFluxEndpoint, pcm: bytes = SAMPLE.pcm, speed: float = SPEED, **options: Any
 ) -> list[Any]:
-    """Stream ``pcm`` through a FluxClient and collect every event."""
+    """Stream ``pcm`` at ``speed`` through a FluxClient and collect every event."""
     events: list[Any] = []
     options.setdefault("timeouts", FAST_TIMEOUTS)
     options.setdefault("keepalive", WATCHDOG)
@@ -91,7 +94,7 @@ async def run_session(
         async with FluxClient("flux-ep", **endpoint.client_kwargs(), **options) as flux:
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(stream_sample, flux, pcm)
+                    tg.start_soon(stream_sample, flux, pcm, speed)
                     events.extend([event async for event in flux])
             except BaseExceptionGroup as group:
                 # The iterator's error, unwrapped from the task group for pytest.raises.
@@ -145,7 +148,9 @@ async def test_recovers_from_fault_without_losing_audio(kind: FaultKind) -> None
     async with MockFluxEndpoint(
         script=SAMPLE.turns, faults=[Fault(kind=kind, after_audio_s=MID_TURN)]
     ) as endpoint:
-        events = await run_session(endpoint)
+        # A stall is noticed by the watchdog, on the wall clock.
+        speed = TIMED_SPEED if kind is FaultKind.STALL else SPEED
+        events = await run_session(endpoint, speed=speed)
     assert_turns_complete(events)
     reconnects = [e for e in events if isinstance(e, Reconnected)]
     assert len(reconnects) == 1
@@ -297,7 +302,9 @@ async def test_two_faults_in_a_row_recover_twice(second: Fault) -> None:
 async def test_rollover_switches_at_turn_boundaries_with_no_gap_or_duplicate() -> None:
     async with MockFluxEndpoint(script=SAMPLE.turns) as endpoint:
         events = await run_session(
-            endpoint, rollover=RolloverPolicy(max_stream_duration=4.0, margin=3.0)
+            endpoint,
+            speed=TIMED_SPEED,
+            rollover=RolloverPolicy(max_stream_duration=4.0, margin=3.0),
         )
     assert_turns_complete(events)
     rolls = [e for e in events if isinstance(e, StreamRolledOver)]
@@ -311,7 +318,7 @@ async def test_rollover_switches_at_turn_boundaries_with_no_gap_or_duplicate() -
 
 async def test_sagemaker_stream_time_limit_is_survived() -> None:
     async with MockFluxEndpoint(script=SAMPLE.turns, max_stream_duration=0.8) as endpoint:
-        events = await run_session(endpoint)
+        events = await run_session(endpoint, speed=TIMED_SPEED)
     assert_turns_complete(events)
     reconnects = [e for e in events if isinstance(e, Reconnected)]
     assert reconnects
@@ -360,7 +367,7 @@ async def test_credentials_are_refreshed_before_they_expire() -> None:
                 ) as flux,
                 anyio.create_task_group() as tg,
             ):
-                tg.start_soon(stream_sample, flux)
+                tg.start_soon(stream_sample, flux, SAMPLE.pcm, TIMED_SPEED)
                 events.extend([event async for event in flux])
     assert_turns_complete(events)
     rolls = [e for e in events if isinstance(e, StreamRolledOver)]
@@ -394,8 +401,9 @@ async def test_without_retries_each_fault_raises_its_typed_error(
     async with MockFluxEndpoint(
         script=SAMPLE.turns, faults=[Fault(kind=kind, after_audio_s=MID_TURN)]
     ) as endpoint:
+        speed = TIMED_SPEED if kind is FaultKind.STALL else SPEED
         with pytest.raises(error) as raised:
-            await run_session(endpoint, retry=NO_RETRY, keepalive=keepalive)
+            await run_session(endpoint, speed=speed, retry=NO_RETRY, keepalive=keepalive)
     assert raised.value.retryable
 
 
