@@ -629,6 +629,9 @@ class FluxClient:
         await finished.wait()
         if refused:
             raise refused[0]
+        if self._settings is not new_settings:
+            # The session failed or closed while the switch waited for a reconnect to finish.
+            self._check_open("update settings")
 
     async def force_end_turn(self) -> None:
         """Ask Flux to end the current turn now (``EndOfTurn`` with trigger ``manual``).

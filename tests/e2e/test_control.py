@@ -14,12 +14,22 @@ from flux_sagemaker import (
     ConfigureFailure,
     ConfigureSuccess,
     EndOfTurn,
+    FluxError,
     ModelError,
+    RetryPolicy,
     ServerWarning,
     StartOfTurn,
     StreamRolledOver,
+    Timeouts,
+    UsageError,
 )
-from flux_sagemaker.testing import FLUX_ENGLISH_20260311, FLUX_MULTI_20260417, RequestFailure
+from flux_sagemaker.testing import (
+    FLUX_ENGLISH_20260311,
+    FLUX_MULTI_20260417,
+    Fault,
+    FaultKind,
+    RequestFailure,
+)
 
 from .helpers import (
     SAMPLE,
@@ -198,6 +208,32 @@ async def test_update_settings_whose_stream_is_refused_raises_and_changes_nothin
     assert [e.transcript for e in of_type(rest, EndOfTurn)] == [SAMPLE.turns[1]]
     assert [s.status for s in ep.streams] == [200, 424]
     assert bytes(ep.streams[0].audio) == SAMPLE.pcm
+
+
+async def test_update_settings_raises_when_the_session_fails_while_it_waits(
+    endpoint: EndpointFactory,
+) -> None:
+    """The stream fails and its reconnect is under way when the update comes: the switch waits
+    for the reconnect, which fails the session. The update did not happen, and says so."""
+    faults = [
+        Fault(kind=FaultKind.RESET_STREAM, after_audio_s=0.5),
+        Fault(kind=FaultKind.NO_CONNECTED, stream_index=1),
+    ]
+    one_try = RetryPolicy(max_attempts=1, initial_backoff=0.01)
+    slow_connected = Timeouts(connect=3.0, connected=0.5, close=3.0, ping_interval=None)
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with (
+            endpoint(faults=faults) as ep,
+            client_for(ep, retry=one_try, timeouts=slow_connected) as flux,
+        ):
+            await flux.send_audio(FIRST_TURN)
+            while len(ep.streams) < 2:  # noqa: ASYNC110 - the reconnect's request is the sign
+                await anyio.sleep(0.01)
+            with pytest.raises(UsageError, match="the session failed"):
+                await flux.update_settings(tags=("new",))
+            with pytest.raises(FluxError):
+                await collect(flux)
+    assert flux.settings.tags == ()
 
 
 async def test_concurrent_stream_switches_run_one_after_the_other(
