@@ -542,7 +542,8 @@ class FluxClient:
 
         Returns:
             The ``ConfigureSuccess`` or ``ConfigureFailure``, or ``None`` when no answer came
-            within the ack timeout or the stream was replaced first.
+            within the ack timeout or the stream was replaced first. A late answer still
+            arrives through the iterator, and a late ``ConfigureSuccess`` still applies.
 
         Raises:
             ValidationError: a value is out of range (checked before sending).
@@ -574,8 +575,8 @@ class FluxClient:
                 raise
             with anyio.move_on_after(_CONFIGURE_ACK_TIMEOUT):
                 await waiter.done.wait()
-            if waiter in self._pending_configures:
-                self._pending_configures.remove(waiter)
+            # Unanswered, it stays queued: its late answer must not be matched to the next
+            # Configure, and a late ConfigureSuccess still updates the settings in force.
             return waiter.answer
 
     async def update_settings(self, **changes: Any) -> None:

@@ -66,6 +66,28 @@ async def test_configure_success_updates_settings(endpoint: EndpointFactory) -> 
     assert json.loads(ep.streams[0].texts[0])["type"] == "Configure"
 
 
+async def test_a_late_configure_answer_is_not_taken_for_the_next_ones(
+    endpoint: EndpointFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first Configure's answer comes after configure() stopped waiting: it answers the
+    first Configure, not the second, and its change still counts."""
+    faults = [Fault(kind=FaultKind.LATENCY, latency=0.4)]
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(faults=faults) as ep, client_for(ep) as flux:
+            await flux.send_audio(bytes(ms(20)))  # the fault strikes once audio came
+            monkeypatch.setattr("flux_sagemaker.client._CONFIGURE_ACK_TIMEOUT", 0.1)
+            assert await flux.configure(eot_threshold=0.8) is None
+            monkeypatch.setattr("flux_sagemaker.client._CONFIGURE_ACK_TIMEOUT", 5.0)
+            second = await flux.configure(keyterms=["seven"])
+            assert isinstance(second, ConfigureSuccess)
+            assert second.keyterms == ("seven",)
+            assert flux.settings.eot_threshold == 0.8
+            assert flux.settings.keyterms == ("seven",)
+            await flux.close()
+            events = await collect(flux)
+    assert [a.keyterms for a in of_type(events, ConfigureSuccess)] == [(), ("seven",)]
+
+
 async def test_configure_failure_keeps_the_session(endpoint: EndpointFactory) -> None:
     caps = BundleCapabilities.flux_multi_20260417()
     with anyio.fail_after(TEST_TIMEOUT):
