@@ -534,7 +534,17 @@ def test_vad_threshold_and_partial_frames() -> None:
     with pytest.raises(ValidationError):
         EnergyVad("opus", 16000)
     with pytest.raises(ValidationError):
-        engine(encoding="ogg-opus")
+        engine(encoding="speex")
+
+
+@pytest.mark.parametrize("encoding", ["opus", "ogg-opus"])
+def test_opus_is_taken_but_not_decoded(encoding: str) -> None:
+    eng = engine(encoding=encoding, sample_rate=48000, script=("hello",))
+    assert eng.connected()[0]["type"] == "Connected"
+    assert eng.receive_audio(bytes(range(256)) * 40) == []  # no speech heard: no turn
+    assert eng.audio_seconds_received == 0
+    assert [m["type"] for m in eng.receive_text('{"type":"CloseStream"}')] == []
+    assert eng.closed
 
 
 # -- guarantees of flux.md 4.2, for any input ----------------------------------------------------

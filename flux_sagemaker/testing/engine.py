@@ -45,7 +45,11 @@ from flux_sagemaker.testing.bundle import (
     apply_configure,
     parse_client_message,
 )
+from flux_sagemaker.testing.vad import ENCODINGS as VAD_ENCODINGS
 from flux_sagemaker.testing.vad import EnergyVad, VadParams
+
+#: The encodings the engine takes: those its detector decodes, and Opus (counted, not decoded).
+ENGINE_ENCODINGS = VAD_ENCODINGS | {"opus", "ogg-opus"}
 
 __all__ = [
     "FLUX_ENGLISH_20260311",
@@ -152,6 +156,9 @@ class FluxEngine:
         bundle: What the simulated container accepts.
         vad: Voice-activity and turn-timing tuning.
         request_id: Sent in every message; pass one for byte-identical runs.
+
+    Opus (``opus``, ``ogg-opus``) is taken and counted but not decoded: the engine hears no
+    speech in it, so it plays no turn.
     """
 
     params: EngineParams = attrs.field(factory=EngineParams)
@@ -167,7 +174,7 @@ class FluxEngine:
     """The current turn's index; also the number of turns completed."""
     messages_sent: int = attrs.field(default=0, init=False)
     """Messages returned so far (the next ``sequence_id``)."""
-    _detector: EnergyVad = attrs.field(init=False, repr=False)
+    _detector: EnergyVad | None = attrs.field(init=False, repr=False)
     _received: int = attrs.field(default=0, init=False)
     _now: int = attrs.field(default=0, init=False)  # samples processed
     _next_update: int = attrs.field(default=0, init=False)
@@ -186,7 +193,10 @@ class FluxEngine:
 
     def __attrs_post_init__(self) -> None:
         p = self.params
-        self._detector = EnergyVad(p.encoding, p.sample_rate, self.vad)
+        if p.encoding not in ENGINE_ENCODINGS:
+            raise ValidationError(f"the mock cannot take {p.encoding!r} audio")
+        decoded = p.encoding in VAD_ENCODINGS
+        self._detector = EnergyVad(p.encoding, p.sample_rate, self.vad) if decoded else None
         self.config = ActiveConfig(
             p.eot_threshold,
             p.eager_eot_threshold,
@@ -211,6 +221,8 @@ class FluxEngine:
     @property
     def audio_seconds_received(self) -> float:
         """Seconds of audio received (including a buffered partial frame)."""
+        if self._detector is None:
+            return 0.0  # Opus: not decoded
         return self._received / (self._detector.sample_width * self.params.sample_rate)
 
     def connected(self) -> list[Message]:
@@ -225,6 +237,8 @@ class FluxEngine:
             return []
         self._received += len(data)
         out: list[Message] = []
+        if self._detector is None:
+            return out
         for speech, samples in self._detector.feed(data):
             self._frame(speech, samples, out)
         return out
@@ -393,7 +407,7 @@ class FluxEngine:
 
     def _close_stream(self) -> list[Message]:
         out: list[Message] = []
-        for speech, samples in self._detector.flush():
+        for speech, samples in self._detector.flush() if self._detector is not None else ():
             self._frame(speech, samples, out)
         if self._phase is not _Phase.IDLE and self._turn is not None:
             if self.bundle.finalize_on_close:

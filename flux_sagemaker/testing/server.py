@@ -25,7 +25,7 @@ from ..errors import ValidationError
 from ..h2core import DEFAULT_RECEIVE_WINDOW
 from .bundle import NEWEST, BundleProfile
 from .certs import TestCA
-from .engine import EngineParams, FluxEngine, ScriptedTurn
+from .engine import ENGINE_ENCODINGS, EngineParams, FluxEngine, ScriptedTurn
 from .faults import Fault, RequestFailure
 from .h2server import H2Server, ServerStream
 from .session import StreamSession
@@ -293,8 +293,8 @@ class MockFluxEndpoint:
         rejected = self.bundle.rejected_params & set(_param_names(query_string))
         if rejected:
             raise ValidationError(f"unsupported_parameter: {', '.join(sorted(rejected))}")
-        if settings.encoding not in ("linear16", "linear32", "mulaw", "alaw"):
-            raise ValidationError(f"the mock cannot decode {settings.encoding or 'containers'}")
+        if settings.encoding not in ENGINE_ENCODINGS:
+            raise ValidationError(f"the mock cannot take {settings.encoding or 'containers'}")
         if (
             settings.eot_threshold is not None
             and settings.eot_threshold > self.bundle.max_eot_threshold

@@ -168,6 +168,8 @@ class StreamSession:
 
     def _duration(self, payload: bytes) -> float:
         params = self.engine.params
+        if params.encoding in ("opus", "ogg-opus"):
+            return 0.0  # not decoded: a fault due after any audio strikes at the first event
         width = 4 if params.encoding == "linear32" else 2 if params.encoding == "linear16" else 1
         return len(payload) / (width * params.sample_rate)
 
