@@ -22,9 +22,9 @@ import random
 import ssl
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from types import TracebackType
-from typing import Any, Self
+from typing import Any, NamedTuple, Self
 
 import anyio
 import anyio.abc
@@ -116,9 +116,20 @@ class ClientStats:
     replayed_bytes: int = 0
     """Audio sent again after reconnects and rollovers."""
     dropped_bytes: int = 0
-    """Audio that could not be replayed because the replay buffer was full."""
+    """Accepted audio that no stream received, as the replays reported it: what the replay
+    buffer's bound dropped of an open turn or, for audio without replay (Opus, containers),
+    what came while a stream was being replaced."""
     events_received: int = 0
     """Server messages received."""
+
+
+class _ReplayFigures(NamedTuple):
+    """What a new stream's replay holds and misses, as the session events report it."""
+
+    resumed_at_s: float
+    replayed_audio_s: float
+    dropped_audio_s: float
+    dropped_audio_bytes: int
 
 
 @attrs.define(eq=False)
@@ -930,18 +941,13 @@ class FluxClient:
             await self._fail(final)
             return
         self._stats.reconnects += 1
-        resumed_at, replayed, dropped = self._prepare_replay()
-        await self._deliver(
-            Reconnected(
-                reason=str(error),
-                error=error,
-                attempts=self._attempts,
-                resumed_at_s=resumed_at,
-                replayed_audio_s=replayed,
-                dropped_audio_s=dropped,
-            )
+        attempts = self._attempts
+        await self._take_over(
+            stream,
+            lambda replay: Reconnected(
+                reason=str(error), error=error, attempts=attempts, **replay._asdict()
+            ),
         )
-        await self._take_over(stream)
 
     def _begin_switch(self) -> anyio.Event:
         """Mark a stream switch under way; return the event set when it is over."""
@@ -988,15 +994,9 @@ class FluxClient:
         if old is not None and not old.retired:
             self._stop_using(old)
         self._stats.rollovers += 1
-        resumed_at, replayed, dropped = self._prepare_replay()
-        if dropped:
-            logger.warning(
-                "%.1f s of audio of the open turn no longer fit the replay buffer", dropped
-            )
-        await self._deliver(
-            StreamRolledOver(reason=reason, resumed_at_s=resumed_at, replayed_audio_s=replayed)
+        await self._take_over(
+            stream, lambda replay: StreamRolledOver(reason=reason, **replay._asdict()), old=old
         )
-        await self._take_over(stream, old=old)
 
     def _stop_using(self, stream: LiveStream) -> None:
         """Retire the current ``stream``: from now on, audio waits in the replay buffer."""
@@ -1007,27 +1007,47 @@ class FluxClient:
         rate = self._byte_rate
         return n_bytes / rate if rate else 0.0
 
-    def _prepare_replay(self) -> tuple[float, float, float]:
-        """Settle the replay for the next stream; return where its audio starts on the session
-        timeline, how much of it is replayed, and how much it misses (the replay buffer's bound
-        dropped it since the last completed turn or the last replay), all in seconds.
+    def _prepare_replay(self) -> _ReplayFigures:
+        """Settle the replay for the next stream and return its figures; count what it misses.
+
+        The caller has just moved to a new epoch: every byte accepted before is in the replay,
+        was sent, or is lost. With replay, what is lost is what the buffer's bound dropped of
+        the audio since the last completed turn (or the last replay). Without replay (Opus,
+        containers), it is everything accepted that no stream was sent.
 
         With no turn open, the audio the old stream heard is replayed from its last
         ``_IDLE_REPLAY_S`` only; what came after is all replayed (no stream heard it yet).
         """
-        if not self._tracker.turn_open and self._format.bytes_per_second:
-            tail = self._format.byte_offset(_IDLE_REPLAY_S)
-            self._replay.trim_to(max(0, self._heard_until - tail))
-        replay = self._replay
-        missed = replay.take_gap()
-        return (
-            self._seconds(replay.start_offset),
-            self._seconds(replay.held_bytes),
-            self._seconds(missed),
+        replay, stats = self._replay, self._stats
+        if self._format.bytes_per_second:
+            if not self._tracker.turn_open:
+                tail = self._format.byte_offset(_IDLE_REPLAY_S)
+                replay.trim_to(max(0, self._heard_until - tail))
+            missed = replay.take_gap()
+        else:
+            missed = stats.audio_bytes_accepted - stats.audio_bytes_sent - stats.dropped_bytes
+        stats.dropped_bytes += missed
+        if missed:
+            logger.warning(
+                "%d bytes of accepted audio will not reach the new stream (%s)",
+                missed,
+                "the replay buffer was full" if replay.capacity else "this audio has no replay",
+            )
+        return _ReplayFigures(
+            resumed_at_s=self._seconds(replay.start_offset),
+            replayed_audio_s=self._seconds(replay.held_bytes),
+            dropped_audio_s=self._seconds(missed),
+            dropped_audio_bytes=missed,
         )
 
-    async def _take_over(self, stream: LiveStream, old: LiveStream | None = None) -> None:
-        """Make ``stream`` current and replay the audio since the last completed turn."""
+    async def _take_over(
+        self,
+        stream: LiveStream,
+        announce: Callable[[_ReplayFigures], ClientEvent],
+        old: LiveStream | None = None,
+    ) -> None:
+        """Make ``stream`` current, announce it with the event ``announce`` builds from the
+        replay's figures, and replay the audio since the last completed turn."""
         async with self._send_lock:
             if old is not None and not old.proto.input_ended:
                 with contextlib.suppress(FluxError):
@@ -1040,8 +1060,14 @@ class FluxClient:
             self._coalescer.flush()  # the replay buffer holds that audio too
             self._timers.on_flushed()
             self._epoch += 1  # audio coalesced before now is in the replay
+            figures = self._prepare_replay()
             replay = self._replay.replay()
             start = self._replay.start_offset
+            # Forced, with no await since the epoch moved: the figures are exact, the event
+            # comes before the new stream's, and a consumer that is behind (perhaps the task
+            # that sends the audio) cannot hold the send lock.
+            with contextlib.suppress(anyio.ClosedResourceError):
+                self._events.put_nowait(announce(figures), force=True)
             # Without a byte rate (Opus, containers) nothing is replayed and times cannot be
             # mapped: None places the new stream after everything already delivered.
             self._tracker.start_stream(
@@ -1052,7 +1078,6 @@ class FluxClient:
             for offset in range(0, len(replay), step):
                 await self._write_audio(stream, replay[offset : offset + step])
             self._stats.replayed_bytes += len(replay)
-            self._stats.dropped_bytes = self._replay.dropped_bytes
             if self._state == "closing" and not stream.proto.input_ended:
                 # close() was called while the stream was being replaced.
                 await self._write(stream, stream.proto.send_close_stream())

@@ -29,7 +29,11 @@ class Reconnected:
     """Seconds of audio sent again on the new stream."""
     dropped_audio_s: float = 0.0
     """Seconds of audio this replay misses: audio after the last completed turn that the replay
-    buffer's bound dropped (0 unless the open turn outgrew the buffer)."""
+    buffer's bound dropped (0 unless the open turn outgrew the buffer). Audio without a fixed
+    byte rate (Opus, containers) has no seconds to count: see :attr:`dropped_audio_bytes`."""
+    dropped_audio_bytes: int = 0
+    """Bytes of accepted audio no stream received: what :attr:`dropped_audio_s` counts or, for
+    audio that is not replayed (Opus, containers), what was sent since the old stream failed."""
 
 
 @attrs.frozen
@@ -46,6 +50,12 @@ class StreamRolledOver:
     """Session audio time at which the new stream's audio begins (the replay's start)."""
     replayed_audio_s: float = 0.0
     """Seconds of audio since the last completed turn sent again on the new stream."""
+    dropped_audio_s: float = 0.0
+    """Seconds of the open turn's audio the replay buffer's bound dropped (0 unless the turn
+    outgrew the buffer; no seconds to count for Opus and containers)."""
+    dropped_audio_bytes: int = 0
+    """Bytes of accepted audio no stream received: what :attr:`dropped_audio_s` counts or, for
+    audio that is not replayed (Opus, containers), what was sent during the switch."""
 
 
 ClientEvent = Reconnected | StreamRolledOver

@@ -8,12 +8,21 @@ import math
 import anyio
 import pytest
 
-from flux_sagemaker import EndOfTurn, KeepalivePolicy, RetryPolicy
+from flux_sagemaker import EndOfTurn, KeepalivePolicy, Reconnected, RetryPolicy
 from flux_sagemaker.core.timers import FLUSH_SLACK
 from flux_sagemaker.testing import Fault, FaultKind
 from flux_sagemaker.transport import H2Stream
 
-from .helpers import SAMPLE, TEST_TIMEOUT, EndpointFactory, client_for, ms, of_type, run_session
+from .helpers import (
+    SAMPLE,
+    TEST_TIMEOUT,
+    EndpointFactory,
+    client_for,
+    collect,
+    ms,
+    of_type,
+    run_session,
+)
 
 pytestmark = pytest.mark.anyio
 
@@ -391,3 +400,30 @@ async def test_sends_cut_short_by_a_timeout_under_back_pressure_lose_no_audio(
     assert stream.error == "fault: latency"  # the injected slowness, and nothing went wrong
     assert bytes(stream.audio) == pcm
     assert of_type(events, EndOfTurn)[0].transcript == SAMPLE.turns[0]
+
+
+async def test_a_reconnect_with_nobody_reading_events_does_not_hold_up_the_sender(
+    endpoint: EndpointFactory,
+) -> None:
+    """One task sends all the audio, then reads the events (a full event queue meanwhile): a
+    reconnect announces itself without waiting for room, and no audio is lost."""
+    quick = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, jitter="none")
+    fault = Fault(kind=FaultKind.RESET_STREAM, after_audio_s=1.0)
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with (
+            endpoint(faults=[fault]) as ep,
+            client_for(ep, retry=quick, max_buffered_events=2) as flux,
+        ):
+            for offset in range(0, len(SAMPLE.pcm), ms(20)):
+                await flux.send_audio(SAMPLE.pcm[offset : offset + ms(20)])
+                await anyio.sleep(0.002)  # give the reset and the reconnect time to happen
+            assert len(ep.streams) == 2
+            events: list[object] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(collect, flux, events)
+                await flux.close()
+    (reconnect,) = of_type(events, Reconnected)
+    assert reconnect.dropped_audio_bytes == 0
+    assert [e.transcript for e in of_type(events, EndOfTurn)] == list(SAMPLE.turns)
+    _, second = ep.streams
+    assert bytes(second.audio) == SAMPLE.pcm  # the fault was in turn 0: everything replayed

@@ -29,6 +29,7 @@ from flux_sagemaker import (
     FluxClient,
     FluxError,
     FluxServerError,
+    FluxSettings,
     GoAway,
     InternalStreamFailure,
     KeepalivePolicy,
@@ -252,10 +253,42 @@ async def test_a_replay_reports_what_the_bound_dropped_of_the_open_turn_only(
     first_end = next(e for e in events if isinstance(e, EndOfTurn)).audio_window_end
     missed = reconnect.resumed_at_s - first_end
     assert reconnect.dropped_audio_s == pytest.approx(missed, abs=0.001)
+    assert reconnect.dropped_audio_bytes == round(reconnect.dropped_audio_s * BYTES_PER_SECOND)
     if fault_at == 3.5:
         assert reconnect.dropped_audio_s == 0
     else:
         assert reconnect.dropped_audio_s > 0.3
+
+
+async def test_opus_sent_during_a_reconnect_is_reported_as_dropped() -> None:
+    """Opus is not replayed: what the application sends while the stream is replaced never
+    reaches a stream, and the Reconnected event and the stats say exactly how much."""
+    packets = [bytes([n]) * 120 for n in range(60)]  # stand-ins: the mock does not decode Opus
+    settings = FluxSettings(model="flux-general-en", encoding="opus", sample_rate=48000)
+    retry = RetryPolicy(initial_backoff=0.05, max_backoff=0.1, jitter="none")
+    events: list[Any] = []
+    async with MockFluxEndpoint(faults=[Fault(kind=FaultKind.RESET_STREAM)]) as endpoint:
+        with anyio.fail_after(30):
+            async with FluxClient(
+                "flux-ep", **endpoint.client_kwargs(), settings=settings, retry=retry
+            ) as flux:
+                # Two refusals: the reconnect takes about 0.15 s, while a packet goes every 10 ms.
+                endpoint.fail_requests(RequestFailure.throttling(), count=2)
+                for packet in packets:
+                    await flux.send_audio(packet)
+                    await anyio.sleep(0.01)
+                await flux.close()
+                events.extend([event async for event in flux])
+    (reconnect,) = [e for e in events if isinstance(e, Reconnected)]
+    assert reconnect.dropped_audio_s == 0  # Opus has no byte rate to count seconds with
+    assert reconnect.dropped_audio_bytes > 0
+    stats = flux.stats
+    assert stats.dropped_bytes == reconnect.dropped_audio_bytes
+    assert stats.audio_bytes_accepted == stats.audio_bytes_sent + stats.dropped_bytes
+    first, *_, last = endpoint.streams
+    assert bytes(first.audio) == packets[0]  # the packet the reset struck
+    # The new stream got the packets sent once it was up: the latest ones, in order.
+    assert bytes(last.audio) == b"".join(packets[-len(last.audio) // 120 :])
 
 
 async def test_throttled_reconnects_back_off_then_recover() -> None:
