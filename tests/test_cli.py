@@ -19,8 +19,9 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flux_sagemaker import ValidationError
+from flux_sagemaker import Reconnected, StreamRolledOver, TransportError, ValidationError
 from flux_sagemaker.cli.main import build_parser
+from flux_sagemaker.cli.render import EventTiming, event_record
 from flux_sagemaker.cli.wavfile import read_wav
 from flux_sagemaker.samples import load_sample, sample_path
 from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
@@ -580,3 +581,24 @@ def test_mock_with_endpoint_url_is_a_usage_error() -> None:
     result = run_cli("transcribe", "x.wav", "--mock", "--endpoint-url", "http://127.0.0.1:1")
     assert result.returncode == 2
     assert "exclude each other" in result.stderr
+
+
+def test_json_records_of_stream_changes_say_what_was_replayed_and_dropped() -> None:
+    timing = EventTiming(received=1.5)
+    reconnected = Reconnected(
+        reason="the server reset the stream",
+        error=TransportError("reset"),
+        replayed_audio_s=1.25,
+        dropped_audio_bytes=960,
+    )
+    rolled = StreamRolledOver(reason="credentials expire", dropped_audio_s=0.5)
+    assert event_record(reconnected, timing) == {
+        "type": "Reconnected",
+        "reason": "the server reset the stream",
+        "replayed_audio_s": 1.25,
+        "dropped_audio_s": 0.0,
+        "dropped_audio_bytes": 960,
+        "received": 1.5,
+    }
+    assert event_record(rolled, timing)["type"] == "StreamRolledOver"
+    assert event_record(rolled, timing)["dropped_audio_s"] == 0.5

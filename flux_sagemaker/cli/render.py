@@ -94,18 +94,13 @@ def event_record(event: FluxEvent, timing: EventTiming) -> dict[str, Any]:
             "code": event.code,
             "description": event.description,
         }
-    elif isinstance(event, Reconnected):
+    elif isinstance(event, Reconnected | StreamRolledOver):
         record = {
-            "type": "Reconnected",
+            "type": type(event).__name__,
             "reason": event.reason,
             "replayed_audio_s": event.replayed_audio_s,
             "dropped_audio_s": event.dropped_audio_s,
-        }
-    elif isinstance(event, StreamRolledOver):
-        record = {
-            "type": "StreamRolledOver",
-            "reason": event.reason,
-            "replayed_audio_s": event.replayed_audio_s,
+            "dropped_audio_bytes": event.dropped_audio_bytes,
         }
     else:
         assert isinstance(event, Unknown)
