@@ -144,6 +144,8 @@ class H2Stream(H2StreamBase):
             msg = f"no response headers on stream {self.stream_id} within {timeout} s"
             await wait_event(self._headers_event, timeout, msg)
         if self.status is None:
+            if self._closed:
+                raise errors.UsageError(f"response() on stream {self.stream_id} after aclose()")
             if self._error is None:
                 msg = f"stream {self.stream_id} ended without response headers"
                 raise errors.RemoteProtocolError(msg)
@@ -566,8 +568,9 @@ async def connect(
     target = f"{host}:{port}"
     if ssl_context is not None:
         ssl_context.set_alpn_protocols(["h2"])
+    deadline = anyio.CancelScope()  # replaced by the connect's own deadline below
     try:
-        with anyio.fail_after(timeouts.connect):
+        with anyio.fail_after(timeouts.connect) as deadline:
             stream: anyio.abc.ByteStream
             if on_stdlib_asyncio_loop():
                 stream = await connect_asyncio(host, port, ssl_context=ssl_context)
@@ -594,6 +597,9 @@ async def connect(
     except errors.ConnectError:
         raise
     except TimeoutError as exc:
+        if not deadline.cancel_called:
+            # The OS gave up on the TCP handshake (ETIMEDOUT) before our deadline.
+            raise errors.ConnectError(f"could not connect to {target}: {exc!r}") from exc
         raise errors.TimeoutError(
             f"connecting to {target} took longer than {timeouts.connect} s"
         ) from exc

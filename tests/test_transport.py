@@ -19,7 +19,7 @@ import trustme
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from flux_sagemaker import errors
+from flux_sagemaker import errors, transport
 from flux_sagemaker.asyncio_stream import AsyncioStream, on_stdlib_asyncio_loop
 from flux_sagemaker.h2core import MAX_WINDOW, H2ConnectionBase
 from flux_sagemaker.testing.h2server import H2Server, ServerStream
@@ -485,6 +485,33 @@ async def test_refused_connection_is_connect_error() -> None:
         await connect("127.0.0.1", port, ssl_context=None)
 
 
+async def test_a_server_that_never_answers_the_preface_is_a_connect_timeout() -> None:
+    async def mute(sock: anyio.abc.SocketStream) -> None:
+        async with sock:
+            await anyio.sleep_forever()
+
+    with anyio.fail_after(10):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, mute)
+            with pytest.raises(errors.TimeoutError, match=r"took longer than 0\.2 s"):
+                await connect("127.0.0.1", port, ssl_context=None, timeouts=Timeouts(connect=0.2))
+            tg.cancel_scope.cancel()
+
+
+async def test_the_os_giving_up_on_tcp_is_a_connect_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """ETIMEDOUT from the kernel, well within our own deadline: unreachable, not our timeout."""
+
+    async def kernel_gives_up(*args: Any, **kwargs: Any) -> None:
+        raise TimeoutError(110, "Connection timed out")
+
+    monkeypatch.setattr(transport, "connect_asyncio", kernel_gives_up)
+    monkeypatch.setattr(anyio, "connect_tcp", kernel_gives_up)
+    with anyio.fail_after(10), pytest.raises(errors.ConnectError, match="timed out"):
+        await connect("127.0.0.1", 9, ssl_context=None, timeouts=Timeouts(connect=60))
+
+
 async def test_peer_max_concurrent_streams_is_respected() -> None:
     active = 0
     peak = 0
@@ -558,6 +585,22 @@ async def test_stream_aclose_resets_and_is_idempotent() -> None:
             with pytest.raises(errors.UsageError):
                 await stream.send(b"x")
             assert conn.stream_count == 0
+
+
+async def test_response_after_aclose_is_a_usage_error() -> None:
+    """Closed before its headers came: asking for them is the caller's mistake, not the peer's."""
+
+    async def handler(stream: ServerStream) -> None:
+        await anyio.sleep_forever()  # never answers
+
+    with anyio.fail_after(10):
+        async with serve_and_connect(handler) as (_, conn):
+            stream = await open_post(conn)
+            await stream.aclose()
+            with pytest.raises(errors.UsageError, match="after aclose"):
+                await stream.response()
+            with pytest.raises(errors.UsageError, match="after aclose"):
+                await stream.receive()
 
 
 async def test_connection_aclose_fails_open_streams() -> None:
