@@ -34,6 +34,7 @@ from .core.timers import KeepalivePolicy, RolloverPolicy
 from .errors import (
     AccessDeniedError,
     CapabilityError,
+    ConfigureRejected,
     ConnectError,
     ConnectionLost,
     ExpiredTokenError,
@@ -76,6 +77,7 @@ __all__ = [
     "ClientEvent",
     "ClientStats",
     "ConfigureFailure",
+    "ConfigureRejected",
     "ConfigureSuccess",
     "ConnectError",
     "Connected",

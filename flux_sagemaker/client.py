@@ -59,6 +59,7 @@ from .core.timers import (
 from .core.turns import TurnTracker
 from .errors import (
     CapabilityError,
+    ConfigureRejected,
     FluxError,
     LocalProtocolError,
     StreamStalled,
@@ -600,7 +601,8 @@ class FluxClient:
         replaying the audio since the last completed turn (a :class:`StreamRolledOver` says so).
 
         Raises:
-            ValidationError: the new settings are invalid (nothing was changed).
+            ValidationError: the new settings are invalid (nothing was changed); its subclass
+                ConfigureRejected when Flux refused them, answering ``ConfigureFailure``.
             CapabilityError: the bundle refuses a parameter of the new settings.
             FluxError: the new stream could not be opened (a ``ModelError`` for settings the
                 container refuses, for example); the session goes on with the settings in
@@ -625,8 +627,8 @@ class FluxClient:
         if configurable and self._capabilities.configure:
             answer = await self.configure(**changes)
             if isinstance(answer, ConfigureFailure):
-                raise ValidationError(
-                    f"Flux refused the new settings: {answer.code}: {answer.description}"
+                raise ConfigureRejected(
+                    answer.code, answer.description, request_id=answer.request_id
                 )
             return
         if AudioFormat.from_settings(new_settings) != self._format:

@@ -6,6 +6,7 @@ below, with the original chained as ``__cause__``::
 
     FluxError                         retryable, request_id
     ├── ValidationError               bad settings or arguments, before any I/O (a ValueError)
+    │   └── ConfigureRejected         Flux answered a Configure with ConfigureFailure
     ├── UsageError                    the call does not fit the client's state: use after close, ...
     ├── CapabilityError               the endpoint's Flux bundle does not accept this message
     ├── ProtocolError
@@ -46,6 +47,7 @@ import h2.errors
 __all__ = [
     "AccessDeniedError",
     "CapabilityError",
+    "ConfigureRejected",
     "ConnectError",
     "ConnectionLost",
     "ExpiredTokenError",
@@ -106,6 +108,23 @@ class FluxError(Exception):
 
 class ValidationError(FluxError, ValueError):
     """An argument or setting is invalid; raised before anything is sent."""
+
+
+class ConfigureRejected(ValidationError):
+    """Flux answered the ``Configure`` of a settings update with ``ConfigureFailure``; the
+    settings in force did not change (the ``ConfigureFailure`` also arrives as an event).
+
+    Attributes:
+        code: Flux's reason, e.g. ``"INVALID_THRESHOLD"``.
+        description: Flux's explanation.
+    """
+
+    def __init__(self, code: str, description: str, *, request_id: str | None = None) -> None:
+        super().__init__(
+            f"Flux refused the new settings: {code}: {description}", request_id=request_id
+        )
+        self.code = code
+        self.description = description
 
 
 class UsageError(FluxError):

@@ -36,6 +36,7 @@ from ..core.timers import MAX_TURN_SILENCE, MIN_TURN_SILENCE, KeepalivePolicy
 from ..errors import (
     AccessDeniedError,
     CapabilityError,
+    ConfigureRejected,
     FluxError,
     FluxServerError,
     ModelError,
@@ -487,7 +488,9 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
             # refused the new stream, say): a later session must not open with what was refused.
             for name in fields:
                 setattr(self._settings, name, changed[name])
-            await self._report_refused_settings(exc)
+            if not isinstance(exc, ConfigureRejected):
+                # A ConfigureFailure was reported as its event came, as Pipecat does.
+                await self._report_refused_settings(exc)
         return True
 
     async def _reconnect_when_idle(self) -> None:

@@ -13,6 +13,7 @@ from flux_sagemaker import (
     BundleCapabilities,
     CapabilityError,
     ConfigureFailure,
+    ConfigureRejected,
     ConfigureSuccess,
     EndOfTurn,
     FluxError,
@@ -23,6 +24,7 @@ from flux_sagemaker import (
     StreamRolledOver,
     Timeouts,
     UsageError,
+    ValidationError,
 )
 from flux_sagemaker.testing import (
     FLUX_ENGLISH_20260311,
@@ -108,6 +110,25 @@ async def test_configure_failure_keeps_the_session(endpoint: EndpointFactory) ->
     assert [e.transcript for e in of_type(rest, EndOfTurn)] == list(SAMPLE.turns)
     assert len(ep.streams) == 1
     assert ep.streams[0].error is None
+
+
+async def test_update_settings_refused_by_flux_raises_configure_rejected(
+    endpoint: EndpointFactory,
+) -> None:
+    caps = BundleCapabilities.flux_multi_20260417()
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with (
+            endpoint(bundle=FLUX_MULTI_20260417) as ep,
+            client_for(ep, capabilities=caps) as flux,
+        ):
+            with pytest.raises(ConfigureRejected) as raised:
+                await flux.update_settings(eot_threshold=0.95)  # above this bundle's 0.9
+            assert raised.value.code == "INVALID_THRESHOLD"
+            assert isinstance(raised.value, ValidationError)
+            assert flux.settings.eot_threshold is None
+            await flux.close()
+            await collect(flux)
+    assert len(ep.streams) == 1
 
 
 async def test_configure_unsupported_raises_before_sending(endpoint: EndpointFactory) -> None:
