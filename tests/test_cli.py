@@ -20,7 +20,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flux_sagemaker import Reconnected, StreamRolledOver, TransportError, ValidationError
-from flux_sagemaker.cli.main import build_parser
+from flux_sagemaker.cli.main import build_parser, main
 from flux_sagemaker.cli.render import EventTiming, event_record
 from flux_sagemaker.cli.wavfile import read_wav
 from flux_sagemaker.samples import load_sample, sample_path
@@ -53,6 +53,17 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
         timeout=30,
         check=False,
     )
+
+
+def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    """Run the CLI in this process (for usage and help, which exit before doing anything):
+    exit status, stdout, stderr. A process of its own costs a second of imports per call."""
+    try:
+        status = main(list(args))
+    except SystemExit as exit_:
+        status = exit_.code if isinstance(exit_.code, int) else 1
+    out, err = capsys.readouterr()
+    return status, out, err
 
 
 def final_transcripts(stdout: str) -> list[str]:
@@ -542,14 +553,14 @@ def test_check_model_rejects_parameters(
 # -- usage ----------------------------------------------------------------------------------
 
 
-def test_version_and_help() -> None:
+def test_version_and_help(capsys: pytest.CaptureFixture[str]) -> None:
     from flux_sagemaker import __version__
 
     assert run_cli("--version").stdout.strip() == f"flux-sagemaker {__version__}"
     for command in ([], ["demo"], ["transcribe"], ["check"]):
-        result = run_cli(*command, "--help")
-        assert result.returncode == 0
-        assert "usage: flux-sagemaker" in result.stdout
+        status, out, _ = run_main(capsys, *command, "--help")
+        assert status == 0
+        assert "usage: flux-sagemaker" in out
 
 
 @pytest.mark.parametrize(
@@ -564,10 +575,10 @@ def test_version_and_help() -> None:
         ["transcribe", "x.wav", "--endpoint", "flux", "--mock"],
     ],
 )
-def test_usage_errors_exit_2(args: list[str]) -> None:
-    result = run_cli(*args)
-    assert result.returncode == 2
-    assert "usage:" in result.stderr
+def test_usage_errors_exit_2(args: list[str], capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run_main(capsys, *args)
+    assert status == 2
+    assert "usage:" in err
 
 
 def test_transcribe_paces_in_real_time_unless_fast() -> None:
@@ -577,10 +588,12 @@ def test_transcribe_paces_in_real_time_unless_fast() -> None:
     assert parse(["transcribe", "x.wav", "--mock", "--fast"]).fast is True
 
 
-def test_mock_with_endpoint_url_is_a_usage_error() -> None:
-    result = run_cli("transcribe", "x.wav", "--mock", "--endpoint-url", "http://127.0.0.1:1")
-    assert result.returncode == 2
-    assert "exclude each other" in result.stderr
+def test_mock_with_endpoint_url_is_a_usage_error(capsys: pytest.CaptureFixture[str]) -> None:
+    status, _, err = run_main(
+        capsys, "transcribe", "x.wav", "--mock", "--endpoint-url", "http://127.0.0.1:1"
+    )
+    assert status == 2
+    assert "exclude each other" in err
 
 
 def test_json_records_of_stream_changes_say_what_was_replayed_and_dropped() -> None:
