@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import anyio
+import attrs
 import pytest
 
 from flux_sagemaker import (
@@ -18,6 +19,7 @@ from flux_sagemaker import (
 from flux_sagemaker.testing import FLUX_MULTI_20260417, NEWEST, Fault, FaultKind
 
 from .helpers import (
+    FAST_TIMEOUTS,
     SAMPLE,
     TEST_TIMEOUT,
     EndpointFactory,
@@ -158,8 +160,10 @@ async def test_a_close_that_times_out_still_finalizes_the_open_turn(
     close() gives up after ``Timeouts.close``, and the open turn still gets its EndOfTurn,
     with what was heard, before the iterator raises the timeout."""
     ep = endpoint(faults=[Fault(kind=FaultKind.LATENCY, after_audio_s=1.9, latency=4.0)])
+    # Past the drain's probe (answered: the connection is fine), short of the late events.
+    timeouts = attrs.evolve(FAST_TIMEOUTS, close=1.5)
     with anyio.fail_after(TEST_TIMEOUT):
-        async with ep, client_for(ep) as flux:
+        async with ep, client_for(ep, timeouts=timeouts) as flux:
             await flux.send_audio(SAMPLE.pcm[: ms(2000)])
             updates = [await next_of(flux, Update) for _ in range(2)]
             await flux.close()
