@@ -17,6 +17,8 @@ from datetime import UTC, datetime
 import anyio
 import attrs
 from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCredentials
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from .config import ResolvedConfig
 from .core.error_mapping import operation_error
@@ -24,7 +26,15 @@ from .core.events import ServerMessage
 from .core.protocol import StreamEnded, StreamFailed, StreamProtocol
 from .core.request import InvokeRequest
 from .core.signing import EventSigner, sign_request
-from .errors import FluxError, GoAway, StreamReset, TimeoutError, TransportError, ValidationError
+from .errors import (
+    ConnectError,
+    FluxError,
+    GoAway,
+    StreamReset,
+    TimeoutError,
+    TransportError,
+    ValidationError,
+)
 from .pool import ConnectionPool
 from .transport import H2Stream, Timeouts
 
@@ -61,18 +71,25 @@ async def frozen_credentials(credentials: Credentials | None) -> ReadOnlyCredent
     """Credentials that cannot change halfway through a signature.
 
     Raises:
-        ValidationError: botocore's chain found no credentials at all.
+        ValidationError: botocore's chain found no credentials at all, or could not get them
+            (an expired SSO login, a role that may not be assumed, ...).
+        ConnectError: the credentials' source (STS, SSO, instance metadata) was unreachable.
     """
     if credentials is None:
         raise ValidationError(
             "no AWS credentials found: configure the default chain (environment, ~/.aws, SSO, "
             "instance or task role) or pass credentials=..."
         )
-    if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
-        # A refresh can block on the network (STS, SSO, IMDS): keep it off the loop.
-        frozen = await anyio.to_thread.run_sync(credentials.get_frozen_credentials)
-    else:
-        frozen = credentials.get_frozen_credentials()
+    try:
+        if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
+            # A refresh can block on the network (STS, SSO, IMDS): keep it off the loop.
+            frozen = await anyio.to_thread.run_sync(credentials.get_frozen_credentials)
+        else:
+            frozen = credentials.get_frozen_credentials()
+    except (BotoConnectionError, HTTPClientError) as exc:
+        raise ConnectError(f"could not fetch AWS credentials: {exc}") from exc
+    except (BotoCoreError, ClientError) as exc:
+        raise ValidationError(f"could not get AWS credentials: {exc}") from exc
     assert isinstance(frozen, ReadOnlyCredentials)
     return frozen
 

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
 import pytest
+from botocore.credentials import RefreshableCredentials
+from botocore.exceptions import CredentialRetrievalError, EndpointConnectionError
 
-from flux_sagemaker import ConnectError, EndOfTurn, FluxClient, KeepalivePolicy
+from flux_sagemaker import (
+    ConnectError,
+    EndOfTurn,
+    FluxClient,
+    FluxError,
+    KeepalivePolicy,
+    ValidationError,
+)
 from flux_sagemaker.testing import MockFluxEndpoint
 from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
 
@@ -115,3 +125,44 @@ async def test_everything_from_the_aws_environment(
     _assert_first_turn(events, ep)
     authority = dict(ep.streams[0].headers).get("authorization", "")
     assert "/eu-central-1/sagemaker/aws4_request" in authority
+
+
+@pytest.mark.parametrize(
+    ("failure", "raised"),
+    [
+        (
+            CredentialRetrievalError(provider="sso", error_msg="the SSO session expired"),
+            ValidationError,
+        ),
+        (EndpointConnectionError(endpoint_url="https://sts.us-east-1.amazonaws.com"), ConnectError),
+    ],
+    ids=["refused", "unreachable"],
+)
+async def test_a_failed_credential_refresh_raises_a_typed_error(
+    failure: Exception, raised: type[FluxError]
+) -> None:
+    def refresh() -> dict[str, str]:
+        raise failure
+
+    expired = {
+        "access_key": DEFAULT_ACCESS_KEY,
+        "secret_key": DEFAULT_SECRET_KEY,
+        "token": "token",
+        "expiry_time": datetime(2020, 1, 1, tzinfo=UTC).isoformat(),
+    }
+    credentials = RefreshableCredentials.create_from_metadata(
+        metadata=expired, refresh_using=refresh, method="test"
+    )
+    # No endpoint: the credentials fail before anything connects.
+    flux = FluxClient(
+        "flux-e2e",
+        region="us-east-1",
+        endpoint_url="http://127.0.0.1:9",
+        credentials=credentials,
+        retry=NO_RETRY,
+    )
+    with anyio.fail_after(TEST_TIMEOUT), pytest.raises(raised) as info:
+        async with flux:
+            pass
+    assert "AWS credentials" in str(info.value)
+    assert info.value.__cause__ is failure
