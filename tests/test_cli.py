@@ -532,6 +532,26 @@ def test_check_no_credentials(control_plane: str, served: dict[str, str]) -> Non
     assert "no AWS credentials found" in result.stderr
 
 
+def test_check_takes_the_region_from_aws_region(
+    control_plane: str,
+    served: dict[str, str],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Like FluxClient, and as --help says: AWS_REGION, though botocore reads only
+    # AWS_DEFAULT_REGION (which points elsewhere here). In process: no interpreter start-up.
+    for name in os.environ:
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    for name, value in _env(AWS_REGION="us-east-1", AWS_DEFAULT_REGION="eu-west-1").items():
+        monkeypatch.setenv(name, value)
+    args = ["check", "--endpoint", "ready", "--control-endpoint-url", control_plane]
+    status = main([*args, "--endpoint-url", served["URL"]])
+    out, err = capsys.readouterr()
+    assert status == 0, err
+    assert "endpoint: ready (us-east-1)" in out
+
+
 def test_check_unreachable_control_plane(served: dict[str, str]) -> None:
     result = check("ready", "http://127.0.0.1:9/", served["URL"])
     assert result.returncode == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any
 
@@ -163,7 +164,8 @@ async def run_check(args: argparse.Namespace) -> int:
     import botocore.session
 
     session = botocore.session.Session(profile=args.profile)
-    region = args.region or session.get_config_variable("region")
+    # As FluxClient resolves it: AWS_REGION first (botocore itself reads AWS_DEFAULT_REGION).
+    region = args.region or os.environ.get("AWS_REGION") or session.get_config_variable("region")
     if not region:
         raise UsageError("no AWS region: pass --region, or set AWS_REGION or a profile region")
     credentials = frozen_credentials(session)
