@@ -552,6 +552,23 @@ def test_check_takes_the_region_from_aws_region(
     assert "endpoint: ready (us-east-1)" in out
 
 
+@pytest.mark.parametrize("region", [[], ["--region", "us-east-1"]], ids=["no-region", "region"])
+def test_check_unknown_profile_exit_1(
+    region: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    for name in os.environ:
+        if name.startswith("AWS_"):
+            monkeypatch.delenv(name)
+    for name, value in _env().items():
+        monkeypatch.setenv(name, value)
+    status = main(["check", "--endpoint", "ready", "--profile", "nope", *region])
+    err = capsys.readouterr().err
+    assert status == 1
+    assert "flux-sagemaker check: error: invalid AWS configuration" in err
+    assert "(nope) could not be found" in err
+    assert "Traceback" not in err
+
+
 def test_check_unreachable_control_plane(served: dict[str, str]) -> None:
     result = check("ready", "http://127.0.0.1:9/", served["URL"])
     assert result.returncode == 1

@@ -13,7 +13,7 @@ from ..client import FluxClient
 from ..config import default_ssl_context
 from ..core.recovery import RetryPolicy
 from ..core.settings import BundleCapabilities, FluxSettings
-from ..errors import FluxError, UsageError
+from ..errors import FluxError, UsageError, ValidationError
 from ..samples import load_sample, sample_path
 from .check import (
     describe_endpoint,
@@ -162,13 +162,19 @@ async def run_transcribe(args: argparse.Namespace) -> int:
 async def run_check(args: argparse.Namespace) -> int:
     """Preflight: describe the endpoint, then open a short Flux stream and time Connected."""
     import botocore.session
+    from botocore.exceptions import BotoCoreError, ClientError
 
-    session = botocore.session.Session(profile=args.profile)
-    # As FluxClient resolves it: AWS_REGION first (botocore itself reads AWS_DEFAULT_REGION).
-    region = args.region or os.environ.get("AWS_REGION") or session.get_config_variable("region")
-    if not region:
-        raise UsageError("no AWS region: pass --region, or set AWS_REGION or a profile region")
-    credentials = frozen_credentials(session)
+    try:
+        session = botocore.session.Session(profile=args.profile)
+        # As FluxClient resolves it: AWS_REGION first (botocore reads AWS_DEFAULT_REGION).
+        region = (
+            args.region or os.environ.get("AWS_REGION") or session.get_config_variable("region")
+        )
+        if not region:
+            raise UsageError("no AWS region: pass --region, or set AWS_REGION or a profile region")
+        credentials = frozen_credentials(session)
+    except (BotoCoreError, ClientError) as exc:  # an unknown profile, an expired SSO login, ...
+        raise ValidationError(f"invalid AWS configuration: {exc}") from exc
     ssl_context = default_ssl_context(args.ca_bundle) if args.ca_bundle else None
     report = await describe_endpoint(
         args.endpoint,
