@@ -218,8 +218,14 @@ class FluxClient:
         self._target_variant = target_variant
         # Validates the endpoint name, variant and query string before any I/O.
         self._request_for(self._settings)
-        if isinstance(max_buffered_events, bool) or max_buffered_events < 1:
-            raise ValidationError(f"max_buffered_events must be >= 1, got {max_buffered_events!r}")
+        if (
+            isinstance(max_buffered_events, bool)
+            or not isinstance(max_buffered_events, int)
+            or max_buffered_events < 1
+        ):
+            raise ValidationError(
+                f"max_buffered_events must be an integer >= 1, got {max_buffered_events!r}"
+            )
         self._timeouts = timeouts if timeouts is not None else Timeouts()
         self._retry = retry if retry is not None else RetryPolicy()
         self._keepalive = keepalive if keepalive is not None else KeepalivePolicy()

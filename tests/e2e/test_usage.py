@@ -8,6 +8,7 @@ import sys
 
 import anyio
 import pytest
+from botocore.credentials import Credentials
 
 from flux_sagemaker import (
     EndOfTurn,
@@ -156,3 +157,15 @@ async def test_exit_returns_while_a_sender_is_blocked_by_flow_control(
             assert flux.is_closed
             tg.cancel_scope.cancel()
     assert ep.streams[0].error == f"fault: {FaultKind.SILENT_CONNECTION.value}"
+
+
+@pytest.mark.parametrize("value", [0, 2.5, "16", None])
+def test_max_buffered_events_must_be_a_positive_integer(value: object) -> None:
+    with pytest.raises(ValidationError, match="max_buffered_events"):
+        FluxClient(
+            "flux-e2e",
+            region="us-east-1",
+            endpoint_url="http://127.0.0.1:9",
+            credentials=Credentials("AKIDEXAMPLE", "secret"),  # no credential chain to walk
+            max_buffered_events=value,  # type: ignore[arg-type]
+        )
