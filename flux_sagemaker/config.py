@@ -48,10 +48,20 @@ class ResolvedConfig:
 
 
 def default_ssl_context(ca_bundle: str | None = None) -> ssl.SSLContext:
-    """A verifying TLS context that offers only ``h2`` through ALPN."""
-    context = ssl.create_default_context(cafile=ca_bundle)
-    context.set_alpn_protocols(["h2"])
+    """A verifying TLS context that offers only ``h2`` through ALPN.
+
+    One per CA bundle, made once and shared: a pool shares a connection only among clients
+    with the same context, so clients left to the defaults share their connections.
+    """
+    context = _DEFAULT_CONTEXTS.get(ca_bundle)
+    if context is None:
+        context = ssl.create_default_context(cafile=ca_bundle)
+        context.set_alpn_protocols(["h2"])
+        _DEFAULT_CONTEXTS[ca_bundle] = context
     return context
+
+
+_DEFAULT_CONTEXTS: dict[str | None, ssl.SSLContext] = {}
 
 
 def _flag(value: Any) -> bool:

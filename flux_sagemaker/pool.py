@@ -38,6 +38,10 @@ from flux_sagemaker.transport import H2Connection, H2Stream, Timeouts, connect
 __all__ = ["ConnectionPool", "EndpointKey", "PoolStats", "default_pool"]
 
 EndpointKey = tuple[str, str, int]
+# What a connection is shared by: the endpoint and, for https, the TLS context that verified it.
+# A caller with other trust settings (a stricter CA bundle, say) must not ride on a connection
+# verified under someone else's, nor be handed their TLS failure.
+_ConnectionKey = tuple[str, str, int, ssl.SSLContext | None]
 """``(scheme, host, port)``."""
 
 _OPEN_ATTEMPTS = 3  # a connection may die between being picked and sending the headers
@@ -97,9 +101,9 @@ class ConnectionPool:
         self.max_streams_per_connection = max_streams_per_connection
         self.idle_timeout = idle_timeout
         self.receive_window = receive_window
-        self._by_key: dict[EndpointKey, list[H2Connection]] = {}
-        self._keys: dict[H2Connection, EndpointKey] = {}
-        self._connecting: dict[EndpointKey, _Connecting] = {}
+        self._by_key: dict[_ConnectionKey, list[H2Connection]] = {}
+        self._keys: dict[H2Connection, _ConnectionKey] = {}
+        self._connecting: dict[_ConnectionKey, _Connecting] = {}
         self._tg: anyio.abc.TaskGroup | None = None
         self._closed = False
         self._connections_opened = 0
@@ -153,16 +157,18 @@ class ConnectionPool:
         """Open a stream to ``endpoint`` (``(scheme, host, port)`` or an object with those).
 
         Reuses a connection with a free stream slot, or opens one (sharing it with concurrent
-        callers). Raises ``ConnectError``/``TimeoutError`` when connecting fails, and
-        ``UsageError`` when the pool is not running.
+        callers). Only callers with the same ``ssl_context`` object share an https connection:
+        pass the same context to share. Raises ``ConnectError``/``TimeoutError`` when
+        connecting fails, and ``UsageError`` when the pool is not running.
         """
         if isinstance(endpoint, tuple):
-            key: EndpointKey = endpoint
+            scheme, host, port = endpoint
         else:
-            key = (endpoint.scheme, endpoint.host, endpoint.port)
+            scheme, host, port = endpoint.scheme, endpoint.host, endpoint.port
+        key = (scheme, host, port, ssl_context if scheme == "https" else None)
         timeouts = timeouts or Timeouts()
         for attempt in range(_OPEN_ATTEMPTS):
-            conn = await self._acquire(key, ssl_context, timeouts)
+            conn = await self._acquire(key, timeouts)
             try:
                 # No checkpoint since _acquire chose conn: open_stream reserves its slot at once.
                 stream = await conn.open_stream(method, key[0], authority, path, headers)
@@ -175,9 +181,7 @@ class ConnectionPool:
             return stream
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _acquire(
-        self, key: EndpointKey, ssl_context: ssl.SSLContext | None, timeouts: Timeouts
-    ) -> H2Connection:
+    async def _acquire(self, key: _ConnectionKey, timeouts: Timeouts) -> H2Connection:
         while True:
             if self._tg is None or self._closed:
                 raise errors.UsageError("use the ConnectionPool inside `async with`")
@@ -193,21 +197,19 @@ class ConnectionPool:
                 if pending.error is not None:
                     raise fresh_error(pending.error)
                 continue
-            return await self._connect(key, ssl_context, timeouts)
+            return await self._connect(key, timeouts)
 
-    async def _connect(
-        self, key: EndpointKey, ssl_context: ssl.SSLContext | None, timeouts: Timeouts
-    ) -> H2Connection:
+    async def _connect(self, key: _ConnectionKey, timeouts: Timeouts) -> H2Connection:
         assert self._tg is not None
         pending = self._connecting[key] = _Connecting()
         try:
-            scheme, host, port = key
+            scheme, host, port, ssl_context = key
             if scheme == "https" and ssl_context is None:
                 ssl_context = ssl.create_default_context()
             conn = await connect(
                 host,
                 port,
-                ssl_context=ssl_context if scheme == "https" else None,
+                ssl_context=ssl_context,
                 timeouts=timeouts,
                 receive_window=self.receive_window,
                 max_streams=self.max_streams_per_connection,

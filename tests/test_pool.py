@@ -204,6 +204,38 @@ async def test_concurrent_first_requests_share_one_failed_connect() -> None:
             assert pool.stats.connections_opened == 0
 
 
+async def test_https_connections_are_shared_only_under_the_same_tls_context() -> None:
+    """A connection verified under one caller's trust settings is not lent to a caller with
+    other ones: that caller connects (and verifies) for itself."""
+    ca = trustme.CA()
+    server_ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_ctx)
+    trusting = ssl.create_default_context()
+    ca.configure_trust(trusting)
+    other_ca = ssl.create_default_context()
+    trustme.CA().configure_trust(other_ca)
+
+    async def open_with(pool: ConnectionPool, port: int, context: ssl.SSLContext) -> H2Stream:
+        return await pool.open_stream(
+            ("https", "127.0.0.1", port),
+            authority=f"127.0.0.1:{port}",
+            path="/",
+            headers=[],
+            ssl_context=context,
+            timeouts=TIMEOUTS,
+        )
+
+    with anyio.fail_after(10):
+        async with H2Server(echo, ssl_context=server_ctx) as server, ConnectionPool() as pool:
+            first = await open_with(pool, server.port, trusting)
+            second = await open_with(pool, server.port, trusting)
+            assert second.connection is first.connection
+            with pytest.raises(errors.ConnectError, match="certificate"):
+                await open_with(pool, server.port, other_ca)
+            assert pool.stats.connections_opened == 1
+            assert server.stats.connections_accepted == 2
+
+
 async def test_pool_must_be_entered() -> None:
     pool = ConnectionPool()
     with pytest.raises(errors.UsageError):
