@@ -109,7 +109,7 @@ def _parse_body(body: bytes) -> dict[str, Any]:
     """The JSON object in ``body``, or ``{}`` when it is empty, not JSON or not an object."""
     try:
         parsed = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, RecursionError):  # UnicodeDecodeError too; RecursionError: deep nesting
         return {}
     return parsed if isinstance(parsed, dict) else {}
 

@@ -334,3 +334,15 @@ def test_server_error_missing_fields() -> None:
     assert err.code == "UNKNOWN"
     assert err.description == "(no description)"
     assert not err.retryable
+
+
+def test_deeply_nested_body_is_not_json_to_us() -> None:
+    # Server-controlled: nesting that exhausts json's recursion is "not JSON", not a crash.
+    nested = b"[" * 100_000
+    err = operation_error(500, aws_headers(None), nested)
+    assert type(err) is errors.InternalServerError
+    assert err.body == {}
+    assert err.message.startswith("[[[")
+    failure = stream_error(exception_message("ModelStreamError", nested))
+    assert type(failure) is errors.ModelStreamError
+    assert failure.message == "ModelStreamError"
