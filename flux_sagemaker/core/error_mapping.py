@@ -133,7 +133,10 @@ def _optional_int(value: object) -> int | None:
     if isinstance(value, int):
         return value
     if isinstance(value, str) and value.strip().isdigit():
-        return int(value)
+        try:
+            return int(value)
+        except ValueError:  # digits int() refuses ("\u00b2"), or more than it converts
+            return None
     return None
 
 

@@ -120,7 +120,7 @@ def test_model_error_lenient_field_types() -> None:
     assert err.original_message is None
     assert err.log_stream_arn is None
     assert err.error_type is None
-    for odd in (True, "4x", 1.5):
+    for odd in (True, "4x", 1.5, "\u00b2", "9" * 5000):
         err = operation_error(424, aws_headers("ModelError"), body(OriginalStatusCode=odd))
         assert isinstance(err, errors.ModelError)
         assert err.original_status_code is None
