@@ -127,7 +127,10 @@ def _fail(field: str, value: object, allowed: str) -> ValidationError:
 def _number(field: str, value: object, low: float, high: float) -> float:
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise _fail(field, value, f"a number from {low} to {high}")
-    result = float(value)
+    try:
+        result = float(value)
+    except OverflowError:  # an int too large for a float is out of range anyway
+        raise _fail(field, value, f"a number from {low} to {high}") from None
     if not low <= result <= high:  # also refuses NaN
         raise _fail(field, value, f"a number from {low} to {high}")
     return result

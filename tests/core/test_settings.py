@@ -61,6 +61,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"eot_threshold": True}, "eot_threshold"),
     ({"eot_threshold": math.nan}, "eot_threshold"),
     ({"eot_threshold": math.inf}, "eot_threshold"),
+    ({"eot_threshold": 10**400}, "eot_threshold"),
+    ({"eager_eot_threshold": -(10**400)}, "eager_eot_threshold"),
     ({"eager_eot_threshold": 0.29}, "eager_eot_threshold"),
     ({"eager_eot_threshold": 0.91, "eot_threshold": 1.0}, "eager_eot_threshold"),
     ({"eager_eot_threshold": math.nan}, "eager_eot_threshold"),
