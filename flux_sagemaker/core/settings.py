@@ -118,7 +118,10 @@ _NOT_FLUX_PARAMS = frozenset(
 
 
 def _fail(field: str, value: object, allowed: str) -> ValidationError:
-    text = repr(value)
+    try:
+        text = repr(value)
+    except ValueError:  # an int past Python's int-to-str digit limit
+        text = f"<{type(value).__name__} too large to show>"
     if len(text) > 80:
         text = f"{text[:60]}... ({len(text)} characters)"
     return ValidationError(f"{field}={text} is invalid: expected {allowed}")

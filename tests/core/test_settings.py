@@ -73,6 +73,8 @@ BAD: list[tuple[dict[str, Any], str]] = [
     ({"eot_timeout_ms": 5000.0}, "eot_timeout_ms"),
     ({"eot_timeout_ms": "5000"}, "eot_timeout_ms"),
     ({"eot_timeout_ms": True}, "eot_timeout_ms"),
+    ({"eot_timeout_ms": 10**5000}, "eot_timeout_ms"),
+    ({"sample_rate": 10**5000}, "sample_rate"),
     ({"keyterms": "apple"}, "keyterms"),
     ({"keyterms": 5}, "keyterms"),
     ({"keyterms": [""]}, "keyterms"),
