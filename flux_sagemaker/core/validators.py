@@ -13,6 +13,13 @@ from ..errors import ValidationError
 __all__ = ["number_in_range"]
 
 
+def _finite(value: float) -> bool:
+    try:
+        return math.isfinite(value)
+    except OverflowError:  # an int too large for a float: the float math after it fails too
+        return False
+
+
 def number_in_range(
     low: float,
     high: float = math.inf,
@@ -49,11 +56,15 @@ def number_in_range(
         if (
             isinstance(value, bool)
             or not isinstance(value, int | float)
-            or not math.isfinite(value)
+            or not _finite(value)
             or not (low < value if above_low else low <= value)
             or not value <= high
         ):
             name = f"{type(instance).__name__}.{attribute.name}"
-            raise ValidationError(f"{name} must be {wanted}, got {value!r}")
+            try:
+                shown = repr(value)
+            except ValueError:  # an int past Python's int-to-str digit limit
+                shown = f"<{type(value).__name__} too large to show>"
+            raise ValidationError(f"{name} must be {wanted}, got {shown}")
 
     return check

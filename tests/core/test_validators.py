@@ -46,3 +46,11 @@ def test_an_open_upper_bound_is_described() -> None:
     check(Limits(), attribute, 3.5)
     with pytest.raises(ValidationError, match="must be a number above 3, got 3"):
         check(Limits(), attribute, 3)
+
+
+@pytest.mark.parametrize("digits", [400, 5000])
+def test_an_int_too_large_for_a_float_is_refused(digits: int) -> None:
+    # Finite in principle, but no float holds it: refused, not an OverflowError (nor a
+    # ValueError from repr() past Python's int-to-str digit limit).
+    with pytest.raises(ValidationError, match=r"Limits\.wait must be a positive number"):
+        Limits(wait=10**digits)
