@@ -82,9 +82,12 @@ class AudioFormat:
         if not (math.isfinite(seconds) and seconds >= 0):
             raise ValidationError(f"seconds must be a finite number >= 0, got {seconds!r}")
         width = self.sample_width or 1
+        position = seconds * rate
+        if not math.isfinite(position):  # a finite time whose byte count overflows a float
+            raise ValidationError(f"seconds={seconds!r} is too large for a byte offset")
         # round() first so that 0.3 s of 16 kHz audio is 9600 bytes, not 9598 (0.3 * 32000
         # is 9599.999... in binary floating point).
-        return math.floor(round(seconds * rate, 6)) // width * width
+        return math.floor(round(position, 6)) // width * width
 
     def duration(self, n_bytes: int) -> float:
         """How many seconds of audio ``n_bytes`` hold."""

@@ -90,6 +90,12 @@ def test_duration_and_offsets() -> None:
         PCM16.duration(-1)
 
 
+def test_byte_offset_of_a_time_too_large_for_bytes() -> None:
+    # Finite seconds (an audio_window_end from the server, say) whose byte count overflows.
+    with pytest.raises(errors.ValidationError, match="too large"):
+        PCM16.byte_offset(1e306)
+
+
 def test_coalescer_groups_small_frames() -> None:
     co = AudioCoalescer(PCM16)  # 80 ms = 2560 bytes
     assert co.target_bytes == 2560
