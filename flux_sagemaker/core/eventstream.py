@@ -130,7 +130,10 @@ def _encode_value(value: HeaderValue) -> bytes:
         raw = bytes(value)
         type_id = 6
     elif isinstance(value, str):
-        raw = value.encode("utf-8")
+        try:
+            raw = value.encode("utf-8")
+        except UnicodeEncodeError:  # lone surrogates
+            raise ValidationError("header string value is not valid UTF-8") from None
         type_id = 7
     elif isinstance(value, uuid.UUID):
         return _UUID_TYPE + value.bytes
@@ -148,10 +151,14 @@ def encode_header(name: str, value: HeaderValue) -> bytes:
 
     Raises:
         ValidationError: The name is not 1 to 255 bytes of UTF-8, an integer does not fit its
-            type, or a bytes/str value is longer than :data:`MAX_HEADER_VALUE_LENGTH`.
+            type, a str value is not valid UTF-8, or a bytes/str value is longer than
+            :data:`MAX_HEADER_VALUE_LENGTH`.
         TypeError: The value is none of the :data:`HeaderValue` types.
     """
-    raw_name = name.encode("utf-8")
+    try:
+        raw_name = name.encode("utf-8")
+    except UnicodeEncodeError:  # lone surrogates
+        raise ValidationError(f"header name {name!r} is not valid UTF-8") from None
     if not 1 <= len(raw_name) <= 255:
         raise ValidationError(f"header name must be 1 to 255 bytes, got {len(raw_name)}")
     return bytes((len(raw_name),)) + raw_name + _encode_value(value)

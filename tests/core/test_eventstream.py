@@ -638,6 +638,13 @@ def test_encoder_rejects_bad_header_names(name: str) -> None:
         encode_header(name, True)
 
 
+def test_encoder_rejects_names_and_values_that_are_not_utf8() -> None:
+    with pytest.raises(ValidationError, match=r"header name .* is not valid UTF-8"):
+        encode_header("\udc80", True)
+    with pytest.raises(ValidationError, match="header string value is not valid UTF-8"):
+        encode_header("v", "a\ud800")
+
+
 @pytest.mark.parametrize(
     "value",
     [
