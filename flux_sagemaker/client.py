@@ -583,6 +583,7 @@ class FluxClient:
                 "this endpoint's Flux bundle does not accept Configure (it would end the "
                 "stream); use update_settings(), which opens a new stream with the new settings"
             )
+        message.check_capabilities(self._capabilities)  # what it carries (numerals)
         async with self._configure_lock:
             waiter = _Ack(message)
             self._pending_configures.append(waiter)

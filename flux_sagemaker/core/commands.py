@@ -119,9 +119,12 @@ class Configure:
         return settings.with_changes(**changes)
 
     def check_capabilities(self, caps: BundleCapabilities) -> None:
-        """Raise :class:`CapabilityError` if the bundle does not accept ``Configure`` at all."""
+        """Raise :class:`CapabilityError` if the bundle does not accept ``Configure`` at all, or
+        not ``numerals`` (a bundle that refuses the parameter is not sent it in-band either)."""
         if not caps.configure:
             raise CapabilityError(
                 "this Flux bundle does not accept Configure (a fatal UNPARSABLE_CLIENT_MESSAGE);"
                 " reconnect with Configure.apply_to(settings) instead"
             )
+        if self.numerals is not None and not caps.numerals_param:
+            raise CapabilityError("this Flux bundle refuses numerals; leave it None")

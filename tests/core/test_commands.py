@@ -135,6 +135,10 @@ def test_check_capabilities() -> None:
     c.check_capabilities(BundleCapabilities.flux_multi_20260417())
     with pytest.raises(CapabilityError, match="Configure"):
         c.check_capabilities(BundleCapabilities.flux_english_20260311())
+    numerals = Configure(numerals=True)
+    numerals.check_capabilities(BundleCapabilities.latest())
+    with pytest.raises(CapabilityError, match="numerals"):
+        numerals.check_capabilities(BundleCapabilities.flux_multi_20260417())
 
 
 @given(

@@ -131,6 +131,22 @@ async def test_update_settings_refused_by_flux_raises_configure_rejected(
     assert len(ep.streams) == 1
 
 
+async def test_configure_with_numerals_the_bundle_refuses_raises_before_sending(
+    endpoint: EndpointFactory,
+) -> None:
+    caps = BundleCapabilities.flux_multi_20260417()  # Configure yes, numerals no
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with (
+            endpoint(bundle=FLUX_MULTI_20260417) as ep,
+            client_for(ep, capabilities=caps) as flux,
+        ):
+            with pytest.raises(CapabilityError, match="numerals"):
+                await flux.configure(numerals=True)
+            await flux.close()
+            await collect(flux)
+    assert ep.streams[0].texts == ['{"type":"CloseStream"}']
+
+
 async def test_configure_unsupported_raises_before_sending(endpoint: EndpointFactory) -> None:
     caps = BundleCapabilities.flux_english_20260311()
     with anyio.fail_after(TEST_TIMEOUT):
