@@ -846,7 +846,10 @@ class FluxClient:
                 return None
             event = observed
             if isinstance(event, EndOfTurn) and self._format.bytes_per_second:
-                self._replay.trim_to(self._format.byte_offset(event.audio_window_end))
+                # Within the audio accepted: a time out of that range is the server's mistake.
+                accepted = self._seconds(self._replay.total_bytes)
+                end = min(max(event.audio_window_end, 0.0), accepted)
+                self._replay.trim_to(self._format.byte_offset(end))
                 self._wake_supervisor()  # a turn boundary: the moment for a due rollover
         return event
 

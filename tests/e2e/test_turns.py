@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
+from typing import Any
 
 import anyio
 import pytest
@@ -21,6 +23,7 @@ from flux_sagemaker import (
     UsageError,
 )
 from flux_sagemaker.core.turns import TurnTracker
+from flux_sagemaker.testing.session import StreamSession
 
 from .helpers import (
     SAMPLE,
@@ -149,3 +152,25 @@ async def test_a_bug_in_event_handling_ends_the_session_with_a_typed_error(
     assert isinstance(error, LocalProtocolError)
     assert "internal error" in str(error)
     assert "a bug" in str(error)
+
+
+@pytest.mark.parametrize("end", [-5.0, 1e300], ids=["negative", "absurd"])
+async def test_an_end_of_turn_time_out_of_range_does_not_end_the_session(
+    endpoint: EndpointFactory, monkeypatch: pytest.MonkeyPatch, end: float
+) -> None:
+    """The client trims its replay buffer at each EndOfTurn's audio_window_end: a time before
+    the session or past what was sent is the server's mistake, not a reason to fail."""
+    send = StreamSession._send
+
+    async def wild_end_times(self: StreamSession, messages: Sequence[dict[str, Any]]) -> None:
+        for message in messages:
+            if message.get("event") == "EndOfTurn":
+                message["audio_window_end"] = end
+        await send(self, messages)
+
+    monkeypatch.setattr(StreamSession, "_send", wild_end_times)
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as flux:
+            events = await run_session(flux, SAMPLE.pcm)
+    assert [e.transcript for e in of_type(events, EndOfTurn)] == list(SAMPLE.turns)
+    assert flux.stats.audio_bytes_sent == len(SAMPLE.pcm)
