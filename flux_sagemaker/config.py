@@ -22,6 +22,7 @@ import os
 import ssl
 from typing import Any
 
+import anyio
 import attrs
 import botocore.session
 from botocore.configprovider import ConfiguredEndpointProvider
@@ -31,10 +32,44 @@ from botocore.exceptions import BotoCoreError
 from .core.request import Endpoint, resolve_endpoint
 from .errors import ValidationError
 
-__all__ = ["ResolvedConfig", "default_ssl_context", "resolve_config"]
+__all__ = ["CredentialSource", "ResolvedConfig", "default_ssl_context", "resolve_config"]
 
 # The botocore client whose configured endpoint applies (AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME).
 _CLIENT_NAME = "sagemaker-runtime"
+
+
+@attrs.define(eq=False)
+class CredentialSource:
+    """A client's credentials: the ones given, or what botocore's default chain finds.
+
+    The chain is walked on first use, in a worker thread: its container and instance-metadata
+    steps fetch over the network (about a second where no metadata service answers), which
+    must hold up neither the client's constructor nor the event loop. botocore keeps what a
+    session's chain found, so clients sharing a session walk it once.
+    """
+
+    _session: botocore.session.Session | None = None
+    _credentials: Credentials | None = None
+
+    @classmethod
+    def given(cls, credentials: Credentials) -> CredentialSource:
+        """Credentials passed by the application."""
+        return cls(credentials=credentials)
+
+    @classmethod
+    def chain(cls, session: botocore.session.Session) -> CredentialSource:
+        """botocore's default chain of ``session``, walked on first use."""
+        return cls(session=session)
+
+    async def get(self) -> Credentials | None:
+        """The credentials, or ``None`` if the chain found none.
+
+        Raises:
+            BotoCoreError: the chain failed (a bad profile, an SSO login that expired, ...).
+        """
+        if self._credentials is None and self._session is not None:
+            self._credentials = await anyio.to_thread.run_sync(self._session.get_credentials)
+        return self._credentials
 
 
 @attrs.frozen
@@ -44,7 +79,7 @@ class ResolvedConfig:
     region: str
     endpoint: Endpoint
     ssl_context: ssl.SSLContext | None = attrs.field(repr=False)
-    credentials: Credentials | None = attrs.field(repr=False)
+    credentials: CredentialSource = attrs.field(repr=False)
 
 
 def default_ssl_context(ca_bundle: str | None = None) -> ssl.SSLContext:
@@ -83,9 +118,9 @@ def resolve_config(
 ) -> ResolvedConfig:
     """Resolve region, endpoint, TLS and credentials from the arguments and the AWS config.
 
-    This reads files and the environment but does no network I/O: botocore resolves
-    credential providers lazily, and the client fetches frozen credentials off the event
-    loop for each new stream.
+    This reads files and the environment but does no network I/O: the credential chain is
+    walked on first use, off the event loop (see :class:`CredentialSource`), and the client
+    fetches frozen credentials off the event loop for each new stream.
     """
     explicit_url = endpoint_url is not None
     explicit_flags = bool(use_fips) or bool(use_dualstack)
@@ -114,8 +149,6 @@ def resolve_config(
         if use_dualstack is None:
             use_dualstack = _flag(session.get_config_variable("use_dualstack_endpoint"))
         ca_bundle = session.get_config_variable("ca_bundle")
-        if credentials is None:
-            credentials = session.get_credentials()
     except BotoCoreError as exc:
         raise ValidationError(f"invalid AWS configuration: {exc}") from exc
     if endpoint_url is not None and not (explicit_url and explicit_flags):
@@ -129,6 +162,11 @@ def resolve_config(
         ssl_context = default_ssl_context(ca_bundle)
     elif endpoint.scheme == "http":
         ssl_context = None
+    source = (
+        CredentialSource.given(credentials)
+        if credentials is not None
+        else CredentialSource.chain(session)
+    )
     return ResolvedConfig(
-        region=region, endpoint=endpoint, ssl_context=ssl_context, credentials=credentials
+        region=region, endpoint=endpoint, ssl_context=ssl_context, credentials=source
     )

@@ -20,7 +20,7 @@ from botocore.credentials import Credentials, ReadOnlyCredentials, RefreshableCr
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from .config import ResolvedConfig
+from .config import CredentialSource, ResolvedConfig
 from .core.error_mapping import operation_error
 from .core.events import ServerMessage
 from .core.protocol import StreamEnded, StreamFailed, StreamProtocol
@@ -67,20 +67,23 @@ class LiveStream:
         return self.proto.request_id
 
 
-async def frozen_credentials(credentials: Credentials | None) -> ReadOnlyCredentials:
-    """Credentials that cannot change halfway through a signature.
+async def frozen_credentials(
+    source: CredentialSource,
+) -> tuple[ReadOnlyCredentials, Credentials]:
+    """Credentials that cannot change halfway through a signature, and where they came from.
 
     Raises:
         ValidationError: botocore's chain found no credentials at all, or could not get them
             (an expired SSO login, a role that may not be assumed, ...).
         ConnectError: the credentials' source (STS, SSO, instance metadata) was unreachable.
     """
-    if credentials is None:
-        raise ValidationError(
-            "no AWS credentials found: configure the default chain (environment, ~/.aws, SSO, "
-            "instance or task role) or pass credentials=..."
-        )
     try:
+        credentials = await source.get()
+        if credentials is None:
+            raise ValidationError(
+                "no AWS credentials found: configure the default chain (environment, ~/.aws, "
+                "SSO, instance or task role) or pass credentials=..."
+            )
         if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
             # A refresh can block on the network (STS, SSO, IMDS): keep it off the loop.
             frozen = await anyio.to_thread.run_sync(credentials.get_frozen_credentials)
@@ -91,7 +94,7 @@ async def frozen_credentials(credentials: Credentials | None) -> ReadOnlyCredent
     except (BotoCoreError, ClientError) as exc:
         raise ValidationError(f"could not get AWS credentials: {exc}") from exc
     assert isinstance(frozen, ReadOnlyCredentials)
-    return frozen
+    return frozen, credentials
 
 
 def seconds_until_expiry(credentials: Credentials | None) -> float | None:
@@ -137,8 +140,8 @@ async def _open_once(
     request: InvokeRequest,
     timeouts: Timeouts,
 ) -> tuple[LiveStream, list[ServerMessage]]:
-    frozen = await frozen_credentials(config.credentials)
-    expires_in = seconds_until_expiry(config.credentials)
+    frozen, credentials = await frozen_credentials(config.credentials)
+    expires_in = seconds_until_expiry(credentials)
     signed = sign_request(request, frozen, config.region)
     h2 = await pool.open_stream(
         config.endpoint,

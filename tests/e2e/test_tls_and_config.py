@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import anyio
+import botocore.session
 import pytest
-from botocore.credentials import RefreshableCredentials
+from botocore.credentials import CredentialProvider, Credentials, RefreshableCredentials
 from botocore.exceptions import CredentialRetrievalError, EndpointConnectionError
 
 from flux_sagemaker import (
@@ -166,3 +168,43 @@ async def test_a_failed_credential_refresh_raises_a_typed_error(
             pass
     assert "AWS credentials" in str(info.value)
     assert info.value.__cause__ is failure
+
+
+async def test_the_credential_chain_is_walked_on_first_use_off_the_event_loop(
+    endpoint: EndpointFactory, aws_env: pytest.MonkeyPatch
+) -> None:
+    """botocore's chain can fetch over the network (container and instance metadata): not in
+    the constructor, not on the event loop's thread, and once for the clients of a session."""
+    walked_on: list[threading.Thread] = []
+
+    class RecordingProvider(CredentialProvider):  # type: ignore[misc]  # botocore is untyped
+        METHOD = "test-recording"
+
+        def load(self) -> Credentials:
+            walked_on.append(threading.current_thread())
+            return Credentials(DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, method=self.METHOD)
+
+    session = botocore.session.Session()
+    session.get_component("credential_provider").insert_before("env", RecordingProvider())
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep:
+            flux = FluxClient(
+                "flux-e2e",
+                endpoint_url=ep.url,
+                region=ep.region,
+                session=session,
+                timeouts=FAST_TIMEOUTS,
+                retry=NO_RETRY,
+                keepalive=KeepalivePolicy.disabled(),
+            )
+            assert walked_on == []
+            async with flux:
+                events = await run_session(flux, FIRST_TURN_DONE)
+            assert len(walked_on) == 1
+            assert walked_on[0] is not threading.main_thread()
+            second = FluxClient("flux-e2e", endpoint_url=ep.url, region=ep.region, session=session)
+            async with second:
+                await second.close()
+    _assert_first_turn(events, ep)
+    assert len(walked_on) == 1
+    assert len(ep.streams) == 2
