@@ -49,6 +49,10 @@ Handler = Callable[["ServerStream"], Awaitable[None]]
 _TLS_HANDSHAKE_TIMEOUT = 10.0
 
 
+def _text(field: bytes | str) -> str:
+    return field.decode("utf-8", "replace") if isinstance(field, bytes) else field
+
+
 @attrs.frozen
 class ServerStats:
     """Counters of an :class:`H2Server`."""
@@ -121,7 +125,9 @@ class ServerConnection(H2ConnectionBase):
     _peer = "client"
 
     def __init__(self, stream: anyio.abc.ByteStream, server: H2Server) -> None:
-        config = h2.config.H2Configuration(client_side=False, header_encoding="utf-8")
+        # Headers stay bytes in h2 (decoded in _on_event): with header_encoding set, h2 decodes
+        # them inside receive_data, and one request's non-UTF-8 header would end the server.
+        config = h2.config.H2Configuration(client_side=False, header_encoding=None)
         h2conn = DrainingH2Connection(config)
         h2conn.local_settings = h2.settings.Settings(
             client=False,
@@ -214,7 +220,8 @@ class ServerConnection(H2ConnectionBase):
         if self._goaway_last is not None and sid > self._goaway_last:
             self._h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
-        fields = [(str(k), str(v)) for k, v in event.headers or ()]
+        # Not UTF-8: U+FFFD, so the request fails its checks (signature, fields) like any other.
+        fields = [(_text(k), _text(v)) for k, v in event.headers or ()]
         pseudo = {k: v for k, v in fields if k.startswith(":")}
         stream = ServerStream(
             self,
