@@ -20,6 +20,7 @@ from typing import Any
 import attrs
 from botocore.credentials import Credentials
 
+from ..core.request import DEFAULT_INVOCATION_PATH
 from ..core.settings import FluxSettings
 from ..errors import ValidationError
 from ..h2core import DEFAULT_RECEIVE_WINDOW
@@ -253,6 +254,7 @@ class MockFluxEndpoint:
                 record.error = "GOAWAY before handling the request"
                 await stream.connection.goaway(last_stream_id=max(0, stream.stream_id - 2))
                 return
+            self._check_invocation_path(verified.invocation_path)
             settings = self._parse_settings(verified.query_string)
         except VerificationFailure as exc:
             await self._refuse(
@@ -285,6 +287,12 @@ class MockFluxEndpoint:
     def _check_endpoint_name(self, name: str) -> None:
         if self.endpoint_name is not None and name != self.endpoint_name:
             raise VerificationFailure(404, "ValidationError", f"Endpoint {name} not found.")
+
+    def _check_invocation_path(self, path: str | None) -> None:
+        # SageMaker opens the container's WebSocket at this path; Flux serves only v2/listen
+        # (without the header, at "/"), and answers any other path 404: a generic 424.
+        if path != DEFAULT_INVOCATION_PATH:
+            raise ValidationError(f"the container has no route for the invocation path {path!r}")
 
     def _parse_settings(self, query_string: str | None) -> FluxSettings:
         if not query_string:

@@ -7,12 +7,48 @@ import h2.config
 import h2.connection
 import h2.events
 import pytest
+from botocore.credentials import ReadOnlyCredentials
 
+from flux_sagemaker.core.request import Endpoint, InvokeRequest
+from flux_sagemaker.core.signing import sign_request
 from flux_sagemaker.testing import MockFluxEndpoint
+from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
+from flux_sagemaker.transport import H2Stream, Timeouts, open_connection
 
 from .helpers import TEST_TIMEOUT
 
 pytestmark = pytest.mark.anyio
+
+CREDENTIALS = ReadOnlyCredentials(DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, None)
+QUERY = "model=flux-general-en&encoding=linear16&sample_rate=16000"
+
+
+async def read_body(stream: H2Stream) -> bytes:
+    body = bytearray()
+    while (chunk := await stream.receive()) is not None:
+        body += chunk
+    return bytes(body)
+
+
+async def test_an_invocation_path_flux_does_not_serve_gets_a_model_error() -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with MockFluxEndpoint() as ep:
+            endpoint = Endpoint(scheme="http", host="127.0.0.1", port=ep.port)
+            request = InvokeRequest(endpoint, "ep", QUERY, invocation_path="v1/listen")
+            signed = sign_request(request, CREDENTIALS, ep.region)
+            async with open_connection(
+                "127.0.0.1", ep.port, ssl_context=None, timeouts=Timeouts(ping_interval=None)
+            ) as conn:
+                stream = await conn.open_stream(
+                    "POST", signed.scheme, signed.authority, signed.path, signed.headers
+                )
+                status, headers = await stream.response()
+                assert status == 424
+                body = await read_body(stream)
+    assert dict(headers)["x-amzn-errortype"].startswith("ModelError:")
+    assert b"Failed to establish WebSocket connection" in body
+    assert ep.streams[0].error is not None
+    assert "v1/listen" in ep.streams[0].error
 
 
 async def test_a_header_that_is_not_utf8_fails_only_its_request() -> None:
