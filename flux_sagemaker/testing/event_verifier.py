@@ -8,6 +8,7 @@ from :meth:`.verifier.RequestVerifier.event_verifier`.
 
 from __future__ import annotations
 
+import codecs
 import hmac
 from collections.abc import Mapping
 from typing import Final
@@ -75,6 +76,11 @@ class EventVerifier:
     _decoder: EventStreamDecoder = attrs.field(init=False, factory=EventStreamDecoder, repr=False)
     _ended: bool = attrs.field(init=False, default=False)
     _error: EventSignatureError | None = attrs.field(init=False, default=None, repr=False)
+    # PARTIAL UTF8 parts reach Flux as the fragments of one text frame: only the whole message
+    # must be UTF-8, so a part may end inside a character.
+    _utf8: codecs.IncrementalDecoder = attrs.field(
+        init=False, factory=codecs.getincrementaldecoder("utf-8"), repr=False
+    )
 
     def __attrs_post_init__(self) -> None:
         self._chain = SignatureChain(
@@ -162,14 +168,14 @@ class EventVerifier:
             data_type = "BINARY"
         if data_type not in _DATA_TYPES:
             raise _bad_event(f"DataType must be BINARY or UTF8, got {data_type!r}")
-        if data_type == "UTF8":
-            try:
-                inner.payload.decode("utf-8")
-            except UnicodeDecodeError:
-                raise _bad_event("a UTF8 PayloadPart is not valid UTF-8") from None
         completion = inner.header_str("CompletionState")
         if completion not in (None, "PARTIAL", "COMPLETE"):
             raise _bad_event(f"CompletionState must be PARTIAL or COMPLETE, got {completion!r}")
+        if data_type == "UTF8":
+            try:
+                self._utf8.decode(inner.payload, final=completion != "PARTIAL")
+            except UnicodeDecodeError:
+                raise _bad_event("a UTF8 PayloadPart is not valid UTF-8") from None
         return InputEvent(
             data_type=data_type,
             payload=inner.payload,

@@ -59,7 +59,7 @@ class RecordedStream:
     audio_event_sizes: list[int] = attrs.field(factory=list, repr=False)
     """The size of each BINARY payload part, in order."""
     texts: list[str] = attrs.field(factory=list)
-    """Every UTF8 payload part (control message) received."""
+    """Every control message received (a UTF8 payload part, or ``PARTIAL`` parts joined)."""
     inputs: list[str] = attrs.field(factory=list, repr=False)
     """The kind of every input event in arrival order: ``BINARY``, ``UTF8``, or ``END`` for the
     final empty signed envelope (to check what came before what)."""

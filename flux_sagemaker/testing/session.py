@@ -88,6 +88,8 @@ class StreamSession:
     """The response was ended (END_STREAM sent)."""
     opened_at: float = 0.0
     """``anyio.current_time()`` when the session started."""
+    _text_parts: list[bytes] = attrs.field(init=False, factory=list, repr=False)
+    """The ``PARTIAL`` UTF8 parts of a control message still being received."""
 
     async def run(self) -> None:
         """Serve the stream until its request body ends or the stream is broken off."""
@@ -160,9 +162,14 @@ class StreamSession:
                     return True
             messages = self.engine.receive_audio(event.payload)
         else:
-            text = event.payload.decode("utf-8", "replace")
-            self.record.texts.append(text)
-            messages = self.engine.receive_text(event.payload)
+            # SageMaker sends PARTIAL...COMPLETE parts as one fragmented WebSocket message.
+            self._text_parts.append(event.payload)
+            if event.completion_state == "PARTIAL":
+                return False
+            payload = b"".join(self._text_parts)
+            self._text_parts.clear()
+            self.record.texts.append(payload.decode("utf-8", "replace"))
+            messages = self.engine.receive_text(payload)
         await self._send(messages)
         return False
 

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
 import anyio
 import h2.config
 import h2.connection
@@ -9,8 +14,9 @@ import h2.events
 import pytest
 from botocore.credentials import ReadOnlyCredentials
 
+from flux_sagemaker.core.eventstream import EventStreamDecoder, encode_message
 from flux_sagemaker.core.request import Endpoint, InvokeRequest
-from flux_sagemaker.core.signing import sign_request
+from flux_sagemaker.core.signing import EventSigner, sign_request
 from flux_sagemaker.testing import MockFluxEndpoint
 from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
 from flux_sagemaker.transport import H2Stream, Timeouts, open_connection
@@ -28,6 +34,56 @@ async def read_body(stream: H2Stream) -> bytes:
     while (chunk := await stream.receive()) is not None:
         body += chunk
     return bytes(body)
+
+
+def payload_part(payload: bytes, data_type: str, completion: str | None = None) -> bytes:
+    headers = {":message-type": "event", ":event-type": "PayloadPart", "DataType": data_type}
+    if completion is not None:
+        headers["CompletionState"] = completion
+    return encode_message(headers, payload)
+
+
+@asynccontextmanager
+async def signed_stream(ep: MockFluxEndpoint) -> AsyncIterator[tuple[H2Stream, EventSigner]]:
+    """An accepted stream of ``ep`` and the signer of its events."""
+    endpoint = Endpoint(scheme="http", host="127.0.0.1", port=ep.port)
+    signed = sign_request(InvokeRequest(endpoint, "ep", QUERY), CREDENTIALS, ep.region)
+    async with open_connection(
+        "127.0.0.1", ep.port, ssl_context=None, timeouts=Timeouts(ping_interval=None)
+    ) as conn:
+        stream = await conn.open_stream(
+            "POST", signed.scheme, signed.authority, signed.path, signed.headers
+        )
+        assert (await stream.response())[0] == 200
+        signer = EventSigner(
+            credentials=CREDENTIALS, region=ep.region, seed_signature=signed.signature
+        )
+        yield stream, signer
+
+
+async def flux_messages(stream: H2Stream) -> list[dict[str, Any]]:
+    """The Flux messages of the whole response."""
+    events = EventStreamDecoder().receive_data(await read_body(stream))
+    assert all(e.headers[":message-type"] == "event" for e in events)
+    return [json.loads(e.payload) for e in events]
+
+
+async def test_a_control_message_in_partial_parts_is_one_message() -> None:
+    # SageMaker sends PARTIAL...COMPLETE parts as one fragmented WebSocket text message, which
+    # only as a whole must be UTF-8: this one is split inside the "é".
+    configure = '{"type":"Configure","keyterms":["café"]}'.encode()
+    cut = configure.index(b"\xa9")
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with MockFluxEndpoint() as ep, signed_stream(ep) as (stream, signer):
+            await stream.send(signer.sign(payload_part(configure[:cut], "UTF8", "PARTIAL")))
+            await stream.send(signer.sign(payload_part(configure[cut:], "UTF8", "COMPLETE")))
+            await stream.send(signer.sign(payload_part(b'{"type":"CloseStream"}', "UTF8")))
+            messages = await flux_messages(stream)
+            await stream.send(signer.sign_empty())
+            await stream.end_input()
+    assert [m["type"] for m in messages] == ["Connected", "ConfigureSuccess"]
+    assert messages[1]["keyterms"] == ["café"]
+    assert ep.streams[0].texts == [configure.decode(), '{"type":"CloseStream"}']
 
 
 async def test_an_invocation_path_flux_does_not_serve_gets_a_model_error() -> None:
