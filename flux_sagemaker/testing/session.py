@@ -11,6 +11,7 @@ model stream breaks.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -104,7 +105,12 @@ class StreamSession:
         await self._send(self.engine.connected())
         try:
             while True:
-                chunk = await self.stream.receive()
+                # SageMaker's limit holds for a client that sends nothing too.
+                with anyio.move_on_at(self._deadline()) as waiting:
+                    chunk = await self.stream.receive()
+                if waiting.cancelled_caught:
+                    await self._time_exceeded()
+                    return
                 if chunk is None:
                     self.events.eof()
                     break
@@ -144,12 +150,8 @@ class StreamSession:
             self.record.audio += event.payload
             self.record.audio_events += 1
             self.record.audio_event_sizes.append(len(event.payload))
-            if self._expired():
-                await self._break(
-                    FaultKind.MODEL_STREAM_ERROR,
-                    "ModelInvocationTimeExceeded",
-                    "Model invocation exceeded the maximum time",
-                )
+            if anyio.current_time() >= self._deadline():
+                await self._time_exceeded()
                 return True
             fault = self.fault
             if (
@@ -180,9 +182,16 @@ class StreamSession:
         width = 4 if params.encoding == "linear32" else 2 if params.encoding == "linear16" else 1
         return len(payload) / (width * params.sample_rate)
 
-    def _expired(self) -> bool:
+    def _deadline(self) -> float:
         limit = self.endpoint.max_stream_duration
-        return limit is not None and anyio.current_time() - self.opened_at >= limit
+        return math.inf if limit is None else self.opened_at + limit
+
+    async def _time_exceeded(self) -> None:
+        await self._break(
+            FaultKind.MODEL_STREAM_ERROR,
+            "ModelInvocationTimeExceeded",
+            "Model invocation exceeded the maximum time",
+        )
 
     async def _strike(self, fault: Fault) -> bool:
         kind = fault.kind

@@ -273,3 +273,14 @@ async def test_mid_stream_failure_after_the_earlier_events(
     if isinstance(error, FluxServerError):
         assert error.code == "INTERNAL_SERVER_ERROR"
         assert error.description == "injected fault"
+
+
+async def test_stream_time_limit_ends_an_idle_stream(endpoint: EndpointFactory) -> None:
+    # SageMaker's limit counts time, not audio: a client that sends nothing is cut off too.
+    events: list[FluxEvent] = []
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(max_stream_duration=0.05) as ep, client_for(ep) as flux:
+            error = await events_until_error(flux, events)
+    assert isinstance(error, ModelStreamError), repr(error)
+    assert error.error_code == "ModelInvocationTimeExceeded"
+    assert ep.streams[0].audio_events == 0
