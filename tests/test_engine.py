@@ -446,6 +446,7 @@ def test_configure_on_a_bundle_without_it_is_fatal() -> None:
         "[1, 2]",
         '{"kind":"CloseStream"}',
         b"\xff\xfe",
+        "[" * 100_000,
     ],
 )
 def test_unknown_or_unparsable_messages_are_fatal(text: str | bytes) -> None:

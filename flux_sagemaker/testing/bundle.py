@@ -112,7 +112,7 @@ def parse_client_message(text: str | bytes, bundle: BundleProfile) -> tuple[str,
     """Parse a UTF8 payload part into ``(type, message)``, as the bundle's serde enum would."""
     try:
         message = json.loads(text)
-    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+    except (ValueError, RecursionError) as exc:  # also too deep a nesting: serde refuses it too
         raise FatalMessage(str(exc)) from exc
     if not isinstance(message, dict):
         raise FatalMessage("invalid type: expected internally tagged enum ClientMessage")
