@@ -286,7 +286,8 @@ class MockFluxEndpoint:
 
     def _check_endpoint_name(self, name: str) -> None:
         if self.endpoint_name is not None and name != self.endpoint_name:
-            raise VerificationFailure(404, "ValidationError", f"Endpoint {name} not found.")
+            # ValidationError is modelled with status 400, and that is what SageMaker answers.
+            raise VerificationFailure(400, "ValidationError", f"Endpoint {name} not found.")
 
     def _check_invocation_path(self, path: str | None) -> None:
         # SageMaker opens the container's WebSocket at this path; Flux serves only v2/listen

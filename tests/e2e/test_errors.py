@@ -100,7 +100,8 @@ async def test_unknown_endpoint_name_is_a_validation_error(endpoint: EndpointFac
         async with endpoint(endpoint_name="the-real-one") as ep:
             error = await _open_fails(ep)
     assert isinstance(error, InputValidationError)
-    assert error.status_code == 404
+    assert error.status_code == 400
+    assert error.error_type == "ValidationError"
     assert "flux-e2e" in str(error)
 
 
