@@ -4,6 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+# Imported here, before any in-process sandbox run: pytester unloads the modules a run imported
+# first, and cryptography (under trustme) cannot be imported again in the same process.
+import trustme  # noqa: F401
+
 pytest_plugins = ["pytester"]
 
 CONFTEST = """
