@@ -278,7 +278,8 @@ class MockFluxEndpoint:
             [
                 ("content-type", "application/vnd.amazon.eventstream"),
                 ("x-amzn-requestid", request_id),
-                ("x-amzn-invoked-production-variant", "AllTraffic"),
+                # The variant asked for, if any, is the one SageMaker invoked.
+                ("x-amzn-invoked-production-variant", verified.target_variant or "AllTraffic"),
             ],
         )
         record.status = 200

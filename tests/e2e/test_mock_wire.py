@@ -44,10 +44,13 @@ def payload_part(payload: bytes, data_type: str, completion: str | None = None) 
 
 
 @asynccontextmanager
-async def signed_stream(ep: MockFluxEndpoint) -> AsyncIterator[tuple[H2Stream, EventSigner]]:
+async def signed_stream(
+    ep: MockFluxEndpoint, target_variant: str | None = None
+) -> AsyncIterator[tuple[H2Stream, EventSigner]]:
     """An accepted stream of ``ep`` and the signer of its events."""
     endpoint = Endpoint(scheme="http", host="127.0.0.1", port=ep.port)
-    signed = sign_request(InvokeRequest(endpoint, "ep", QUERY), CREDENTIALS, ep.region)
+    request = InvokeRequest(endpoint, "ep", QUERY, target_variant=target_variant)
+    signed = sign_request(request, CREDENTIALS, ep.region)
     async with open_connection(
         "127.0.0.1", ep.port, ssl_context=None, timeouts=Timeouts(ping_interval=None)
     ) as conn:
@@ -123,3 +126,15 @@ async def test_a_header_that_is_not_utf8_fails_only_its_request() -> None:
                             status = dict(event.headers or ())[b":status"]
     assert status == b"403"
     assert ep.streams[0].status == 403
+
+
+@pytest.mark.parametrize(("variant", "invoked"), [(None, "AllTraffic"), ("blue", "blue")])
+async def test_the_invoked_variant_is_the_target_variant(variant: str | None, invoked: str) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with MockFluxEndpoint() as ep, signed_stream(ep, variant) as (stream, signer):
+            _status, headers = await stream.response()
+            await stream.send(signer.sign(payload_part(b'{"type":"CloseStream"}', "UTF8")))
+            await flux_messages(stream)
+            await stream.send(signer.sign_empty())
+            await stream.end_input()
+    assert dict(headers)["x-amzn-invoked-production-variant"] == invoked
