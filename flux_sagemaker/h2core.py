@@ -77,6 +77,7 @@ __all__ = [
     "H2ConnectionBase",
     "error_code_name",
     "fresh_error",
+    "header_fields",
     "wait_event",
 ]
 
@@ -100,6 +101,19 @@ def fresh_error(exc: errors.FluxError) -> errors.FluxError:
         return exc.with_traceback(None)
     new.__cause__ = exc.__cause__
     return new
+
+
+def header_fields(headers: Any) -> list[tuple[str, str]]:
+    """A header block from h2 as text, bytes that are not UTF-8 shown as U+FFFD.
+
+    Both sides keep h2's headers as bytes (``header_encoding=None``): h2 would decode them
+    inside ``receive_data``, and one peer's stray byte would fail the whole connection.
+    """
+    return [(_header_text(k), _header_text(v)) for k, v in headers or ()]
+
+
+def _header_text(field: bytes | str) -> str:
+    return field.decode("utf-8", "replace") if isinstance(field, bytes) else field
 
 
 def error_code_name(code: int) -> str:

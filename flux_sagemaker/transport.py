@@ -50,6 +50,7 @@ from flux_sagemaker.h2core import (
     H2ConnectionBase,
     error_code_name,
     fresh_error,
+    header_fields,
     wait_event,
 )
 from flux_sagemaker.h2inbound import FRAME_HEADER_SIZE
@@ -202,7 +203,8 @@ class H2Connection(H2ConnectionBase):
         receive_window: int = DEFAULT_RECEIVE_WINDOW,
         max_streams: int | None = None,
     ) -> None:
-        config = h2.config.H2Configuration(client_side=True, header_encoding="utf-8")
+        # Headers stay bytes in h2, decoded per stream (see header_fields).
+        config = h2.config.H2Configuration(client_side=True, header_encoding=None)
         self._suspect = False  # a stream here stalled: the peer may be gone without a word
         self._write_wanted: anyio.Event | None = None  # set while the writer task runs
         h2conn = DrainingH2Connection(config)
@@ -487,13 +489,22 @@ class H2Connection(H2ConnectionBase):
         match event:
             case h2.events.ResponseReceived(stream_id=int(sid)):
                 if isinstance(stream := self._streams.get(sid), H2Stream):
-                    headers = [(str(k), str(v)) for k, v in event.headers or ()]
-                    stream.status = int(next(v for k, v in headers if k == ":status"))
+                    headers = header_fields(event.headers)
+                    status = next((v for k, v in headers if k == ":status"), "")
+                    if not (len(status) == 3 and status.isascii() and status.isdigit()):
+                        # This stream's answer is broken, not the connection's other streams.
+                        self._h2.reset_stream(sid, h2.errors.ErrorCodes.PROTOCOL_ERROR)
+                        msg = f"the server answered stream {sid} with :status {status!r}"
+                        stream._fail(errors.RemoteProtocolError(msg))
+                        self._forget(stream)
+                        stream._headers_event.set()
+                        return
+                    stream.status = int(status)
                     stream.headers = [(k, v) for k, v in headers if not k.startswith(":")]
                     stream._headers_event.set()
             case h2.events.TrailersReceived(stream_id=int(sid)):
                 if isinstance(stream := self._streams.get(sid), H2Stream):
-                    stream.trailers = [(str(k), str(v)) for k, v in event.headers or ()]
+                    stream.trailers = header_fields(event.headers)
             case h2.events.RemoteSettingsChanged():
                 self._settings_seen = True
                 self._wake_capacity()

@@ -22,7 +22,7 @@ from hypothesis import strategies as st
 from flux_sagemaker import errors, transport
 from flux_sagemaker.asyncio_stream import AsyncioStream, on_stdlib_asyncio_loop
 from flux_sagemaker.h2core import MAX_WINDOW, H2ConnectionBase
-from flux_sagemaker.testing.h2server import H2Server, ServerStream
+from flux_sagemaker.testing.h2server import H2Server, Handler, ServerStream
 from flux_sagemaker.transport import (
     _BATCH_YIELD,
     H2Connection,
@@ -510,6 +510,43 @@ async def test_the_os_giving_up_on_tcp_is_a_connect_error(monkeypatch: pytest.Mo
     monkeypatch.setattr(anyio, "connect_tcp", kernel_gives_up)
     with anyio.fail_after(10), pytest.raises(errors.ConnectError, match="timed out"):
         await connect("127.0.0.1", 9, ssl_context=None, timeouts=Timeouts(connect=60))
+
+
+def _answer_with_raw_headers(fields: list[tuple[bytes, bytes]]) -> Handler:
+    """A server handler that sends ``fields`` as the response headers, unchecked."""
+
+    async def handler(stream: ServerStream) -> None:
+        conn = stream._conn
+        async with conn._write_lock:
+            conn._h2.send_headers(stream.stream_id, fields)
+            await conn._flush_locked()
+        await anyio.sleep_forever()
+
+    return handler
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [[(b":status", b"abc")], [(b":status", b"2000")]],
+    ids=["not-a-number", "four-digits"],
+)
+async def test_a_broken_status_fails_only_its_stream(fields: list[tuple[bytes, bytes]]) -> None:
+    with anyio.fail_after(10):
+        async with serve_and_connect(_answer_with_raw_headers(fields)) as (_, conn):
+            first, second = await open_post(conn), await open_post(conn)
+            for stream in (first, second):
+                with pytest.raises(errors.RemoteProtocolError, match=":status"):
+                    await stream.response()
+            assert conn.is_available  # the connection goes on
+
+
+async def test_a_response_header_that_is_not_utf8_is_read_with_replacement_characters() -> None:
+    fields = [(b":status", b"200"), (b"x-name", b"caf\xe9")]
+    with anyio.fail_after(10):
+        async with serve_and_connect(_answer_with_raw_headers(fields)) as (_, conn):
+            stream = await open_post(conn)
+            assert await stream.response() == (200, [("x-name", "caf\ufffd")])
+            assert conn.is_available
 
 
 async def test_peer_max_concurrent_streams_is_respected() -> None:

@@ -40,6 +40,7 @@ from flux_sagemaker.h2core import (
     MAX_WINDOW,
     DrainingH2Connection,
     H2ConnectionBase,
+    header_fields,
 )
 from flux_sagemaker.h2stream import H2StreamBase
 
@@ -47,10 +48,6 @@ __all__ = ["H2Server", "Handler", "ServerConnection", "ServerStats", "ServerStre
 
 Handler = Callable[["ServerStream"], Awaitable[None]]
 _TLS_HANDSHAKE_TIMEOUT = 10.0
-
-
-def _text(field: bytes | str) -> str:
-    return field.decode("utf-8", "replace") if isinstance(field, bytes) else field
 
 
 @attrs.frozen
@@ -221,7 +218,7 @@ class ServerConnection(H2ConnectionBase):
             self._h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
         # Not UTF-8: U+FFFD, so the request fails its checks (signature, fields) like any other.
-        fields = [(_text(k), _text(v)) for k, v in event.headers or ()]
+        fields = header_fields(event.headers)
         pseudo = {k: v for k, v in fields if k.startswith(":")}
         stream = ServerStream(
             self,
