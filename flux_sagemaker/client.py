@@ -201,6 +201,20 @@ class FluxClient:
         max_buffered_events: int = 1024,
         pool: ConnectionPool | None = None,
     ) -> None:
+        _check_types(
+            settings=(settings, FluxSettings),
+            capabilities=(capabilities, BundleCapabilities),
+            timeouts=(timeouts, Timeouts),
+            retry=(retry, RetryPolicy),
+            keepalive=(keepalive, KeepalivePolicy),
+            rollover=(rollover, RolloverPolicy),
+            pool=(pool, ConnectionPool),
+            use_fips=(use_fips, bool),
+            use_dualstack=(use_dualstack, bool),
+            ssl_context=(ssl_context, ssl.SSLContext),
+            session=(session, botocore.session.Session),  # not a boto3 Session
+            credentials=(credentials, Credentials),
+        )
         self._settings = settings if settings is not None else FluxSettings()
         self._capabilities = capabilities if capabilities is not None else BundleCapabilities()
         self._settings.check_capabilities(self._capabilities)
@@ -1233,6 +1247,22 @@ class FluxClient:
             if duration is not None:
                 self._timers.on_audio_sent(_now())
             await self._write(stream, stream.proto.send_audio(silence))
+
+
+def _check_types(**arguments: tuple[object, type]) -> None:
+    """Refuse an argument of the wrong type here, not with an AttributeError mid-session (or,
+    for ``use_fips="false"``, a truthy string that would turn FIPS on)."""
+    for name, (value, expected) in arguments.items():
+        if value is not None and not isinstance(value, expected):
+            raise ValidationError(
+                f"{name} must be {_type_name(expected)} or None, got {_type_name(type(value))}"
+            )
+
+
+def _type_name(kind: type) -> str:
+    if kind.__module__ == "builtins":
+        return kind.__qualname__
+    return f"{kind.__module__}.{kind.__qualname__}"
 
 
 def _replaced(stream: LiveStream) -> bool:

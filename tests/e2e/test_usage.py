@@ -5,6 +5,7 @@ from __future__ import annotations
 import array
 import contextlib
 import sys
+from typing import Any
 
 import anyio
 import pytest
@@ -169,3 +170,31 @@ def test_max_buffered_events_must_be_a_positive_integer(value: object) -> None:
             credentials=Credentials("AKIDEXAMPLE", "secret"),  # no credential chain to walk
             max_buffered_events=value,  # type: ignore[arg-type]
         )
+
+
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("timeouts", 5.0),
+        ("retry", {"max_attempts": 2}),
+        ("keepalive", "60s"),
+        ("rollover", "30m"),
+        ("settings", {"model": "flux-general-en"}),
+        ("capabilities", True),
+        ("pool", object()),
+        ("use_fips", "false"),  # a truthy string would turn FIPS on
+        ("use_dualstack", 0),
+        ("ssl_context", "/etc/ssl/cert.pem"),
+        ("session", object()),  # a boto3 Session, say
+        ("credentials", ("AKIDEXAMPLE", "secret")),
+    ],
+)
+def test_arguments_of_the_wrong_type_are_refused_at_once(name: str, value: object) -> None:
+    kwargs: dict[str, Any] = {
+        "region": "us-east-1",
+        "endpoint_url": "http://127.0.0.1:9",
+        "credentials": Credentials("AKIDEXAMPLE", "secret"),
+        name: value,
+    }
+    with pytest.raises(ValidationError, match=f"^{name} must be"):
+        FluxClient("flux-e2e", **kwargs)
