@@ -207,6 +207,24 @@ def test_demo_realtime_piped_reports_latency() -> None:
     assert "end-of-turn latency after speech: mean" in result.stderr
 
 
+def test_a_reader_that_goes_away_stops_the_demo_quietly() -> None:
+    """`flux-sagemaker demo | head -1`: no traceback once the pipe's reader is gone."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flux_sagemaker", "demo", "--fast"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+        text=True,
+    )
+    assert proc.stdout is not None
+    assert "Connected" in proc.stdout.readline()
+    proc.stdout.close()  # like head after its line
+    _, err = proc.communicate(timeout=30)
+    assert proc.returncode == 1
+    assert "Traceback" not in err
+    assert "BrokenPipeError" not in err
+
+
 def test_demo_tls() -> None:
     result = run_cli("demo", "--fast", "--tls")
     assert result.returncode == 0, result.stderr

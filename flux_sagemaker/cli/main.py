@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import traceback
@@ -174,11 +175,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _leaf(error: BaseException) -> BaseException:
-    """The first FluxError or interrupt inside (nested) exception groups, else ``error``."""
+    """The first FluxError, interrupt or broken pipe inside (nested) exception groups, else
+    ``error``."""
     if isinstance(error, BaseExceptionGroup):
         for inner in error.exceptions:
             found = _leaf(inner)
-            if isinstance(found, FluxError | KeyboardInterrupt):
+            if isinstance(found, FluxError | KeyboardInterrupt | BrokenPipeError):
                 return found
     return error
 
@@ -219,6 +221,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         if isinstance(error, KeyboardInterrupt):
             print("\ninterrupted", file=sys.stderr)
             return EXIT_INTERRUPTED
+        if isinstance(error, BrokenPipeError):
+            # The reader went away (`... | head`): stop quietly. Python would still try to
+            # flush stdout at exit and complain, so point it at /dev/null first.
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
+            os.close(devnull)
+            return EXIT_FAILURE
         if not isinstance(error, FluxError):
             raise
         if args.debug:
