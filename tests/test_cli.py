@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import ssl
 import struct
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
+import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -523,6 +525,29 @@ def test_check_ok(control_plane: str, served: dict[str, str]) -> None:
     assert headers["Content-Type"] == "application/x-amz-json-1.1"
     assert f"Credential={DEFAULT_ACCESS_KEY}/" in headers["Authorization"]
     assert "/us-east-1/sagemaker/aws4_request" in headers["Authorization"]
+
+
+def test_check_trusts_aws_ca_bundle_for_the_control_plane(
+    served: dict[str, str], tmp_path: Path
+) -> None:
+    """A control plane behind a private CA (a VPC endpoint through a proxy, say): AWS_CA_BUNDLE
+    is the default of --ca-bundle for every call."""
+    ca = trustme.CA()
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(context)
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _ControlPlane)
+    server.socket = context.wrap_socket(server.socket, server_side=True)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    bundle = tmp_path / "ca.pem"
+    ca.cert_pem.write_to_path(str(bundle))
+    try:
+        control = f"https://127.0.0.1:{server.server_address[1]}/"
+        result = check("ready", control, served["URL"], env=_env(AWS_CA_BUNDLE=str(bundle)))
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert result.returncode == 0, result.stderr
+    assert "status: InService" in result.stdout
 
 
 @pytest.mark.parametrize(

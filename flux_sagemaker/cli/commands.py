@@ -173,9 +173,11 @@ async def run_check(args: argparse.Namespace) -> int:
         if not region:
             raise UsageError("no AWS region: pass --region, or set AWS_REGION or a profile region")
         credentials = frozen_credentials(session)
+        # As FluxClient has it: --ca-bundle, else AWS_CA_BUNDLE or the profile's ca_bundle.
+        ca_bundle = args.ca_bundle or session.get_config_variable("ca_bundle")
     except (BotoCoreError, ClientError) as exc:  # an unknown profile, an expired SSO login, ...
         raise ValidationError(f"invalid AWS configuration: {exc}") from exc
-    ssl_context = default_ssl_context(args.ca_bundle) if args.ca_bundle else None
+    ssl_context = default_ssl_context(ca_bundle) if ca_bundle else None
     report = await describe_endpoint(
         args.endpoint,
         region=region,
