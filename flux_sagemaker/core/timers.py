@@ -66,8 +66,9 @@ class KeepalivePolicy:
     idle_interval: float | None = attrs.field(
         default=10.0, validator=number_in_range(0.1, 3600, optional=True, unit="seconds")
     )
-    """While no turn is open and no audio flows, send one silent sample this often so the
-    stream stays alive (Deepgram's own harness uses 10 s). ``None`` disables it."""
+    """While no audio flows, send one silent sample this often so the stream stays alive
+    (Deepgram's own harness uses 10 s): between turns, and within a turn too when
+    ``turn_silence_after`` is ``None``. ``None`` disables it."""
     stall_timeout: float | None = attrs.field(
         default=10.0, validator=number_in_range(0.1, 3600, optional=True, unit="seconds")
     )

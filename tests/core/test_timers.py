@@ -116,6 +116,14 @@ def test_idle_keepalive_sends_one_sample_per_interval() -> None:
     assert t.due(120.0, turn_open=False)[0] == [SendSilence(None)]
 
 
+def test_idle_keepalive_covers_an_open_turn_only_without_turn_silence() -> None:
+    """Within a turn, turn silence keeps the stream going; without it, the idle sample does."""
+    plain = timers(turn_silence_after=None, idle_interval=10.0)
+    assert plain.due(110.0, turn_open=True)[0] == [SendSilence(None)]
+    with_silence = timers(turn_silence_after=0.5, idle_interval=10.0)
+    assert SendSilence(None) not in with_silence.due(110.0, turn_open=True)[0]
+
+
 def test_stall_needs_flowing_audio_and_a_keeping_up_consumer() -> None:
     t = timers(stall_timeout=2.0, idle_interval=None)
     t.on_audio_sent(101.9)
