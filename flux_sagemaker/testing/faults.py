@@ -29,7 +29,9 @@ class FaultKind(enum.Enum):
     INTERNAL_STREAM_FAILURE = "internal_stream_failure"
     #: Send a fatal Flux ``Error`` message and end the response.
     FLUX_ERROR = "flux_error"
-    #: Delay every later event by ``latency`` seconds.
+    #: A slow server: ``latency`` seconds pass before each later message goes out, one after
+    #: another, and no input is read meanwhile (messages queue behind each other, and HTTP/2
+    #: flow control holds the client's audio back once the windows fill).
     LATENCY = "latency"
     #: End the response cleanly, as if the server were done.
     END_STREAM = "end_stream"
