@@ -44,24 +44,30 @@ def payload_part(payload: bytes, data_type: str, completion: str | None = None) 
 
 
 @asynccontextmanager
-async def signed_stream(
-    ep: MockFluxEndpoint, target_variant: str | None = None
-) -> AsyncIterator[tuple[H2Stream, EventSigner]]:
-    """An accepted stream of ``ep`` and the signer of its events."""
+async def request_stream(
+    ep: MockFluxEndpoint, **options: Any
+) -> AsyncIterator[tuple[H2Stream, str]]:
+    """A signed request to ``ep`` (``options`` as for InvokeRequest): its stream, and its
+    signature (the seed of the event signatures)."""
     endpoint = Endpoint(scheme="http", host="127.0.0.1", port=ep.port)
-    request = InvokeRequest(endpoint, "ep", QUERY, target_variant=target_variant)
-    signed = sign_request(request, CREDENTIALS, ep.region)
+    signed = sign_request(InvokeRequest(endpoint, "ep", QUERY, **options), CREDENTIALS, ep.region)
     async with open_connection(
         "127.0.0.1", ep.port, ssl_context=None, timeouts=Timeouts(ping_interval=None)
     ) as conn:
         stream = await conn.open_stream(
             "POST", signed.scheme, signed.authority, signed.path, signed.headers
         )
+        yield stream, signed.signature
+
+
+@asynccontextmanager
+async def signed_stream(
+    ep: MockFluxEndpoint, target_variant: str | None = None
+) -> AsyncIterator[tuple[H2Stream, EventSigner]]:
+    """An accepted stream of ``ep`` and the signer of its events."""
+    async with request_stream(ep, target_variant=target_variant) as (stream, seed):
         assert (await stream.response())[0] == 200
-        signer = EventSigner(
-            credentials=CREDENTIALS, region=ep.region, seed_signature=signed.signature
-        )
-        yield stream, signer
+        yield stream, EventSigner(credentials=CREDENTIALS, region=ep.region, seed_signature=seed)
 
 
 async def flux_messages(stream: H2Stream) -> list[dict[str, Any]]:
@@ -91,19 +97,13 @@ async def test_a_control_message_in_partial_parts_is_one_message() -> None:
 
 async def test_an_invocation_path_flux_does_not_serve_gets_a_model_error() -> None:
     with anyio.fail_after(TEST_TIMEOUT):
-        async with MockFluxEndpoint() as ep:
-            endpoint = Endpoint(scheme="http", host="127.0.0.1", port=ep.port)
-            request = InvokeRequest(endpoint, "ep", QUERY, invocation_path="v1/listen")
-            signed = sign_request(request, CREDENTIALS, ep.region)
-            async with open_connection(
-                "127.0.0.1", ep.port, ssl_context=None, timeouts=Timeouts(ping_interval=None)
-            ) as conn:
-                stream = await conn.open_stream(
-                    "POST", signed.scheme, signed.authority, signed.path, signed.headers
-                )
-                status, headers = await stream.response()
-                assert status == 424
-                body = await read_body(stream)
+        async with (
+            MockFluxEndpoint() as ep,
+            request_stream(ep, invocation_path="v1/listen") as (stream, _),
+        ):
+            status, headers = await stream.response()
+            assert status == 424
+            body = await read_body(stream)
     assert dict(headers)["x-amzn-errortype"].startswith("ModelError:")
     assert b"Failed to establish WebSocket connection" in body
     assert ep.streams[0].error is not None
