@@ -44,7 +44,7 @@ from .core.events import (
     TurnInfo,
 )
 from .core.lifecycle import ClientEvent, Reconnected, StreamRolledOver
-from .core.protocol import StreamEnded, StreamFailed
+from .core.protocol import StreamEnded, StreamFailed, StreamState
 from .core.recovery import Backoff, ReplayBuffer, RetryPolicy
 from .core.request import InvokeRequest
 from .core.settings import INVOCATION_PATH, BundleCapabilities, FluxSettings
@@ -407,7 +407,8 @@ class FluxClient:
             async with self._send_lock:
                 # A stream being replaced gets its CloseStream once the new one took over.
                 current = self._live_stream()
-                if current is not None:
+                # A take-over that finished while we waited for the lock closed its stream.
+                if current is not None and current.proto.state is not StreamState.CLOSING:
                     await self._flush_audio(current, whole=False)
                     await self._write(current, current.proto.send_close_stream(), whole=False)
             self._drain_started = _now()
@@ -1105,7 +1106,9 @@ class FluxClient:
                 await self._write_audio(stream, replay[offset : offset + step])
             self._stats.replayed_bytes += len(replay)
             if self._state == "closing" and not stream.proto.input_ended:
-                # close() was called while the stream was being replaced.
+                # close() was called while the stream was being replaced: the audio it
+                # accepted meanwhile (a partial event) goes before CloseStream.
+                await self._flush_audio(stream)
                 await self._write(stream, stream.proto.send_close_stream())
 
     async def _end_input(self, stream: LiveStream) -> None:

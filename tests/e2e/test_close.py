@@ -11,6 +11,7 @@ from flux_sagemaker import (
     EndOfTurn,
     FluxClient,
     FluxEvent,
+    Reconnected,
     TimeoutError,
     TurnInfo,
     Update,
@@ -20,6 +21,7 @@ from flux_sagemaker.testing import FLUX_MULTI_20260417, NEWEST, Fault, FaultKind
 
 from .helpers import (
     FAST_TIMEOUTS,
+    QUICK_RETRY,
     SAMPLE,
     TEST_TIMEOUT,
     EndpointFactory,
@@ -174,3 +176,25 @@ async def test_a_close_that_times_out_still_finalizes_the_open_turn(
     (end,) = of_type(events, EndOfTurn)
     assert end.synthetic
     assert end.transcript == heard[-1].transcript
+
+
+async def test_close_during_a_replay_sends_the_pending_audio_then_one_close_stream(
+    endpoint: EndpointFactory,
+) -> None:
+    """close() lands while a reconnect replays (held back by a small flow-control window),
+    with a partial audio event pending: that audio goes out before the one CloseStream."""
+    ep = endpoint(
+        faults=[Fault(kind=FaultKind.RESET_STREAM, after_audio_s=0.5)], receive_window=8192
+    )
+    head, tail = SAMPLE.pcm[: ms(1200)], SAMPLE.pcm[ms(1200) : ms(1210)]
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with ep, client_for(ep, retry=QUICK_RETRY) as flux:
+            await flux.send_audio(head)
+            # Delivered as the replay starts; the replay (1.2 s) outgrows the 8 KiB window.
+            await next_of(flux, Reconnected)
+            await flux.send_audio(tail)  # less than an event: it waits in the coalescer
+            await flux.close()
+            await collect(flux)
+    _, stream = ep.streams
+    _assert_closed_in_order(stream.inputs, stream.texts)
+    assert bytes(stream.audio) == head + tail
