@@ -287,6 +287,8 @@ class FluxClient:
         self._probed: LiveStream | None = None  # the draining stream whose connection was probed
         # Session byte offset of the audio sent before the current stream was retired.
         self._heard_until = 0
+        # Whether the retired stream had events the turn tracker had not seen yet.
+        self._tracker_lags = False
         # Counts stream take-overs: audio events made before one must not be sent after it.
         self._epoch = 0
 
@@ -836,7 +838,11 @@ class FluxClient:
     async def _handle_event(self, stream: LiveStream, event: ServerMessage) -> None:
         item = self._observe(stream, event)
         if item is not None:
-            await self._deliver(item)
+            stream.behind = self._events.full
+            try:
+                await self._deliver(item)
+            finally:
+                stream.behind = False
 
     def _observe(self, stream: LiveStream, event: ServerMessage) -> FluxEvent | None:
         """Account for a server message; return what the application gets, if anything."""
@@ -1029,6 +1035,9 @@ class FluxClient:
         """Retire the current ``stream``: from now on, audio waits in the replay buffer."""
         stream.retired = True
         self._heard_until = self._replay.total_bytes
+        # Events it received that the turn tracker has not seen (a consumer behind) may hold
+        # whole turns: its replay then keeps all the audio since the last EndOfTurn seen.
+        self._tracker_lags = stream.behind or stream.h2.buffered > 0
 
     def _seconds(self, n_bytes: int) -> float:
         rate = self._byte_rate
@@ -1043,11 +1052,12 @@ class FluxClient:
         containers), it is everything accepted that no stream was sent.
 
         With no turn open, the audio the old stream heard is replayed from its last
-        ``_IDLE_REPLAY_S`` only; what came after is all replayed (no stream heard it yet).
+        ``_IDLE_REPLAY_S`` only; what came after is all replayed (no stream heard it yet). Not
+        when the old stream had events the turn tracker had not seen: they may hold turns.
         """
         replay, stats = self._replay, self._stats
         if self._format.bytes_per_second:
-            if not self._tracker.turn_open:
+            if not (self._tracker.turn_open or self._tracker_lags):
                 tail = self._format.byte_offset(_IDLE_REPLAY_S)
                 replay.trim_to(max(0, self._heard_until - tail))
             missed = replay.take_gap()

@@ -60,6 +60,9 @@ class LiveStream:
     """Seconds from ``opened_at`` until the signing credentials expire, or ``None``."""
     retired: bool = False
     """Replaced by a newer stream: it drains, and its events are dropped."""
+    behind: bool = False
+    """Its reader waits for room in the event queue: the events after the one it holds are
+    not yet seen by the session's turn tracker."""
 
     @property
     def request_id(self) -> str | None:

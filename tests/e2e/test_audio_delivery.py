@@ -427,3 +427,37 @@ async def test_a_reconnect_with_nobody_reading_events_does_not_hold_up_the_sende
     assert [e.transcript for e in of_type(events, EndOfTurn)] == list(SAMPLE.turns)
     _, second = ep.streams
     assert bytes(second.audio) == SAMPLE.pcm  # the fault was in turn 0: everything replayed
+
+
+async def test_a_reconnect_while_the_consumer_is_behind_replays_the_turns_it_did_not_see(
+    endpoint: EndpointFactory,
+) -> None:
+    """Nobody reads events for a while (the client stops reading the stream), and the stream
+    fails after both turns were spoken: the client never saw them, so the new stream must
+    hear them again, not just the tail replayed when no turn is open."""
+    quick = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, jitter="none")
+    fault = Fault(kind=FaultKind.RESET_STREAM, after_audio_s=5.0)
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with (
+            # Each stream plays the script from its start: the new one hears both turns again.
+            endpoint(faults=[fault], script_scope="stream") as ep,
+            client_for(ep, retry=quick, max_buffered_events=1) as flux,
+        ):
+            await flux.send_audio(SAMPLE.pcm[: ms(5000)])
+            # The reset struck at 5 s; the next writes notice it and the session reconnects.
+            rest = SAMPLE.pcm[ms(5000) :]
+            offset = 0
+            while not flux.stats.reconnects:
+                await flux.send_audio(rest[offset : offset + ms(20)])
+                offset += ms(20)
+                await anyio.sleep(0.005)
+            await flux.send_audio(rest[offset:])
+            events: list[object] = []
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(collect, flux, events)
+                await flux.close()
+    (reconnect,) = of_type(events, Reconnected)
+    assert reconnect.resumed_at_s == 0  # no EndOfTurn was seen: nothing is final yet
+    _, second = ep.streams
+    assert bytes(second.audio) == SAMPLE.pcm
+    assert [e.transcript for e in of_type(events, EndOfTurn)] == list(SAMPLE.turns)
