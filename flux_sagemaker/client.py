@@ -627,6 +627,9 @@ class FluxClient:
         Raises:
             ValidationError: the new settings are invalid (nothing was changed); its subclass
                 ConfigureRejected when Flux refused them, answering ``ConfigureFailure``.
+            TimeoutError: Flux did not answer the ``Configure`` in time, or the stream it went
+                out on was replaced first: the change is not in force (a late
+                ``ConfigureSuccess`` still applies it).
             CapabilityError: the bundle refuses a parameter of the new settings.
             FluxError: the new stream could not be opened (a ``ModelError`` for settings the
                 container refuses, for example); the session goes on with the settings in
@@ -653,6 +656,14 @@ class FluxClient:
             if isinstance(answer, ConfigureFailure):
                 raise ConfigureRejected(
                     answer.code, answer.description, request_id=answer.request_id
+                )
+            if answer is None:
+                # Unanswered: the change is not in force (a stream that replaced the one it
+                # went out on was opened without it), so the call must not look successful.
+                self._check_open("update settings")
+                raise TimeoutError(
+                    f"Flux did not answer the Configure within {_CONFIGURE_ACK_TIMEOUT} s or "
+                    "before its stream was replaced; the settings in force are unchanged"
                 )
             return
         if AudioFormat.from_settings(new_settings) != self._format:

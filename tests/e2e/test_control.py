@@ -16,12 +16,15 @@ from flux_sagemaker import (
     ConfigureRejected,
     ConfigureSuccess,
     EndOfTurn,
+    FluxClient,
     FluxError,
+    KeepalivePolicy,
     ModelError,
     RetryPolicy,
     ServerWarning,
     StartOfTurn,
     StreamRolledOver,
+    TimeoutError,
     Timeouts,
     UsageError,
     ValidationError,
@@ -366,3 +369,33 @@ async def test_update_settings_cancelled_mid_switch_still_completes_the_switch(
     assert new.settings is not None
     assert new.settings.tags == ("new",)
     assert bytes(new.audio).endswith(SAMPLE.pcm[len(first_turn_done) :])
+
+
+async def test_update_settings_whose_configure_a_reconnect_cut_off_raises(
+    endpoint: EndpointFactory,
+) -> None:
+    """Flux goes silent before answering the Configure; the stall watchdog replaces the stream,
+    which is opened with the settings in force. The update did not happen, and says so."""
+    watchdog = KeepalivePolicy(turn_silence_after=None, idle_interval=None, stall_timeout=0.2)
+    quick = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, jitter="none")
+
+    async def keep_sending(flux: FluxClient) -> None:
+        # Audio flows, so the silence is a stall.
+        await send_audio(flux, SAMPLE.pcm[ms(200) :], ms(20), realtime_factor=2)
+
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with (
+            endpoint(faults=[Fault(kind=FaultKind.STALL, after_audio_s=0.1)]) as ep,
+            client_for(ep, retry=quick, keepalive=watchdog) as flux,
+            anyio.create_task_group() as tg,
+        ):
+            await flux.send_audio(SAMPLE.pcm[: ms(200)])  # the Configure comes after the stall
+            tg.start_soon(keep_sending, flux)
+            with pytest.raises(TimeoutError, match="Configure"):
+                await flux.update_settings(eot_threshold=0.8)
+            tg.cancel_scope.cancel()
+    assert flux.settings.eot_threshold is None
+    first, second = ep.streams
+    assert first.texts == ['{"type":"Configure","thresholds":{"eot_threshold":0.8}}']
+    assert second.settings is not None
+    assert second.settings.eot_threshold is None
