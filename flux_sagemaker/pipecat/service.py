@@ -84,6 +84,7 @@ _STOP_TIMEOUT: Final = 15.0
 _ERROR_CATEGORIES: Final = (
     (ValidationError, ErrorCategory.INVALID_REQUEST),
     (ModelError, ErrorCategory.INVALID_REQUEST),  # the container refused the parameters
+    (CapabilityError, ErrorCategory.INVALID_REQUEST),  # the bundle refuses a parameter
     (ThrottlingError, ErrorCategory.RATE_LIMIT),
     (AccessDeniedError, ErrorCategory.AUTHORIZATION),
     (TransportError, ErrorCategory.CONNECTIVITY),

@@ -306,3 +306,20 @@ async def test_refused_connection_reports_connection_error() -> None:
     assert error.category is ErrorCategory.AUTHORIZATION
     assert len(failures) == 1
     assert "denied" in failures[0]
+
+
+@pytest.mark.anyio
+async def test_settings_the_bundle_refuses_at_session_open_are_an_invalid_request() -> None:
+    # flux-multi-20260417 refuses profanity_filter: the session is refused before any request,
+    # like settings out of range, and the error says it is the request, not an unknown cause.
+    async with MockFluxEndpoint(script=["one"], bundle=FLUX_MULTI_20260417) as ep:
+        stt = service(
+            ep,
+            capabilities=BundleCapabilities.flux_multi_20260417(),
+            settings=Settings(profanity_filter=True),
+        )
+        _, up = await run(stt, [])
+    assert ep.streams == []
+    [error] = [f for f in up if isinstance(f, ErrorFrame)]
+    assert isinstance(error.exception, errors.CapabilityError)
+    assert error.category is ErrorCategory.INVALID_REQUEST
