@@ -232,6 +232,8 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         self._set_up = False
         self._accepting = True  # False once stopping: later audio is not sent
         self._reconnect_after_turn = False
+        # A close for a reconnect is queued: the session after it opens with the latest settings.
+        self._reopen_pending = False
         capabilities = self._client_options.get("capabilities")
         self._capabilities = capabilities if capabilities is not None else BundleCapabilities()
 
@@ -307,6 +309,7 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         """One FluxClient session; True if it ended because we closed it."""
         connected = False
         failure: Exception | None = None
+        self._reopen_pending = False  # the settings are read now: a later change needs a close
         try:
             client = FluxClient(
                 self._endpoint_name,
@@ -506,7 +509,11 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         if not (self._set_up and self._accepting):
             return
         if self._session_running():
-            self._pending.put(CLOSE)  # closes after the queued audio; the loop reopens
+            # Closes after the queued audio; the loop reopens. One close is enough for changes
+            # in a row: the session opened after it reads the settings in force then.
+            if not self._reopen_pending:
+                self._reopen_pending = True
+                self._pending.put(CLOSE)
         else:
             self._start_session()
 

@@ -136,6 +136,28 @@ async def test_connection_only_setting_opens_a_new_session() -> None:
 
 
 @pytest.mark.anyio
+async def test_updates_in_a_row_open_one_new_session() -> None:
+    # The second update finds the first one's reconnect under way: the session opened next has
+    # both, so it must not close that one again for a third (Pipecat reconnects once too).
+    frames = [
+        *audio_frames(spoken_turns(1)),
+        SleepFrame(sleep=0.5),
+        STTUpdateSettingsFrame(delta=Settings(redact="numbers")),
+        STTUpdateSettingsFrame(delta=Settings(eot_threshold=0.8)),
+        SleepFrame(sleep=0.2),
+        *audio_frames(spoken_turns(1)),
+    ]
+    async with MockFluxEndpoint(script=["first", "second"]) as endpoint:
+        stt = service(endpoint)
+        connects = _record(stt, "on_connected")
+        down, _ = await run(stt, frames)
+    assert texts(down) == ["first", "second"]
+    opened = [(s.settings.redact, s.settings.eot_threshold) for s in endpoint.streams if s.settings]
+    assert opened == [(None, None), ("numbers", 0.8)]
+    assert len(connects) == 2
+
+
+@pytest.mark.anyio
 async def test_profanity_filter_update_stays_in_the_session() -> None:
     # Pipecat sends profanity_filter in Configure; Flux's Configure has no such field, so the
     # client opens a new stream of the same session with it (no on_disconnected, no new session).
