@@ -18,11 +18,24 @@ __all__ = ["EventQueue"]
 T = TypeVar("T")
 
 
+class _Putter(Generic[T]):
+    """A put waiting for room: its item, and whether it is in (or the queue closed)."""
+
+    __slots__ = ("admitted", "closed", "item")
+
+    def __init__(self, item: T) -> None:
+        self.item = item
+        self.admitted = anyio.Event()
+        self.closed = False
+
+
 class EventQueue(Generic[T]):
     """A FIFO of at most ``capacity`` items; ``put`` waits while it is full (back-pressure).
 
-    After :meth:`close`, puts raise ``anyio.ClosedResourceError`` and gets return what is
-    left, then raise ``anyio.EndOfStream``.
+    Puts that wait get in in the order they came, and a forced put goes in after them: the
+    items of one producer never overtake another's earlier ones. After :meth:`close`, puts
+    raise ``anyio.ClosedResourceError`` and gets return what is left, then raise
+    ``anyio.EndOfStream``.
     """
 
     def __init__(self, capacity: int) -> None:
@@ -30,9 +43,9 @@ class EventQueue(Generic[T]):
             raise ValueError(f"capacity must be at least 1, got {capacity}")
         self._capacity = capacity
         self._items: collections.deque[T] = collections.deque()
+        self._putters: collections.deque[_Putter[T]] = collections.deque()
         self._closed = False
         self._not_empty: anyio.Event | None = None
-        self._not_full: anyio.Event | None = None
 
     @property
     def full(self) -> bool:
@@ -43,26 +56,34 @@ class EventQueue(Generic[T]):
         return len(self._items)
 
     def put_nowait(self, item: T, *, force: bool = False) -> None:
-        """Append ``item``; raise ``anyio.WouldBlock`` when full, unless ``force``."""
+        """Append ``item``; raise ``anyio.WouldBlock`` when full, unless ``force`` (which lets
+        the waiting puts in first, past the capacity)."""
         if self._closed:
             raise anyio.ClosedResourceError
-        if len(self._items) >= self._capacity and not force:
+        if force:
+            self._admit(everyone=True)
+        elif len(self._items) >= self._capacity:
             raise anyio.WouldBlock
         self._items.append(item)
-        if self._not_empty is not None:
-            self._not_empty.set()
-            self._not_empty = None
+        self._wake_getter()
 
     async def put(self, item: T) -> None:
         """Append ``item``, waiting while the queue is full."""
-        while True:
-            try:
-                self.put_nowait(item)
-                return
-            except anyio.WouldBlock:
-                if self._not_full is None:
-                    self._not_full = anyio.Event()
-                await self._not_full.wait()
+        try:
+            self.put_nowait(item)
+            return
+        except anyio.WouldBlock:
+            pass
+        putter = _Putter(item)
+        self._putters.append(putter)
+        try:
+            await putter.admitted.wait()
+        except BaseException:
+            if not putter.admitted.is_set():
+                self._putters.remove(putter)  # cancelled before its turn: not put
+            raise
+        if putter.closed:
+            raise anyio.ClosedResourceError
 
     async def get(self) -> T:
         """Take the oldest item, waiting while the queue is empty (no checkpoint otherwise)."""
@@ -74,9 +95,8 @@ class EventQueue(Generic[T]):
                 self._not_empty = anyio.Event()
             await self._not_empty.wait()
         item = items.popleft()
-        if self._not_full is not None:
-            self._not_full.set()
-            self._not_full = None
+        if self._putters:
+            self._admit()
         return item
 
     def close(self, *, discard: bool = False) -> None:
@@ -87,7 +107,24 @@ class EventQueue(Generic[T]):
         self._closed = True
         if discard:
             self._items.clear()
-        for event in (self._not_empty, self._not_full):
-            if event is not None:
-                event.set()
-        self._not_empty = self._not_full = None
+        while self._putters:
+            putter = self._putters.popleft()
+            putter.closed = True
+            putter.admitted.set()
+        if self._not_empty is not None:
+            self._not_empty.set()  # to find the queue closed
+            self._not_empty = None
+
+    def _admit(self, *, everyone: bool = False) -> None:
+        """Move waiting puts in, oldest first, while there is room (``everyone``: all)."""
+        putters, items = self._putters, self._items
+        while putters and (everyone or len(items) < self._capacity):
+            putter = putters.popleft()
+            items.append(putter.item)
+            putter.admitted.set()
+        self._wake_getter()
+
+    def _wake_getter(self) -> None:
+        if self._not_empty is not None and self._items:
+            self._not_empty.set()
+            self._not_empty = None

@@ -107,6 +107,49 @@ async def test_close_wakes_a_waiting_getter_and_a_waiting_putter() -> None:
     assert sorted(outcomes) == ["getter ended", "putter refused"]
 
 
+async def test_waiting_puts_get_in_in_order_and_a_forced_put_goes_after_them() -> None:
+    """Two producers wait on a full queue, then a forced put comes (the client's Reconnected
+    while an old stream's reader still holds its last event): nothing overtakes."""
+    queue: EventQueue[str] = EventQueue(1)
+    queue.put_nowait("first")
+
+    async def produce(item: str) -> None:
+        await queue.put(item)
+
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for item in ("old-1", "old-2"):
+                tg.start_soon(produce, item)
+                await anyio.wait_all_tasks_blocked()
+            queue.put_nowait("forced", force=True)
+            got = [await queue.get() for _ in range(4)]
+    assert got == ["first", "old-1", "old-2", "forced"]
+
+
+async def test_room_goes_to_the_longest_waiting_put() -> None:
+    queue: EventQueue[int] = EventQueue(1)
+    queue.put_nowait(0)
+    with anyio.fail_after(5):
+        async with anyio.create_task_group() as tg:
+            for i in (1, 2, 3):
+                tg.start_soon(queue.put, i)
+                await anyio.wait_all_tasks_blocked()
+            got = [await queue.get() for _ in range(4)]
+    assert got == [0, 1, 2, 3]
+
+
+async def test_a_put_cancelled_while_waiting_is_not_put() -> None:
+    queue: EventQueue[str] = EventQueue(1)
+    queue.put_nowait("kept")
+    with anyio.fail_after(5):
+        with anyio.move_on_after(0.05):
+            await queue.put("cancelled")
+        queue.close()
+        assert [await queue.get()] == ["kept"]
+        with pytest.raises(anyio.EndOfStream):
+            await queue.get()
+
+
 def test_capacity_must_be_positive() -> None:
     with pytest.raises(ValueError, match="at least 1"):
         EventQueue(0)
