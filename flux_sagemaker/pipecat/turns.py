@@ -172,8 +172,12 @@ class FluxTurnFrames(EagerEndOfTurnSTTServiceMixin, STTService):
         await self._call_event_handler("on_end_of_turn", event.transcript)
 
     async def _end_turn_cut_short(self, event: EndOfTurn | None = None) -> None:
-        """End a turn the stream closed inside of, with the transcript so far (unfinalized)."""
-        if not self._user_is_speaking:
+        """End a turn the stream closed inside of, with the transcript so far (unfinalized).
+
+        With the client's synthetic ``event``, the turn was open even if no ``StartOfTurn``
+        came (the client also opens one on an ``Update`` with text): its text still counts.
+        """
+        if not self._user_is_speaking and event is None:
             return
         self._user_is_speaking = False
         self._clear_eager_end_of_turn()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -23,6 +24,7 @@ from pipecat.transcriptions.language import Language
 from flux_sagemaker.pipecat import DeepgramFluxSageMakerSTTService
 from flux_sagemaker.samples import load_sample
 from flux_sagemaker.testing import MockFluxEndpoint
+from flux_sagemaker.testing.session import StreamSession
 
 from .helpers import SAMPLE_RATE, audio_frames, flux_frames, run, service, spoken_turns, transcripts
 
@@ -140,3 +142,21 @@ async def test_min_confidence_drops_low_confidence_turns() -> None:
         frames = flux_frames(await run_down(stt, audio_frames(spoken_turns(2))))
     assert transcripts(frames) == ["all good"]
     assert [type(f) for f in frames].count(ProposedUserStoppedSpeakingFrame) == 2
+
+
+@pytest.mark.anyio
+async def test_a_turn_cut_short_that_began_without_start_of_turn_keeps_its_transcript(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The client opens a turn on an Update with text when no StartOfTurn came (the stream it
+    was on failed, say): at stop, that turn's text still becomes a TranscriptionFrame."""
+    send = StreamSession._send
+
+    async def without_start_of_turn(self: StreamSession, messages: Sequence[Any]) -> None:
+        await send(self, [m for m in messages if m.get("event") != "StartOfTurn"])
+
+    monkeypatch.setattr(StreamSession, "_send", without_start_of_turn)
+    audio = spoken_turns(1, pause_ms=40)  # no pause after it: only the stop ends the turn
+    async with MockFluxEndpoint(script=["cut short"]) as endpoint:
+        frames = flux_frames(await run_down(service(endpoint), audio_frames(audio)))
+    assert transcripts(frames) == ["cut short"]
