@@ -943,6 +943,7 @@ class FluxClient:
 
     def _finish(self, error: FluxError | None) -> None:
         """End the session: the iterator drains what was delivered, then raises or stops."""
+        self._release_configures()  # no answer will come: configure() returns None now
         if error is not None and self._error is None:
             self._error = error
             try:
@@ -1042,6 +1043,12 @@ class FluxClient:
             stream, lambda replay: StreamRolledOver(reason=reason, **replay._asdict()), old=old
         )
 
+    def _release_configures(self) -> None:
+        """Stop every configure() waiting for an answer (it returns ``None``)."""
+        for waiter in self._pending_configures:
+            waiter.done.set()
+        self._pending_configures.clear()
+
     def _stop_using(self, stream: LiveStream) -> None:
         """Retire the current ``stream``: from now on, audio waits in the replay buffer."""
         stream.retired = True
@@ -1102,9 +1109,7 @@ class FluxClient:
                     await old.h2.send(old.proto.send_close_stream())
             # Configures sent on the old stream will not be answered; the new stream is opened
             # with the settings in force.
-            for waiter in self._pending_configures:
-                waiter.done.set()
-            self._pending_configures.clear()
+            self._release_configures()
             self._coalescer.flush()  # the replay buffer holds that audio too
             self._timers.on_flushed()
             self._epoch += 1  # audio coalesced before now is in the replay

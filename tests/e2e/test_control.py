@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 from typing import Any
@@ -24,6 +25,7 @@ from flux_sagemaker import (
     ServerWarning,
     StartOfTurn,
     StreamRolledOver,
+    StreamStalled,
     TimeoutError,
     Timeouts,
     UsageError,
@@ -399,3 +401,29 @@ async def test_update_settings_whose_configure_a_reconnect_cut_off_raises(
     assert first.texts == ['{"type":"Configure","thresholds":{"eot_threshold":0.8}}']
     assert second.settings is not None
     assert second.settings.eot_threshold is None
+
+
+async def test_a_configure_waiting_for_its_answer_returns_when_the_session_fails(
+    endpoint: EndpointFactory,
+) -> None:
+    """Flux goes silent, the stall watchdog fails the session (no retries): configure() stops
+    waiting then, not at its 5 s ack timeout."""
+    watchdog = KeepalivePolicy(turn_silence_after=None, idle_interval=None, stall_timeout=0.2)
+
+    async def keep_sending(flux: FluxClient) -> None:
+        with contextlib.suppress(UsageError):  # the session fails meanwhile
+            await send_audio(flux, SAMPLE.pcm[ms(200) :], ms(20), realtime_factor=2)
+
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with (
+            endpoint(faults=[Fault(kind=FaultKind.STALL, after_audio_s=0.1)]) as ep,
+            client_for(ep, keepalive=watchdog) as flux,
+            anyio.create_task_group() as tg,
+        ):
+            await flux.send_audio(SAMPLE.pcm[: ms(200)])
+            tg.start_soon(keep_sending, flux)
+            with anyio.fail_after(3):  # short of the ack timeout
+                assert await flux.configure(eot_threshold=0.8) is None
+            with pytest.raises(StreamStalled):
+                await collect(flux)
+    assert ep.streams[0].texts == ['{"type":"Configure","thresholds":{"eot_threshold":0.8}}']
