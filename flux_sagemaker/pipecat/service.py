@@ -45,6 +45,7 @@ from ..errors import (
     UsageError,
     ValidationError,
 )
+from ..transport import Timeouts
 from .pending import CLOSE, Close, PendingAudio, max_pending_bytes
 from .turns import FluxTurnFrames
 
@@ -79,8 +80,10 @@ _NOT_SENT: Final = _LOCAL_FIELDS | {"language"}
 # Audio held while no session accepts it (connecting, reconnecting): beyond this the oldest
 # audio goes, since a live conversation cannot use speech older than that anyway.
 _MAX_PENDING_AUDIO_SECONDS: Final = 10.0
-# How long stop() waits for the last turns after CloseStream before giving up on them.
+# How long stop() waits for the last turns after CloseStream before giving up on them, at
+# least: a longer Timeouts.close given to the client gets its whole time, and a little more.
 _STOP_TIMEOUT: Final = 15.0
+_STOP_MARGIN: Final = 5.0
 _ERROR_CATEGORIES: Final = (
     (ValidationError, ErrorCategory.INVALID_REQUEST),
     (ModelError, ErrorCategory.INVALID_REQUEST),  # the container refused the parameters
@@ -294,9 +297,15 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
             return
         if drain:
             self._pending.put(CLOSE)
-            await asyncio.wait({task}, timeout=_STOP_TIMEOUT)
+            await asyncio.wait({task}, timeout=self._stop_timeout())
         if not task.done():
             await self.cancel_task(task)
+
+    def _stop_timeout(self) -> float:
+        """How long stop() waits for the session to end by itself (see ``_STOP_TIMEOUT``)."""
+        timeouts = self._client_options.get("timeouts")
+        close = timeouts.close if isinstance(timeouts, Timeouts) else None
+        return _STOP_TIMEOUT if close is None else max(_STOP_TIMEOUT, close + _STOP_MARGIN)
 
     async def _run_sessions(self) -> None:
         """Open sessions one after another while closes we asked for end them."""

@@ -17,7 +17,7 @@ from pipecat.frames.frames import (
 from pipecat.tests.utils import SleepFrame
 from pipecat.utils.errors import ErrorCategory
 
-from flux_sagemaker import BundleCapabilities, RetryPolicy, errors
+from flux_sagemaker import BundleCapabilities, RetryPolicy, Timeouts, errors
 from flux_sagemaker.pipecat import DeepgramFluxSageMakerSTTService
 from flux_sagemaker.samples import load_sample
 from flux_sagemaker.testing import (
@@ -345,3 +345,15 @@ async def test_settings_the_bundle_refuses_at_session_open_are_an_invalid_reques
     [error] = [f for f in up if isinstance(f, ErrorFrame)]
     assert isinstance(error.exception, errors.CapabilityError)
     assert error.category is ErrorCategory.INVALID_REQUEST
+
+
+@pytest.mark.parametrize(("close", "waited"), [(None, 15.0), (3.0, 15.0), (30.0, 35.0)])
+def test_stop_waits_out_a_longer_close_timeout(close: float | None, waited: float) -> None:
+    """stop() gives the session its whole Timeouts.close (and a margin) to deliver the last
+    turn when that is longer than the adapter's own 15 s."""
+    timeouts = Timeouts() if close is None else Timeouts(close=close)
+    stt = DeepgramFluxSageMakerSTTService(
+        endpoint_name="unused", region="us-east-1", timeouts=timeouts
+    )
+    assert stt._stop_timeout() == waited
+
