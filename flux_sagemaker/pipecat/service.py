@@ -230,7 +230,6 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         self._mip_opt_out = mip_opt_out
         self._tag = list(tag or [])
         self._pending = PendingAudio()
-        self._dropped_bytes = 0  # since old audio started being dropped
         self._session_task: asyncio.Task[None] | None = None
         self._flux: FluxClient | None = None  # while a session is connected
         self._set_up = False
@@ -279,19 +278,10 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         # With no session running (the last one failed), nothing would send the audio: it is
         # dropped, as Pipecat's service drops audio while not connected.
         if self._accepting and self._session_running():
-            self._count_dropped(self._pending.put(bytes(audio)))
+            dropped = self._pending.put(bytes(audio))
+            if dropped:
+                logger.warning(f"{self}: no Flux session; dropped {dropped} bytes of old audio")
         yield None
-
-    def _count_dropped(self, dropped: int) -> None:
-        """Warn once when old audio starts being dropped (not for every frame), and say how
-        much once it stops."""
-        if dropped:
-            if not self._dropped_bytes:
-                logger.warning(f"{self}: no Flux session yet; dropping the oldest queued audio")
-            self._dropped_bytes += dropped
-        elif self._dropped_bytes:
-            logger.warning(f"{self}: dropped {self._dropped_bytes} bytes of old audio in all")
-            self._dropped_bytes = 0
 
     def _session_running(self) -> bool:
         return self._session_task is not None and not self._session_task.done()

@@ -6,7 +6,6 @@ import json
 from typing import Any
 
 import pytest
-from loguru import logger
 from pipecat.frames.frames import (
     EagerEndOfTurnCancelFrame,
     EagerTranscriptionFrame,
@@ -358,30 +357,3 @@ def test_stop_waits_out_a_longer_close_timeout(close: float | None, waited: floa
     )
     assert stt._stop_timeout() == waited
 
-
-@pytest.mark.anyio
-async def test_old_audio_dropped_while_connecting_is_warned_about_once() -> None:
-    """The first stream never says Connected: 12 s of audio arrive meanwhile, 2 s past the
-    queue's bound. One warning when dropping starts, one total when it stops; not one per
-    frame (100 here)."""
-    warnings: list[str] = []
-    sink = logger.add(warnings.append, level="WARNING", filter=lambda r: "dropp" in r["message"])
-    quick = RetryPolicy(initial_backoff=0.01, jitter="none")
-    slow_start = Timeouts(connected=1.0, ping_interval=None)
-    try:
-        async with MockFluxEndpoint(faults=[Fault(kind=FaultKind.NO_CONNECTED)]) as endpoint:
-            stt = service(endpoint, retry=quick, timeouts=slow_start)
-            await run(
-                stt,
-                [
-                    *audio_frames(silence(12_000)),
-                    SleepFrame(sleep=1.5),
-                    *audio_frames(silence(100)),
-                ],
-            )
-    finally:
-        logger.remove(sink)
-    assert [w.split(": ", 1)[1].strip() for w in warnings] == [
-        "no Flux session yet; dropping the oldest queued audio",
-        f"dropped {2 * SAMPLE_RATE * 2} bytes of old audio in all",
-    ]
