@@ -356,4 +356,3 @@ def test_stop_waits_out_a_longer_close_timeout(close: float | None, waited: floa
         endpoint_name="unused", region="us-east-1", timeouts=timeouts
     )
     assert stt._stop_timeout() == waited
-
