@@ -32,7 +32,13 @@ from botocore.exceptions import BotoCoreError
 from .core.request import Endpoint, resolve_endpoint
 from .errors import ValidationError
 
-__all__ = ["CredentialSource", "ResolvedConfig", "default_ssl_context", "resolve_config"]
+__all__ = [
+    "CredentialSource",
+    "ResolvedConfig",
+    "default_ssl_context",
+    "resolve_config",
+    "resolve_region",
+]
 
 # The botocore client whose configured endpoint applies (AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME).
 _CLIENT_NAME = "sagemaker-runtime"
@@ -105,6 +111,16 @@ def _flag(value: Any) -> bool:
     return bool(value)
 
 
+def resolve_region(region: str | None, session: botocore.session.Session) -> str | None:
+    """The region: ``region``, else ``AWS_REGION``, else botocore's (``AWS_DEFAULT_REGION``,
+    the profile's ``region``); ``None`` when none is set.
+
+    Raises:
+        BotoCoreError: the profile cannot be read (an unknown profile, say).
+    """
+    return region or os.environ.get("AWS_REGION") or session.get_config_variable("region") or None
+
+
 def resolve_config(
     *,
     region: str | None = None,
@@ -129,9 +145,7 @@ def resolve_config(
     try:
         if session is None:
             session = botocore.session.Session(profile=profile)
-        region = (
-            region or os.environ.get("AWS_REGION") or session.get_config_variable("region") or None
-        )
+        region = resolve_region(region, session)
         if not region:
             raise ValidationError(
                 "no AWS region: pass region=..., or set AWS_REGION or a region in the AWS profile"

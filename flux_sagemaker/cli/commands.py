@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Any
 
 import anyio
 
 from ..client import FluxClient
-from ..config import default_ssl_context
+from ..config import default_ssl_context, resolve_region
 from ..core.recovery import RetryPolicy
 from ..core.settings import BundleCapabilities, FluxSettings
 from ..errors import FluxError, UsageError, ValidationError
@@ -166,10 +165,7 @@ async def run_check(args: argparse.Namespace) -> int:
 
     try:
         session = botocore.session.Session(profile=args.profile)
-        # As FluxClient resolves it: AWS_REGION first (botocore reads AWS_DEFAULT_REGION).
-        region = (
-            args.region or os.environ.get("AWS_REGION") or session.get_config_variable("region")
-        )
+        region = resolve_region(args.region, session)  # as FluxClient resolves it
         if not region:
             raise UsageError("no AWS region: pass --region, or set AWS_REGION or a profile region")
         credentials = frozen_credentials(session)
