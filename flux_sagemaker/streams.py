@@ -84,8 +84,9 @@ async def frozen_credentials(
         credentials = await source.get()
         if credentials is None:
             raise ValidationError(
-                "no AWS credentials found: configure the default chain (environment, ~/.aws, "
-                "SSO, instance or task role) or pass credentials=..."
+                "no AWS credentials found: set AWS_PROFILE, run 'aws sso login', set "
+                "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY, use an instance or task role, "
+                "or pass credentials explicitly"
             )
         if isinstance(credentials, RefreshableCredentials) and credentials.refresh_needed():
             # A refresh can block on the network (STS, SSO, IMDS): keep it off the loop.

@@ -13,7 +13,6 @@ import ssl
 from typing import Any
 
 import attrs
-import botocore.session
 import httpx
 from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
@@ -56,18 +55,6 @@ def control_plane_url(region: str) -> str:
     """``https://api.sagemaker.{region}.{partition suffix}/``."""
     runtime_host = resolve_endpoint(region).host  # runtime.sagemaker.{region}.{suffix}
     return f"https://api.{runtime_host.removeprefix('runtime.')}/"
-
-
-def frozen_credentials(session: botocore.session.Session) -> ReadOnlyCredentials:
-    """The session's credentials, or an error saying how to provide them."""
-    credentials = session.get_credentials()
-    if credentials is None:
-        raise ValidationError(
-            "no AWS credentials found: set AWS_PROFILE (or pass --profile), run "
-            "'aws sso login', or set AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-        )
-    frozen: ReadOnlyCredentials = credentials.get_frozen_credentials()
-    return frozen
 
 
 async def _call(

@@ -9,15 +9,15 @@ from typing import Any
 import anyio
 
 from ..client import FluxClient
-from ..config import default_ssl_context, resolve_region
+from ..config import CredentialSource, default_ssl_context, resolve_region
 from ..core.recovery import RetryPolicy
 from ..core.settings import BundleCapabilities, FluxSettings
 from ..errors import FluxError, UsageError, ValidationError
 from ..samples import load_sample, sample_path
+from ..streams import frozen_credentials
 from .check import (
     describe_endpoint,
     explain_stream_error,
-    frozen_credentials,
     require_in_service,
 )
 from .render import JsonRenderer, LineRenderer, LiveRenderer, Renderer
@@ -168,7 +168,9 @@ async def run_check(args: argparse.Namespace) -> int:
         region = resolve_region(args.region, session)  # as FluxClient resolves it
         if not region:
             raise UsageError("no AWS region: pass --region, or set AWS_REGION or a profile region")
-        credentials = frozen_credentials(session)
+        # As FluxClient gets them: the chain walked off the event loop, and a source that
+        # cannot be reached (STS, SSO, instance metadata) reported as a ConnectError.
+        credentials, _ = await frozen_credentials(CredentialSource.chain(session))
         # As FluxClient has it: --ca-bundle, else AWS_CA_BUNDLE or the profile's ca_bundle.
         ca_bundle = args.ca_bundle or session.get_config_variable("ca_bundle")
     except (BotoCoreError, ClientError) as exc:  # an unknown profile, an expired SSO login, ...
