@@ -30,7 +30,6 @@ from pipecat.transcriptions.language import Language
 from pipecat.utils.errors import ErrorCategory
 
 from ..client import FluxClient
-from ..core.request import validate_query_string
 from ..core.settings import BundleCapabilities, FluxSettings
 from ..core.timers import MAX_TURN_SILENCE, MIN_TURN_SILENCE, KeepalivePolicy
 from ..errors import (
@@ -455,9 +454,8 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         if not self._set_up or not changed.keys() - _NOT_SENT:
             return None
         try:
-            settings = self._flux_settings(candidate, warn=False)
-            validate_query_string(settings.query_string())
-            settings.check_capabilities(self._capabilities)
+            # FluxSettings checks values and the query string's length as it is built.
+            self._flux_settings(candidate, warn=False).check_capabilities(self._capabilities)
         except (ValidationError, CapabilityError) as exc:
             return exc
         return None

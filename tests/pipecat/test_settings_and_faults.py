@@ -215,8 +215,10 @@ async def test_an_update_whose_new_stream_is_refused_leaves_the_session_as_it_wa
     [
         Settings(numerals=True),  # the bundle refuses the parameter: refused before sending
         Settings(eot_threshold=0.95),  # Flux answers ConfigureFailure (this bundle's max: 0.9)
+        # Each keyterm is valid, but a reconnect's query string would pass SageMaker's limit.
+        Settings(keyterm=[f"{i:02d}" + "k" * 90 for i in range(30)]),
     ],
-    ids=["by-capabilities", "by-flux"],
+    ids=["by-capabilities", "by-flux", "query-string-too-long"],
 )
 @pytest.mark.anyio
 async def test_a_refused_update_leaves_the_settings_in_force_for_later_sessions(
