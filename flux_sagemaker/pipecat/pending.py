@@ -40,6 +40,7 @@ class PendingAudio:
         self._items: deque[bytes | Close] = deque()
         self._bytes = 0
         self._limit = 0
+        self._dropped = 0  # bytes of audio dropped since the queue was last empty
         self._ready = anyio.Event()
 
     def set_limit(self, limit: int) -> None:
@@ -61,13 +62,30 @@ class PendingAudio:
                 assert isinstance(old, bytes)
                 self._bytes -= len(old)
                 dropped += len(old)
+            self._dropped += dropped
         self._ready.set()
+        return dropped
+
+    @property
+    def dropped_since_empty(self) -> int:
+        """Bytes of audio dropped since :meth:`caught_up` last found the queue empty."""
+        return self._dropped
+
+    def caught_up(self) -> int:
+        """If the queue is empty, how much audio it dropped since it last was (then 0 again).
+
+        Returns 0 while audio is still queued, or when nothing was dropped.
+        """
+        if self._items:
+            return 0
+        dropped, self._dropped = self._dropped, 0
         return dropped
 
     def clear(self) -> None:
         """Drop everything queued."""
         self._items.clear()
         self._bytes = 0
+        self._dropped = 0
 
     async def get(self) -> bytes | Close:
         """The oldest item, waiting for one."""

@@ -278,8 +278,12 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         # dropped, as Pipecat's service drops audio while not connected.
         if self._accepting and self._session_running():
             dropped = self._pending.put(bytes(audio))
-            if dropped:
-                logger.warning(f"{self}: no Flux session; dropped {dropped} bytes of old audio")
+            if dropped and dropped == self._pending.dropped_since_empty:
+                # Once per backlog, not per frame: the total comes when the session catches up.
+                logger.warning(
+                    f"{self}: the Flux session is not taking audio; dropping the oldest "
+                    f"(more than {_MAX_PENDING_AUDIO_SECONDS:g} s queued)"
+                )
         yield None
 
     def _session_running(self) -> bool:
@@ -360,6 +364,9 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
     async def _send_audio(self, flux: FluxClient) -> None:
         while True:
             item = await self._pending.get()
+            dropped = self._pending.caught_up()
+            if dropped:
+                logger.warning(f"{self}: caught up; {dropped} bytes of audio had been dropped")
             try:
                 if isinstance(item, Close):
                     await flux.close()

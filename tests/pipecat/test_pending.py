@@ -35,6 +35,37 @@ def test_keeps_order_and_markers_and_drops_only_the_oldest_audio(
     assert all(any(k is i for i in it) for k in kept)  # kept is a subsequence of items
 
 
+@given(items=_items, limit=st.integers(0, 200))
+def test_counts_the_audio_dropped_until_the_queue_runs_empty(
+    items: list[bytes | Close], limit: int
+) -> None:
+    # The adapter warns at the first drop of a backlog (dropped == dropped_since_empty) and
+    # gives the total once the session has caught up: one warning per backlog, not per frame.
+    queue = PendingAudio()
+    queue.set_limit(limit)
+    total = 0
+    for item in items:  # never empty here unless an item alone passes the limit
+        dropped = queue.put(item)
+        total += dropped
+        assert queue.dropped_since_empty == total
+        if len(queue):
+            assert queue.caught_up() == 0  # audio is still queued
+    taken = 0
+
+    async def drain() -> None:
+        nonlocal taken
+        while len(queue):
+            await queue.get()
+            taken += 1
+            if len(queue):
+                assert queue.caught_up() == 0
+
+    anyio.run(drain)
+    assert queue.caught_up() == total
+    assert queue.caught_up() == 0
+    assert queue.dropped_since_empty == 0
+
+
 @pytest.mark.anyio
 async def test_get_waits_for_a_put() -> None:
     queue = PendingAudio()
