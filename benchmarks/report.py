@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from .stats import peer_cpu
+from .stats import SATURATED_FACTOR, peer_cpu
 
 FRAME_EVENTS_PER_S = 50  # 20 ms frames
 
@@ -211,7 +211,7 @@ def _streams(results: dict[str, Any]) -> str:
             rows.append(
                 [run_label(run), _f(run["coalesce_ms"], 0)]
                 + [f"overloaded: {done:.0%} of real time", ""]
-                + [""] * 7
+                + [""] * 8
                 + [f"{run['error_count'] + server.get('error_count', 0)}", "yes", "", ""]
             )
             continue
@@ -350,12 +350,13 @@ def _peers(results: dict[str, Any]) -> str:
         if "error" in run:
             rows.append(
                 [name, str(run["n"]), "error: " + str(run["error"])[-160:].replace("\n", " ")]
-                + [""] * 7
+                + [""] * 8
             )
             continue
         cpu = peer_cpu(run)
         totals = run.get("totals", {})
         lag = run.get("max_send_lag_ms")
+        factor = ((run.get("cpu") or {}).get("steady") or {}).get("realtime_factor")
         marginal = _marginal_rss(results, run["which"], run)
         rows.append(
             [
@@ -370,6 +371,9 @@ def _peers(results: dict[str, Any]) -> str:
                 str(len(totals.get("errors", [])))
                 + (" (" + totals["errors"][0][:80] + ")" if totals.get("errors") else ""),
                 _f(lag, 0) if lag is not None else "n/a",
+                "n/a"
+                if factor is None
+                else ("yes, x" + _f(factor, 2) if factor > SATURATED_FACTOR else "no"),
             ]
         )
     header = [
@@ -383,13 +387,16 @@ def _peers(results: dict[str, Any]) -> str:
         "streams ok",
         "distinct errors",
         "max send lag ms",
+        "saturated (wall / audio)",
     ]
     return "\n".join(
         [
             "### The AWS SDK client and Deepgram's route (same endpoint, same workload)",
             "",
             "One event per 20 ms frame (neither coalesces). CPU is their own steady-state window "
-            "(`cpu.steady` of `benchmarks/peers/`), RSS per stream is "
+            "(`cpu.steady` of `benchmarks/peers/`) per second of audio handed over in it, as for "
+            "our client: a peer that falls behind real time is marked saturated, and its figure "
+            "is what a second of audio costs it, not CPU per wall second. RSS per stream is "
             "(peak at N - peak at 1) / (N - 1).",
             "",
             _table(header, rows),
@@ -657,8 +664,12 @@ METHOD = """## Method and caveats
   used until 2026-11-26, the AWS SDK peer measured 19-23 ms / stream-s at 10 streams against
   14-15 with the shared pacer, and 9.6 against 8.5 at 100 (Deepgram's route: 29.4 against
   22.1 at 10): that much was the harness's wake-ups, not the client.
-- **CPU** is `time.process_time()` of the client process over the window; the peers measure their
-  own steady window the same way (all threads, since awscrt does I/O on native threads).
+- **CPU** is `time.process_time()` of the client process over the window, per second of audio
+  handed over in it; the peers measure their own steady window the same way (all threads, since
+  awscrt does I/O on native threads). Until 2026-11-26 the peers' figure was per wall second
+  instead, which flattered a peer that fell behind real time: at 100 streams the AWS SDK took
+  2.3x real time and measured 9.8 ms per wall stream-second; per second of audio sent over its
+  whole session (`cpu.session`) it used 23.1 ms.
   RSS per stream for our client is (RSS at the end of the window - RSS before connecting) / N.
 - **The peers** (`benchmarks/peers/`) run under Python 3.12 in their own environments, and
   `nox -s bench` runs our client on 3.12 too. Neither peer coalesces: one event per 20 ms frame.

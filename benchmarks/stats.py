@@ -9,6 +9,9 @@ from typing import Any
 
 QUANTILES = (50, 90, 99, 99.9)
 
+#: Behind real time: the window's wall time over the audio handed over in it is above this.
+SATURATED_FACTOR = 1.1
+
 
 def percentile(sorted_values: Sequence[float], q: float) -> float:
     """The ``q``-th percentile (nearest rank) of already sorted values."""

@@ -37,7 +37,7 @@ from flux_sagemaker.pool import ConnectionPool
 from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
 
 from .bench_server import FRAME_BYTES, STAMP, STAMP_MAGIC
-from .stats import percentiles
+from .stats import SATURATED_FACTOR, percentiles
 
 FRAME_S = 0.02
 SAMPLE_RATE = 16000
@@ -278,7 +278,7 @@ class Workload:
         # stretches but the work per second of audio is what a deployment pays.
         stream_seconds = args.streams * window["audio_s_per_stream"]
         saturated = (
-            window["wall_s"] > 1.1 * window["audio_s_per_stream"]
+            window["wall_s"] > SATURATED_FACTOR * window["audio_s_per_stream"]
             or self.late_ticks > 0
             or window["ticks_sent"] < window["ticks_planned"]
             or window["aborted"]

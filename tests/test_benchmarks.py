@@ -321,7 +321,9 @@ def test_the_peers_shared_pacer_feeds_streams_like_ours() -> None:
     """One task, streams starting in groups, a failing stream dropped alone."""
     harness = _peer_harness()
     argv = ["--endpoint-url", "http://peer", "--streams", "5", "--spread-ticks", "3"]
-    run = harness.Run(harness.base_parser("test").parse_args(argv), [bytes([j]) for j in range(6)])
+    # Frame j: 0.1 s of 16 kHz linear16, its first byte j.
+    frames = [bytes([j]) * 3200 for j in range(6)]
+    run = harness.Run(harness.base_parser("test").parse_args(argv), frames)
     sent: list[tuple[int, int]] = []
 
     async def session(st: Any) -> None:
@@ -341,7 +343,19 @@ def test_the_peers_shared_pacer_feeds_streams_like_ours() -> None:
     assert [sum(1 for i, _ in sent if i == k) for k in range(5)] == [6, 6, 6, 6, 2]
     assert summary["totals"]["streams_ok"] == 4
     assert summary["totals"]["errors"] == ["ValueError: the stream broke"]
-    assert summary["cpu"]["steady"] is not None
+    # The steady window runs from stream 4's first frame (10 frames sent before it) to stream
+    # 4's failure on tick 4 (20 frames sent): CPU is per second of audio handed over in it.
+    assert summary["cpu"]["steady"]["stream_seconds"] == 1.0
+
+
+def test_a_peer_behind_real_time_is_marked_saturated() -> None:
+    def peer(n: int, factor: float) -> dict[str, Any]:
+        steady = {"cpu_ms_per_stream_second": 22.0, "realtime_factor": factor}
+        return {"which": "aws", "n": n, "cpu": {"steady": steady}, "max_send_lag_ms": 0.0}
+
+    results = {"streams": {"peers": [peer(10, 1.0), peer(100, 2.26)]}}
+    rows = [line for line in report._peers(results).splitlines() if line.startswith("| AWS")]
+    assert [row.rsplit("|", 2)[1].strip() for row in rows] == ["no", "yes, x2.26"]
 
 
 def test_the_stall_column_names_lag_and_gc_pauses() -> None:

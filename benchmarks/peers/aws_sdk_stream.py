@@ -183,8 +183,9 @@ class Run:
         self.frames = frames
         self.stats = [StreamStats(i) for i in range(args.streams)]
         self._started = 0
-        self._steady_start: tuple[float, float, float, float] | None = None
-        self._steady_end: tuple[float, float, float, float] | None = None
+        # (CPU sample, audio bytes handed over so far) where the steady window starts and ends.
+        self._steady_start: tuple[tuple[float, float, float, float], int] | None = None
+        self._steady_end: tuple[tuple[float, float, float, float], int] | None = None
         # The shared pacer: the streams that joined it, and those that never will (failed).
         self._members: list[tuple[StreamStats, Callable[[bytes], Awaitable[None]], Any]] = []
         self._gave_up = 0
@@ -194,12 +195,15 @@ class Run:
         """A stream sent its first frame, or gave up before it could."""
         self._started += 1
         if self._started == len(self.stats):
-            self._steady_start = _cpu_sample()
+            self._steady_start = _cpu_sample(), self._audio_bytes()
 
     def audio_finished(self) -> None:
         """A stream sent its last frame."""
         if self._steady_end is None and self._steady_start is not None:
-            self._steady_end = _cpu_sample()
+            self._steady_end = _cpu_sample(), self._audio_bytes()
+
+    def _audio_bytes(self) -> int:
+        return sum(st.audio_bytes for st in self.stats)
 
     async def pace(self, st: StreamStats, send: Callable[[bytes], Awaitable[None]]) -> None:
         """Send every frame at its real-time instant (absolute schedule, so no drift).
@@ -301,8 +305,15 @@ class Run:
         session = _cpu_delta(begin, end, audio_s)
         steady = None
         if self._steady_start and self._steady_end and self._steady_end > self._steady_start:
-            window = self._steady_end[0] - self._steady_start[0]
-            steady = _cpu_delta(self._steady_start, self._steady_end, window * len(self.stats))
+            (start, audio_start), (end, audio_end) = self._steady_start, self._steady_end
+            # Per second of audio handed over in the window, as for our client: a client that
+            # falls behind real time stretches the wall time, not the work per audio-second.
+            window_audio_s = (audio_end - audio_start) / (2 * self.args.sample_rate)
+            steady = _cpu_delta(start, end, window_audio_s)
+            wall = end[0] - start[0]
+            steady["realtime_factor"] = (
+                round(wall * len(self.stats) / window_audio_s, 3) if window_audio_s else None
+            )
         received: Counter[str] = Counter()
         for st in self.stats:
             received.update(st.received)
@@ -321,7 +332,8 @@ class Run:
                 "errors": sorted({e for st in self.stats for e in st.errors}),
             },
             # session: all post-start-up work, per second of audio sent.
-            # steady: all streams mid-audio, per stream per wall second.
+            # steady: all streams mid-audio, per second of audio handed over in that window
+            # (realtime_factor: stream-wall-seconds per audio-second, > 1 when behind).
             "cpu": {"session": session, "steady": steady},
             "streams": [st.summary(self.args.sample_rate, keep) for st in self.stats],
         }
