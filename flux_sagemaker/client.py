@@ -710,6 +710,9 @@ class FluxClient:
         return self
 
     async def __anext__(self) -> FluxEvent:
+        if self._state == "new":
+            # Nothing would ever deliver an event or close the queue: the loop would hang.
+            self._check_open("iterate the events")
         try:
             # No checkpoint when an event is ready: one task switch less per event. The
             # buffer is bounded, so a consumer cannot hog the loop for long.

@@ -46,6 +46,8 @@ async def test_calls_before_entering_are_usage_errors(endpoint: EndpointFactory)
                 await flux.configure(eot_threshold=0.8)
             with pytest.raises(UsageError):
                 await flux.force_end_turn()
+            with pytest.raises(UsageError, match="enter the client"):
+                await anext(aiter(flux))  # it used to wait forever for an event
             # Nothing was sent, and the client can still be used normally.
             async with flux:
                 events = await run_session(flux, FIRST_TURN_DONE)
