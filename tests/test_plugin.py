@@ -132,12 +132,18 @@ def test_bad_marker_arguments(sandbox: pytest.Pytester) -> None:
         @pytest.mark.flux_endpoint(no_such_option=1)
         async def test_unknown_option(flux_endpoint):
             pass
+
+        @pytest.mark.anyio
+        @pytest.mark.flux_endpoint("Hi.")  # was played as three turns: "H", "i" and "."
+        async def test_script_given_as_one_string(flux_endpoint):
+            pass
         """
     )
     result = sandbox.runpytest("-p", "anyio")
-    result.assert_outcomes(errors=4)
+    result.assert_outcomes(errors=6)
     result.stdout.fnmatch_lines(["*takes the script as its only positional argument*"])
     result.stdout.fnmatch_lines(["*no_such_option*"])
+    result.stdout.fnmatch_lines(["*script must be a list of turns*got a str*"])
 
 
 def test_loading_the_plugin_imports_nothing_optional(pytester: pytest.Pytester) -> None:

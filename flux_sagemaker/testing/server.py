@@ -84,7 +84,7 @@ class MockFluxEndpoint:
     """A local SageMaker endpoint that plays Deepgram Flux; use it with ``async with``.
 
     Args:
-        script: The transcripts of the turns to reveal, in order (strings or
+        script: The transcripts of the turns to reveal, in order (a list of strings or
             :class:`~flux_sagemaker.testing.ScriptedTurn`).
         tls: Serve HTTPS with a per-run CA (needs ``trustme``); default plaintext HTTP/2.
         bundle: Which Flux bundle to simulate (what it accepts, how it closes).
@@ -119,7 +119,18 @@ class MockFluxEndpoint:
             raise ValidationError(
                 f"script_scope must be 'endpoint' or 'stream', got {script_scope!r}"
             )
+        if isinstance(script, str | ScriptedTurn):
+            # A str is a sequence too: it would be played as one turn per character.
+            raise ValidationError(
+                f"script must be a list of turns (strings or ScriptedTurn), got a "
+                f"{type(script).__name__}: write script=[{script!r}]"
+            )
         self.script = tuple(ScriptedTurn(t) if isinstance(t, str) else t for t in script)
+        for turn in self.script:
+            if not isinstance(turn, ScriptedTurn):
+                raise ValidationError(
+                    f"script turns must be strings or ScriptedTurn, got {type(turn).__name__}"
+                )
         self.bundle = bundle
         self.region = region
         self.endpoint_name = endpoint_name
