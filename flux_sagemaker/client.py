@@ -232,13 +232,17 @@ class FluxClient:
         self._target_variant = target_variant
         # Validates the endpoint name, variant and query string before any I/O.
         self._request_for(self._settings)
+        # Checked here, under the argument's own name: the objects they configure would name
+        # their own fields (target_ms, max_bytes), and Opus never builds a replay buffer.
+        _check_int("max_buffered_events", max_buffered_events, 1)
+        _check_int("replay_buffer_bytes", replay_buffer_bytes, 0)
         if (
-            isinstance(max_buffered_events, bool)
-            or not isinstance(max_buffered_events, int)
-            or max_buffered_events < 1
+            isinstance(coalesce_ms, bool)
+            or not isinstance(coalesce_ms, int | float)
+            or not 0 <= coalesce_ms <= 10_000  # also refuses NaN
         ):
             raise ValidationError(
-                f"max_buffered_events must be an integer >= 1, got {max_buffered_events!r}"
+                f"coalesce_ms must be a number from 0 to 10000, got {coalesce_ms!r}"
             )
         self._timeouts = timeouts if timeouts is not None else Timeouts()
         self._retry = retry if retry is not None else RetryPolicy()
@@ -1289,6 +1293,11 @@ def _check_types(**arguments: tuple[object, type]) -> None:
             raise ValidationError(
                 f"{name} must be {_type_name(expected)} or None, got {_type_name(type(value))}"
             )
+
+
+def _check_int(name: str, value: object, low: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise ValidationError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _type_name(kind: type) -> str:

@@ -14,6 +14,7 @@ from botocore.credentials import Credentials
 from flux_sagemaker import (
     EndOfTurn,
     FluxClient,
+    FluxSettings,
     Timeouts,
     UsageError,
     ValidationError,
@@ -172,6 +173,30 @@ def test_max_buffered_events_must_be_a_positive_integer(value: object) -> None:
             credentials=Credentials("AKIDEXAMPLE", "secret"),  # no credential chain to walk
             max_buffered_events=value,  # type: ignore[arg-type]
         )
+
+
+@pytest.mark.parametrize(
+    ("name", "value", "settings"),
+    [
+        ("replay_buffer_bytes", -1, None),  # was reported as "max_bytes"
+        ("replay_buffer_bytes", 1.5, None),
+        ("replay_buffer_bytes", -1, FluxSettings(encoding="opus")),  # was accepted
+        ("coalesce_ms", -1, None),  # was reported as "target_ms"
+        ("coalesce_ms", "80", None),
+    ],
+)
+def test_bad_numbers_are_refused_under_the_argument_name(
+    name: str, value: object, settings: FluxSettings | None
+) -> None:
+    kwargs: dict[str, Any] = {
+        "region": "us-east-1",
+        "endpoint_url": "http://127.0.0.1:9",
+        "credentials": Credentials("AKIDEXAMPLE", "secret"),
+        "settings": settings,
+        name: value,
+    }
+    with pytest.raises(ValidationError, match=f"^{name} must be"):
+        FluxClient("flux-e2e", **kwargs)
 
 
 @pytest.mark.parametrize(
