@@ -474,6 +474,13 @@ def _parse_param(key: str, value: str) -> object:
     return value
 
 
+def _bool(instance: object, attribute: attrs.Attribute[bool], value: object) -> None:
+    # A string from a config file ("false") is truthy: the client would send what the bundle
+    # answers by ending the stream.
+    if not isinstance(value, bool):
+        raise _fail(f"{type(instance).__name__}.{attribute.name}", value, "True or False")
+
+
 @attrs.frozen(kw_only=True)
 class BundleCapabilities:
     """What a deployed Flux bundle accepts; Configure, ForceEndTurn and newer params are gated.
@@ -481,15 +488,15 @@ class BundleCapabilities:
     Use a preset for a known SageMaker bundle, or build one from what you have verified.
     """
 
-    configure: bool = True
+    configure: bool = attrs.field(default=True, validator=_bool)
     """The bundle accepts ``Configure`` (otherwise it is a fatal ``UNPARSABLE_CLIENT_MESSAGE``)."""
-    force_end_turn: bool = True
+    force_end_turn: bool = attrs.field(default=True, validator=_bool)
     """The bundle accepts ``ForceEndTurn``."""
-    numerals_param: bool = True
+    numerals_param: bool = attrs.field(default=True, validator=_bool)
     """The bundle accepts the ``numerals`` query parameter."""
-    profanity_filter_param: bool = True
+    profanity_filter_param: bool = attrs.field(default=True, validator=_bool)
     """The bundle accepts the ``profanity_filter`` query parameter."""
-    close_stream_finalizes: bool = False
+    close_stream_finalizes: bool = attrs.field(default=False, validator=_bool)
     """``CloseStream`` emits a final ``EndOfTurn`` (older bundles); newer Flux does not."""
 
     @classmethod

@@ -453,6 +453,13 @@ def test_capability_presets() -> None:
     assert not multi.profanity_filter_param
 
 
+@pytest.mark.parametrize("value", ["false", 0, None])
+def test_capabilities_are_bools(value: object) -> None:
+    # "false" (read from a config file) used to switch Configure on.
+    with pytest.raises(ValidationError, match=r"^BundleCapabilities\.configure="):
+        BundleCapabilities(configure=value)  # type: ignore[arg-type]
+
+
 @pytest.mark.parametrize("field", ["numerals", "profanity_filter"])
 @pytest.mark.parametrize("value", [True, False])
 def test_check_capabilities(field: str, value: bool) -> None:
