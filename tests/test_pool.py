@@ -8,8 +8,9 @@ import anyio
 import pytest
 import trustme
 
-from flux_sagemaker import errors
+from flux_sagemaker import FluxClient, errors
 from flux_sagemaker.pool import ConnectionPool, default_pool
+from flux_sagemaker.testing import MockFluxEndpoint, RequestFailure
 from flux_sagemaker.testing.h2server import H2Server, ServerStream
 from flux_sagemaker.transport import H2Stream, Timeouts
 
@@ -256,6 +257,25 @@ async def test_pool_exit_fails_open_streams() -> None:
                 await stream.response()
             with pytest.raises(errors.ConnectionLost):
                 await stream.receive()
+
+
+async def test_an_error_in_the_pool_body_is_not_wrapped_in_a_group() -> None:
+    # An application's `except AccessDeniedError` around its pool got an ExceptionGroup.
+    async def session(endpoint: MockFluxEndpoint, error: Exception | None = None) -> None:
+        async with (
+            ConnectionPool() as pool,
+            FluxClient("any", pool=pool, **endpoint.client_kwargs()),
+        ):
+            if error is not None:
+                raise error
+
+    with anyio.fail_after(10):
+        async with MockFluxEndpoint() as endpoint:
+            endpoint.fail_requests(RequestFailure.access_denied())
+            with pytest.raises(errors.AccessDeniedError):
+                await session(endpoint)
+            with pytest.raises(KeyError):
+                await session(endpoint, KeyError("the application's own error"))
 
 
 async def test_default_pool_is_shared_per_event_loop() -> None:
