@@ -14,10 +14,11 @@ import h2.events
 import pytest
 from botocore.credentials import ReadOnlyCredentials
 
+from flux_sagemaker import AccessDeniedError, FluxClient
 from flux_sagemaker.core.eventstream import EventStreamDecoder, encode_message
 from flux_sagemaker.core.request import Endpoint, InvokeRequest
 from flux_sagemaker.core.signing import EventSigner, sign_request
-from flux_sagemaker.testing import MockFluxEndpoint
+from flux_sagemaker.testing import MockFluxEndpoint, RequestFailure
 from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
 from flux_sagemaker.transport import H2Stream, Timeouts, open_connection
 
@@ -138,3 +139,15 @@ async def test_the_invoked_variant_is_the_target_variant(variant: str | None, in
             await stream.send(signer.sign_empty())
             await stream.end_input()
     assert dict(headers)["x-amzn-invoked-production-variant"] == invoked
+
+
+async def test_an_error_in_the_endpoint_body_is_not_wrapped_in_a_group() -> None:
+    # `pytest.raises(AccessDeniedError)` around the README's pattern got an ExceptionGroup.
+    async def session() -> None:
+        async with MockFluxEndpoint() as endpoint:
+            endpoint.fail_requests(RequestFailure.access_denied())
+            async with FluxClient("any", **endpoint.client_kwargs()):
+                pass
+
+    with anyio.fail_after(TEST_TIMEOUT), pytest.raises(AccessDeniedError):
+        await session()
