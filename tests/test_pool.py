@@ -286,8 +286,18 @@ async def test_default_pool_is_shared_per_event_loop() -> None:
             assert await exchange(pool, server, b"default") == b"default"
 
 
-def test_pool_arguments_are_validated() -> None:
-    with pytest.raises(errors.ValidationError):
-        ConnectionPool(max_streams_per_connection=0)
-    with pytest.raises(errors.ValidationError):
-        ConnectionPool(idle_timeout=0)
+@pytest.mark.parametrize(
+    ("name", "value"),
+    [
+        ("max_streams_per_connection", 0),
+        ("max_streams_per_connection", "2"),  # was a TypeError
+        ("idle_timeout", 0),
+        ("idle_timeout", "60"),  # was a TypeError
+        ("receive_window", 0),  # was accepted: streams then timed out waiting for Connected
+        ("receive_window", 2**31),  # was accepted: the SETTINGS frame failed at connect
+        ("receive_window", "1048576"),
+    ],
+)
+def test_pool_arguments_are_validated(name: str, value: object) -> None:
+    with pytest.raises(errors.ValidationError, match=f"^{name} must be"):
+        ConnectionPool(**{name: value})
