@@ -588,6 +588,8 @@ class FluxClient:
             ValidationError: a value is out of range (checked before sending).
             CapabilityError: the endpoint's bundle does not accept ``Configure``; use
                 :meth:`update_settings`, which opens a new stream instead.
+            UsageError: the session is not open, or a failed stream is being replaced (try
+                again after :class:`Reconnected`).
         """
         self._check_open("configure")
         message = commands.Configure(
@@ -691,6 +693,8 @@ class FluxClient:
 
         Raises:
             CapabilityError: the endpoint's bundle does not accept ``ForceEndTurn``.
+            UsageError: the session is not open, or a failed stream is being replaced (try
+                again after :class:`Reconnected`).
         """
         self._check_open("force the end of the turn")
         if not self._capabilities.force_end_turn:
