@@ -16,7 +16,8 @@ stay cheap):
   will flush the reader's frames (WINDOW_UPDATE, PING ACK) too. So the reader keeps draining
   the socket even while a writer is blocked, and two peers built this way cannot deadlock with
   both send buffers full. The client adds a writer task (:meth:`_after_queue`): the DATA frames
-  every stream queues in one event-loop iteration leave in one socket write.
+  every stream queues in one event-loop iteration leave in one socket write, and the reader's
+  own frames go to it too, so the client's reader never waits for the socket at all.
 - Socket writes are shielded from cancellation and bounded by the write timeout: a half-written
   frame would corrupt the connection, and a write that times out fails the connection.
 - Receive flow control is acknowledged as the consumer reads, so a stream buffers at most its

@@ -53,7 +53,7 @@ from flux_sagemaker.h2core import (
     header_fields,
     wait_event,
 )
-from flux_sagemaker.h2inbound import FRAME_HEADER_SIZE
+from flux_sagemaker.h2inbound import FRAME_HEADER_SIZE, OPEN_CONNECTION_STATES
 from flux_sagemaker.h2stream import H2StreamBase
 
 __all__ = [
@@ -402,6 +402,18 @@ class H2Connection(H2ConnectionBase):
                 # Let the writer start on this batch while we queue the next: the peer
                 # gets frames as they are made, not after a long burst (latency).
                 await anyio.lowlevel.checkpoint()
+
+    async def _flush_soon(self) -> None:
+        # The reader's frames (PING, PING ACK, WINDOW_UPDATE) and the consumers' go to the
+        # writer task: a reader waiting for a socket write to a peer that stopped reading would
+        # stop delivering data on every stream, and no PING timeout could fire. After a
+        # protocol error h2 has closed the connection: its GOAWAY is written at once, as the
+        # reader stops next.
+        wanted = self._write_wanted
+        if wanted is None or self._h2.state_machine.state not in OPEN_CONNECTION_STATES:
+            await super()._flush_soon()
+        elif self._take_h2_output() or self._outbox:
+            wanted.set()
 
     def _frame_nowait(self, stream_id: int, data: bytes) -> bool:
         # Below the yield mark, _after_queue only wakes the writer: do that here, with no

@@ -14,6 +14,7 @@ from typing import Any
 import anyio
 import h2.config
 import h2.connection
+import h2.events
 import pytest
 import trustme
 from hypothesis import HealthCheck, given, settings
@@ -438,6 +439,61 @@ async def test_a_blocked_event_loop_is_not_taken_for_a_silent_peer() -> None:
                     time.sleep(0.5)  # noqa: ASYNC251 - the point: a blocked event loop
                     await anyio.sleep(0.05)
                     assert conn.error is None
+    finally:
+        stop.set()
+        thread.join()
+        listener.close()
+
+
+def _h2_ping_flooder(listener: socket.socket, pings: int, stop: threading.Event) -> None:
+    """A server in its own thread: answer one request, then never read again; send ``pings``
+    PINGs (the client's ACKs fill the socket buffers), then one DATA frame, then nothing."""
+    listener.settimeout(10)
+    sock, _ = listener.accept()
+    h2conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+    h2conn.initiate_connection()
+    with sock, contextlib.suppress(OSError):  # the client may reset at the end
+        sock.sendall(h2conn.data_to_send())
+        events: list[h2.events.Event] = []
+        while not any(isinstance(e, h2.events.RequestReceived) for e in events):
+            events = h2conn.receive_data(sock.recv(65536))
+        h2conn.send_headers(1, [(":status", "200")])
+        sock.sendall(h2conn.data_to_send())
+        for _ in range(pings):
+            h2conn.ping(bytes(8))
+        h2conn.send_data(1, b"an event")
+        sock.sendall(h2conn.data_to_send())
+        stop.wait(timeout=5)  # a hang guard: closing the socket ends a client stuck writing
+
+
+async def test_data_and_the_ping_timeout_go_on_while_the_server_does_not_read() -> None:
+    """A server that stops reading and sends PINGs: our ACKs fill the socket. The reader must
+    not wait for that write: it goes on delivering data, and the PING timeout still fires."""
+    listener = socket.socket()
+    # Small socket buffers on both ends: a few thousand PING ACKs fill them.
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    listener.bind(("127.0.0.1", 0))
+    listener.listen()
+    stop = threading.Event()
+    args = (listener, 10_000, stop)
+    thread = threading.Thread(target=_h2_ping_flooder, args=args, daemon=True)
+    thread.start()
+    timeouts = Timeouts(ping_interval=0.2, ping_timeout=0.3, write=None)
+    try:
+        with anyio.fail_after(10):
+            sock = await anyio.connect_tcp("127.0.0.1", listener.getsockname()[1])
+            raw = sock.extra(anyio.abc.SocketAttribute.raw_socket)
+            raw.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+            conn = H2Connection(sock, timeouts=timeouts)
+            await conn._handshake()
+            async with anyio.create_task_group() as tg:
+                await tg.start(conn.run)
+                stream = await open_post(conn)
+                await stream.response()
+                assert await stream.receive() == b"an event"
+                with pytest.raises(errors.ConnectionLost, match="PING"):
+                    await stream.receive()
+                await conn.aclose()
     finally:
         stop.set()
         thread.join()
