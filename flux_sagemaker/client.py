@@ -577,7 +577,8 @@ class FluxClient:
 
         Sends Flux's ``Configure`` and waits for its answer, which also arrives through the
         iterator. Configures are sent one at a time (Flux caps the unacknowledged ones); an
-        acknowledged change also applies to later streams.
+        acknowledged change also applies to later streams. While the session moves to a new
+        stream (a rollover, a settings change), the Configure waits and goes out on that one.
 
         Returns:
             The ``ConfigureSuccess`` or ``ConfigureFailure``, or ``None`` when no answer came
@@ -676,17 +677,17 @@ class FluxClient:
             raise ValidationError(
                 "encoding and sample_rate cannot change within a session; open a new FluxClient"
             )
-        refused: list[FluxError] = []
+        outcome: list[FluxSettings | FluxError] = []
         finished = self._begin_switch()
         # In the session's task group, not the caller's task: a caller cancelled mid-switch
         # (its own timeout) must not leave the old stream retired and the new one not installed.
-        self._task_group_start(self._switch_stream, "settings changed", new_settings, refused)
+        self._task_group_start(self._switch_stream, "settings changed", changes, outcome)
         await finished.wait()
-        if refused:
-            raise refused[0]
-        if self._settings is not new_settings:
+        if not outcome:
             # The session failed or closed while the switch waited for a reconnect to finish.
             self._check_open("update settings")
+        elif isinstance(outcome[0], FluxError):
+            raise outcome[0]
 
     async def force_end_turn(self) -> None:
         """Ask Flux to end the current turn now (``EndOfTurn`` with trigger ``manual``).
@@ -1014,32 +1015,43 @@ class FluxClient:
     async def _switch_stream(
         self,
         reason: str,
-        settings: FluxSettings | None = None,
-        refused: list[FluxError] | None = None,
+        changes: dict[str, Any] | None = None,
+        outcome: list[FluxSettings | FluxError] | None = None,
     ) -> None:
         """Move the session to a fresh stream while the current one still works.
 
-        With ``settings``, the new stream is opened with them, and they are in force once it
-        is; if it cannot be opened, the error goes to ``refused`` and nothing changes.
+        With ``changes``, the new stream is opened with them applied to the settings in force,
+        which they are once it is (``outcome`` gets those settings); if it cannot be opened, the
+        error goes to ``outcome`` and nothing changes.
         """
         try:
-            async with self._stream_change:
-                await self._switch_to_new_stream(reason, settings, refused)
+            # No Configure goes out while the next stream opens: answered on the old stream, it
+            # would be in force there and not on the new one, opened with the settings from
+            # before it. One under way is answered first; one made meanwhile waits for the new
+            # stream.
+            async with self._stream_change, self._configure_lock:
+                await self._switch_to_new_stream(reason, changes, outcome)
         finally:
             self._switching = False
             self._switch_finished.set()
 
     async def _switch_to_new_stream(
-        self, reason: str, settings: FluxSettings | None, refused: list[FluxError] | None
+        self,
+        reason: str,
+        changes: dict[str, Any] | None,
+        outcome: list[FluxSettings | FluxError] | None,
     ) -> None:
         if self._state not in ("open", "closing"):
             return
         old = self._current
         try:
+            # From the settings in force now: a Configure answered while the switch waited
+            # for its turn is kept.
+            settings = None if changes is None else self._settings.with_changes(**changes)
             stream = await self._open_with_retry(first_error=None, settings=settings)
         except FluxError as exc:
-            if refused is not None:
-                refused.append(exc)
+            if outcome is not None:
+                outcome.append(exc)
             else:
                 logger.warning(
                     "could not open the next Flux stream (%s); keeping the current one", exc
@@ -1047,6 +1059,8 @@ class FluxClient:
             return
         if settings is not None:
             self._settings = settings
+            if outcome is not None:
+                outcome.append(settings)
         if old is not None and not old.retired:
             self._stop_using(old)
         self._stats.rollovers += 1

@@ -36,8 +36,10 @@ from flux_sagemaker.testing import (
     FLUX_MULTI_20260417,
     Fault,
     FaultKind,
+    MockFluxEndpoint,
     RequestFailure,
 )
+from flux_sagemaker.testing.server import RecordedStream
 
 from .helpers import (
     SAMPLE,
@@ -371,6 +373,103 @@ async def test_update_settings_cancelled_mid_switch_still_completes_the_switch(
     assert new.settings is not None
     assert new.settings.tags == ("new",)
     assert bytes(new.audio).endswith(SAMPLE.pcm[len(first_turn_done) :])
+
+
+def hold_the_second_request(ep: MockFluxEndpoint) -> tuple[anyio.Event, anyio.Event]:
+    """Have ``ep`` hold its second request: the first event returned is set when it arrives,
+    and the request is answered once the second is set."""
+    handle = ep._server._handler
+    held, release = anyio.Event(), anyio.Event()
+
+    async def handler(stream: Any) -> None:
+        if len(ep.streams) == 1:  # the endpoint records a request once it handles it
+            held.set()
+            await release.wait()
+        await handle(stream)
+
+    ep._server._handler = handler
+    return held, release
+
+
+def configure_in_force(stream: RecordedStream, eot_threshold: float) -> bool:
+    """Whether ``stream`` was opened with ``eot_threshold`` or had it configured."""
+    assert stream.settings is not None
+    return stream.settings.eot_threshold == eot_threshold or any(
+        m["type"] == "ConfigureSuccess" and m["thresholds"]["eot_threshold"] == eot_threshold
+        for m in stream.sent
+    )
+
+
+async def test_a_configure_made_while_a_new_stream_opens_is_in_force_on_it(
+    endpoint: EndpointFactory,
+) -> None:
+    """configure() while update_settings() opens the next stream: its answer must not come from
+    the old stream, whose change the new one (opened with the settings from before) lacks, and
+    which the switch's settings would then overwrite."""
+    answers: list[object] = []
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as flux, anyio.create_task_group() as tg:
+            held, release = hold_the_second_request(ep)
+            switched = anyio.Event()
+
+            async def update() -> None:
+                await flux.update_settings(tags=("new",))
+                switched.set()
+
+            async def configure() -> None:
+                answers.append(await flux.configure(eot_threshold=0.8))
+
+            tg.start_soon(update)
+            await held.wait()
+            tg.start_soon(configure)
+            await anyio.wait_all_tasks_blocked()
+            release.set()
+            await switched.wait()
+        assert flux.settings.tags == ("new",)
+        assert flux.settings.eot_threshold == 0.8
+    assert [type(a) for a in answers] == [ConfigureSuccess]
+    assert configure_in_force(ep.streams[1], 0.8)
+
+
+async def test_a_configure_answered_while_a_new_stream_opens_is_in_force_on_it(
+    endpoint: EndpointFactory,
+) -> None:
+    """A Configure is under way when update_settings() starts a switch, and its answer is read
+    while the next stream opens: the new stream must be opened with it, and keep it."""
+    answers: list[object] = []
+    with anyio.fail_after(TEST_TIMEOUT):
+        # One event fills the queue: the consumer's pace decides when the answer is read.
+        async with (
+            endpoint() as ep,
+            client_for(ep, max_buffered_events=1) as flux,
+            anyio.create_task_group() as tg,
+        ):
+            _held, release = hold_the_second_request(ep)
+            configured, switched = anyio.Event(), anyio.Event()
+
+            async def configure() -> None:
+                answers.append(await flux.configure(eot_threshold=0.8))
+                configured.set()
+
+            async def update() -> None:
+                await flux.update_settings(tags=("new",))
+                switched.set()
+
+            await flux.send_audio(SAMPLE.pcm[: ms(1000)])  # events the consumer has not read
+            tg.start_soon(configure)
+            await anyio.wait_all_tasks_blocked()  # the Configure is out, its answer unread
+            tg.start_soon(update)
+            await anyio.wait_all_tasks_blocked()  # the switch is under way
+            tg.start_soon(collect, flux)  # the consumer reads, the answer with the rest
+            await configured.wait()
+            release.set()
+            await switched.wait()
+            assert flux.settings.tags == ("new",)
+            assert flux.settings.eot_threshold == 0.8
+            await flux.close()
+    assert [type(a) for a in answers] == [ConfigureSuccess]
+    assert ep.streams[1].settings is not None
+    assert ep.streams[1].settings.eot_threshold == 0.8
 
 
 async def test_update_settings_whose_configure_a_reconnect_cut_off_raises(
