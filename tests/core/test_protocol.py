@@ -1,0 +1,55 @@
+"""StreamProtocol's receive side: PARTIAL payload parts (SageMaker wire spec, section 5)."""
+
+from __future__ import annotations
+
+import itertools
+
+from botocore.credentials import ReadOnlyCredentials
+from hypothesis import given
+from hypothesis import strategies as st
+
+from flux_sagemaker.core.events import Connected, Update
+from flux_sagemaker.core.eventstream import encode_message
+from flux_sagemaker.core.protocol import StreamFailed, StreamProtocol
+from flux_sagemaker.core.signing import EventSigner
+from flux_sagemaker.errors import FrameError
+
+CONNECTED = b'{"type":"Connected","request_id":"r1","sequence_id":0}'
+UPDATE = '{"type":"TurnInfo","event":"Update","turn_index":0,"transcript":"h\u00e9llo"}'.encode()
+
+
+def protocol() -> StreamProtocol:
+    credentials = ReadOnlyCredentials("AKIDEXAMPLE", "secret", None)
+    signer = EventSigner(
+        credentials=credentials, region="us-east-1", seed_signature="0" * 64, clock=lambda: 1.0
+    )
+    return StreamProtocol(signer)
+
+
+def part(payload: bytes, completion_state: str | None = None) -> bytes:
+    headers = {":message-type": "event", ":event-type": "PayloadPart", "DataType": "UTF8"}
+    if completion_state is not None:
+        headers["CompletionState"] = completion_state
+    return encode_message(headers, payload)
+
+
+@given(st.lists(st.integers(0, len(UPDATE)), max_size=4), st.booleans())
+def test_partial_parts_are_joined_until_complete(cuts: list[int], marked: bool) -> None:
+    """Flux's JSON may come in PARTIAL parts, cut anywhere (inside a UTF-8 character too); the
+    last part is COMPLETE or carries no CompletionState."""
+    bounds = [0, *sorted(cuts), len(UPDATE)]
+    pieces = [UPDATE[a:b] for a, b in itertools.pairwise(bounds)]
+    wire = b"".join(part(p, "PARTIAL") for p in pieces[:-1])
+    wire += part(pieces[-1], "COMPLETE" if marked else None)
+    proto = protocol()
+    events = proto.receive_data(part(CONNECTED) + wire)
+    assert events[0] == Connected(request_id="r1", sequence_id=0)
+    assert events[1:] == [Update(turn_index=0, transcript="h\u00e9llo")]
+
+
+def test_a_response_ending_inside_partial_parts_fails() -> None:
+    proto = protocol()
+    assert proto.receive_data(part(CONNECTED[:10], "PARTIAL")) == []
+    (failed,) = proto.receive_eof()
+    assert isinstance(failed, StreamFailed)
+    assert isinstance(failed.error, FrameError)
