@@ -31,7 +31,15 @@ from flux_sagemaker import (
     TransportError,
     UsageError,
 )
-from flux_sagemaker.testing import FLUX_ENGLISH_20260311, Fault, FaultKind, RequestFailure
+from flux_sagemaker.testing import (
+    FLUX_ENGLISH_20260311,
+    FLUX_MULTI_20260417,
+    NEWEST,
+    BundleProfile,
+    Fault,
+    FaultKind,
+    RequestFailure,
+)
 
 from .helpers import (
     FAST_TIMEOUTS,
@@ -143,6 +151,31 @@ async def test_query_parameter_the_bundle_rejects_is_a_model_error(
     assert error.status_code == 424
     assert ep.streams[0].error is not None
     assert "numerals" in ep.streams[0].error
+
+
+@pytest.mark.parametrize(
+    ("bundle", "settings", "reason"),
+    [
+        # The container's reject-unknown-params gate (flux.md section 1).
+        (NEWEST, FluxSettings(extra_params={"detect_language": "true"}), "detect_language"),
+        # The older bundles' ranges (flux.md section 8.1).
+        (FLUX_ENGLISH_20260311, FluxSettings(eot_timeout_ms=20000), "eot_timeout_ms"),
+        (FLUX_MULTI_20260417, FluxSettings(eot_threshold=0.95), "eot_threshold"),
+    ],
+    ids=["unknown-parameter", "timeout-above-10000", "threshold-above-0.9"],
+)
+async def test_query_parameters_the_container_refuses_are_a_model_error(
+    endpoint: EndpointFactory, bundle: BundleProfile, settings: FluxSettings, reason: str
+) -> None:
+    """What the client cannot know (a parameter newer than the bundle, a bundle's older range)
+    is refused at the container's handshake: SageMaker answers a generic 424."""
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(bundle=bundle) as ep:
+            error = await _open_fails(ep, settings=settings)
+    assert isinstance(error, ModelError)
+    assert error.status_code == 424
+    assert ep.streams[0].error is not None
+    assert reason in ep.streams[0].error
 
 
 RETRYABLE_FAILURES = {
