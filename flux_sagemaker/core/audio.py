@@ -15,12 +15,13 @@ from typing import TYPE_CHECKING, Final
 
 import attrs
 
+from flux_sagemaker.core.eventstream import MAX_PAYLOAD_LENGTH
 from flux_sagemaker.errors import ValidationError
 
 if TYPE_CHECKING:
     from flux_sagemaker.core.settings import FluxSettings
 
-__all__ = ["MAX_EVENT_FACTOR", "AudioCoalescer", "AudioFormat"]
+__all__ = ["MAX_AUDIO_EVENT_BYTES", "MAX_EVENT_FACTOR", "AudioCoalescer", "AudioFormat"]
 
 # Bytes per sample of the raw encodings Flux accepts (mono). Formats missing here (``opus``,
 # ``ogg-opus``, containerized audio with no ``encoding``) have no fixed sample size.
@@ -34,6 +35,10 @@ _SILENCE_BYTES: Final = {"linear16": 0x00, "linear32": 0x00, "mulaw": 0xFF, "ala
 #: event never carries seconds of audio (Flux is clocked by audio it has decoded; a huge frame
 #: arrives all at once and delays every event behind it).
 MAX_EVENT_FACTOR: Final = 4
+
+#: The most audio one event carries: the event-stream payload limit, less room for the audio
+#: event's own prelude and headers inside the signed envelope that carries it.
+MAX_AUDIO_EVENT_BYTES: Final = MAX_PAYLOAD_LENGTH - 1024
 
 
 @attrs.frozen
@@ -136,8 +141,9 @@ class AudioCoalescer:
 
     With ``target_ms=0``, or a format without a fixed byte rate (Opus packets must not be cut,
     containers describe themselves), the coalescer passes each non-empty push through as one
-    event. Input from a ``bytearray`` or ``memoryview`` is always copied, since the caller may
-    reuse its buffer.
+    event; one larger than an event can carry (:data:`MAX_AUDIO_EVENT_BYTES`) is cut into
+    sample-aligned events, or refused when the format cannot be cut. Input from a ``bytearray``
+    or ``memoryview`` is always copied, since the caller may reuse its buffer.
     """
 
     format: AudioFormat
@@ -194,6 +200,8 @@ class AudioCoalescer:
             return []
         target = self._target
         if target == 0 or (not self._buffer and target <= size <= MAX_EVENT_FACTOR * target):
+            if size > MAX_AUDIO_EVENT_BYTES:
+                return self._cut_oversized(data if view is None else view, size)
             # Passed through whole: a copy only of a buffer the caller may reuse.
             return [bytes(data) if view is None else view.tobytes()]
         chunk = data if view is None else view
@@ -223,6 +231,19 @@ class AudioCoalescer:
         if into_buffer:
             self._buffer.extend(view[full:])
         return events
+
+    def _cut_oversized(self, data: bytes | memoryview, size: int) -> list[bytes]:
+        """A push too large for one event: sample-aligned events of at most the limit."""
+        width = self._width
+        if width is None:
+            raise ValidationError(
+                f"audio chunk of {size} bytes is larger than one event carries "
+                f"({MAX_AUDIO_EVENT_BYTES} bytes), and {self.format.encoding} audio cannot be "
+                "cut; send smaller chunks"
+            )
+        step = MAX_AUDIO_EVENT_BYTES // width * width
+        with memoryview(data) as octets:  # bytes, or a one-dimensional byte view
+            return [octets[start : start + step].tobytes() for start in range(0, size, step)]
 
     def flush(self) -> bytes | None:
         """Take the pending partial event, or ``None`` if nothing is pending.

@@ -9,7 +9,12 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flux_sagemaker import errors
-from flux_sagemaker.core.audio import MAX_EVENT_FACTOR, AudioCoalescer, AudioFormat
+from flux_sagemaker.core.audio import (
+    MAX_AUDIO_EVENT_BYTES,
+    MAX_EVENT_FACTOR,
+    AudioCoalescer,
+    AudioFormat,
+)
 from flux_sagemaker.core.settings import FluxSettings
 
 PCM16 = AudioFormat("linear16", 16000)
@@ -173,6 +178,25 @@ def test_pass_through() -> None:
     packet = b"\x78\x01\x02"  # odd sizes are fine: opus has no sample width
     assert opus.push(packet) == [packet]
     assert opus.pending_bytes == 0
+
+
+@pytest.mark.parametrize("kind", [bytes, bytearray, memoryview])
+def test_a_push_larger_than_an_event_is_cut_into_aligned_events(kind: type) -> None:
+    # One event per push (no coalescing), but no event past the event-stream limit: the
+    # encoder would refuse it after the client had counted the audio as accepted.
+    fmt = AudioFormat("linear32", 16000)
+    audio = bytes(range(256)) * ((2 * MAX_AUDIO_EVENT_BYTES) // 256 + 8)
+    events = AudioCoalescer(fmt, target_ms=0).push(kind(audio))
+    assert b"".join(events) == audio
+    assert len(events) == 3
+    assert all(len(e) <= MAX_AUDIO_EVENT_BYTES and len(e) % 4 == 0 for e in events)
+
+
+def test_an_opus_push_larger_than_an_event_is_refused() -> None:
+    opus = AudioCoalescer(AudioFormat("opus", 48000))
+    with pytest.raises(errors.ValidationError, match="cannot be cut; send smaller chunks"):
+        opus.push(bytes(MAX_AUDIO_EVENT_BYTES + 1))
+    assert opus.push(bytes(MAX_AUDIO_EVENT_BYTES)) == [bytes(MAX_AUDIO_EVENT_BYTES)]
 
 
 def test_validation() -> None:

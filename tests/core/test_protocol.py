@@ -8,8 +8,9 @@ from botocore.credentials import ReadOnlyCredentials
 from hypothesis import given
 from hypothesis import strategies as st
 
+from flux_sagemaker.core.audio import MAX_AUDIO_EVENT_BYTES
 from flux_sagemaker.core.events import Connected, Update
-from flux_sagemaker.core.eventstream import encode_message
+from flux_sagemaker.core.eventstream import MAX_PAYLOAD_LENGTH, decode_message, encode_message
 from flux_sagemaker.core.protocol import StreamFailed, StreamProtocol
 from flux_sagemaker.core.signing import EventSigner
 from flux_sagemaker.errors import FrameError
@@ -53,3 +54,8 @@ def test_a_response_ending_inside_partial_parts_fails() -> None:
     (failed,) = proto.receive_eof()
     assert isinstance(failed, StreamFailed)
     assert isinstance(failed.error, FrameError)
+
+
+def test_the_largest_audio_event_fits_the_event_stream_limit() -> None:
+    signed = protocol().send_audio(bytes(MAX_AUDIO_EVENT_BYTES))
+    assert len(decode_message(signed).payload) <= MAX_PAYLOAD_LENGTH

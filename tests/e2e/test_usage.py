@@ -19,6 +19,7 @@ from flux_sagemaker import (
     UsageError,
     ValidationError,
 )
+from flux_sagemaker.core.audio import MAX_AUDIO_EVENT_BYTES
 from flux_sagemaker.testing import Fault, FaultKind
 
 from .helpers import (
@@ -103,6 +104,22 @@ async def test_bad_audio_is_refused_and_the_session_continues(
             events = await collect(flux)
     assert bytes(ep.streams[0].audio) == FIRST_TURN_DONE
     assert [e.transcript for e in of_type(events, EndOfTurn)] == [SAMPLE.turns[0]]
+
+
+async def test_an_opus_chunk_larger_than_an_event_is_refused_before_it_counts(
+    endpoint: EndpointFactory,
+) -> None:
+    settings = FluxSettings(model="flux-general-en", encoding="opus", sample_rate=48000)
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep, settings=settings) as flux:
+            with pytest.raises(ValidationError, match="cannot be cut"):
+                await flux.send_audio(bytes(MAX_AUDIO_EVENT_BYTES + 1))
+            assert flux.stats.audio_bytes_accepted == 0
+            await flux.send_audio(b"\x01" * 120)  # the session goes on
+            await flux.close()
+            await collect(flux)
+    assert bytes(ep.streams[0].audio) == b"\x01" * 120
+    assert flux.stats.audio_bytes_accepted == flux.stats.audio_bytes_sent == 120
 
 
 async def test_typed_buffers_are_sent_as_their_bytes(endpoint: EndpointFactory) -> None:
