@@ -232,7 +232,7 @@ class AudioCoalescer:
             self._buffer.extend(view[full:])
         return events
 
-    def _cut_oversized(self, data: bytes | memoryview, size: int) -> list[bytes]:
+    def _cut_oversized(self, data: bytes | bytearray | memoryview, size: int) -> list[bytes]:
         """A push too large for one event: sample-aligned events of at most the limit."""
         width = self._width
         if width is None:
