@@ -339,6 +339,20 @@ def test_skew_within_the_limit_is_accepted() -> None:
         verifier(now=NOW + 300.5).verify("POST", PATH, capture_headers())
 
 
+@pytest.mark.parametrize(
+    "name", ["x-amzn-sagemaker-model-query-string", "x-amzn-sagemaker-model-invocation-path"]
+)
+def test_a_header_that_says_what_runs_must_be_signed(name: str) -> None:
+    # A valid signature over the other headers, this one added unsigned: it could be swapped
+    # in transit (another model, other parameters), so SageMaker refuses it.
+    headers = sagemaker_headers()
+    value = headers.pop(name)
+    request = [*botocore_signed(PATH, headers), (name, value)]
+    with pytest.raises(VerificationFailure, match=f"{name!r} must be signed") as info:
+        verifier().verify("POST", PATH, request)
+    assert (info.value.status, info.value.error_type) == (403, "InvalidSignatureException")
+
+
 def test_unsigned_header_may_change() -> None:
     headers = capture_headers(**{"user-agent": "something else", "accept": None})
     assert verifier().verify("POST", PATH, headers).endpoint_name == "flux-ep"
