@@ -363,12 +363,16 @@ class FluxClient:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        if exc is None and self._state == "open":
-            try:
-                await self.close()
-            except FluxError as close_error:
-                logger.warning("closing the Flux session failed: %s", close_error)
-        await self._shutdown(exc)
+        try:
+            if exc is None and self._state == "open":
+                try:
+                    await self.close()
+                except FluxError as close_error:
+                    logger.warning("closing the Flux session failed: %s", close_error)
+        finally:
+            # Also when the graceful close is cancelled (an outer timeout, a sibling's
+            # failure): the task group entered in __aenter__ must be left here, in order.
+            await self._shutdown(exc)
 
     async def _shutdown(self, exc: BaseException | None) -> None:
         """Free every stream and task; never hangs, never raises a group."""
@@ -382,14 +386,17 @@ class FluxClient:
         self._streams.clear()
         self._current = None
         # Outside any scope opened here: our task group was entered before them.
-        if self._task_group is not None:
-            task_group, self._task_group = self._task_group, None
-            task_group.cancel_scope.cancel()
-            try:
-                await task_group.__aexit__(None, None, None)
-            except Exception:
-                logger.exception("a Flux background task failed")
-        self._events.close(discard=True)
+        try:
+            if self._task_group is not None:
+                task_group, self._task_group = self._task_group, None
+                task_group.cancel_scope.cancel()
+                try:
+                    await task_group.__aexit__(None, None, None)
+                except Exception:
+                    logger.exception("a Flux background task failed")
+        finally:
+            # Also when an outer cancellation ends the wait above: the iterator must end.
+            self._events.close(discard=True)
 
     async def close(self) -> None:
         """End the session cleanly: send ``CloseStream``, drain every event, end the input.

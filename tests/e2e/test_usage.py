@@ -180,6 +180,37 @@ async def test_exit_returns_while_a_sender_is_blocked_by_flow_control(
     assert ep.streams[0].error == f"fault: {FaultKind.SILENT_CONNECTION.value}"
 
 
+async def test_an_exit_cancelled_while_it_drains_still_shuts_the_session_down(
+    endpoint: EndpointFactory,
+) -> None:
+    """An outer timeout (or a failing sibling) cancels the block's exit while its graceful
+    close waits for the server's last events: the cancellation goes through, and the session
+    is shut down all the same (not left with its task group open, which anyio and trio both
+    refuse when the outer scope exits)."""
+    exiting = anyio.Event()
+
+    async def cancel_once_all_wait(scope: anyio.CancelScope) -> None:
+        await exiting.wait()
+        await anyio.wait_all_tasks_blocked()  # the exit waits for the drain
+        scope.cancel()
+
+    with anyio.fail_after(TEST_TIMEOUT):
+        # A slow server: the drain after CloseStream would last the close timeout.
+        slow = Fault(kind=FaultKind.LATENCY, after_audio_s=1.0, latency=TEST_TIMEOUT)
+        async with endpoint(faults=[slow]) as ep:
+            async with anyio.create_task_group() as tg:
+                with anyio.CancelScope() as scope:
+                    tg.start_soon(cancel_once_all_wait, scope)
+                    async with client_for(ep) as flux:
+                        await flux.send_audio(SAMPLE.pcm[: ms(2000)])
+                        exiting.set()
+            assert scope.cancelled_caught
+            assert flux.is_closed
+            with pytest.raises(UsageError):
+                await flux.send_audio(b"\x00\x00")
+            assert [e async for e in flux] == []
+
+
 @pytest.mark.parametrize("value", [0, 2.5, "16", None])
 def test_max_buffered_events_must_be_a_positive_integer(value: object) -> None:
     with pytest.raises(ValidationError, match="max_buffered_events"):
