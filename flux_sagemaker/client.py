@@ -28,6 +28,7 @@ from typing import Any, NamedTuple, Self
 
 import anyio
 import anyio.abc
+import anyio.lowlevel
 import attrs
 import botocore.session
 from botocore.credentials import Credentials
@@ -461,7 +462,7 @@ class FluxClient:
         the latest one window (and at most 10 ms) later. While a stream is being replaced,
         audio is kept in the replay buffer and sent on the new stream. Waits while HTTP/2 flow
         control holds the stream back; cancelled meanwhile, the call still writes its events
-        whole and in order before it returns (within ``Timeouts.write``).
+        whole and in order (within ``Timeouts.write``), then raises the cancellation.
 
         Raises:
             ValidationError: ``audio`` is not bytes-like or not a whole number of samples.
@@ -502,11 +503,14 @@ class FluxClient:
                     await self._write(current, data)
                 finally:
                     lock.release()
-                return
-            # The events have left the coalescer: a caller cancelled now (its own timeout)
-            # would leave a gap in the stream's audio. They are written first.
-            with anyio.CancelScope(shield=True):
-                await self._send_events(events, self._epoch)
+            else:
+                # The events have left the coalescer: a caller cancelled now (its own timeout)
+                # would leave a gap in the stream's audio. They are written first.
+                with anyio.CancelScope(shield=True):
+                    await self._send_events(events, self._epoch)
+            # A cancellation that came while the audio was written is raised now: a cancelled
+            # sending loop must stop, not go on through calls that never reach a checkpoint.
+            await anyio.lowlevel.checkpoint_if_cancelled()
 
     async def _send_events(self, events: Sequence[bytes], epoch: int) -> None:
         lock = self._send_lock

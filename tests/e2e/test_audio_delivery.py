@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import math
 
@@ -400,6 +401,62 @@ async def test_sends_cut_short_by_a_timeout_under_back_pressure_lose_no_audio(
     assert stream.error == "fault: latency"  # the injected slowness, and nothing went wrong
     assert bytes(stream.audio) == pcm
     assert of_type(events, EndOfTurn)[0].transcript == SAMPLE.turns[0]
+
+
+async def _cancel_a_sender_held_back(
+    endpoint: EndpointFactory, *, natively: str | None = None
+) -> None:
+    """Cancel a task sending audio as fast as it may while a slow server holds it back, then
+    send the rest and check that the server got all of it, whole and in order.
+
+    ``natively="asyncio"`` cancels with ``Task.cancel()`` instead of an anyio cancel scope
+    (on trio an anyio scope is trio's own).
+    """
+    ep = endpoint(
+        faults=[Fault(kind=FaultKind.LATENCY, after_audio_s=0.5, latency=0.15)],
+        receive_window=8192,
+    )
+    pcm = SAMPLE.pcm[: ms(4000)]
+    chunk = ms(100)  # one or two 80 ms events per call: both of send_audio's paths
+    accepted = 0
+
+    async def send_until_cancelled() -> None:
+        nonlocal accepted
+        for offset in range(0, len(pcm), chunk):
+            accepted = offset + chunk  # send_audio accepts the audio before it waits
+            await flux.send_audio(pcm[offset : offset + chunk])
+        raise AssertionError("the sender was never held back, or went on once cancelled")
+
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with ep, client_for(ep) as flux:
+            if natively == "asyncio":
+                task = asyncio.ensure_future(send_until_cancelled())
+                await anyio.wait_all_tasks_blocked()  # the sender waits for the window
+                task.cancel()
+                with pytest.raises(asyncio.CancelledError):
+                    await task
+            else:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(send_until_cancelled)
+                    await anyio.wait_all_tasks_blocked()
+                    tg.cancel_scope.cancel()
+            assert accepted < len(pcm)
+            await flux.send_audio(pcm[accepted:])
+            await flux.close()
+            events = [event async for event in flux]
+    (stream,) = ep.streams
+    assert stream.error == "fault: latency"  # the injected slowness, and nothing went wrong
+    assert bytes(stream.audio) == pcm
+    assert of_type(events, EndOfTurn)[0].transcript == SAMPLE.turns[0]
+
+
+async def test_a_sender_cancelled_while_held_back_stops_once_its_audio_is_written(
+    endpoint: EndpointFactory,
+) -> None:
+    """A task streaming audio is cancelled (a sibling failed, an outer timeout) while its
+    call waits for the window: the call writes its audio, whole, then raises the
+    cancellation; the task does not go on sending as if nothing happened."""
+    await _cancel_a_sender_held_back(endpoint)
 
 
 async def test_a_reconnect_with_nobody_reading_events_does_not_hold_up_the_sender(
