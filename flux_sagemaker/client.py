@@ -14,6 +14,7 @@ task under one lock, so signing order equals wire order.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import logging
@@ -22,7 +23,7 @@ import random
 import ssl
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple, Self
 
@@ -296,6 +297,9 @@ class FluxClient:
         self._tracker_lags = False
         # Counts stream take-overs: audio events made before one must not be sent after it.
         self._epoch = 0
+        # Whether the caller's event loop is asyncio's, whose own cancellation (Task.cancel())
+        # goes through anyio's shields; set on entering.
+        self._on_asyncio = False
 
     # -- public properties --------------------------------------------------------------------
 
@@ -341,6 +345,7 @@ class FluxClient:
         if self._state != "new":
             raise UsageError("a FluxClient can be entered only once")
         self._state = "opening"
+        self._on_asyncio = _running_asyncio()
         self._timers.start(_now())
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
@@ -500,17 +505,43 @@ class FluxClient:
                     return
                 lock.acquire_nowait()  # still free: nothing was awaited since locked()
                 try:
-                    await self._write(current, data)
+                    await self._uncancelled(self._write, current, data)
                 finally:
                     lock.release()
             else:
                 # The events have left the coalescer: a caller cancelled now (its own timeout)
                 # would leave a gap in the stream's audio. They are written first.
-                with anyio.CancelScope(shield=True):
-                    await self._send_events(events, self._epoch)
+                await self._uncancelled(self._send_events, events, self._epoch)
             # A cancellation that came while the audio was written is raised now: a cancelled
             # sending loop must stop, not go on through calls that never reach a checkpoint.
             await anyio.lowlevel.checkpoint_if_cancelled()
+
+    async def _uncancelled(self, func: Callable[..., Awaitable[None]], *args: Any) -> None:
+        """Run ``func(*args)`` to its end even if the caller is cancelled meanwhile; the
+        cancellation goes through afterwards.
+
+        anyio's shield holds off anyio's and trio's cancellation, not asyncio's own
+        (``Task.cancel()``: ``asyncio.timeout``, ``wait_for``, asyncio's TaskGroup), which is
+        delivered once, shield or not, and would cut a write in half. On asyncio the work runs
+        in a task of its own, which that cancellation cannot reach, and the caller waits it out.
+        """
+        cancelled: BaseException | None = None
+        with anyio.CancelScope(shield=True):
+            if not self._on_asyncio:
+                await func(*args)
+                return
+            task = asyncio.ensure_future(func(*args))
+            while not task.done():
+                try:
+                    await asyncio.wait((task,))
+                except asyncio.CancelledError as exc:
+                    cancelled = exc
+        if cancelled is None:
+            task.result()
+            return
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller's cancellation is what it raises
+        raise cancelled
 
     async def _send_events(self, events: Sequence[bytes], epoch: int) -> None:
         lock = self._send_lock
@@ -621,12 +652,7 @@ class FluxClient:
         message.check_capabilities(self._capabilities)  # what it carries (numerals)
         async with self._configure_lock:
             waiter = _Ack(message)
-            self._pending_configures.append(waiter)
-            try:
-                await self._send_control(message.to_json())
-            except BaseException:
-                self._pending_configures.remove(waiter)
-                raise
+            await self._send_control(message.to_json(), waiter)
             with anyio.move_on_after(_CONFIGURE_ACK_TIMEOUT):
                 await waiter.done.wait()
             # Unanswered, it stays queued: its late answer must not be matched to the next
@@ -715,14 +741,21 @@ class FluxClient:
             )
         await self._send_control(commands.force_end_turn())
 
-    async def _send_control(self, message: bytes) -> None:
+    async def _send_control(self, message: bytes, waiter: _Ack | None = None) -> None:
+        """Write a control message after the pending audio; a Configure's ``waiter`` waits for
+        its answer from then on (even if the caller is cancelled while it is written)."""
         async with self._send_lock:
             current = self._live_stream()
             if current is None:
                 raise UsageError("the stream is being replaced; try again after Reconnected")
             self._check_open("send a control message")  # close() may have overtaken us
-            await self._flush_audio(current)
-            await self._write(current, current.proto.send_json(message))
+            if waiter is not None:
+                self._pending_configures.append(waiter)
+            await self._uncancelled(self._write_control, current, message)
+
+    async def _write_control(self, stream: LiveStream, message: bytes) -> None:
+        await self._flush_audio(stream)
+        await self._write(stream, stream.proto.send_json(message))
 
     # -- events -------------------------------------------------------------------------------
 
@@ -1327,6 +1360,15 @@ def _check_types(**arguments: tuple[object, type]) -> None:
 def _check_int(name: str, value: object, low: int) -> None:
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise ValidationError(f"{name} must be an integer >= {low}, got {value!r}")
+
+
+def _running_asyncio() -> bool:
+    """Whether the caller runs on an asyncio event loop (any: asyncio's own, uvloop)."""
+    try:
+        asyncio.current_task()
+    except RuntimeError:  # no asyncio loop running in this thread: trio
+        return False
+    return True
 
 
 def _type_name(kind: type) -> str:

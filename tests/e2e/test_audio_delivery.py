@@ -459,6 +459,15 @@ async def test_a_sender_cancelled_while_held_back_stops_once_its_audio_is_writte
     await _cancel_a_sender_held_back(endpoint)
 
 
+async def test_a_sender_cancelled_by_asyncios_own_cancellation_loses_nothing(
+    endpoint: EndpointFactory, anyio_backend: str
+) -> None:
+    """The same with ``Task.cancel()``, as ``asyncio.timeout``, ``wait_for`` and asyncio's
+    TaskGroup cancel: anyio's shields do not hold it off, yet the audio of the cancelled call
+    still goes out whole and in its place."""
+    await _cancel_a_sender_held_back(endpoint, natively=anyio_backend)
+
+
 async def test_a_reconnect_with_nobody_reading_events_does_not_hold_up_the_sender(
     endpoint: EndpointFactory,
 ) -> None:
