@@ -409,7 +409,8 @@ class FluxClient:
 
         The events that arrive while draining are still delivered to the iterator; if the
         server ends a turn without ``EndOfTurn``, a synthetic final ``EndOfTurn`` is delivered.
-        Closing twice does nothing.
+        Closing twice does nothing. Cancelling the call does not cancel the close: it goes on
+        in the background, and the session ends within ``Timeouts.close`` all the same.
         """
         if self._state in ("closing", "closed"):
             return
@@ -420,6 +421,14 @@ class FluxClient:
                 await self._switch_finished.wait()
             self._check_open("close")
         self._state = "closing"
+        # In the session's task group, not the caller's task: a caller cancelled midway (its
+        # own, shorter timeout) must not leave the session closing with no CloseStream sent,
+        # or with nothing to bound the drain.
+        self._task_group_start(self._close_stream)
+        await self._closed_event.wait()
+
+    async def _close_stream(self) -> None:
+        """Send CloseStream and wait for the drain, within ``Timeouts.close``."""
         # One deadline for all of it: a sender blocked on flow control holds the send lock,
         # and a peer that stopped reading never opens the window for CloseStream either.
         with anyio.move_on_after(self._timeouts.close):

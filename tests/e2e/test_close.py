@@ -198,3 +198,30 @@ async def test_close_during_a_replay_sends_the_pending_audio_then_one_close_stre
     _, stream = ep.streams
     _assert_closed_in_order(stream.inputs, stream.texts)
     assert bytes(stream.audio) == head + tail
+
+
+async def test_a_cancelled_close_still_ends_the_session_within_the_close_timeout(
+    endpoint: EndpointFactory,
+) -> None:
+    """close() is cancelled (the caller's own, shorter timeout) while a slow server holds up
+    the drain: the close goes on in the background within ``Timeouts.close``, so the
+    iterator still ends, with the open turn finalized and the timeout, instead of waiting for
+    the server with nothing to bound it (a second close() returns at once)."""
+    ep = endpoint(faults=[Fault(kind=FaultKind.LATENCY, after_audio_s=1.9, latency=TEST_TIMEOUT)])
+    timeouts = attrs.evolve(FAST_TIMEOUTS, close=1.5)
+    events: list[FluxEvent] = []
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with ep, client_for(ep, timeouts=timeouts) as flux:
+            await flux.send_audio(SAMPLE.pcm[: ms(2000)])
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(flux.close)
+                await anyio.wait_all_tasks_blocked()  # close() waits for the drain
+                tg.cancel_scope.cancel()
+            with (
+                anyio.fail_after(4 * timeouts.close),
+                pytest.raises(TimeoutError, match="did not end within"),
+            ):
+                await collect(flux, into=events)
+    (end,) = of_type(events, EndOfTurn)
+    assert end.synthetic
+    assert ep.streams[0].texts == []  # the slow server never got to read CloseStream
