@@ -174,20 +174,29 @@ class H2StreamBase:
                 await conn._wait_window(event, sid)
 
     async def _reset(self, error_code: int) -> None:
-        """Reset the stream unless it is already closed both ways; never raises, never hangs."""
+        """Reset the stream unless it is already closed both ways; never raises, never hangs.
+
+        The RST_STREAM is framed at once, without waiting for the write lock (framing never
+        awaits): h2 stops counting the stream against the peer's concurrent-stream limit
+        whatever the socket does. Were it framed under the lock, a write stuck past the close
+        limit would leave it counted, and the next open_stream there would fail with h2's
+        TooManyStreamsError.
+        """
         conn = self._conn
-        if not (self._local_ended and self._remote_ended) and self._error is None:
-            with anyio.CancelScope(shield=True), anyio.move_on_after(CLOSE_TIMEOUT):
-                async with conn._write_lock:
-                    try:
-                        if conn._error is None:
-                            conn._h2.reset_stream(self.stream_id, error_code)
-                    except h2.exceptions.H2Error:
-                        pass  # h2 already considers the stream closed
-                    finally:
-                        with contextlib.suppress(errors.FluxError):
-                            # The peer is gone: the error is stored on the connection.
-                            await conn._flush_locked()
+        if (
+            not (self._local_ended and self._remote_ended)
+            and self._error is None
+            and conn._error is None
+        ):
+            with contextlib.suppress(h2.exceptions.H2Error):  # h2 considers it closed already
+                conn._h2.reset_stream(self.stream_id, error_code)
+            with (
+                anyio.CancelScope(shield=True),
+                anyio.move_on_after(CLOSE_TIMEOUT),
+                # The peer is gone: the error is stored on the connection.
+                contextlib.suppress(errors.FluxError),
+            ):
+                await conn._flush_soon()  # a write in progress sends it next
         self._local_ended = self._remote_ended = True
         if self._buffered:  # hand unread bytes back to the connection window
             await conn._acknowledge(self.stream_id, self._buffered)

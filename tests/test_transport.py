@@ -680,6 +680,44 @@ async def test_stream_aclose_resets_and_is_idempotent() -> None:
             assert conn.stream_count == 0
 
 
+async def test_aclose_while_a_socket_write_is_stuck_still_frees_the_stream_slot() -> None:
+    """Another task's socket write is stuck (a peer that reads slowly; the write timeout is
+    longer than the close limit): aclose() must not wait for it, and must still release the
+    stream in h2 and reset it at the peer. A stream only forgotten by us would hold one of the
+    peer's concurrent-stream slots for good: the next open_stream failed with h2's
+    TooManyStreamsError as a LocalProtocolError, and the peer never heard of the reset."""
+    reset_seen = anyio.Event()
+
+    async def handler(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        with contextlib.suppress(errors.StreamReset):
+            await stream.receive()
+        reset_seen.set()
+
+    release = anyio.Event()
+    held = anyio.Event()
+
+    async def stuck_writer(conn: H2Connection) -> None:
+        async with conn._write_lock:  # a socket write in progress elsewhere
+            held.set()
+            await release.wait()
+
+    with anyio.fail_after(10):
+        async with (
+            serve_and_connect(handler, max_concurrent_streams=1) as (_, conn),
+            anyio.create_task_group() as tg,
+        ):
+            first = await open_post(conn)
+            await first.response()
+            tg.start_soon(stuck_writer, conn)
+            await held.wait()
+            await first.aclose()  # returns without waiting for the stuck write
+            release.set()
+            second = await open_post(conn)  # the one slot is free again
+            assert (await second.response())[0] == 200
+            await reset_seen.wait()
+
+
 async def test_response_after_aclose_is_a_usage_error() -> None:
     """Closed before its headers came: asking for them is the caller's mistake, not the peer's."""
 
