@@ -1038,10 +1038,10 @@ class FluxClient:
         async with self._stream_change:
             if self._current is not failed:
                 # A switch that was under way replaced the stream (and replayed its audio).
-                await self._retire(failed)
+                await self._retire(failed, end_input=False)
                 return
             self._current = None
-            await self._retire(failed)
+            await self._retire(failed, end_input=False)
             await self._reconnect(error)
 
     async def _reconnect(self, error: FluxError) -> None:
@@ -1225,8 +1225,15 @@ class FluxClient:
         except FluxError:
             pass
 
-    async def _retire(self, stream: LiveStream) -> None:
-        await self._end_input(stream)
+    async def _retire(self, stream: LiveStream, *, end_input: bool = True) -> None:
+        """Release a stream the session no longer uses.
+
+        A failed stream (``end_input=False``) is reset at once: its peer may have stopped
+        reading (a hung Flux), and ending its input would wait for a window that never opens,
+        up to ``Timeouts.close``, before the recovery could open the next stream.
+        """
+        if end_input:
+            await self._end_input(stream)
         await aclose_quietly(stream.h2, self._timeouts.close)
         if stream in self._streams:
             self._streams.remove(stream)

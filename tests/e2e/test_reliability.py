@@ -50,6 +50,8 @@ from flux_sagemaker.samples import load_sample
 from flux_sagemaker.streams import UNPROCESSED_RETRIES
 from flux_sagemaker.testing import Fault, FaultKind, MockFluxEndpoint, RequestFailure
 
+from .helpers import next_of
+
 pytestmark = pytest.mark.anyio
 
 SAMPLE = load_sample()
@@ -590,3 +592,43 @@ async def test_a_connection_that_goes_silent_during_close_is_probed_and_recovere
     assert isinstance(reconnect.error, ConnectionLost)
     assert "PING" in str(reconnect.error)
     assert_audio_delivered(endpoint, events, SAMPLE.pcm[:cut])
+
+
+async def test_a_hung_flux_that_closed_our_window_is_replaced_without_waiting_for_it() -> None:
+    """Flux hangs mid-turn: it neither answers nor reads any more, so our flow-control window
+    closes and the sender waits. The stall watchdog calls the stream dead; it is reset and the
+    next one opened at once, not after waiting up to ``Timeouts.close`` to end its input
+    through a window that will never open again."""
+    hang = Fault(kind=FaultKind.LATENCY, after_audio_s=0.5, latency=3600)
+    # The window holds 1 s of audio: it closes well before the watchdog's 2 s are up, and
+    # the audio flowed until then (real-time pace), so the watchdog does fire.
+    keepalive = KeepalivePolicy(turn_silence_after=None, idle_interval=None, stall_timeout=2.0)
+    # Waiting for the window would take this long; the hang bound below is far shorter.
+    timeouts = Timeouts(connected=3.0, write=None, close=30.0, ping_interval=None)
+
+    async def send_in_real_time(flux: FluxClient) -> None:
+        start = anyio.current_time()
+        for n, offset in enumerate(range(0, len(SAMPLE.pcm), FRAME)):
+            await flux.send_audio(SAMPLE.pcm[offset : offset + FRAME])
+            await anyio.sleep(max(0.0, start + (n + 1) * 0.02 - anyio.current_time()))
+
+    async with MockFluxEndpoint(
+        script=SAMPLE.turns, faults=[hang], receive_window=BYTES_PER_SECOND
+    ) as endpoint:
+        with anyio.fail_after(10):
+            async with FluxClient(
+                "flux-ep",
+                **endpoint.client_kwargs(),
+                timeouts=timeouts,
+                keepalive=keepalive,
+                retry=RetryPolicy(initial_backoff=0.01, jitter="none"),
+            ) as flux:
+                async with anyio.create_task_group() as tg:
+                    tg.start_soon(send_in_real_time, flux)
+                    reconnected = await next_of(flux, Reconnected)
+                    tg.cancel_scope.cancel()
+                await flux.close()
+    assert isinstance(reconnected.error, StreamStalled)
+    first, second = endpoint.streams
+    assert first.fault == hang
+    assert second.status == 200
