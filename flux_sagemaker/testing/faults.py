@@ -7,6 +7,8 @@ import json
 
 import attrs
 
+from flux_sagemaker.errors import ValidationError
+
 __all__ = ["Fault", "FaultKind", "RequestFailure"]
 
 
@@ -39,19 +41,31 @@ class FaultKind(enum.Enum):
     NO_CONNECTED = "no_connected"
 
 
+def _fault_kind(value: object) -> FaultKind:
+    # A plain string would never equal an enum member: the fault would silently never strike,
+    # and a test meant to exercise it would pass without it. Its value is accepted instead.
+    if isinstance(value, FaultKind):
+        return value
+    try:
+        return FaultKind(value)
+    except ValueError:
+        kinds = ", ".join(kind.value for kind in FaultKind)
+        raise ValidationError(f"Fault kind {value!r} is not one of: {kinds}") from None
+
+
 @attrs.frozen(kw_only=True)
 class Fault:
     """A fault that strikes one stream once it has received ``after_audio_s`` of audio.
 
     Attributes:
-        kind: What goes wrong.
+        kind: What goes wrong: a :class:`FaultKind`, or its value (``"reset_stream"``).
         after_audio_s: Seconds of audio the stream must have received first.
         stream_index: Which stream of the endpoint (0 = the first one opened) it strikes.
         latency: Seconds of delay, for :attr:`FaultKind.LATENCY`.
         error_code: The error code sent with exception events and Flux errors.
     """
 
-    kind: FaultKind
+    kind: FaultKind = attrs.field(converter=_fault_kind)
     after_audio_s: float = 0.0
     stream_index: int = 0
     latency: float = 0.0

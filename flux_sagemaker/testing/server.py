@@ -131,6 +131,16 @@ class MockFluxEndpoint:
                 raise ValidationError(
                     f"script turns must be strings or ScriptedTurn, got {type(turn).__name__}"
                 )
+        # Checked here, not where they are used: tls="no" would be true, and a fault or
+        # bundle of the wrong type would fail, or never strike, in the middle of a stream.
+        if not isinstance(tls, bool):
+            raise ValidationError(f"tls must be True or False, got {tls!r}")
+        if not isinstance(bundle, BundleProfile):
+            raise ValidationError(
+                f"bundle must be a BundleProfile (see flux_sagemaker.testing), got {bundle!r}"
+            )
+        for fault in faults:
+            _check_fault(fault)
         self.bundle = bundle
         self.region = region
         self.endpoint_name = endpoint_name
@@ -160,6 +170,7 @@ class MockFluxEndpoint:
 
     def inject(self, fault: Fault) -> None:
         """Add an in-stream fault (it strikes the stream ``fault.stream_index``)."""
+        _check_fault(fault)
         self._faults.append(fault)
 
     def fail_requests(self, failure: RequestFailure, count: int = 1) -> None:
@@ -370,3 +381,8 @@ def _engine_params(settings: FluxSettings) -> EngineParams:
         "language_hints": settings.language_hints,
     }
     return attrs.evolve(params, **lists)
+
+
+def _check_fault(fault: object) -> None:
+    if not isinstance(fault, Fault):
+        raise ValidationError(f"faults must be Fault instances, got {fault!r}")

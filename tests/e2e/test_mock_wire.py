@@ -14,11 +14,11 @@ import h2.events
 import pytest
 from botocore.credentials import ReadOnlyCredentials
 
-from flux_sagemaker import AccessDeniedError, FluxClient
+from flux_sagemaker import AccessDeniedError, FluxClient, ValidationError
 from flux_sagemaker.core.eventstream import EventStreamDecoder, encode_message
 from flux_sagemaker.core.request import Endpoint, InvokeRequest
 from flux_sagemaker.core.signing import EventSigner, sign_request
-from flux_sagemaker.testing import MockFluxEndpoint, RequestFailure
+from flux_sagemaker.testing import Fault, FaultKind, MockFluxEndpoint, RequestFailure
 from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
 from flux_sagemaker.transport import H2Stream, Timeouts, open_connection
 
@@ -151,3 +151,29 @@ async def test_an_error_in_the_endpoint_body_is_not_wrapped_in_a_group() -> None
 
     with anyio.fail_after(TEST_TIMEOUT), pytest.raises(AccessDeniedError):
         await session()
+
+
+def test_a_fault_kind_given_as_its_value_is_that_kind() -> None:
+    # As a plain string it would never equal a FaultKind: the fault would never strike, and a
+    # test meant to exercise it would pass without it.
+    assert Fault(kind="reset_stream").kind is FaultKind.RESET_STREAM
+    with pytest.raises(ValidationError, match="'reset' is not one of: drop_connection, "):
+        Fault(kind="reset")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"tls": "no"},  # truthy: TLS on
+        {"bundle": "newest"},
+        {"faults": ["reset_stream"]},
+    ],
+)
+def test_mock_arguments_of_the_wrong_type_are_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError):
+        MockFluxEndpoint(**kwargs)
+
+
+def test_inject_refuses_what_is_not_a_fault() -> None:
+    with pytest.raises(ValidationError, match="Fault instances"):
+        MockFluxEndpoint().inject("reset_stream")  # type: ignore[arg-type]
