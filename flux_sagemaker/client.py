@@ -36,7 +36,7 @@ from botocore.credentials import Credentials
 
 from .config import ResolvedConfig, resolve_config
 from .core import commands
-from .core.audio import AudioCoalescer, AudioFormat
+from .core.audio import MAX_COALESCE_MS, AudioCoalescer, AudioFormat
 from .core.events import (
     ConfigureFailure,
     ConfigureSuccess,
@@ -59,6 +59,7 @@ from .core.timers import (
     Stalled,
 )
 from .core.turns import TurnTracker
+from .core.validators import check_number
 from .errors import (
     CapabilityError,
     ConfigureRejected,
@@ -236,16 +237,9 @@ class FluxClient:
         self._request_for(self._settings)
         # Checked here, under the argument's own name: the objects they configure would name
         # their own fields (target_ms, max_bytes), and Opus never builds a replay buffer.
-        _check_int("max_buffered_events", max_buffered_events, 1)
-        _check_int("replay_buffer_bytes", replay_buffer_bytes, 0)
-        if (
-            isinstance(coalesce_ms, bool)
-            or not isinstance(coalesce_ms, int | float)
-            or not 0 <= coalesce_ms <= 10_000  # also refuses NaN
-        ):
-            raise ValidationError(
-                f"coalesce_ms must be a number from 0 to 10000, got {coalesce_ms!r}"
-            )
+        check_number("max_buffered_events", max_buffered_events, 1, integer=True)
+        check_number("replay_buffer_bytes", replay_buffer_bytes, 0, integer=True)
+        check_number("coalesce_ms", coalesce_ms, 0, MAX_COALESCE_MS)
         self._timeouts = timeouts if timeouts is not None else Timeouts()
         self._retry = retry if retry is not None else RetryPolicy()
         self._keepalive = keepalive if keepalive is not None else KeepalivePolicy()
@@ -1371,11 +1365,6 @@ def _check_types(**arguments: tuple[object, type]) -> None:
             raise ValidationError(
                 f"{name} must be {_type_name(expected)} or None, got {_type_name(type(value))}"
             )
-
-
-def _check_int(name: str, value: object, low: int) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValidationError(f"{name} must be an integer >= {low}, got {value!r}")
 
 
 def _running_asyncio() -> bool:

@@ -20,7 +20,6 @@ closes its connections.
 
 from __future__ import annotations
 
-import math
 import ssl
 import sys
 import weakref
@@ -33,6 +32,7 @@ import anyio.abc
 import attrs
 
 from flux_sagemaker import errors
+from flux_sagemaker.core.validators import check_number
 from flux_sagemaker.h2core import DEFAULT_RECEIVE_WINDOW, MAX_WINDOW, fresh_error
 from flux_sagemaker.transport import H2Connection, H2Stream, Timeouts, connect
 
@@ -94,23 +94,17 @@ class ConnectionPool:
         idle_timeout: float | None = 60.0,
         receive_window: int = DEFAULT_RECEIVE_WINDOW,
     ) -> None:
-        if max_streams_per_connection is not None and not _int_in(max_streams_per_connection, 1):
-            msg = (
-                f"max_streams_per_connection must be at least 1, got {max_streams_per_connection!r}"
-            )
-            raise errors.ValidationError(msg)
+        if max_streams_per_connection is not None:
+            check_number("max_streams_per_connection", max_streams_per_connection, 1, integer=True)
         if idle_timeout is not None and (
             isinstance(idle_timeout, bool)
             or not isinstance(idle_timeout, int | float)
-            or not idle_timeout > 0
+            or not idle_timeout > 0  # inf is allowed: never idle out
         ):
             raise errors.ValidationError(f"idle_timeout must be positive, got {idle_timeout!r}")
         # 0 would let the server send nothing (a stream would time out waiting for Connected);
         # past HTTP/2's largest window the SETTINGS frame itself is invalid.
-        if not _int_in(receive_window, 1, MAX_WINDOW):
-            raise errors.ValidationError(
-                f"receive_window must be an integer from 1 to {MAX_WINDOW}, got {receive_window!r}"
-            )
+        check_number("receive_window", receive_window, 1, MAX_WINDOW, integer=True)
         self.max_streams_per_connection = max_streams_per_connection
         self.idle_timeout = idle_timeout
         self.receive_window = receive_window
@@ -270,10 +264,6 @@ class ConnectionPool:
                     del self._keys[conn]
                     assert self._tg is not None
                     self._tg.start_soon(conn.aclose)
-
-
-def _int_in(value: object, low: int, high: float = math.inf) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and low <= value <= high
 
 
 _default_pools: weakref.WeakKeyDictionary[object, tuple[ConnectionPool, anyio.Event]] = (

@@ -16,12 +16,19 @@ from typing import TYPE_CHECKING, Final
 import attrs
 
 from flux_sagemaker.core.eventstream import MAX_PAYLOAD_LENGTH
+from flux_sagemaker.core.validators import check_number
 from flux_sagemaker.errors import ValidationError
 
 if TYPE_CHECKING:
     from flux_sagemaker.core.settings import FluxSettings
 
-__all__ = ["MAX_AUDIO_EVENT_BYTES", "MAX_EVENT_FACTOR", "AudioCoalescer", "AudioFormat"]
+__all__ = [
+    "MAX_AUDIO_EVENT_BYTES",
+    "MAX_COALESCE_MS",
+    "MAX_EVENT_FACTOR",
+    "AudioCoalescer",
+    "AudioFormat",
+]
 
 # Bytes per sample of the raw encodings Flux accepts (mono). Formats missing here (``opus``,
 # ``ogg-opus``, containerized audio with no ``encoding``) have no fixed sample size.
@@ -35,6 +42,9 @@ _SILENCE_BYTES: Final = {"linear16": 0x00, "linear32": 0x00, "mulaw": 0xFF, "ala
 #: event never carries seconds of audio (Flux is clocked by audio it has decoded; a huge frame
 #: arrives all at once and delays every event behind it).
 MAX_EVENT_FACTOR: Final = 4
+
+#: The longest coalescing window, in milliseconds.
+MAX_COALESCE_MS: Final = 10_000
 
 #: The most audio one event carries: the event-stream payload limit, less room for the audio
 #: event's own prelude and headers inside the signed envelope that carries it.
@@ -156,12 +166,7 @@ class AudioCoalescer:
 
     @target_ms.validator
     def _check_target(self, _attr: attrs.Attribute[float], value: float) -> None:
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not 0 <= value <= 10_000
-        ):
-            raise ValidationError(f"target_ms must be a number from 0 to 10000, got {value!r}")
+        check_number("target_ms", value, 0, MAX_COALESCE_MS)
 
     def __attrs_post_init__(self) -> None:
         rate = self.format.bytes_per_second

@@ -1,4 +1,5 @@
-"""The one range check behind the policies' and timeouts' attrs validators."""
+"""The one range check behind the policies' and timeouts' attrs validators, and the
+constructors' checks of plain number arguments."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import attrs
 
 from ..errors import ValidationError
 
-__all__ = ["number_in_range"]
+__all__ = ["check_number", "number_in_range"]
 
 
 def _finite(value: float) -> bool:
@@ -18,6 +19,53 @@ def _finite(value: float) -> bool:
         return math.isfinite(value)
     except OverflowError:  # an int too large for a float: the float math after it fails too
         return False
+
+
+def _wanted(low: float, high: float, above_low: bool, integer: bool, unit: str) -> str:
+    if above_low and low == 0 and high == math.inf:
+        wanted = "a positive integer" if integer else "a positive number"
+    elif high == math.inf and integer:
+        wanted = f"an integer >= {low}"
+    elif high == math.inf:
+        wanted = f"a number {'above' if above_low else 'from'} {low}"
+    else:
+        wanted = f"{'an integer' if integer else 'a number'} from {low} to {high}"
+    return f"{wanted} of {unit}" if unit else wanted
+
+
+def _in_range(value: object, low: float, high: float, above_low: bool, integer: bool) -> bool:
+    if isinstance(value, bool) or not isinstance(value, int if integer else int | float):
+        return False
+    # An int needs no finiteness check (and one too large for a float would fail it).
+    if not integer and not _finite(value):
+        return False
+    return (low < value if above_low else low <= value) and value <= high
+
+
+def _shown(value: object) -> str:
+    try:
+        return repr(value)
+    except ValueError:  # an int past Python's int-to-str digit limit
+        return f"<{type(value).__name__} too large to show>"
+
+
+def check_number(
+    name: str,
+    value: object,
+    low: float,
+    high: float = math.inf,
+    *,
+    above_low: bool = False,
+    integer: bool = False,
+) -> None:
+    """Refuse ``value`` unless it is an ``int`` or ``float`` (not ``bool``; only ``int`` when
+    ``integer``) from ``low`` to ``high``, with a :class:`ValidationError` naming ``name``.
+
+    For a constructor's plain arguments; the same rule as :func:`number_in_range`.
+    """
+    if not _in_range(value, low, high, above_low, integer):
+        wanted = _wanted(low, high, above_low, integer, "")
+        raise ValidationError(f"{name} must be {wanted}, got {_shown(value)}")
 
 
 def number_in_range(
@@ -39,32 +87,15 @@ def number_in_range(
 
     The :class:`~flux_sagemaker.errors.ValidationError` names the class and the field.
     """
-    if above_low and low == 0 and high == math.inf:
-        wanted = "a positive number"
-    elif high == math.inf:
-        wanted = f"a number {'above' if above_low else 'from'} {low}"
-    else:
-        wanted = f"a number from {low} to {high}"
-    if unit:
-        wanted += f" of {unit}"
+    wanted = _wanted(low, high, above_low, False, unit)
     if optional:
         wanted += " or None"
 
     def check(instance: Any, attribute: attrs.Attribute[Any], value: Any) -> None:
         if value is None and optional:
             return
-        if (
-            isinstance(value, bool)
-            or not isinstance(value, int | float)
-            or not _finite(value)
-            or not (low < value if above_low else low <= value)
-            or not value <= high
-        ):
+        if not _in_range(value, low, high, above_low, False):
             name = f"{type(instance).__name__}.{attribute.name}"
-            try:
-                shown = repr(value)
-            except ValueError:  # an int past Python's int-to-str digit limit
-                shown = f"<{type(value).__name__} too large to show>"
-            raise ValidationError(f"{name} must be {wanted}, got {shown}")
+            raise ValidationError(f"{name} must be {wanted}, got {_shown(value)}")
 
     return check

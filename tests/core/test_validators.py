@@ -1,4 +1,5 @@
-"""number_in_range: the attrs validator behind the policies and the transport timeouts."""
+"""number_in_range, the attrs validator behind the policies and the transport timeouts, and
+check_number, the same rule for constructors' plain arguments."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import math
 import attrs
 import pytest
 
-from flux_sagemaker.core.validators import number_in_range
+from flux_sagemaker.core.validators import check_number, number_in_range
 from flux_sagemaker.errors import ValidationError
 
 
@@ -54,3 +55,20 @@ def test_an_int_too_large_for_a_float_is_refused(digits: int) -> None:
     # ValueError from repr() past Python's int-to-str digit limit).
     with pytest.raises(ValidationError, match=r"Limits\.wait must be a positive number"):
         Limits(wait=10**digits)
+
+
+@pytest.mark.parametrize("value", [0, 1.0, True, "2", None])
+def test_check_number_for_integers_names_the_argument(value: object) -> None:
+    with pytest.raises(ValidationError, match=r"^streams must be an integer >= 1, got "):
+        check_number("streams", value, 1, integer=True)
+
+
+def test_check_number_accepts_the_bounds_and_any_int_size() -> None:
+    check_number("window", 1, 1, 2**31 - 1, integer=True)
+    check_number("window", 2**31 - 1, 1, 2**31 - 1, integer=True)
+    check_number("events", 10**400, 1, integer=True)  # an int needs no float
+    check_number("ms", 10_000, 0, 10_000)
+    with pytest.raises(ValidationError, match=r"^window must be an integer from 1 to 2147483647"):
+        check_number("window", 2**31, 1, 2**31 - 1, integer=True)
+    with pytest.raises(ValidationError, match=r"^ms must be a number from 0 to 10000, got nan"):
+        check_number("ms", math.nan, 0, 10_000)
