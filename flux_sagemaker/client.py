@@ -966,7 +966,7 @@ class FluxClient:
         """A stream failed: recover in the background, or end the session with ``error``."""
         if stream.retired or self._state == "closed" or stream is not self._current:
             return
-        self._stop_using(stream)
+        self._stop_using(stream, failed=True)
         # Also while closing: the new stream replays the open turn and drains it.
         if not (self._retry.enabled and error.retryable):
             self._task_group_start(self._fail, error)
@@ -1109,7 +1109,7 @@ class FluxClient:
             if outcome is not None:
                 outcome.append(settings)
         if old is not None and not old.retired:
-            self._stop_using(old)
+            self._stop_using(old, failed=False)
         self._stats.rollovers += 1
         await self._take_over(
             stream, lambda replay: StreamRolledOver(reason=reason, **replay._asdict()), old=old
@@ -1121,10 +1121,17 @@ class FluxClient:
             waiter.done.set()
         self._pending_configures.clear()
 
-    def _stop_using(self, stream: LiveStream) -> None:
+    def _stop_using(self, stream: LiveStream, *, failed: bool) -> None:
         """Retire the current ``stream``: from now on, audio waits in the replay buffer."""
         stream.retired = True
-        self._heard_until = self._replay.total_bytes
+        heard = self._replay.total_bytes  # a stream ended with CloseStream hears all it got
+        if failed and self._byte_rate:
+            # A failed stream heard only what the server's events confirm: the audio after
+            # that may never have reached it (a connection that went silent, a stall).
+            confirmed = self._tracker.audio_heard_until
+            if confirmed < self._seconds(heard):
+                heard = self._format.byte_offset(max(0.0, confirmed))
+        self._heard_until = heard
         # Events it received that the turn tracker has not seen (a consumer behind) may hold
         # whole turns: its replay then keeps all the audio since the last EndOfTurn seen.
         self._tracker_lags = stream.behind or stream.h2.buffered > 0
@@ -1143,7 +1150,9 @@ class FluxClient:
 
         With no turn open, the audio the old stream heard is replayed from its last
         ``_IDLE_REPLAY_S`` only; what came after is all replayed (no stream heard it yet). Not
-        when the old stream had events the turn tracker had not seen: they may hold turns.
+        when the old stream had events the turn tracker had not seen: they may hold turns. A
+        stream ended with CloseStream heard all it was sent; a failed one, only what the
+        server's events confirmed (see ``_stop_using``).
         """
         replay, stats = self._replay, self._stats
         if self._format.bytes_per_second:

@@ -109,6 +109,12 @@ class TurnTracker:
         return self._open_start if self._open_index is not None else None
 
     @property
+    def audio_heard_until(self) -> float:
+        """The largest session ``audio_window_end`` observed: audio the server reported
+        processing (Flux reports about every 0.25 s of audio, between turns too)."""
+        return self._high_water
+
+    @property
     def audio_offset(self) -> float:
         """Session time, in seconds, at which the current stream's audio begins."""
         return self._offset

@@ -468,3 +468,19 @@ def test_unknown_offset_continues_after_delivered_audio() -> None:
         tracker.start_stream(1.0)
     assert tracker.audio_offset == 3.5
     assert tracker.turns_completed == 2
+
+
+def test_audio_heard_until_is_the_latest_window_on_the_session_timeline() -> None:
+    """What the server confirmed processing: the largest window end seen, between turns too,
+    in session time after a new stream; a replayed stream's older windows do not lower it."""
+    tracker = TurnTracker()
+    assert tracker.audio_heard_until == 0.0
+    first = Server()
+    feed(tracker, [first.turn("Update", 0, 0.0, 0.24), first.turn("Update", 0, 0.0, 0.48)])
+    assert tracker.audio_heard_until == 0.48
+    tracker.start_stream(0.2)  # a replay from 0.2 s: its clock starts there
+    second = Server()
+    feed(tracker, [second.turn("Update", 0, 0.0, 0.24)])  # 0.44 s in session time
+    assert tracker.audio_heard_until == 0.48
+    feed(tracker, [second.turn("Update", 0, 0.0, 0.72)])
+    assert tracker.audio_heard_until == pytest.approx(0.92)

@@ -44,6 +44,7 @@ from flux_sagemaker import (
     ThrottlingError,
     Timeouts,
     TransportError,
+    TurnInfo,
     UsageError,
 )
 from flux_sagemaker.samples import load_sample
@@ -214,6 +215,30 @@ async def test_a_switch_between_turns_replays_only_the_tail_of_a_long_quiet() ->
     assert rolled.replayed_audio_s == pytest.approx(3.0)
     assert rolled.resumed_at_s == pytest.approx(len(first_turn + quiet) / BYTES_PER_SECOND - 3.0)
     assert_audio_delivered(endpoint, events, first_turn + quiet + rest)
+    assert_turns_complete(events)
+
+
+@pytest.mark.parametrize(
+    "kind", [FaultKind.SILENT_CONNECTION, FaultKind.STALL], ids=lambda k: k.value
+)
+async def test_a_failure_between_turns_replays_the_audio_no_server_event_confirmed(
+    kind: FaultKind,
+) -> None:
+    """No turn open when the stream fails, seconds after the server's last event: the audio
+    sent since that event may never have reached Flux (a peer gone silent never read it), so
+    the replay starts before it, not 3 s before the end of what the old stream was sent."""
+    pcm = bytes(8 * BYTES_PER_SECOND) + SAMPLE.pcm  # the fault strikes in the quiet
+    async with MockFluxEndpoint(
+        script=SAMPLE.turns, faults=[Fault(kind=kind, after_audio_s=0.5)]
+    ) as endpoint:
+        events = await run_session(endpoint, pcm)
+    (reconnect,) = [e for e in events if isinstance(e, Reconnected)]
+    before = events[: events.index(reconnect)]
+    confirmed = max((e.audio_window_end for e in before if isinstance(e, TurnInfo)), default=0)
+    assert confirmed <= 0.5
+    assert reconnect.resumed_at_s <= confirmed
+    assert reconnect.dropped_audio_s == 0
+    assert_audio_delivered(endpoint, events, pcm)
     assert_turns_complete(events)
 
 
