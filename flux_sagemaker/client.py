@@ -432,7 +432,11 @@ class FluxClient:
                 # A take-over that finished while we waited for the lock closed its stream.
                 if current is not None and current.proto.state is not StreamState.CLOSING:
                     await self._flush_audio(current, whole=False)
-                    await self._write(current, current.proto.send_close_stream(), whole=False)
+                    # A stream that failed meanwhile is replaced, and its successor gets the
+                    # CloseStream once it took over (we are closing now).
+                    if _writable(current):
+                        data = current.proto.send_close_stream()
+                        await self._write(current, data, whole=False)
             self._drain_started = _now()
             self._wake_supervisor()  # it watches the drain now
             await self._closed_event.wait()
@@ -499,7 +503,7 @@ class FluxClient:
                 and not lock.locked()
                 and current is not None
                 and not current.retired
-                and not current.proto.input_ended
+                and current.proto.can_send
             ):
                 # The usual case: one event and no other sender. Nothing here awaits before
                 # the event is queued, so the order is kept without the lock's checkpoints.
@@ -569,9 +573,10 @@ class FluxClient:
             lock.release()
 
     async def _write_audio(self, stream: LiveStream, audio: bytes, *, whole: bool = True) -> None:
-        if stream.proto.input_ended:
-            # The stream failed and was retired while we waited for the lock or the window:
-            # the replay buffer holds this audio for the stream that replaces it.
+        if not _writable(stream):
+            # The stream failed while we waited for the lock or the window (perhaps during the
+            # replay that installed it), or its failure is still on its way to its reader: the
+            # replay buffer holds this audio for the stream that replaces it.
             return
         data = self._sign_audio(stream, audio)
         if not stream.h2.send_nowait(data):
@@ -758,6 +763,8 @@ class FluxClient:
 
     async def _write_control(self, stream: LiveStream, message: bytes) -> None:
         await self._flush_audio(stream)
+        if not _writable(stream):  # it failed meanwhile
+            raise UsageError("the stream is being replaced; try again after Reconnected")
         await self._write(stream, stream.proto.send_json(message))
 
     # -- events -------------------------------------------------------------------------------
@@ -1212,11 +1219,12 @@ class FluxClient:
             for offset in range(0, len(replay), step):
                 await self._write_audio(stream, replay[offset : offset + step])
             self._stats.replayed_bytes += len(replay)
-            if self._state == "closing" and not stream.proto.input_ended:
+            if self._state == "closing" and _writable(stream):
                 # close() was called while the stream was being replaced: the audio it
                 # accepted meanwhile (a partial event) goes before CloseStream.
                 await self._flush_audio(stream)
-                await self._write(stream, stream.proto.send_close_stream())
+                if _writable(stream):
+                    await self._write(stream, stream.proto.send_close_stream())
 
     async def _end_input(self, stream: LiveStream) -> None:
         if stream.proto.input_ended:
@@ -1357,6 +1365,8 @@ class FluxClient:
             if self._current is not stream or self._state != "open":
                 return
             await self._flush_audio(stream)
+            if not _writable(stream):
+                return  # it failed meanwhile
             self._replay.append(silence)
             self._stats.silence_bytes_sent += len(silence)
             self._stats.audio_bytes_sent += len(silence)
@@ -1364,6 +1374,15 @@ class FluxClient:
             if duration is not None:
                 self._timers.on_audio_sent(_now())
             await self._write(stream, stream.proto.send_audio(silence))
+
+
+def _writable(stream: LiveStream) -> bool:
+    """Whether events may go on ``stream``: still in use, input open, not failed.
+
+    A stream's failure can be known to its protocol (an exception event parsed) before the
+    reader hands it to the client, while the reader delivers the events that came before it.
+    """
+    return not stream.retired and stream.proto.can_send
 
 
 def _check_types(**arguments: tuple[object, type]) -> None:

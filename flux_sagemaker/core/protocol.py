@@ -137,6 +137,11 @@ class StreamProtocol:
         return self.signer.sign_empty()
 
     @property
+    def can_send(self) -> bool:
+        """Whether events can still be sent: the input is open and the stream has not failed."""
+        return not self._input_ended and self.state is not StreamState.FAILED
+
+    @property
     def input_ended(self) -> bool:
         """Whether the final empty envelope was produced."""
         return self._input_ended

@@ -1,9 +1,10 @@
-"""StreamProtocol's receive side: PARTIAL payload parts (SageMaker wire spec, section 5)."""
+"""StreamProtocol: PARTIAL payload parts (SageMaker wire spec, section 5); when it can send."""
 
 from __future__ import annotations
 
 import itertools
 
+import pytest
 from botocore.credentials import ReadOnlyCredentials
 from hypothesis import given
 from hypothesis import strategies as st
@@ -13,7 +14,7 @@ from flux_sagemaker.core.events import Connected, Update
 from flux_sagemaker.core.eventstream import MAX_PAYLOAD_LENGTH, decode_message, encode_message
 from flux_sagemaker.core.protocol import StreamFailed, StreamProtocol
 from flux_sagemaker.core.signing import EventSigner
-from flux_sagemaker.errors import FrameError
+from flux_sagemaker.errors import FrameError, LocalProtocolError
 
 CONNECTED = b'{"type":"Connected","request_id":"r1","sequence_id":0}'
 UPDATE = '{"type":"TurnInfo","event":"Update","turn_index":0,"transcript":"h\u00e9llo"}'.encode()
@@ -59,3 +60,18 @@ def test_a_response_ending_inside_partial_parts_fails() -> None:
 def test_the_largest_audio_event_fits_the_event_stream_limit() -> None:
     signed = protocol().send_audio(bytes(MAX_AUDIO_EVENT_BYTES))
     assert len(decode_message(signed).payload) <= MAX_PAYLOAD_LENGTH
+
+
+def test_can_send_until_the_input_ends_or_the_stream_fails() -> None:
+    """The client checks ``can_send`` before signing: a failure parsed here can reach it before
+    the reader hands the failure over, and signing then would raise."""
+    ended = protocol()
+    assert ended.can_send
+    ended.end_input()
+    assert not ended.can_send
+    failed = protocol()
+    failed.receive_data(part(CONNECTED[:10], "PARTIAL"))
+    failed.receive_eof()
+    assert not failed.can_send
+    with pytest.raises(LocalProtocolError, match="the stream has failed"):
+        failed.send_audio(b"\x00\x00")

@@ -242,6 +242,25 @@ async def test_a_failure_between_turns_replays_the_audio_no_server_event_confirm
     assert_turns_complete(events)
 
 
+async def test_a_stream_that_fails_during_its_replay_is_replaced_in_turn() -> None:
+    """The new stream fails while its replay is still being written (flow control holds the
+    replay back): nothing more goes on the failed stream, and the next one replays it all."""
+    faults = [
+        Fault(kind=FaultKind.DROP_CONNECTION, after_audio_s=MID_TURN),
+        Fault(kind=FaultKind.MODEL_STREAM_ERROR, after_audio_s=0.2, stream_index=1),
+    ]
+    async with MockFluxEndpoint(
+        script=SAMPLE.turns, faults=faults, receive_window=4096
+    ) as endpoint:
+        events = await run_session(endpoint)
+    reconnects = [e for e in events if isinstance(e, Reconnected)]
+    assert [type(r.error) for r in reconnects] == [ConnectionLost, ModelStreamError]
+    assert all(r.resumed_at_s == 0 and r.dropped_audio_s == 0 for r in reconnects)
+    assert 0 < len(endpoint.streams[1].audio) < MID_TURN * BYTES_PER_SECOND  # cut short
+    assert_audio_delivered(endpoint, events)
+    assert_turns_complete(events)
+
+
 async def test_a_connected_timeout_on_a_silent_pooled_connection_retries_on_a_fresh_one() -> None:
     """A pooled connection whose peer vanished without FIN or RST (a NAT drop) is still in the
     pool: the first attempt times out waiting for Connected, the retry connects afresh."""
