@@ -21,7 +21,11 @@ which session and which frame they hold. Every stream's audio is matched against
 sent; the bytes no stream received are **lost**. Received bytes that match nothing must be the
 client's keepalive silence (zeros); anything else is reported as corrupt.
 
-Exit status: 1 if any byte was lost or corrupt, or a session failed with a retryable error.
+Exit status: 1 if any byte was lost or corrupt, or any session failed. Every fault injected is
+one the client recovers from, so a session that ends with a non-retryable error has met a bug
+(``LocalProtocolError``, say); one that ends with a retryable error ran out of retries, which
+``--allow-retryable-failures`` reports without failing (the test suite's short soak uses it: a
+slow machine spends retry budgets faster, which says nothing about the audio).
 """
 
 from __future__ import annotations
@@ -463,7 +467,8 @@ def print_summary(
     cpu1: Any,
     rss_before_audit: int,
 ) -> int:
-    """Print the figures; return 1 if audio was lost or corrupt or a session failed retryably."""
+    """Print the figures; return 1 if audio was lost or corrupt, or a session failed (with a
+    retryable error: unless ``--allow-retryable-failures``)."""
     struck = collections.Counter(
         r.error.removeprefix("fault: ")
         for r in records
@@ -478,6 +483,7 @@ def print_summary(
         if r.error is not None
     )
     retryable_failures = sum(1 for r in results if r.error is not None and r.error.retryable)
+    other_failures = sum(1 for r in results if r.error is not None and not r.error.retryable)
     # A session cut short without an error: an internal task crashed and cancelled it.
     frames = round(args.duration / FRAME_S)
     cut_short = sum(1 for r in results if r.error is None and r.frames_sent < frames)
@@ -556,7 +562,8 @@ def print_summary(
     ]
     print("\n".join(lines))
     bad = report.lost_bytes or report.lost_in_failed_sessions or report.corrupt_bytes
-    bad = bad or report.mixed_streams or report.out_of_order or retryable_failures or cut_short
+    bad = bad or report.mixed_streams or report.out_of_order or other_failures or cut_short
+    bad = bad or (retryable_failures and not args.allow_retryable_failures)
     print("RESULT:", "FAIL" if bad else "PASS")
     return 1 if bad else 0
 
@@ -601,6 +608,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "loop's default pool, as FluxClient does without pool=)",
     )
     parser.add_argument("--backend", choices=("asyncio", "trio"), default="asyncio")
+    parser.add_argument(
+        "--allow-retryable-failures",
+        action="store_true",
+        help="report sessions that ran out of retries without failing the run (lost, corrupt "
+        "or repeated audio and non-retryable errors still fail it)",
+    )
     args = parser.parse_args(argv)
     if not 1 <= args.streams <= 5000 or not 1 <= args.duration <= 3600:
         parser.error("--streams must be 1..5000 and --duration 1..3600 (bounded run)")
