@@ -24,8 +24,8 @@ client's keepalive silence (zeros); anything else is reported as corrupt.
 Exit status: 1 if any byte was lost or corrupt, or any session failed. Every fault injected is
 one the client recovers from, so a session that ends with a non-retryable error has met a bug
 (``LocalProtocolError``, say); one that ends with a retryable error ran out of retries, which
-``--allow-retryable-failures`` reports without failing (the test suite's short soak uses it: a
-slow machine spends retry budgets faster, which says nothing about the audio).
+``--allow-retryable-failures`` reports without failing (a slow machine spends retry budgets
+faster, which says nothing about the audio).
 """
 
 from __future__ import annotations
