@@ -429,14 +429,16 @@ class FluxClient:
             async with self._send_lock:
                 # A stream being replaced gets its CloseStream once the new one took over.
                 current = self._live_stream()
-                # A take-over that finished while we waited for the lock closed its stream.
-                if current is not None and current.proto.state is not StreamState.CLOSING:
-                    await self._flush_audio(current, whole=False)
-                    # A stream that failed meanwhile is replaced, and its successor gets the
-                    # CloseStream once it took over (we are closing now).
-                    if _writable(current):
-                        data = current.proto.send_close_stream()
-                        await self._write(current, data, whole=False)
+                # A take-over that finished while we waited for the lock closed its stream. One
+                # that failed during the flush is replaced, and its successor gets the
+                # CloseStream once it took over (we are closing now).
+                if (
+                    current is not None
+                    and current.proto.state is not StreamState.CLOSING
+                    and await self._flush_audio(current, whole=False)
+                ):
+                    data = current.proto.send_close_stream()
+                    await self._write(current, data, whole=False)
             self._drain_started = _now()
             self._wake_supervisor()  # it watches the drain now
             await self._closed_event.wait()
@@ -502,8 +504,7 @@ class FluxClient:
                 len(events) == 1
                 and not lock.locked()
                 and current is not None
-                and not current.retired
-                and current.proto.can_send
+                and _writable(current)
             ):
                 # The usual case: one event and no other sender. Nothing here awaits before
                 # the event is queued, so the order is kept without the lock's checkpoints.
@@ -589,12 +590,14 @@ class FluxClient:
         self._timers.on_audio_sent(_now())
         return stream.proto.send_audio(audio)
 
-    async def _flush_audio(self, stream: LiveStream, *, whole: bool = True) -> None:
-        """Send the pending partial audio event (caller holds the send lock)."""
+    async def _flush_audio(self, stream: LiveStream, *, whole: bool = True) -> bool:
+        """Send the pending partial audio event (caller holds the send lock); return whether
+        ``stream`` still takes events (it may have failed meanwhile)."""
         pending = self._coalescer.flush()
         self._timers.on_flushed()
         if pending:
             await self._write_audio(stream, pending, whole=whole)
+        return _writable(stream)
 
     async def _write(self, stream: LiveStream, data: bytes, *, whole: bool = True) -> None:
         """Write a signed event to a stream; a transport failure there starts recovery.
@@ -762,8 +765,7 @@ class FluxClient:
             await self._uncancelled(self._write_control, current, message)
 
     async def _write_control(self, stream: LiveStream, message: bytes) -> None:
-        await self._flush_audio(stream)
-        if not _writable(stream):  # it failed meanwhile
+        if not await self._flush_audio(stream):  # it failed meanwhile
             raise UsageError("the stream is being replaced; try again after Reconnected")
         await self._write(stream, stream.proto.send_json(message))
 
@@ -1219,12 +1221,10 @@ class FluxClient:
             for offset in range(0, len(replay), step):
                 await self._write_audio(stream, replay[offset : offset + step])
             self._stats.replayed_bytes += len(replay)
-            if self._state == "closing" and _writable(stream):
-                # close() was called while the stream was being replaced: the audio it
-                # accepted meanwhile (a partial event) goes before CloseStream.
-                await self._flush_audio(stream)
-                if _writable(stream):
-                    await self._write(stream, stream.proto.send_close_stream())
+            # close() was called while the stream was being replaced: the audio it accepted
+            # meanwhile (a partial event) goes before CloseStream.
+            if self._state == "closing" and _writable(stream) and await self._flush_audio(stream):
+                await self._write(stream, stream.proto.send_close_stream())
 
     async def _end_input(self, stream: LiveStream) -> None:
         if stream.proto.input_ended:
@@ -1364,8 +1364,7 @@ class FluxClient:
         async with self._send_lock:
             if self._current is not stream or self._state != "open":
                 return
-            await self._flush_audio(stream)
-            if not _writable(stream):
+            if not await self._flush_audio(stream):
                 return  # it failed meanwhile
             self._replay.append(silence)
             self._stats.silence_bytes_sent += len(silence)
