@@ -14,6 +14,7 @@ Without retries, the same faults raise the right typed error instead, within a b
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Sequence
 from typing import Any
@@ -71,16 +72,30 @@ WATCHDOG = KeepalivePolicy(stall_timeout=0.8)
 NO_RETRY = RetryPolicy(enabled=False)
 
 
-async def stream_sample(flux: FluxClient, pcm: bytes = SAMPLE.pcm, speed: float = SPEED) -> None:
+async def stream_sample(
+    flux: FluxClient,
+    pcm: bytes = SAMPLE.pcm,
+    speed: float = SPEED,
+    *,
+    hold_until: anyio.Event | None = None,
+    hold_after_s: float = 0.0,
+) -> None:
     """Send ``pcm`` in 20 ms frames at ``speed`` times real time, then close.
+
+    With ``hold_until``, the sender stops once it has sent more than ``hold_after_s`` of
+    audio, until that event is set.
 
     Once the session has failed, sending raises ``UsageError``; the iterator raises the
     failure itself, which is what the tests check, so the sender just stops.
     """
+    hold_at = round(hold_after_s * BYTES_PER_SECOND)
     start = anyio.current_time()
     try:
         for n, offset in enumerate(range(0, len(pcm), FRAME)):
             await flux.send_audio(pcm[offset : offset + FRAME])
+            if hold_until is not None and offset <= hold_at < offset + FRAME:
+                await hold_until.wait()
+                start = anyio.current_time() - (n + 1) * 0.02 / speed
             await anyio.sleep(max(0.0, start + (n + 1) * 0.02 / speed - anyio.current_time()))
         await flux.close()
     except UsageError:
@@ -88,18 +103,37 @@ async def stream_sample(flux: FluxClient, pcm: bytes = SAMPLE.pcm, speed: float 
 
 
 async def run_session(
-    endpoint: MockFluxEndpoint, pcm: bytes = SAMPLE.pcm, speed: float = SPEED, **options: Any
+    endpoint: MockFluxEndpoint,
+    pcm: bytes = SAMPLE.pcm,
+    speed: float = SPEED,
+    *,
+    hold_after_s: float | None = None,
+    **options: Any,
 ) -> list[Any]:
-    """Stream ``pcm`` at ``speed`` through a FluxClient and collect every event."""
+    """Stream ``pcm`` at ``speed`` through a FluxClient and collect every event.
+
+    With ``hold_after_s``, the sender stops after that much audio until the session has
+    reconnected: what the replay holds then does not depend on how soon the client noticed
+    a fault there, at ``speed`` times real time, on a loaded machine.
+    """
     events: list[Any] = []
     options.setdefault("timeouts", FAST_TIMEOUTS)
     options.setdefault("keepalive", WATCHDOG)
+    reconnected = anyio.Event()
+    sender = functools.partial(
+        stream_sample,
+        hold_until=None if hold_after_s is None else reconnected,
+        hold_after_s=hold_after_s or 0.0,
+    )
     with anyio.fail_after(30):
         async with FluxClient("flux-ep", **endpoint.client_kwargs(), **options) as flux:
             try:
                 async with anyio.create_task_group() as tg:
-                    tg.start_soon(stream_sample, flux, pcm, speed)
-                    events.extend([event async for event in flux])
+                    tg.start_soon(sender, flux, pcm, speed)
+                    async for event in flux:
+                        events.append(event)
+                        if isinstance(event, Reconnected):
+                            reconnected.set()
             except BaseExceptionGroup as group:
                 # The iterator's error, unwrapped from the task group for pytest.raises.
                 raise group.exceptions[0] from None
@@ -294,7 +328,9 @@ async def test_a_replay_reports_what_the_bound_dropped_of_the_open_turn_only(
         script=SAMPLE.turns,
         faults=[Fault(kind=FaultKind.DROP_CONNECTION, after_audio_s=fault_at)],
     ) as endpoint:
-        events = await run_session(endpoint, replay_buffer_bytes=2 * BYTES_PER_SECOND)
+        events = await run_session(
+            endpoint, hold_after_s=fault_at, replay_buffer_bytes=2 * BYTES_PER_SECOND
+        )
     (reconnect,) = [e for e in events if isinstance(e, Reconnected)]
     first_end = next(e for e in events if isinstance(e, EndOfTurn)).audio_window_end
     missed = reconnect.resumed_at_s - first_end
