@@ -337,11 +337,17 @@ class H2ConnectionBase:
             await self._flush_soon()
 
     async def _wait_window(self, event: anyio.Event, stream_id: int) -> None:
+        """Wait for the peer to open ``stream_id``'s flow-control window (``event``)."""
+        await self._wait_window_for(event, stream_id, self._write_timeout)
+
+    async def _wait_window_for(
+        self, event: anyio.Event, stream_id: int, limit: float | None
+    ) -> None:
         msg = (
             f"the {self._peer} kept stream {stream_id}'s flow-control window closed "
             f"for {self._write_timeout} s"
         )
-        await wait_event(event, self._write_timeout, msg)
+        await wait_event(event, limit, msg)
 
     def _timer_deadline(self) -> float:
         return math.inf

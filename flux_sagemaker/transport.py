@@ -75,6 +75,13 @@ _SECONDS_OR_NONE = number_in_range(0, above_low=True, optional=True, unit="secon
 #: After an unanswered PING's timeout, one more read this long before the connection is
 #: declared lost: the answer may have waited in the socket while the event loop was blocked.
 PING_GRACE = 0.25
+#: A sender that has waited this long for a stream's flow-control window asks the server
+#: whether it is still there, with a PING it must answer within WINDOW_PROBE_TIMEOUT. A peer
+#: that vanished without FIN or RST (a NAT or load-balancer drop) would otherwise hold every
+#: sender on the connection until ``Timeouts.write``; a healthy one answers at once, however
+#: slowly its application reads.
+WINDOW_PROBE_AFTER = 1.0
+WINDOW_PROBE_TIMEOUT = 2.0
 # Queued bytes beyond which a sender writes itself instead of leaving it to the writer task.
 _BATCH_HIGH_WATER = 256 * 1024
 # Queued bytes beyond which a sender yields once so that the writer task sends them. Each
@@ -470,6 +477,19 @@ class H2Connection(H2ConnectionBase):
         self._ping_wait = wait
         self._ping_deadline = anyio.current_time() + wait
         await self._flush_soon()
+
+    async def _wait_window(self, event: anyio.Event, stream_id: int) -> None:
+        limit = self._write_timeout
+        if limit is not None and limit <= WINDOW_PROBE_AFTER:
+            await self._wait_window_for(event, stream_id, limit)
+            return
+        with anyio.move_on_after(WINDOW_PROBE_AFTER):
+            await event.wait()
+        if event.is_set():
+            return
+        await self.probe(WINDOW_PROBE_TIMEOUT)
+        remaining = None if limit is None else limit - WINDOW_PROBE_AFTER
+        await self._wait_window_for(event, stream_id, remaining)
 
     async def probe(self, answer_within: float) -> None:
         """Check now that the server is alive: a PING it must answer within ``answer_within`` s.

@@ -1075,3 +1075,49 @@ async def test_the_server_side_always_awaits_its_sends() -> None:
             assert await stream.receive() == b"ping"
             await stream.aclose()
     assert declined == [True]
+
+
+async def test_a_sender_held_by_a_shut_window_probes_a_silent_peer() -> None:
+    """A peer gone without FIN or RST (a NAT drop) keeps the window shut: the sender it holds
+    asks with a PING after WINDOW_PROBE_AFTER, and the connection fails when no answer
+    comes, not at the write limit (or, without one, never)."""
+
+    async def handler(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        stream.connection.pause()
+        await anyio.sleep_forever()
+
+    timeouts = Timeouts(ping_interval=None, write=None)
+    with anyio.fail_after(10):
+        async with serve_and_connect(handler, timeouts=timeouts, server_receive_window=1024) as (
+            _,
+            conn,
+        ):
+            stream = await open_post(conn)
+            await stream.response()
+            with pytest.raises(errors.ConnectionLost, match=r"PING within 2 s"):
+                await stream.send(bytes(4096))
+            assert not conn.is_available
+
+
+async def test_a_shut_window_on_a_live_peer_still_waits_out_the_write_limit() -> None:
+    """A peer that answers PING but does not read the stream: the probe leaves the connection
+    alone, and the sender fails at ``Timeouts.write``."""
+
+    async def handler(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        await anyio.sleep_forever()  # never reads: the window stays shut
+
+    timeouts = Timeouts(ping_interval=None, write=1.5)
+    with anyio.fail_after(10):
+        async with serve_and_connect(handler, timeouts=timeouts, server_receive_window=1024) as (
+            _,
+            conn,
+        ):
+            stream = await open_post(conn)
+            await stream.response()
+            with pytest.raises(errors.TimeoutError, match=r"window closed for 1\.5 s"):
+                await stream.send(bytes(4096))
+            assert conn.error is None
+            assert conn.is_available
+            assert conn._ping_count == 1  # probed once, answered

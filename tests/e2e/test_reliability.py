@@ -674,6 +674,23 @@ async def test_a_connection_that_goes_silent_during_close_is_probed_and_recovere
     assert_audio_delivered(endpoint, events, SAMPLE.pcm[:cut])
 
 
+async def test_a_connection_that_goes_silent_while_the_window_is_shut_is_probed() -> None:
+    """A peer gone mid-stream without FIN or RST: the window shuts and the sender waits. The
+    wait probes the connection, so it fails by PING within seconds, not by the stall
+    watchdog (10 s) or the write limit (10 s) with every sender on the connection held."""
+    async with MockFluxEndpoint(
+        script=SAMPLE.turns,
+        faults=[Fault(kind=FaultKind.SILENT_CONNECTION, after_audio_s=MID_TURN)],
+        receive_window=4096,
+    ) as endpoint:
+        events = await run_session(endpoint, timeouts=Timeouts(), keepalive=KeepalivePolicy())
+    (reconnect,) = [e for e in events if isinstance(e, Reconnected)]
+    assert isinstance(reconnect.error, ConnectionLost)
+    assert "PING within 2 s" in str(reconnect.error)
+    assert_audio_delivered(endpoint, events)
+    assert_turns_complete(events)
+
+
 async def test_a_hung_flux_that_closed_our_window_is_replaced_without_waiting_for_it() -> None:
     """Flux hangs mid-turn: it neither answers nor reads any more, so our flow-control window
     closes and the sender waits. The stall watchdog calls the stream dead; it is reset and the
