@@ -364,7 +364,7 @@ class FluxClient:
         tb: TracebackType | None,
     ) -> None:
         try:
-            if exc is None and self._state == "open":
+            if exc is None and self._state in ("open", "closing"):
                 try:
                     await self.close()
                 except FluxError as close_error:
@@ -403,10 +403,15 @@ class FluxClient:
 
         The events that arrive while draining are still delivered to the iterator; if the
         server ends a turn without ``EndOfTurn``, a synthetic final ``EndOfTurn`` is delivered.
-        Closing twice does nothing. Cancelling the call does not cancel the close: it goes on
-        in the background, and the session ends within ``Timeouts.close`` all the same.
+        A call while another one drains waits for the same end; after the end it does
+        nothing. Cancelling the call does not cancel the close: it goes on in the background,
+        and the session ends within ``Timeouts.close`` all the same.
         """
-        if self._state in ("closing", "closed"):
+        if self._state == "closed":
+            return
+        if self._state == "closing":
+            # Returning now would let this caller leave the block and cut the drain short.
+            await self._closed_event.wait()
             return
         self._check_open("close")
         if self._switching:

@@ -116,6 +116,29 @@ async def test_close_then_iterate_the_buffered_events(endpoint: EndpointFactory)
     assert ep.streams[0].texts == ['{"type":"CloseStream"}']
 
 
+@pytest.mark.parametrize("then", ["close", "leave the block"])
+async def test_a_second_close_waits_for_the_drain_the_first_started(
+    endpoint: EndpointFactory, then: str
+) -> None:
+    """Two tasks close the session (an application's stop handler and its cleanup): a second
+    ``close()``, or leaving the block, waits for the drain the first call started instead of
+    cutting the last turn short."""
+    ep = endpoint(faults=[Fault(kind=FaultKind.LATENCY, after_audio_s=3.5, latency=0.3)])
+    events: list[FluxEvent] = []
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with ep, anyio.create_task_group() as tg, client_for(ep) as flux:
+            tg.start_soon(collect, flux, events)
+            await flux.send_audio(MID_SECOND_TURN)
+            tg.start_soon(flux.close)
+            await anyio.wait_all_tasks_blocked()  # the first close() waits for the drain
+            if then == "close":
+                await flux.close()
+                assert flux.is_closed
+    ends = of_type(events, EndOfTurn)
+    assert [e.transcript for e in ends] == list(SAMPLE.turns)
+    assert ep.streams[0].texts == ['{"type":"CloseStream"}']
+
+
 async def test_exiting_the_block_closes_gracefully(endpoint: EndpointFactory) -> None:
     with anyio.fail_after(TEST_TIMEOUT):
         async with endpoint() as ep:
@@ -206,7 +229,7 @@ async def test_a_cancelled_close_still_ends_the_session_within_the_close_timeout
     """close() is cancelled (the caller's own, shorter timeout) while a slow server holds up
     the drain: the close goes on in the background within ``Timeouts.close``, so the
     iterator still ends, with the open turn finalized and the timeout, instead of waiting for
-    the server with nothing to bound it (a second close() returns at once)."""
+    the server with nothing to bound it."""
     ep = endpoint(faults=[Fault(kind=FaultKind.LATENCY, after_audio_s=1.9, latency=TEST_TIMEOUT)])
     timeouts = attrs.evolve(FAST_TIMEOUTS, close=1.5)
     events: list[FluxEvent] = []
