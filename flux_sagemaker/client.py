@@ -276,6 +276,9 @@ class FluxClient:
         # One stream replacement at a time (a rollover, a settings change, a recovery): each
         # starts from the stream the previous one left, so none installs a stream over another.
         self._stream_change = anyio.Lock()
+        # Set while a stream takes events; a new one replaces it when the stream is retired.
+        # Control messages made meanwhile wait on it for the next stream.
+        self._stream_installed = anyio.Event()
         # The supervisor sleeps in a cancel scope whose deadline send_audio moves as partial
         # events come and go: no task switch per coalescing window in steady streaming.
         self._alarm: anyio.CancelScope | None = None
@@ -378,6 +381,7 @@ class FluxClient:
         """Free every stream and task; never hangs, never raises a group."""
         self._state = "closed"
         self._closed_event.set()
+        self._stream_installed.set()
         self._wake_supervisor()
         with anyio.CancelScope(shield=True):
             for stream in self._streams:
@@ -647,8 +651,10 @@ class FluxClient:
             ValidationError: a value is out of range (checked before sending).
             CapabilityError: the endpoint's bundle does not accept ``Configure``; use
                 :meth:`update_settings`, which opens a new stream instead.
-            UsageError: the session is not open, or a failed stream is being replaced (try
-                again after :class:`Reconnected`).
+            UsageError: the session is not open.
+
+        While a failed stream is being replaced, the Configure waits for the new stream and
+        goes out there (after the replay); the session failing meanwhile raises ``UsageError``.
         """
         self._check_open("configure")
         message = commands.Configure(
@@ -747,8 +753,10 @@ class FluxClient:
 
         Raises:
             CapabilityError: the endpoint's bundle does not accept ``ForceEndTurn``.
-            UsageError: the session is not open, or a failed stream is being replaced (try
-                again after :class:`Reconnected`).
+            UsageError: the session is not open.
+
+        While a failed stream is being replaced, the message waits for the new stream and goes
+        out there after the replay, which brings the open turn back first.
         """
         self._check_open("force the end of the turn")
         if not self._capabilities.force_end_turn:
@@ -759,19 +767,35 @@ class FluxClient:
 
     async def _send_control(self, message: bytes, waiter: _Ack | None = None) -> None:
         """Write a control message after the pending audio; a Configure's ``waiter`` waits for
-        its answer from then on (even if the caller is cancelled while it is written)."""
-        async with self._send_lock:
-            current = self._live_stream()
-            if current is None:
-                raise UsageError("the stream is being replaced; try again after Reconnected")
-            self._check_open("send a control message")  # close() may have overtaken us
-            if waiter is not None:
-                self._pending_configures.append(waiter)
-            await self._uncancelled(self._write_control, current, message)
+        its answer from then on (even if the caller is cancelled while it is written).
 
-    async def _write_control(self, stream: LiveStream, message: bytes) -> None:
-        if not await self._flush_audio(stream):  # it failed meanwhile
-            raise UsageError("the stream is being replaced; try again after Reconnected")
+        While a failed stream is being replaced, the message waits for the next stream and
+        goes out there after the replay, as it would have after the audio on the old one.
+        """
+        while True:
+            self._check_open("send a control message")  # close() may have overtaken us
+            if self._live_stream() is None:
+                await self._stream_installed.wait()
+                continue
+            async with self._send_lock:
+                current = self._live_stream()
+                if current is None:
+                    continue  # replaced again while we waited for the lock
+                self._check_open("send a control message")
+                if waiter is not None:
+                    self._pending_configures.append(waiter)
+                sent: list[bool] = []
+                await self._uncancelled(self._write_control, current, message, sent)
+                if sent:
+                    return
+                # The stream failed during the flush: no answer will come from it.
+                if waiter is not None and waiter in self._pending_configures:
+                    self._pending_configures.remove(waiter)
+
+    async def _write_control(self, stream: LiveStream, message: bytes, sent: list[bool]) -> None:
+        if not await self._flush_audio(stream):
+            return  # it failed meanwhile: the caller waits for the stream that replaces it
+        sent.append(True)
         await self._write(stream, stream.proto.send_json(message))
 
     # -- events -------------------------------------------------------------------------------
@@ -858,6 +882,7 @@ class FluxClient:
 
     def _install(self, stream: LiveStream) -> None:
         self._current = stream
+        self._stream_installed.set()
         assert self._task_group is not None
         stream.h2.set_data_hook(functools.partial(self._take_data, stream))
         self._task_group.start_soon(self._guarded, self._read_stream, stream)
@@ -1026,11 +1051,13 @@ class FluxClient:
                 self._task_group_start(self._deliver_then_close, error)
                 self._state = "closed"
                 self._closed_event.set()
+                self._stream_installed.set()
                 return
             except anyio.ClosedResourceError:
                 pass
         self._state = "closed"
         self._closed_event.set()
+        self._stream_installed.set()  # control messages waiting for a stream: it is over
         self._events.close()
         self._wake_supervisor()
 
@@ -1138,6 +1165,8 @@ class FluxClient:
     def _stop_using(self, stream: LiveStream, *, failed: bool) -> None:
         """Retire the current ``stream``: from now on, audio waits in the replay buffer."""
         stream.retired = True
+        if self._stream_installed.is_set():
+            self._stream_installed = anyio.Event()
         heard = self._replay.total_bytes  # a stream ended with CloseStream hears all it got
         if failed and self._byte_rate:
             # A failed stream heard only what the server's events confirm: the audio after

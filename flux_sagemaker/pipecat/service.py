@@ -500,7 +500,7 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         try:
             await flux.update_settings(**changes)
         except UsageError:
-            return False  # the session is being replaced or closed
+            return False  # the session closed or failed meanwhile
         except FluxError as exc:
             # Nothing changed in the session (Flux answered ConfigureFailure, or the endpoint
             # refused the new stream, say): a later session must not open with what was refused.

@@ -526,3 +526,55 @@ async def test_a_configure_waiting_for_its_answer_returns_when_the_session_fails
             with pytest.raises(StreamStalled):
                 await collect(flux)
     assert ep.streams[0].texts == ['{"type":"Configure","thresholds":{"eot_threshold":0.8}}']
+
+
+@pytest.mark.parametrize("control", ["force_end_turn", "configure"])
+async def test_a_control_message_made_during_a_reconnect_goes_out_on_the_new_stream(
+    endpoint: EndpointFactory, control: str
+) -> None:
+    """Between a stream's failure and ``Reconnected`` there is no stream to send on: the
+    message waits for the new one and goes out after its replay, instead of failing."""
+    ep = endpoint(faults=[Fault(kind=FaultKind.RESET_STREAM, after_audio_s=1.0)])
+    reconnecting, go_on = anyio.Event(), anyio.Event()
+    original = ep._handle
+
+    async def hold_the_reconnect(stream: Any) -> None:
+        if len(ep.streams) == 1:  # the second request: the client is reconnecting
+            reconnecting.set()
+            await go_on.wait()
+        await original(stream)
+
+    answers: list[Any] = []
+
+    async def call(flux: FluxClient) -> None:
+        if control == "configure":
+            answers.append(await flux.configure(eot_threshold=0.8))
+        else:
+            await flux.force_end_turn()
+
+    retry = RetryPolicy(initial_backoff=0.01, jitter="none")
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with ep, client_for(ep, retry=retry) as flux:
+            ep._server._handler = hold_the_reconnect
+            await flux.send_audio(FIRST_TURN)
+            await reconnecting.wait()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(call, flux)
+                await anyio.wait_all_tasks_blocked()  # waiting for the new stream
+                go_on.set()
+            await flux.close()
+            events = await collect(flux)
+    old, new = ep.streams
+    assert old.texts == []
+    sent = json.loads(new.texts[0])
+    if control == "configure":
+        assert sent["type"] == "Configure"
+        (answer,) = answers
+        assert isinstance(answer, ConfigureSuccess)
+        assert flux.settings.eot_threshold == 0.8
+    else:
+        assert sent == {"type": "ForceEndTurn"}
+        (end,) = of_type(events, EndOfTurn)[:1]
+        assert end.trigger == "manual"
+        assert end.transcript == SAMPLE.turns[0]
+    assert new.texts[-1] == '{"type":"CloseStream"}'
