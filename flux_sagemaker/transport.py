@@ -104,7 +104,8 @@ class Timeouts:
     read: float | None = attrs.field(default=None, validator=_SECONDS_OR_NONE)
     """Longest wait in ``H2Stream.receive()`` for the next chunk (PING still detects dead peers)."""
     write: float | None = attrs.field(default=10.0, validator=_SECONDS_OR_NONE)
-    """Longest socket write, and longest wait for the peer's flow-control window to open."""
+    """Longest socket write, and longest wait for the peer's flow-control window to open (a
+    wait past ``WINDOW_PROBE_AFTER`` also checks the peer is alive with a PING)."""
     ping_interval: float | None = attrs.field(default=20.0, validator=_SECONDS_OR_NONE)
     """Send a PING after this much silence from the peer; ``None`` disables keepalive."""
     ping_timeout: float = attrs.field(default=10.0, validator=_SECONDS)
