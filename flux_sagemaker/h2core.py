@@ -336,18 +336,18 @@ class H2ConnectionBase:
         if self._take_h2_output():
             await self._flush_soon()
 
-    async def _wait_window(self, event: anyio.Event, stream_id: int) -> None:
-        """Wait for the peer to open ``stream_id``'s flow-control window (``event``)."""
-        await self._wait_window_for(event, stream_id, self._write_timeout)
+    async def _wait_window(self, event: anyio.Event, stream_id: int, since: float) -> None:
+        """Wait for the peer to open ``stream_id``'s flow-control window (``event``).
 
-    async def _wait_window_for(
-        self, event: anyio.Event, stream_id: int, limit: float | None
-    ) -> None:
-        msg = (
-            f"the {self._peer} kept stream {stream_id}'s flow-control window closed "
-            f"for {self._write_timeout} s"
-        )
-        await wait_event(event, limit, msg)
+        ``since``: when the stream found the window shut. The write limit runs from then, so a
+        peer that keeps waking the sender without opening the window cannot hold it for ever.
+        """
+        if event.is_set():
+            return
+        limit = self._write_timeout
+        left = None if limit is None else since + limit - anyio.current_time()
+        msg = f"the {self._peer} kept stream {stream_id}'s flow-control window closed for {limit} s"
+        await wait_event(event, left, msg)
 
     def _timer_deadline(self) -> float:
         return math.inf

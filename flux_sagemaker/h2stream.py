@@ -135,6 +135,9 @@ class H2StreamBase:
             await conn._after_queue()
             return
         view = memoryview(data)
+        # When the wait for the window began: wakes that leave it shut (a WINDOW_UPDATE for
+        # the connection only, a SETTINGS frame) must not start the write limit over.
+        shut_since: float | None = None
         while True:
             event = None
             done = False
@@ -149,6 +152,7 @@ class H2StreamBase:
                 if view and window <= 0:
                     event = self._send_event = self._send_event or anyio.Event()
                 else:
+                    shut_since = None
                     n = min(len(view), window)
                     last = end_stream and n == len(view)
                     if n and not last and n == len(data) and conn._frame_data_fast(sid, data):
@@ -171,7 +175,9 @@ class H2StreamBase:
             if done:
                 return
             if event is not None:
-                await conn._wait_window(event, sid)
+                if shut_since is None:
+                    shut_since = anyio.current_time()
+                await conn._wait_window(event, sid, shut_since)
 
     async def _reset(self, error_code: int) -> None:
         """Reset the stream unless it is already closed both ways; never raises, never hangs.

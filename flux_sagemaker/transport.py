@@ -479,18 +479,18 @@ class H2Connection(H2ConnectionBase):
         self._ping_deadline = anyio.current_time() + wait
         await self._flush_soon()
 
-    async def _wait_window(self, event: anyio.Event, stream_id: int) -> None:
+    async def _wait_window(self, event: anyio.Event, stream_id: int, since: float) -> None:
+        # Probe after WINDOW_PROBE_AFTER without a wake (a wake came with bytes from the
+        # server), unless the write limit comes first.
         limit = self._write_timeout
-        if limit is not None and limit <= WINDOW_PROBE_AFTER:
-            await self._wait_window_for(event, stream_id, limit)
-            return
-        with anyio.move_on_after(WINDOW_PROBE_AFTER):
-            await event.wait()
-        if event.is_set():
-            return
-        await self.probe(WINDOW_PROBE_TIMEOUT)
-        remaining = None if limit is None else limit - WINDOW_PROBE_AFTER
-        await self._wait_window_for(event, stream_id, remaining)
+        probe_at = anyio.current_time() + WINDOW_PROBE_AFTER
+        if limit is None or probe_at < since + limit:
+            with anyio.CancelScope(deadline=probe_at):
+                await event.wait()
+            if event.is_set():
+                return
+            await self.probe(WINDOW_PROBE_TIMEOUT)
+        await super()._wait_window(event, stream_id, since)
 
     async def probe(self, answer_within: float) -> None:
         """Check now that the server is alive: a PING it must answer within ``answer_within`` s.

@@ -1121,3 +1121,32 @@ async def test_a_shut_window_on_a_live_peer_still_waits_out_the_write_limit() ->
             assert conn.error is None
             assert conn.is_available
             assert conn._ping_count == 1  # probed once, answered
+
+
+async def test_connection_window_updates_do_not_restart_a_shut_streams_write_limit() -> None:
+    """The server keeps the stream's window shut but sends WINDOW_UPDATE on the connection
+    now and then (as its other streams are read): each wakes the sender, which must not
+    start its ``Timeouts.write`` wait over, or it would wait for ever."""
+
+    async def handler(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        conn = stream._conn
+        while stream.buffered < 1024:  # noqa: ASYNC110 - the client fills the stream window
+            await anyio.sleep(0.01)
+        for _ in range(1024):  # the connection's bytes, opened again one at a time
+            async with conn._write_lock:
+                conn._h2.increment_flow_control_window(1)
+                await conn._flush_locked()
+            await anyio.sleep(0.05)
+        await anyio.sleep_forever()
+
+    timeouts = Timeouts(ping_interval=None, write=0.5)
+    with anyio.fail_after(10):
+        async with serve_and_connect(handler, timeouts=timeouts, server_receive_window=1024) as (
+            _,
+            conn,
+        ):
+            stream = await open_post(conn)
+            await stream.response()
+            with pytest.raises(errors.TimeoutError, match=r"window closed for 0\.5 s"):
+                await stream.send(bytes(4096))
