@@ -24,7 +24,11 @@ then transcribes some audio a second time. On such a stream, with ``L`` the sess
    a duplicate, so the stream's later turns keep consecutive session indexes;
 2. an ``Update`` whose ``audio_window_end`` is at most ``H`` re-covers audio already reported and
    is dropped (the transcript the user sees never goes back);
-3. a ``StartOfTurn`` for a turn whose ``StartOfTurn`` was already delivered is dropped.
+3. a ``StartOfTurn`` for a turn whose ``StartOfTurn`` was already delivered is dropped;
+4. an ``EagerEndOfTurn`` for the open turn is dropped while the end of that turn predicted on an
+   earlier stream stands (no ``TurnResumed`` since): the replay makes Flux predict it again, and
+   the application, perhaps already drafting a reply on the first prediction, gets one per turn
+   until ``TurnResumed`` withdraws it.
 
 Other events pass: an ``EndOfTurn`` is never dropped outside rule 1, so a final is not lost. A
 turn the new stream re-detects from the tail of already-finalized audio *and* extends past
@@ -40,10 +44,12 @@ from typing import Final
 import attrs
 
 from flux_sagemaker.core.events import (
+    EagerEndOfTurn,
     EndOfTurn,
     ServerMessage,
     StartOfTurn,
     TurnInfo,
+    TurnResumed,
     Update,
 )
 from flux_sagemaker.errors import ValidationError
@@ -75,6 +81,10 @@ class TurnTracker:
     _open_start: float = attrs.field(init=False, default=0.0)
     _start_delivered: bool = attrs.field(init=False, default=False)
     _last: TurnInfo | None = attrs.field(init=False, default=None, repr=False)
+    # An EagerEndOfTurn of the open turn was delivered and no TurnResumed withdrew it; and
+    # whether that prediction came from an earlier stream (rule 4).
+    _predicted: bool = attrs.field(init=False, default=False)
+    _prediction_carried: bool = attrs.field(init=False, default=False)
     # The current stream: where its clock and its turn 0 sit on the session timeline.
     _offset: float = attrs.field(init=False, default=0.0)
     _base: int = attrs.field(init=False, default=0)
@@ -143,6 +153,7 @@ class TurnTracker:
             )
         self._base = self._next_index
         self._skipped = 0
+        self._prediction_carried = self._predicted
         if audio_offset_s is None:
             self._offset = max(self._offset, self._high_water)
             self._finalized_until = self._reported_until = None
@@ -177,6 +188,12 @@ class TurnTracker:
         if index < self._next_index:
             return None  # a turn already completed
         if isinstance(event, StartOfTurn) and index == self._open_index and self._start_delivered:
+            return None
+        if (
+            isinstance(event, EagerEndOfTurn)
+            and index == self._open_index
+            and self._prediction_carried
+        ):
             return None
         session_event = self._rewrite(event, index)
         self._track(session_event)
@@ -215,11 +232,14 @@ class TurnTracker:
         elif self._open_index == index:
             self._last = event
             self._start_delivered = self._start_delivered or isinstance(event, StartOfTurn)
+            self._note_prediction(event)
         elif isinstance(event, StartOfTurn) or event.transcript:
+            self._close()
             self._open_index = index
             self._open_start = event.audio_window_start
             self._start_delivered = isinstance(event, StartOfTurn)
             self._last = event
+            self._note_prediction(event)
         else:
             # An empty event for another index: between turns. Abandon a turn left open.
             self._close()
@@ -230,10 +250,17 @@ class TurnTracker:
         self._last_end = end if self._last_end is None else max(self._last_end, end)
         self._close()
 
+    def _note_prediction(self, event: TurnInfo) -> None:
+        if isinstance(event, EagerEndOfTurn):
+            self._predicted = True
+        elif isinstance(event, TurnResumed):
+            self._predicted = self._prediction_carried = False
+
     def _close(self) -> None:
         self._open_index = None
         self._start_delivered = False
         self._last = None
+        self._predicted = self._prediction_carried = False
 
     def stream_ended(self) -> EndOfTurn | None:
         """The server ended the current stream normally; finish the open turn, if any.

@@ -333,6 +333,53 @@ def test_reconnect_mid_turn_replays_without_duplicates() -> None:
     assert tracker.turns_completed == 2
 
 
+@pytest.mark.parametrize("then_resumed", [False, True])
+def test_a_replay_does_not_predict_the_open_turns_end_twice(then_resumed: bool) -> None:
+    """A fails between EagerEndOfTurn and EndOfTurn; B, replaying the turn, predicts its end
+    again. That repeat is dropped while the first prediction stands; after a TurnResumed,
+    a new prediction passes again."""
+    a, b = Server(), Server()
+    tracker = TurnTracker()
+    feed(
+        tracker,
+        [
+            a.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
+            a.turn("EagerEndOfTurn", 0, 0.0, 1.5, "a table for two"),
+        ],
+    )
+    tracker.start_stream(0.0)
+    replayed = [
+        b.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
+        b.turn("EagerEndOfTurn", 0, 0.0, 1.5, "a table for two"),
+    ]
+    if then_resumed:
+        replayed += [
+            b.turn("TurnResumed", 0, 0.0, 1.75, "a table for two please"),
+            b.turn("EagerEndOfTurn", 0, 0.0, 2.0, "a table for two please"),
+        ]
+    replayed.append(b.turn("EndOfTurn", 0, 0.0, 2.25, "a table for two please"))
+    out = feed(tracker, replayed)
+    expected = [("TurnResumed", 0, 1.75), ("EagerEndOfTurn", 0, 2.0)] if then_resumed else []
+    assert summary(out) == [*expected, ("EndOfTurn", 0, 2.25)]
+
+
+def test_a_prediction_withdrawn_before_the_replay_is_not_carried() -> None:
+    """EagerEndOfTurn then TurnResumed on A: no prediction stands, so B's passes."""
+    a, b = Server(), Server()
+    tracker = TurnTracker()
+    feed(
+        tracker,
+        [
+            a.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
+            a.turn("EagerEndOfTurn", 0, 0.0, 1.0, "a table for"),
+            a.turn("TurnResumed", 0, 0.0, 1.25, "a table for two"),
+        ],
+    )
+    tracker.start_stream(0.0)
+    out = feed(tracker, [b.turn("EagerEndOfTurn", 0, 0.0, 1.5, "a table for two")])
+    assert summary(out) == [("EagerEndOfTurn", 0, 1.5)]
+
+
 def test_replay_overlap_drops_finalized_turn() -> None:
     """B's replay starts 1 s before the last EndOfTurn (the buffer was trimmed coarsely)."""
     a, b = Server(), Server()

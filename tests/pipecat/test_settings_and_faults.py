@@ -99,6 +99,32 @@ async def test_eager_end_of_turn_and_turn_resumed() -> None:
     assert resumed == [True]
 
 
+@pytest.mark.parametrize("kind", [FaultKind.RESET_STREAM, FaultKind.DROP_CONNECTION])
+@pytest.mark.anyio
+async def test_a_reconnect_after_eager_end_of_turn_does_not_predict_the_turn_twice(
+    kind: FaultKind,
+) -> None:
+    # EagerEndOfTurn after 300 ms of pause (1.5 s), EndOfTurn (0.9) after 540 ms (1.74 s): the
+    # fault strikes between them, and the replay makes Flux predict the same end of turn again.
+    # A second EagerTranscriptionFrame with the first outstanding would start a second
+    # speculative response for the turn (Pipecat allows one prediction at a time).
+    audio = tone(1200) + silence(1500)
+    fault = Fault(kind=kind, after_audio_s=1.62)
+    async with MockFluxEndpoint(script=["a table for two"], faults=[fault]) as endpoint:
+        stt = service(endpoint, enable_eager_end_of_turn=True, settings=Settings(eot_threshold=0.9))
+        predicted = _record(stt, "on_eager_end_of_turn")
+        down, _ = await run(stt, audio_frames(audio))
+    first, replay = endpoint.streams
+    assert "EagerEndOfTurn" in first.event_types
+    assert "EndOfTurn" not in first.event_types
+    assert "EagerEndOfTurn" in replay.event_types  # Flux predicted it again
+    kinds = [type(f) for f in flux_frames(down)]
+    assert kinds.count(EagerTranscriptionFrame) == 1
+    assert EagerEndOfTurnCancelFrame not in kinds
+    assert texts(down) == ["a table for two"]
+    assert predicted == [("a table for two",)]
+
+
 @pytest.mark.anyio
 async def test_settings_update_sends_configure_where_the_bundle_accepts_it() -> None:
     async with MockFluxEndpoint(script=["first", "second"]) as endpoint:
