@@ -30,6 +30,7 @@ from pipecat.transcriptions.language import Language
 from pipecat.utils.errors import ErrorCategory
 
 from ..client import FluxClient
+from ..core.commands import CONFIGURABLE_FIELDS
 from ..core.settings import BundleCapabilities, FluxSettings
 from ..core.timers import MAX_TURN_SILENCE, MIN_TURN_SILENCE, KeepalivePolicy
 from ..errors import (
@@ -44,6 +45,7 @@ from ..errors import (
     UsageError,
     ValidationError,
 )
+from ..errors import TimeoutError as FluxTimeoutError
 from ..transport import Timeouts
 from .pending import CLOSE, Close, PendingAudio, max_pending_bytes
 from .turns import FluxTurnFrames
@@ -502,6 +504,15 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         except UsageError:
             return False  # the session closed or failed meanwhile
         except FluxError as exc:
+            if (
+                isinstance(exc, FluxTimeoutError)
+                and flux.capabilities.configure
+                and changes.keys() <= CONFIGURABLE_FIELDS
+            ):
+                # The Configure went unanswered (a stalled stream, or one replaced before it
+                # answered): nothing refused the settings, so a new session opens with them.
+                logger.warning(f"{self}: {exc}; a new session will take the settings")
+                return False
             # Nothing changed in the session (Flux answered ConfigureFailure, or the endpoint
             # refused the new stream, say): a later session must not open with what was refused.
             for name in fields:

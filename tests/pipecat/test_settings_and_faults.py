@@ -9,12 +9,15 @@ import pytest
 from pipecat.frames.frames import (
     EagerEndOfTurnCancelFrame,
     EagerTranscriptionFrame,
+    EndWorkerFrame,
     ErrorFrame,
     Frame,
     InputAudioRawFrame,
     STTUpdateSettingsFrame,
 )
-from pipecat.tests.utils import SleepFrame
+from pipecat.pipeline.worker import PipelineParams
+from pipecat.processors.frame_processor import FrameDirection
+from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.utils.errors import ErrorCategory
 
 from flux_sagemaker import BundleCapabilities, RetryPolicy, Timeouts, errors
@@ -234,6 +237,39 @@ async def test_an_update_whose_new_stream_is_refused_leaves_the_session_as_it_wa
     assert not error.category.is_permanent
     assert stt.is_usable
     assert stt._settings.profanity_filter is None
+
+
+@pytest.mark.anyio
+async def test_an_update_flux_never_answers_is_kept_for_a_new_session() -> None:
+    # Flux goes silent right after the first turn (1.62 s): the Configure made at its end gets
+    # no answer. Nothing refused the settings, so they are kept and a new session opens with
+    # them (as Pipecat's reconnect applies the settings in force); they are not reported as
+    # refused and dropped.
+    fault = Fault(kind=FaultKind.STALL, after_audio_s=1.69)
+    async with MockFluxEndpoint(script=["first", "second"], faults=[fault]) as endpoint:
+        stt = service(endpoint)
+
+        @stt.event_handler("on_end_of_turn")
+        async def update_then_end(_stt: Any, transcript: str) -> None:
+            if transcript == "first":
+                await stt.queue_frame(STTUpdateSettingsFrame(delta=Settings(eot_threshold=0.9)))
+                await stt.push_frame(EndWorkerFrame(), FrameDirection.UPSTREAM)
+
+        _, up = await run_test(
+            stt,
+            frames_to_send=audio_frames(spoken_turns(2)),
+            pipeline_params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE),
+            send_end_frame=False,  # the handler ends the pipeline, after the update
+            start_timeout=10.0,
+        )
+    [configure] = configures(endpoint)
+    assert configure["thresholds"] == {"eot_threshold": 0.9}
+    assert not endpoint.streams[0].event_types.count("ConfigureSuccess")
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    assert stt._settings.eot_threshold == 0.9
+    last = endpoint.streams[-1].settings
+    assert last is not None
+    assert last.eot_threshold == 0.9
 
 
 @pytest.mark.parametrize(
