@@ -422,6 +422,10 @@ class FluxClient:
             # A rollover in flight finishes first: its new stream is the one to close.
             with anyio.move_on_after(self._timeouts.close):
                 await self._switch_finished.wait()
+            if self._state == "closing":
+                # Another close() that waited for the switch too went on first: the same end.
+                await self._closed_event.wait()
+                return
             self._check_open("close")
         self._state = "closing"
         # In the session's task group, not the caller's task: a caller cancelled midway (its

@@ -129,3 +129,19 @@ async def next_of(flux: FluxClient, kind: type[T]) -> T:
         if isinstance(event, kind):
             return event
     raise AssertionError(f"the session ended before a {kind.__name__} arrived")
+
+
+def hold_the_second_request(ep: MockFluxEndpoint) -> tuple[anyio.Event, anyio.Event]:
+    """Have ``ep`` hold its second request: the first event returned is set when it arrives,
+    and the request is answered once the second is set."""
+    handle = ep._server._handler
+    held, release = anyio.Event(), anyio.Event()
+
+    async def handler(stream: Any) -> None:
+        if len(ep.streams) == 1:  # the endpoint records a request once it handles it
+            held.set()
+            await release.wait()
+        await handle(stream)
+
+    ep._server._handler = handler
+    return held, release

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import anyio
 import attrs
 import pytest
@@ -27,6 +29,7 @@ from .helpers import (
     EndpointFactory,
     client_for,
     collect,
+    hold_the_second_request,
     ms,
     next_of,
     of_type,
@@ -137,6 +140,42 @@ async def test_a_second_close_waits_for_the_drain_the_first_started(
     ends = of_type(events, EndOfTurn)
     assert [e.transcript for e in ends] == list(SAMPLE.turns)
     assert ep.streams[0].texts == ['{"type":"CloseStream"}']
+
+
+@pytest.mark.parametrize("then", ["close", "leave the block"])
+async def test_a_second_close_during_a_stream_switch_waits_for_the_same_drain(
+    endpoint: EndpointFactory, then: str
+) -> None:
+    """The first close() waits for a settings switch to finish when a second close(), or
+    leaving the block, comes: it waits for the same drain on the new stream, instead of
+    raising UsageError (which made leaving the block cut the drain short)."""
+    events: list[FluxEvent] = []
+    first_turn_done = SAMPLE.pcm[: ms(3100)]
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, anyio.create_task_group() as tg, client_for(ep) as flux:
+            held, release = hold_the_second_request(ep)
+            await flux.send_audio(first_turn_done)
+            await next_of(flux, EndOfTurn)
+            await flux.send_audio(MID_SECOND_TURN[len(first_turn_done) :])
+            tg.start_soon(collect, flux, events)
+            tg.start_soon(functools.partial(flux.update_settings, tags=("new",)))
+            await held.wait()  # the switch opens the next stream
+            tg.start_soon(flux.close)
+            await anyio.wait_all_tasks_blocked()  # the first close() waits for the switch
+
+            async def release_once_blocked() -> None:
+                await anyio.wait_all_tasks_blocked()  # the second one waits too
+                release.set()
+
+            tg.start_soon(release_once_blocked)
+            if then == "close":
+                await flux.close()
+                assert flux.is_closed
+    ends = of_type(events, EndOfTurn)
+    assert [e.transcript for e in ends] == [SAMPLE.turns[1]]
+    old, new = ep.streams
+    assert old.texts == new.texts == ['{"type":"CloseStream"}']
+    assert new.input_ended
 
 
 async def test_exiting_the_block_closes_gracefully(endpoint: EndpointFactory) -> None:

@@ -36,7 +36,6 @@ from flux_sagemaker.testing import (
     FLUX_MULTI_20260417,
     Fault,
     FaultKind,
-    MockFluxEndpoint,
     RequestFailure,
 )
 from flux_sagemaker.testing.server import RecordedStream
@@ -47,6 +46,7 @@ from .helpers import (
     EndpointFactory,
     client_for,
     collect,
+    hold_the_second_request,
     ms,
     next_of,
     of_type,
@@ -373,22 +373,6 @@ async def test_update_settings_cancelled_mid_switch_still_completes_the_switch(
     assert new.settings is not None
     assert new.settings.tags == ("new",)
     assert bytes(new.audio).endswith(SAMPLE.pcm[len(first_turn_done) :])
-
-
-def hold_the_second_request(ep: MockFluxEndpoint) -> tuple[anyio.Event, anyio.Event]:
-    """Have ``ep`` hold its second request: the first event returned is set when it arrives,
-    and the request is answered once the second is set."""
-    handle = ep._server._handler
-    held, release = anyio.Event(), anyio.Event()
-
-    async def handler(stream: Any) -> None:
-        if len(ep.streams) == 1:  # the endpoint records a request once it handles it
-            held.set()
-            await release.wait()
-        await handle(stream)
-
-    ep._server._handler = handler
-    return held, release
 
 
 def configure_in_force(stream: RecordedStream, eot_threshold: float) -> bool:
