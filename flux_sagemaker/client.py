@@ -1040,7 +1040,10 @@ class FluxClient:
     async def _fail(self, error: FluxError) -> None:
         synthetic = self._tracker.stream_ended()
         if synthetic is not None:
-            await self._deliver(synthetic)
+            # Forced (after the puts already waiting), as close() does: the consumer may be the
+            # task waiting in configure() or force_end_turn() for a stream, until this ends.
+            with contextlib.suppress(anyio.ClosedResourceError):
+                self._events.put_nowait(synthetic, force=True)
         self._finish(error)
 
     def _finish(self, error: FluxError | None) -> None:

@@ -562,3 +562,38 @@ async def test_a_control_message_made_during_a_reconnect_goes_out_on_the_new_str
         assert end.trigger == "manual"
         assert end.transcript == SAMPLE.turns[0]
     assert new.texts[-1] == '{"type":"CloseStream"}'
+
+
+async def test_a_control_message_from_the_consumer_ends_when_the_reconnect_fails_for_good(
+    endpoint: EndpointFactory,
+) -> None:
+    """The task iterating the events calls force_end_turn() while a failed stream is being
+    replaced, with its unread events filling the queue, and the reconnect is refused for
+    good: the session's end (the open turn's synthetic EndOfTurn, then the error) must not
+    wait for that task to make room, or neither ever ends."""
+    ep = endpoint(faults=[Fault(kind=FaultKind.RESET_STREAM, after_audio_s=1.0)])
+    retry = RetryPolicy(initial_backoff=0.01, jitter="none")
+    events: list[Any] = []
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with ep, client_for(ep, retry=retry, max_buffered_events=1) as flux:
+            held, release = hold_the_second_request(ep)
+            await flux.send_audio(FIRST_TURN)
+            await next_of(flux, StartOfTurn)  # then the events wait unread
+            while not held.is_set():  # a write finds the stream reset, the reconnect starts
+                await flux.send_audio(bytes(ms(20)))
+                await anyio.sleep(0.01)
+            ep.fail_requests(RequestFailure.model_error())
+
+            async def refuse_once_blocked() -> None:
+                await anyio.wait_all_tasks_blocked()  # force_end_turn() waits for a stream
+                release.set()
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(refuse_once_blocked)
+                with pytest.raises(UsageError, match="the session failed"):
+                    await flux.force_end_turn()
+            with pytest.raises(ModelError):
+                await collect(flux, events)
+    ends = of_type(events, EndOfTurn)
+    assert [e.synthetic for e in ends] == [True]
+    assert ep.streams[0].texts == []
