@@ -1123,8 +1123,9 @@ class FluxClient:
             # No Configure goes out while the next stream opens: answered on the old stream, it
             # would be in force there and not on the new one, opened with the settings from
             # before it. One under way is answered first; one made meanwhile waits for the new
-            # stream.
-            async with self._stream_change, self._configure_lock:
+            # stream. The Configure lock comes first: a Configure holding it may wait for a
+            # recovery's new stream, and the recovery for the stream-change lock.
+            async with self._configure_lock, self._stream_change:
                 await self._switch_to_new_stream(reason, changes, outcome)
         finally:
             self._switching = False

@@ -597,3 +597,58 @@ async def test_a_control_message_from_the_consumer_ends_when_the_reconnect_fails
     ends = of_type(events, EndOfTurn)
     assert [e.synthetic for e in ends] == [True]
     assert ep.streams[0].texts == []
+
+
+async def test_a_configure_waiting_for_a_reconnect_does_not_block_a_switch_and_the_reconnect(
+    endpoint: EndpointFactory,
+) -> None:
+    """A Configure is under way, a second waits for its turn, update_settings() starts a switch
+    behind them, and the stream fails. The second Configure, its turn come, waits for the new
+    stream: the reconnect must not wait for the switch, which waits for that Configure."""
+    ep = endpoint(faults=[Fault(kind=FaultKind.RESET_STREAM, after_audio_s=1.0)])
+    retry = RetryPolicy(initial_backoff=0.01, jitter="none")
+    answers: list[object] = []
+    first_configure = anyio.CancelScope()
+    switched = anyio.Event()
+
+    async def unanswered_configure(flux: FluxClient) -> None:
+        with first_configure:
+            await flux.configure(eot_threshold=0.8)
+
+    async def second_configure(flux: FluxClient) -> None:
+        answers.append(await flux.configure(keyterms=["seven"]))
+
+    async def update(flux: FluxClient) -> None:
+        await flux.update_settings(tags=("new",))
+        switched.set()
+
+    with anyio.fail_after(TEST_TIMEOUT):
+        # One event fills the queue: unread, the events hold the first Configure's answer back.
+        async with (
+            ep,
+            client_for(ep, retry=retry, max_buffered_events=1) as flux,
+            anyio.create_task_group() as tg,
+        ):
+            await flux.send_audio(SAMPLE.pcm[: ms(600)])
+            first = flux._current
+            assert first is not None
+            tg.start_soon(unanswered_configure, flux)
+            await anyio.wait_all_tasks_blocked()  # the first Configure waits for its answer
+            tg.start_soon(second_configure, flux)
+            await anyio.wait_all_tasks_blocked()  # the second waits for its turn
+            tg.start_soon(update, flux)
+            await anyio.wait_all_tasks_blocked()  # the switch waits for the Configures
+            await flux.send_audio(SAMPLE.pcm[ms(600) : ms(1200)])  # the stream is reset
+            while not first.retired:  # a write finds the stream reset
+                await flux.send_audio(bytes(ms(20)))
+                await anyio.sleep(0.01)
+            first_configure.cancel()  # the second Configure's turn, with no stream to go on
+            tg.start_soon(collect, flux)
+            await switched.wait()
+            await flux.close()
+    assert [type(a) for a in answers] == [ConfigureSuccess]
+    assert (flux.settings.tags, flux.settings.keyterms) == (("new",), ("seven",))
+    _, reconnected, switched_to = ep.streams
+    assert json.loads(reconnected.texts[0]) == {"type": "Configure", "keyterms": ["seven"]}
+    assert switched_to.settings is not None
+    assert (switched_to.settings.tags, switched_to.settings.keyterms) == (("new",), ("seven",))
