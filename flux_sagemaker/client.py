@@ -933,6 +933,11 @@ class FluxClient:
                 self._timers.on_server_data(_now())
                 proto = stream.proto
                 events = proto.receive_eof() if chunk is None else proto.receive_data(chunk)
+                # The protocol knows of a failure from now on, and writers see the stream
+                # failed: it must reach _on_failure without waiting for the consumer (perhaps
+                # the very task waiting in force_end_turn() for the stream that replaces it).
+                # The events before it are queued forced, as _take_data does.
+                failing = bool(events) and isinstance(events[-1], StreamFailed)
                 for event in events:
                     if isinstance(event, StreamFailed):
                         self._on_failure(stream, event.error)
@@ -940,6 +945,12 @@ class FluxClient:
                     if isinstance(event, StreamEnded):
                         await self._on_stream_ended(stream)
                         return
+                    if failing:
+                        item = self._observe(stream, event)
+                        if item is not None:
+                            with contextlib.suppress(anyio.ClosedResourceError):
+                                self._events.put_nowait(item, force=True)
+                        continue
                     await self._handle_event(stream, event)
                 if chunk is None:
                     return

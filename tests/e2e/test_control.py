@@ -21,6 +21,7 @@ from flux_sagemaker import (
     FluxError,
     KeepalivePolicy,
     ModelError,
+    Reconnected,
     RetryPolicy,
     ServerWarning,
     StartOfTurn,
@@ -39,6 +40,7 @@ from flux_sagemaker.testing import (
     RequestFailure,
 )
 from flux_sagemaker.testing.server import RecordedStream
+from flux_sagemaker.testing.session import exception_event, payload_part
 
 from .helpers import (
     SAMPLE,
@@ -652,3 +654,53 @@ async def test_a_configure_waiting_for_a_reconnect_does_not_block_a_switch_and_t
     assert json.loads(reconnected.texts[0]) == {"type": "Configure", "keyterms": ["seven"]}
     assert switched_to.settings is not None
     assert (switched_to.settings.tags, switched_to.settings.keyterms) == (("new",), ("seven",))
+
+
+async def test_a_control_message_from_the_consumer_after_a_packed_failure_waits_for_the_new_stream(
+    endpoint: EndpointFactory,
+) -> None:
+    """The server sends two events and its exception event in one DATA frame while the queue
+    is full: the protocol knows of the failure before the reader delivered the events. The
+    consumer's force_end_turn() then must see the stream failed and wait for the new one; it
+    looped on the failed stream (on trio without a checkpoint: the event loop froze)."""
+    ep = endpoint()
+    handle = ep._server._handler
+    requests = 0
+    go = anyio.Event()
+
+    async def packed_failure(stream: Any) -> None:
+        nonlocal requests
+        requests += 1
+        if requests > 1:
+            await handle(stream)  # the reconnect: the mock's own Flux
+            return
+        await stream.send_headers(
+            200,
+            [("content-type", "application/vnd.amazon.eventstream"), ("x-amzn-requestid", "r1")],
+        )
+        await stream.send_data(payload_part({"type": "Connected", "request_id": "f1"}))
+        await go.wait()
+        warnings = [
+            payload_part({"type": "Warning", "code": "W", "description": str(i)}) for i in (1, 2)
+        ]
+        broke = exception_event("ModelStreamError", "The model stream broke", "StreamBroken")
+        await stream.send_data(b"".join([*warnings, broke]))
+        await stream.end()
+
+    ep._server._handler = packed_failure
+    retry = RetryPolicy(initial_backoff=0.01, jitter="none")
+    events: list[Any] = []
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with ep, client_for(ep, retry=retry, max_buffered_events=1) as flux:
+            go.set()  # Connected, unread, fills the queue
+            await anyio.wait_all_tasks_blocked()  # the reader waits to deliver the first one
+            await flux.send_audio(FIRST_TURN)
+            await flux.force_end_turn()
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(collect, flux, events)
+                await flux.close()
+    assert [e.description for e in of_type(events, ServerWarning)] == ["1", "2"]
+    assert len(of_type(events, Reconnected)) == 1
+    (new,) = ep.streams  # the first request was answered by packed_failure, unrecorded
+    assert new.texts == ['{"type":"ForceEndTurn"}', '{"type":"CloseStream"}']
+    assert bytes(new.audio) == FIRST_TURN
