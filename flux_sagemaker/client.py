@@ -795,6 +795,9 @@ class FluxClient:
                 # The stream failed during the flush: no answer will come from it.
                 if waiter is not None and waiter in self._pending_configures:
                     self._pending_configures.remove(waiter)
+            # Not written: the stream failed and its reader has yet to retire it. Let the
+            # reader run rather than spin (on trio, a loop without a checkpoint freezes all).
+            await anyio.lowlevel.checkpoint()
 
     async def _write_control(self, stream: LiveStream, message: bytes, sent: list[bool]) -> None:
         if not await self._flush_audio(stream):
