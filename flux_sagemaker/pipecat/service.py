@@ -83,6 +83,10 @@ _NOT_SENT: Final = _LOCAL_FIELDS | {"language"}
 _MAX_PENDING_AUDIO_SECONDS: Final = 10.0
 # How long stop() waits for the last turns after CloseStream before giving up on them, at
 # least: a longer Timeouts.close given to the client gets its whole time, and a little more.
+# Longest a settings update holds the frames behind it: Flux's answer to a Configure (5 s),
+# plus a reconnect under way, which the Configure waits for. Past it, a new session takes the
+# settings at the end of the turn.
+_UPDATE_WAIT: Final = 10.0
 _STOP_TIMEOUT: Final = 15.0
 _STOP_MARGIN: Final = 5.0
 _ERROR_CATEGORIES: Final = (
@@ -500,7 +504,14 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         if not changes:
             return True
         try:
-            await flux.update_settings(**changes)
+            with anyio.move_on_after(_UPDATE_WAIT) as waited:
+                await flux.update_settings(**changes)
+            if waited.cancelled_caught:
+                logger.warning(
+                    f"{self}: the session did not take the settings within {_UPDATE_WAIT} s "
+                    "(a reconnect under way); a new session will take them"
+                )
+                return False
         except UsageError:
             return False  # the session closed or failed meanwhile
         except FluxError as exc:

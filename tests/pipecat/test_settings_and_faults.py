@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import anyio
 import pytest
 from pipecat.frames.frames import (
     EagerEndOfTurnCancelFrame,
@@ -22,6 +23,7 @@ from pipecat.utils.errors import ErrorCategory
 
 from flux_sagemaker import BundleCapabilities, RetryPolicy, Timeouts, errors
 from flux_sagemaker.pipecat import DeepgramFluxSageMakerSTTService
+from flux_sagemaker.pipecat import service as service_module
 from flux_sagemaker.samples import load_sample
 from flux_sagemaker.testing import (
     FLUX_ENGLISH_20260311,
@@ -420,3 +422,52 @@ def test_stop_waits_out_a_longer_close_timeout(close: float | None, waited: floa
         endpoint_name="unused", region="us-east-1", timeouts=timeouts
     )
     assert stt._stop_timeout() == waited
+
+
+@pytest.mark.anyio
+async def test_an_update_during_a_slow_reconnect_does_not_hold_the_frames_behind_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The update comes while the client replaces a reset stream, and the new stream takes
+    # longer than the update may hold the frames behind it (shortened here from 10 s): it gives
+    # up waiting, and a new session takes the settings at the end of the turn. Without the bound
+    # it waited for the reconnect, then went out as a Configure.
+    monkeypatch.setattr(service_module, "_UPDATE_WAIT", 0.3)
+    fault = Fault(kind=FaultKind.RESET_STREAM, after_audio_s=0.5)
+    async with MockFluxEndpoint(script=["first", "second"], faults=[fault]) as endpoint:
+        stt = service(
+            endpoint,
+            retry=RetryPolicy(initial_backoff=0.01, jitter="none"),
+            timeouts=Timeouts(connected=1.5),
+        )
+        handle = endpoint._server._handler
+        held: list[Any] = []
+
+        async def hold_the_reconnect(stream: Any) -> None:
+            if len(endpoint.streams) == 1 and not held:  # the first reconnect attempt
+                held.append(stream)
+                await stt.queue_frame(STTUpdateSettingsFrame(delta=Settings(eot_threshold=0.9)))
+                await anyio.sleep_forever()  # the client gives up on it (Timeouts.connected)
+            await handle(stream)
+
+        endpoint._server._handler = hold_the_reconnect
+
+        @stt.event_handler("on_end_of_turn")
+        async def end_after_the_second_turn(_stt: Any, transcript: str) -> None:
+            if transcript == "second":
+                await stt.push_frame(EndWorkerFrame(), FrameDirection.UPSTREAM)
+
+        _, up = await run_test(
+            stt,
+            frames_to_send=audio_frames(spoken_turns(2)),
+            pipeline_params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE),
+            send_end_frame=False,  # the handler ends the pipeline
+            start_timeout=10.0,
+        )
+    assert held
+    assert configures(endpoint) == []
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
+    assert stt._settings.eot_threshold == 0.9
+    last = endpoint.streams[-1].settings
+    assert last is not None
+    assert last.eot_threshold == 0.9
