@@ -409,7 +409,9 @@ class FluxClient:
         server ends a turn without ``EndOfTurn``, a synthetic final ``EndOfTurn`` is delivered.
         A call while another one drains waits for the same end; after the end it does
         nothing. Cancelling the call does not cancel the close: it goes on in the background,
-        and the session ends within ``Timeouts.close`` all the same.
+        and the session ends within ``Timeouts.close`` of ``CloseStream`` all the same. A
+        stream switch in flight (a rollover, a settings change) is waited for first, for up to
+        ``Timeouts.close`` more, so that its new stream is the one closed.
         """
         if self._state == "closed":
             return
