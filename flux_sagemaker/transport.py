@@ -291,6 +291,10 @@ class H2Connection(H2ConnectionBase):
         """
         self._opening += 1  # before any await: the pool counts it in has_capacity
         reserved = True
+        # One limit for the whole wait: a wake that finds no slot (another opener took it, a
+        # SETTINGS frame) must not start it over, or openers could wait for ever.
+        limit = self.timeouts.connect
+        deadline = None if limit is None else anyio.current_time() + limit
         try:
             while True:
                 async with self._write_lock:
@@ -319,7 +323,8 @@ class H2Connection(H2ConnectionBase):
                     f"no free stream slot within {self.timeouts.connect} s "
                     f"(the server allows {self.max_concurrent_streams})"
                 )
-                await wait_event(event, self.timeouts.connect, msg)
+                left = None if deadline is None else deadline - anyio.current_time()
+                await wait_event(event, left, msg)
         finally:
             if reserved:
                 self._opening -= 1

@@ -15,6 +15,7 @@ import anyio
 import h2.config
 import h2.connection
 import h2.events
+import h2.settings
 import pytest
 import trustme
 from hypothesis import HealthCheck, given, settings
@@ -1150,3 +1151,29 @@ async def test_connection_window_updates_do_not_restart_a_shut_streams_write_lim
             await stream.response()
             with pytest.raises(errors.TimeoutError, match=r"window closed for 0\.5 s"):
                 await stream.send(bytes(4096))
+
+
+async def test_settings_frames_do_not_restart_the_wait_for_a_stream_slot() -> None:
+    """At the server's limit of one stream, the server keeps sending SETTINGS: each wakes the
+    opener waiting for a slot, which must not start its ``Timeouts.connect`` wait over."""
+
+    async def handler(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        conn = stream._conn
+        for _ in range(200):
+            async with conn._write_lock:
+                conn._h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1})
+                await conn._flush_locked()
+            await anyio.sleep(0.05)
+        await anyio.sleep_forever()
+
+    timeouts = Timeouts(ping_interval=None, connect=0.5)
+    with anyio.fail_after(10):
+        async with serve_and_connect(handler, timeouts=timeouts, max_concurrent_streams=1) as (
+            _,
+            conn,
+        ):
+            first = await open_post(conn)
+            await first.response()
+            with pytest.raises(errors.TimeoutError, match=r"no free stream slot within 0\.5 s"):
+                await open_post(conn)
