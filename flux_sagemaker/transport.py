@@ -479,7 +479,10 @@ class H2Connection(H2ConnectionBase):
 
     async def _send_ping(self, wait: float) -> None:
         self._ping_count += 1
-        self._h2.ping(self._ping_count.to_bytes(8, "big"))
+        try:
+            self._h2.ping(self._ping_count.to_bytes(8, "big"))
+        except h2.exceptions.ProtocolError:
+            return  # h2 closed on the peer's protocol error: the reader reports it next
         self._ping_wait = wait
         self._ping_deadline = anyio.current_time() + wait
         await self._flush_soon()

@@ -1177,3 +1177,15 @@ async def test_settings_frames_do_not_restart_the_wait_for_a_stream_slot() -> No
             await first.response()
             with pytest.raises(errors.TimeoutError, match=r"no free stream slot within 0\.5 s"):
                 await open_post(conn)
+
+
+async def test_a_probe_in_the_instant_h2_closed_gets_no_raw_h2_error() -> None:
+    """On the peer's protocol error h2 closes at once, and the reader stores the error only
+    after writing its GOAWAY: a sender's window probe made meanwhile must not raise h2's own
+    ProtocolError (not a FluxError) to the sender."""
+    with anyio.fail_after(10):
+        async with serve_and_connect(echo) as (_, conn):
+            stream = await open_post(conn)
+            await stream.response()
+            conn._h2.close_connection()  # as h2 does on the protocol error, before the reader
+            await conn.probe(1.0)
