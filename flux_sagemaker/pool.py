@@ -188,6 +188,13 @@ class ConnectionPool:
                 if attempt == _OPEN_ATTEMPTS - 1:
                     raise
                 continue
+            except errors.TransportError:
+                # The connection failed otherwise (a socket write past Timeouts.write) before
+                # these headers went out: another connection may take the request.
+                if conn.error is None or attempt == _OPEN_ATTEMPTS - 1:
+                    raise  # the connection is fine: no stream slot came free in time
+                self._drop_unavailable(conn)
+                continue
             self._streams_opened += 1
             return stream
         raise AssertionError("unreachable")  # pragma: no cover

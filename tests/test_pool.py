@@ -301,3 +301,41 @@ async def test_default_pool_is_shared_per_event_loop() -> None:
 def test_pool_arguments_are_validated(name: str, value: object) -> None:
     with pytest.raises(errors.ValidationError, match=f"^{name} must be"):
         ConnectionPool(**{name: value})
+
+
+async def test_an_opener_caught_by_its_connections_write_timeout_goes_to_another() -> None:
+    """The connection's socket write is stuck, and the connection fails at ``Timeouts.write``
+    while an opener waits to send its headers there: that request never left, so the pool
+    opens it on a new connection instead of raising the write's TimeoutError."""
+
+    async def handler(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        await stream.end()
+
+    async with H2Server(handler) as server, ConnectionPool() as pool:
+        with anyio.fail_after(10):
+            first = await open_to(pool, server)
+            await first.response()
+            conn = first.connection
+            held, release = anyio.Event(), anyio.Event()
+
+            async def stuck_writer() -> None:
+                async with conn._write_lock:  # a socket write that does not end
+                    held.set()
+                    await release.wait()
+                    conn._fail(errors.TimeoutError("the socket write took longer than 0.5 s"))
+
+            opened: list[H2Stream] = []
+
+            async def opener() -> None:
+                opened.append(await open_to(pool, server))
+
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stuck_writer)
+                await held.wait()
+                tg.start_soon(opener)
+                await anyio.wait_all_tasks_blocked()  # the opener waits for the write lock
+                release.set()
+            (second,) = opened
+            assert second.connection is not conn
+            assert (await second.response())[0] == 200
