@@ -25,7 +25,7 @@ import time
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from types import TracebackType
-from typing import Any, NamedTuple, Self
+from typing import Any, NamedTuple, Self, TypeVar
 
 import anyio
 import anyio.abc
@@ -79,6 +79,7 @@ from .transport import Timeouts
 __all__ = ["ClientStats", "FluxClient", "FluxEvent"]
 
 logger = logging.getLogger("flux_sagemaker")
+_T = TypeVar("_T")
 
 # The session's timers only compare times taken here (sleeps are relative), and
 # time.monotonic() is far cheaper on the hot path than the event loop's clock via anyio.
@@ -379,9 +380,7 @@ class FluxClient:
 
     async def _shutdown(self, exc: BaseException | None) -> None:
         """Free every stream and task; never hangs, never raises a group."""
-        self._state = "closed"
-        self._closed_event.set()
-        self._stream_installed.set()
+        self._mark_closed()
         self._wake_supervisor()
         with anyio.CancelScope(shield=True):
             for stream in self._streams:
@@ -415,20 +414,16 @@ class FluxClient:
         """
         if self._state == "closed":
             return
-        if self._state == "closing":
-            # Returning now would let this caller leave the block and cut the drain short.
-            await self._closed_event.wait()
-            return
-        self._check_open("close")
-        if self._switching:
+        if self._state == "open" and self._switching:
             # A rollover in flight finishes first: its new stream is the one to close.
             with anyio.move_on_after(self._timeouts.close):
                 await self._switch_finished.wait()
-            if self._state == "closing":
-                # Another close() that waited for the switch too went on first: the same end.
-                await self._closed_event.wait()
-                return
-            self._check_open("close")
+        if self._state == "closing":
+            # Another close() went on first (perhaps while this one waited for the switch):
+            # returning now would let this caller leave the block and cut the drain short.
+            await self._closed_event.wait()
+            return
+        self._check_open("close")
         self._state = "closing"
         # In the session's task group, not the caller's task: a caller cancelled midway (its
         # own, shorter timeout) must not leave the session closing with no CloseStream sent,
@@ -465,8 +460,7 @@ class FluxClient:
             # with what was heard. Forced: close() must not wait for a consumer to make room.
             synthetic = self._tracker.stream_ended()
             if synthetic is not None:
-                with contextlib.suppress(anyio.ClosedResourceError):
-                    self._events.put_nowait(synthetic, force=True)
+                self._deliver_now(synthetic)
             self._finish(
                 TimeoutError(
                     f"the stream did not end within {self._timeouts.close} s of CloseStream",
@@ -539,9 +533,9 @@ class FluxClient:
             # sending loop must stop, not go on through calls that never reach a checkpoint.
             await anyio.lowlevel.checkpoint_if_cancelled()
 
-    async def _uncancelled(self, func: Callable[..., Awaitable[None]], *args: Any) -> None:
-        """Run ``func(*args)`` to its end even if the caller is cancelled meanwhile; the
-        cancellation goes through afterwards.
+    async def _uncancelled(self, func: Callable[..., Awaitable[_T]], *args: Any) -> _T:
+        """Run ``func(*args)`` to its end even if the caller is cancelled meanwhile, and return
+        its result; the cancellation goes through afterwards.
 
         anyio's shield holds off anyio's and trio's cancellation, not asyncio's own
         (``Task.cancel()``: ``asyncio.timeout``, ``wait_for``, asyncio's TaskGroup), which is
@@ -551,8 +545,7 @@ class FluxClient:
         cancelled: BaseException | None = None
         with anyio.CancelScope(shield=True):
             if not self._on_asyncio:
-                await func(*args)
-                return
+                return await func(*args)
             task = asyncio.ensure_future(func(*args))
             while not task.done():
                 try:
@@ -560,8 +553,7 @@ class FluxClient:
                 except asyncio.CancelledError as exc:
                     cancelled = exc
         if cancelled is None:
-            task.result()
-            return
+            return task.result()
         if not task.cancelled():
             task.exception()  # retrieved: the caller's cancellation is what it raises
         raise cancelled
@@ -790,9 +782,7 @@ class FluxClient:
                 self._check_open("send a control message")
                 if waiter is not None:
                     self._pending_configures.append(waiter)
-                sent: list[bool] = []
-                await self._uncancelled(self._write_control, current, message, sent)
-                if sent:
+                if await self._uncancelled(self._write_control, current, message):
                     return
                 # The stream failed during the flush: no answer will come from it.
                 if waiter is not None and waiter in self._pending_configures:
@@ -801,11 +791,12 @@ class FluxClient:
             # reader run rather than spin (on trio, a loop without a checkpoint freezes all).
             await anyio.lowlevel.checkpoint()
 
-    async def _write_control(self, stream: LiveStream, message: bytes, sent: list[bool]) -> None:
+    async def _write_control(self, stream: LiveStream, message: bytes) -> bool:
+        """Write ``message`` after the pending audio; ``False`` if ``stream`` failed first."""
         if not await self._flush_audio(stream):
-            return  # it failed meanwhile: the caller waits for the stream that replaces it
-        sent.append(True)
+            return False  # the caller waits for the stream that replaces it
         await self._write(stream, stream.proto.send_json(message))
+        return True
 
     # -- events -------------------------------------------------------------------------------
 
@@ -825,6 +816,12 @@ class FluxClient:
         if isinstance(item, FluxError):
             raise item
         return item
+
+    def _deliver_now(self, item: FluxEvent) -> None:
+        """Queue ``item`` past the queue's bound (after the puts already waiting): for a task
+        that must not wait for the consumer, which may be the very task it would hold up."""
+        with contextlib.suppress(anyio.ClosedResourceError):
+            self._events.put_nowait(item, force=True)
 
     async def _deliver(self, item: FluxEvent | FluxError) -> None:
         with contextlib.suppress(anyio.ClosedResourceError):
@@ -919,8 +916,7 @@ class FluxClient:
                 assert not isinstance(event, StreamEnded)  # only receive_eof() ends a stream
                 item = self._observe(stream, event)
                 if item is not None:
-                    with contextlib.suppress(anyio.ClosedResourceError):
-                        self._events.put_nowait(item, force=True)
+                    self._deliver_now(item)
         except Exception as exc:  # the connection's reader must not die of our bug
             logger.exception("a Flux event handler failed")
             self._finish(LocalProtocolError(f"internal error in the Flux client: {exc!r}"))
@@ -953,8 +949,7 @@ class FluxClient:
                     if failing:
                         item = self._observe(stream, event)
                         if item is not None:
-                            with contextlib.suppress(anyio.ClosedResourceError):
-                                self._events.put_nowait(item, force=True)
+                            self._deliver_now(item)
                         continue
                     await self._handle_event(stream, event)
                 if chunk is None:
@@ -1056,10 +1051,9 @@ class FluxClient:
     async def _fail(self, error: FluxError) -> None:
         synthetic = self._tracker.stream_ended()
         if synthetic is not None:
-            # Forced (after the puts already waiting), as close() does: the consumer may be the
-            # task waiting in configure() or force_end_turn() for a stream, until this ends.
-            with contextlib.suppress(anyio.ClosedResourceError):
-                self._events.put_nowait(synthetic, force=True)
+            # Forced, as close() does: the consumer may be the task waiting in configure() or
+            # force_end_turn() for a stream, until this ends.
+            self._deliver_now(synthetic)
         self._finish(error)
 
     def _finish(self, error: FluxError | None) -> None:
@@ -1072,17 +1066,20 @@ class FluxClient:
             except anyio.WouldBlock:
                 # A full queue: deliver the error once the consumer has made room.
                 self._task_group_start(self._deliver_then_close, error)
-                self._state = "closed"
-                self._closed_event.set()
-                self._stream_installed.set()
+                self._mark_closed()
                 return
             except anyio.ClosedResourceError:
                 pass
-        self._state = "closed"
-        self._closed_event.set()
-        self._stream_installed.set()  # control messages waiting for a stream: it is over
+        self._mark_closed()
         self._events.close()
         self._wake_supervisor()
+
+    def _mark_closed(self) -> None:
+        """The session is over: wake close() callers and control messages waiting for a
+        stream (they find the session closed)."""
+        self._state = "closed"
+        self._closed_event.set()
+        self._stream_installed.set()
 
     async def _deliver_then_close(self, error: FluxError) -> None:
         await self._deliver(error)
@@ -1267,8 +1264,7 @@ class FluxClient:
             # Forced, with no await since the epoch moved: the figures are exact, the event
             # comes before the new stream's, and a consumer that is behind (perhaps the task
             # that sends the audio) cannot hold the send lock.
-            with contextlib.suppress(anyio.ClosedResourceError):
-                self._events.put_nowait(announce(figures), force=True)
+            self._deliver_now(announce(figures))
             # Without a byte rate (Opus, containers) nothing is replayed and times cannot be
             # mapped: None places the new stream after everything already delivered.
             self._tracker.start_stream(
