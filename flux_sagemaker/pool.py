@@ -183,17 +183,18 @@ class ConnectionPool:
             try:
                 # No checkpoint since _acquire chose conn: open_stream reserves its slot at once.
                 stream = await conn.open_stream(method, key[0], authority, path, headers)
-            except (errors.GoAway, errors.ConnectionLost):
+            except errors.TransportError as exc:
+                # The connection went away (GOAWAY, lost, a socket write past Timeouts.write)
+                # before these headers went out: another connection may take the request. A
+                # healthy one that had no stream slot free in time is the caller's answer.
+                if (
+                    not isinstance(exc, errors.GoAway | errors.ConnectionLost)
+                    and conn.error is None
+                ):
+                    raise
                 self._drop_unavailable(conn)
                 if attempt == _OPEN_ATTEMPTS - 1:
                     raise
-                continue
-            except errors.TransportError:
-                # The connection failed otherwise (a socket write past Timeouts.write) before
-                # these headers went out: another connection may take the request.
-                if conn.error is None or attempt == _OPEN_ATTEMPTS - 1:
-                    raise  # the connection is fine: no stream slot came free in time
-                self._drop_unavailable(conn)
                 continue
             self._streams_opened += 1
             return stream
