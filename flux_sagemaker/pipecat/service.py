@@ -81,12 +81,12 @@ _NOT_SENT: Final = _LOCAL_FIELDS | {"language"}
 # Audio held while no session accepts it (connecting, reconnecting): beyond this the oldest
 # audio goes, since a live conversation cannot use speech older than that anyway.
 _MAX_PENDING_AUDIO_SECONDS: Final = 10.0
-# How long stop() waits for the last turns after CloseStream before giving up on them, at
-# least: a longer Timeouts.close given to the client gets its whole time, and a little more.
 # Longest a settings update holds the frames behind it: Flux's answer to a Configure (5 s),
 # plus a reconnect under way, which the Configure waits for. Past it, a new session takes the
 # settings at the end of the turn.
 _UPDATE_WAIT: Final = 10.0
+# How long stop() waits for the last turns after CloseStream before giving up on them, at
+# least: a longer Timeouts.close given to the client gets its whole time, and a little more.
 _STOP_TIMEOUT: Final = 15.0
 _STOP_MARGIN: Final = 5.0
 _ERROR_CATEGORIES: Final = (
