@@ -1124,6 +1124,20 @@ async def test_a_shut_window_on_a_live_peer_still_waits_out_the_write_limit() ->
             assert conn._ping_count == 1  # probed once, answered
 
 
+async def wake_the_client_again_and_again(
+    stream: ServerStream, frame: Callable[[], object]
+) -> None:
+    """The server side of a peer that keeps waking the client: ``frame`` queues one frame in
+    h2, sent every 50 ms (for about 10 s, past the tests' hang bound)."""
+    conn = stream._conn
+    for _ in range(200):
+        async with conn._write_lock:
+            frame()
+            await conn._flush_locked()
+        await anyio.sleep(0.05)
+    await anyio.sleep_forever()
+
+
 async def test_connection_window_updates_do_not_restart_a_shut_streams_write_limit() -> None:
     """The server keeps the stream's window shut but sends WINDOW_UPDATE on the connection
     now and then (as its other streams are read): each wakes the sender, which must not
@@ -1131,15 +1145,11 @@ async def test_connection_window_updates_do_not_restart_a_shut_streams_write_lim
 
     async def handler(stream: ServerStream) -> None:
         await stream.send_headers(200)
-        conn = stream._conn
         while stream.buffered < 1024:  # noqa: ASYNC110 - the client fills the stream window
             await anyio.sleep(0.01)
-        for _ in range(1024):  # the connection's bytes, opened again one at a time
-            async with conn._write_lock:
-                conn._h2.increment_flow_control_window(1)
-                await conn._flush_locked()
-            await anyio.sleep(0.05)
-        await anyio.sleep_forever()
+        # The connection's bytes, opened again one at a time.
+        h2c = stream._conn._h2
+        await wake_the_client_again_and_again(stream, lambda: h2c.increment_flow_control_window(1))
 
     timeouts = Timeouts(ping_interval=None, write=0.5)
     with anyio.fail_after(10):
@@ -1159,13 +1169,9 @@ async def test_settings_frames_do_not_restart_the_wait_for_a_stream_slot() -> No
 
     async def handler(stream: ServerStream) -> None:
         await stream.send_headers(200)
-        conn = stream._conn
-        for _ in range(200):
-            async with conn._write_lock:
-                conn._h2.update_settings({h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1})
-                await conn._flush_locked()
-            await anyio.sleep(0.05)
-        await anyio.sleep_forever()
+        h2c = stream._conn._h2
+        limit = {h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: 1}
+        await wake_the_client_again_and_again(stream, lambda: h2c.update_settings(limit))
 
     timeouts = Timeouts(ping_interval=None, connect=0.5)
     with anyio.fail_after(10):
