@@ -62,14 +62,16 @@ def tests(session: nox.Session) -> None:
 
     On the first Python, on asyncio and trio with branch coverage; on the others, on asyncio
     only and without coverage: all three versions in full took 28 minutes on a 2-core CI
-    machine, whose budget is 20.
+    machine, whose budget is 20. Tests run in one worker per core (pytest-xdist; `-- -n 0`
+    runs them in one process); coverage follows the workers through its subprocess patch.
     """
     _install(session, "testing", "pipecat", groups=("test",))
+    pytest_args = ["-n", "auto", *session.posargs]
     if session.python != PYTHONS[0]:
-        session.run("pytest", *session.posargs, env={"FLUX_TEST_BACKENDS": "asyncio"})
+        session.run("pytest", *pytest_args, env={"FLUX_TEST_BACKENDS": "asyncio"})
         return
     session.run("coverage", "erase")
-    session.run("coverage", "run", "-m", "pytest", *session.posargs)
+    session.run("coverage", "run", "-m", "pytest", *pytest_args)
     session.run("coverage", "combine", "--quiet")
     session.run("coverage", "report", "--fail-under=90")
     session.run(
