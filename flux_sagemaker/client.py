@@ -43,6 +43,8 @@ from .core.events import (
     Connected,
     EndOfTurn,
     ServerMessage,
+    ServerWarning,
+    Trigger,
     TurnInfo,
 )
 from .core.lifecycle import ClientEvent, Reconnected, StreamRolledOver
@@ -264,6 +266,10 @@ class FluxClient:
         # No yield when uncontended: send_audio is the hot path.
         self._send_lock = anyio.Lock(fast_acquire=True)
         self._pending_configures: deque[_Ack] = deque()
+        # Where in the replay's audio each ForceEndTurn not answered yet went out: a stream
+        # that fails (or is rolled over) before answering gets them again, in place, in the
+        # replay that brings their turn back.
+        self._unanswered_force_ends: deque[int] = deque()
         self._configure_lock = anyio.Lock()
         self._task_group: anyio.abc.TaskGroup | None = None
         self._events: EventQueue[FluxEvent | FluxError] = EventQueue(max_buffered_events)
@@ -761,9 +767,11 @@ class FluxClient:
             raise CapabilityError(
                 "this endpoint's Flux bundle does not accept ForceEndTurn (it would end the stream)"
             )
-        await self._send_control(commands.force_end_turn())
+        await self._send_control(commands.force_end_turn(), ends_turn=True)
 
-    async def _send_control(self, message: bytes, waiter: _Ack | None = None) -> None:
+    async def _send_control(
+        self, message: bytes, waiter: _Ack | None = None, *, ends_turn: bool = False
+    ) -> None:
         """Write a control message after the pending audio; a Configure's ``waiter`` waits for
         its answer from then on (even if the caller is cancelled while it is written).
 
@@ -782,7 +790,7 @@ class FluxClient:
                 self._check_open("send a control message")
                 if waiter is not None:
                     self._pending_configures.append(waiter)
-                if await self._uncancelled(self._write_control, current, message):
+                if await self._uncancelled(self._write_control, current, message, ends_turn):
                     return
                 # The stream failed during the flush: no answer will come from it.
                 if waiter is not None and waiter in self._pending_configures:
@@ -791,10 +799,14 @@ class FluxClient:
             # reader run rather than spin (on trio, a loop without a checkpoint freezes all).
             await anyio.lowlevel.checkpoint()
 
-    async def _write_control(self, stream: LiveStream, message: bytes) -> bool:
+    async def _write_control(self, stream: LiveStream, message: bytes, ends_turn: bool) -> bool:
         """Write ``message`` after the pending audio; ``False`` if ``stream`` failed first."""
         if not await self._flush_audio(stream):
             return False  # the caller waits for the stream that replaces it
+        if ends_turn and self._format.bytes_per_second:
+            # Audio accepted during the flush is in the replay buffer, and goes out after this.
+            sent = self._replay.total_bytes - self._coalescer.pending_bytes
+            self._unanswered_force_ends.append(sent)
         await self._write(stream, stream.proto.send_json(message))
         return True
 
@@ -985,7 +997,16 @@ class FluxClient:
                     self._settings = waiter.message.apply_to(self._settings)
                 waiter.answer = event
                 waiter.done.set()
+        elif isinstance(event, ServerWarning):
+            if event.code == "FORCE_END_TURN_NO_ACTIVE_TURN" and self._unanswered_force_ends:
+                self._unanswered_force_ends.popleft()
         elif isinstance(event, TurnInfo):
+            if (
+                isinstance(event, EndOfTurn)
+                and event.trigger == Trigger.MANUAL
+                and self._unanswered_force_ends
+            ):
+                self._unanswered_force_ends.popleft()  # Flux answers them in order
             observed = self._tracker.observe(event)
             if observed is None:
                 return None
@@ -1270,15 +1291,37 @@ class FluxClient:
             self._tracker.start_stream(
                 self._format.duration(start) if self._format.bytes_per_second else None
             )
+            force_ends = self._force_ends_in_replay(start)
             self._install(stream)
-            step = self._coalescer.target_bytes or len(replay) or 1
-            for offset in range(0, len(replay), step):
-                await self._write_audio(stream, replay[offset : offset + step])
+            written = 0
+            for place in force_ends:
+                await self._write_replay(stream, replay, written, place)
+                if _writable(stream):
+                    await self._write(stream, stream.proto.send_json(commands.force_end_turn()))
+                written = place
+            await self._write_replay(stream, replay, written, len(replay))
             self._stats.replayed_bytes += len(replay)
             # close() was called while the stream was being replaced: the audio it accepted
             # meanwhile (a partial event) goes before CloseStream.
             if self._state == "closing" and _writable(stream) and await self._flush_audio(stream):
                 await self._write(stream, stream.proto.send_close_stream())
+
+    def _force_ends_in_replay(self, start: int) -> list[int]:
+        """The unanswered ForceEndTurns' places in a replay from ``start``, in order.
+
+        One before ``start`` went out before the last completed turn ended (the replay starts
+        after it), or the buffer's bound dropped its turn's audio: it is not sent again.
+        """
+        unanswered = self._unanswered_force_ends
+        while unanswered and unanswered[0] < start:
+            unanswered.popleft()
+        return [sent - start for sent in unanswered]
+
+    async def _write_replay(self, stream: LiveStream, replay: bytes, start: int, end: int) -> None:
+        """Write ``replay[start:end]`` in events of the coalescing size."""
+        step = self._coalescer.target_bytes or (end - start) or 1
+        for offset in range(start, end, step):
+            await self._write_audio(stream, replay[offset : min(offset + step, end)])
 
     async def _end_input(self, stream: LiveStream) -> None:
         if stream.proto.input_ended:

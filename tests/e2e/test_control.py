@@ -566,6 +566,96 @@ async def test_a_control_message_made_during_a_reconnect_goes_out_on_the_new_str
     assert new.texts[-1] == '{"type":"CloseStream"}'
 
 
+def audio_before_each_text(stream: RecordedStream) -> list[int]:
+    """How many audio bytes the stream had received when each of its text messages came."""
+    sizes = iter(stream.audio_event_sizes)
+    received, before = 0, []
+    for kind in stream.inputs:
+        if kind == "BINARY":
+            received += next(sizes)
+        elif kind != "END":
+            before.append(received)
+    return before
+
+
+@pytest.mark.parametrize("replaced_by", ["failure", "rollover"])
+async def test_a_force_end_turn_its_stream_never_answered_goes_out_again_in_the_replay(
+    endpoint: EndpointFactory, replaced_by: str
+) -> None:
+    """ForceEndTurn was written, then its stream was replaced before the EndOfTurn came back:
+    it failed (Flux stalled), or a settings change rolled it over (Flux answers late, and a
+    replaced stream's events do not count). The replay brings the open turn back on the new
+    stream: without the ForceEndTurn again, at its place in that audio, the turn would end
+    only when Flux ends it on its own (in manual mode, after ``eot_timeout_ms``)."""
+    watchdog = KeepalivePolicy(turn_silence_after=None, idle_interval=None, stall_timeout=0.2)
+    retry = RetryPolicy(initial_backoff=0.01, jitter="none")
+    # From 0.6 s of audio on, after StartOfTurn (0.42 s): no answer, or each one 2 s late.
+    fault = (
+        Fault(kind=FaultKind.STALL, after_audio_s=0.6)
+        if replaced_by == "failure"
+        else Fault(kind=FaultKind.LATENCY, after_audio_s=0.6, latency=2.0)
+    )
+    events: list[Any] = []
+    replaced = anyio.Event()
+
+    async def consume(flux: FluxClient) -> None:
+        async for event in flux:
+            events.append(event)
+            if isinstance(event, Reconnected | StreamRolledOver):
+                replaced.set()
+
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with (
+            endpoint(faults=[fault]) as ep,
+            client_for(ep, keepalive=watchdog, retry=retry) as flux,
+        ):
+            await flux.send_audio(FIRST_TURN)
+            events.append(await next_of(flux, StartOfTurn))
+            await flux.force_end_turn()  # at 1.2 s, the end of the audio so far
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(consume, flux)
+                if replaced_by == "rollover":
+                    await flux.update_settings(profanity_filter=True)
+                offset = len(FIRST_TURN)
+                while not replaced.is_set():
+                    # Audio goes on, so that the stall watchdog fails the stream.
+                    await flux.send_audio(SAMPLE.pcm[offset : offset + ms(20)])
+                    offset += ms(20)
+                    await anyio.sleep(0.02)
+                await flux.close()
+    old, new = ep.streams
+    if replaced_by == "failure":  # the slow one has not read it yet
+        assert old.texts == ['{"type":"ForceEndTurn"}']
+    assert new.texts.count('{"type":"ForceEndTurn"}') == 1
+    assert audio_before_each_text(new)[0] == len(FIRST_TURN)
+    ends = of_type(events, EndOfTurn)
+    assert [(end.turn_index, end.trigger) for end in ends][:1] == [(0, "manual")]
+    assert ends[0].audio_window_end == pytest.approx(1.2, abs=0.05)
+
+
+async def test_a_force_end_turn_flux_answered_with_a_warning_is_not_sent_again(
+    endpoint: EndpointFactory,
+) -> None:
+    """With no turn open, Flux answers ForceEndTurn with a warning: answered, it stays out of
+    the replay of a stream that fails afterwards (it would only bring a second warning)."""
+    retry = RetryPolicy(initial_backoff=0.01, jitter="none")
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with (
+            endpoint(faults=[Fault(kind=FaultKind.RESET_STREAM, after_audio_s=1.0)]) as ep,
+            client_for(ep, retry=retry) as flux,
+        ):
+            await flux.send_audio(bytes(ms(500)))  # silence: no turn
+            await flux.force_end_turn()
+            warning = await next_of(flux, ServerWarning)
+            await flux.send_audio(bytes(ms(1000)))  # the stream fails at 1 s, and is replaced
+            await next_of(flux, Reconnected)
+            await flux.close()
+    assert warning.code == "FORCE_END_TURN_NO_ACTIVE_TURN"
+    old, new = ep.streams
+    assert old.texts == ['{"type":"ForceEndTurn"}']
+    assert new.texts == ['{"type":"CloseStream"}']
+
+
 async def test_a_control_message_from_the_consumer_ends_when_the_reconnect_fails_for_good(
     endpoint: EndpointFactory,
 ) -> None:
