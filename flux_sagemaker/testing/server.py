@@ -70,7 +70,7 @@ class RecordedStream:
     error: str | None = None
     """Why the endpoint refused the request or broke off the stream."""
     fault: Fault | None = None
-    """The fault injected into this stream, if any."""
+    """The fault that struck this stream, if any (the last one, if several did)."""
 
     @property
     def event_types(self) -> list[str]:
@@ -152,7 +152,10 @@ class MockFluxEndpoint:
             else {DEFAULT_ACCESS_KEY: (DEFAULT_SECRET_KEY, None)}
         )
         self._verifier = RequestVerifier(self._credentials, region=region)
-        self._faults = list(faults)
+        # Per stream index, the faults that have not struck yet.
+        self._faults: dict[int, list[Fault]] = {}
+        for fault in faults:
+            self._faults.setdefault(fault.stream_index, []).append(fault)
         self._request_failures: deque[RequestFailure] = deque()
         self._goaway_requests = 0
         self._ca = TestCA() if tls else None
@@ -169,9 +172,10 @@ class MockFluxEndpoint:
     # -- configuration ------------------------------------------------------------------------
 
     def inject(self, fault: Fault) -> None:
-        """Add an in-stream fault (it strikes the stream ``fault.stream_index``)."""
+        """Add an in-stream fault (it strikes the stream ``fault.stream_index``, even one
+        already open, once that stream has received ``fault.after_audio_s`` of audio)."""
         _check_fault(fault)
-        self._faults.append(fault)
+        self._faults.setdefault(fault.stream_index, []).append(fault)
 
     def fail_requests(self, failure: RequestFailure, count: int = 1) -> None:
         """Answer the next ``count`` requests with ``failure`` instead of opening a stream."""
@@ -354,11 +358,9 @@ class MockFluxEndpoint:
         )
         await stream.send_data(failure.body(), end_stream=True)
 
-    def _fault_for(self, index: int) -> Fault | None:
-        for fault in self._faults:
-            if fault.stream_index == index:
-                return fault
-        return None
+    def _pending_faults(self, index: int) -> list[Fault]:
+        """The faults still to strike stream ``index``; its session removes those that strike."""
+        return self._faults.get(index, [])
 
 
 def _param_names(query_string: str) -> list[str]:

@@ -79,8 +79,6 @@ class StreamSession:
     """Checks the request body's envelopes."""
     engine: FluxEngine
     """The Flux turn engine for this stream."""
-    fault: Fault | None = None
-    """The fault still to strike, if any."""
     latency: float = 0.0
     """Seconds to wait before each message sent (a ``LATENCY`` fault)."""
     stalled: bool = False
@@ -94,12 +92,12 @@ class StreamSession:
 
     async def run(self) -> None:
         """Serve the stream until its request body ends or the stream is broken off."""
-        self.fault = self.endpoint._fault_for(self.record.index)
-        self.record.fault = self.fault
         self.opened_at = anyio.current_time()
-        if self.fault is not None and self.fault.kind is FaultKind.NO_CONNECTED:
+        pending = self.endpoint._pending_faults(self.record.index)
+        for fault in [f for f in pending if f.kind is FaultKind.NO_CONNECTED]:
             # Answer 200 but say nothing, ever: the client's Connected timeout must fire.
-            self.fault = None
+            pending.remove(fault)
+            self.record.fault = fault
             self.record.error = f"fault: {FaultKind.NO_CONNECTED.value}"
             self.stalled = True
         await self._send(self.engine.connected())
@@ -153,15 +151,22 @@ class StreamSession:
             if anyio.current_time() >= self._deadline():
                 await self._time_exceeded()
                 return True
-            fault = self.fault
-            if (
-                fault is not None
-                and self.engine.audio_seconds_received + self._duration(event.payload)
-                >= fault.after_audio_s
-            ):
-                self.fault = None
-                if await self._strike(fault):
-                    return True
+            # Looked up at every event: a fault injected while the stream runs strikes it too.
+            pending = self.endpoint._pending_faults(self.record.index)
+            if pending:
+                heard = self.engine.audio_seconds_received + self._duration(event.payload)
+                due = sorted(
+                    (
+                        f
+                        for f in pending
+                        if f.kind is not FaultKind.NO_CONNECTED and heard >= f.after_audio_s
+                    ),
+                    key=lambda f: f.after_audio_s,
+                )
+                for fault in due:
+                    pending.remove(fault)
+                    if await self._strike(fault):
+                        return True
             messages = self.engine.receive_audio(event.payload)
         else:
             # SageMaker sends PARTIAL...COMPLETE parts as one fragmented WebSocket message.
@@ -196,6 +201,7 @@ class StreamSession:
     async def _strike(self, fault: Fault) -> bool:
         kind = fault.kind
         connection = self.stream.connection
+        self.record.fault = fault
         self.record.error = f"fault: {kind.value}"
         if kind is FaultKind.DROP_CONNECTION:
             await connection.abort()

@@ -177,3 +177,43 @@ def test_mock_arguments_of_the_wrong_type_are_refused(kwargs: dict[str, Any]) ->
 def test_inject_refuses_what_is_not_a_fault() -> None:
     with pytest.raises(ValidationError, match="Fault instances"):
         MockFluxEndpoint().inject("reset_stream")  # type: ignore[arg-type]
+
+
+async def test_a_fault_injected_into_an_open_stream_strikes_it() -> None:
+    # inject() says the fault strikes the stream it names: the stream already open too, or a
+    # test meant to exercise the fault would pass without it.
+    audio = payload_part(bytes(2560), "BINARY")
+    close = payload_part(b'{"type":"CloseStream"}', "UTF8")
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with MockFluxEndpoint() as ep, signed_stream(ep) as (stream, signer):
+            decoder = EventStreamDecoder()
+            connected: list[Any] = []
+            while not connected:  # the stream is served: the fault can only come later
+                chunk = await stream.receive()
+                assert chunk is not None
+                connected = decoder.receive_data(chunk)
+            ep.inject(Fault(kind=FaultKind.MODEL_STREAM_ERROR))
+            await stream.send(signer.sign(audio) + signer.sign(close))
+            events = decoder.receive_data(await read_body(stream))
+    assert [e.headers[":message-type"] for e in events] == ["exception"]
+    assert events[0].headers[":exception-type"] == "ModelStreamError"
+    assert ep.streams[0].error == "fault: model_stream_error"
+
+
+async def test_every_fault_for_a_stream_strikes_it() -> None:
+    # "each into the stream it names": a slow server that then breaks, not only the first.
+    faults = [
+        Fault(kind=FaultKind.LATENCY, latency=0.001),
+        Fault(kind=FaultKind.INTERNAL_STREAM_FAILURE, after_audio_s=0.16),
+    ]
+    audio = payload_part(bytes(2560), "BINARY")
+    close = payload_part(b'{"type":"CloseStream"}', "UTF8")
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with MockFluxEndpoint(faults=faults) as ep, signed_stream(ep) as (stream, signer):
+            await stream.send(
+                b"".join([*(signer.sign(audio) for _ in range(3)), signer.sign(close)])
+            )
+            events = EventStreamDecoder().receive_data(await read_body(stream))
+    assert events[-1].headers[":exception-type"] == "InternalStreamFailure"
+    assert ep.streams[0].error == "fault: internal_stream_failure"
+    assert ep.streams[0].fault == faults[1]
