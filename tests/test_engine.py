@@ -447,6 +447,12 @@ def test_configure_on_a_bundle_without_it_is_fatal() -> None:
         '{"kind":"CloseStream"}',
         b"\xff\xfe",
         "[" * 100_000,
+        # Not JSON to serde_json, though Python's json takes them: NaN and Infinity (what
+        # json.dumps writes for a float('nan') threshold), a BOM, UTF-16 (a text frame is UTF-8).
+        '{"type":"Configure","thresholds":{"eot_threshold":NaN}}',
+        '{"type":"Configure","thresholds":{"eager_eot_threshold":-Infinity}}',
+        '\ufeff{"type":"CloseStream"}'.encode(),
+        '{"type":"CloseStream"}'.encode("utf-16-le"),
     ],
 )
 def test_unknown_or_unparsable_messages_are_fatal(text: str | bytes) -> None:

@@ -108,10 +108,18 @@ def _variants(bundle: BundleProfile) -> list[str]:
     return names
 
 
+def _not_json(constant: str) -> object:
+    raise ValueError(f"expected value, found {constant}")
+
+
 def parse_client_message(text: str | bytes, bundle: BundleProfile) -> tuple[str, dict[str, Any]]:
     """Parse a UTF8 payload part into ``(type, message)``, as the bundle's serde enum would."""
     try:
-        message = json.loads(text)
+        # serde_json reads the text frame as UTF-8 JSON: Python's json would also take bytes
+        # in UTF-16 or with a BOM, and NaN or Infinity (json.dumps writes them for a bad float).
+        if isinstance(text, bytes):
+            text = text.decode("utf-8")
+        message = json.loads(text, parse_constant=_not_json)
     except (ValueError, RecursionError) as exc:  # also too deep a nesting: serde refuses it too
         raise FatalMessage(str(exc)) from exc
     if not isinstance(message, dict):
