@@ -7,8 +7,9 @@ shared core, :mod:`flux_sagemaker.h2core`): request body bytes are acknowledged 
 reads them, and ``send_data`` waits for the client's window, so a slow client blocks the handler.
 
 Fault injection sits on :attr:`ServerStream.connection`: ``goaway()`` (graceful drain of the
-streams at or below ``last_stream_id``), ``abort()`` (drop TCP without a frame), ``pause()``
-(stop reading the socket and answering PINGs) and ``resume()``.
+streams at or below ``last_stream_id``; the ``admit`` hook sends one as a request arrives),
+``abort()`` (drop TCP without a frame), ``pause()`` (stop reading the socket and answering
+PINGs) and ``resume()``.
 
 When a handler returns, a stream that is not closed both ways is reset: ``NO_ERROR`` when the
 response was complete (so the client stops sending), ``INTERNAL_ERROR`` otherwise. A handler
@@ -166,14 +167,17 @@ class ServerConnection(H2ConnectionBase):
         """Send GOAWAY; streams up to ``last_stream_id`` (default: the highest seen) may finish."""
         async with self._write_lock:
             try:
-                self._h2.close_connection(error_code, last_stream_id=last_stream_id)
-                self._goaway_last = (
-                    self._h2.highest_inbound_stream_id if last_stream_id is None else last_stream_id
-                )
-                # h2 closes on GOAWAY (python-hyper/h2#1181); reopen it to drain the others.
-                self._h2.state_machine.state = h2.connection.ConnectionState.SERVER_OPEN
+                self._queue_goaway(error_code, last_stream_id)
             finally:
                 await self._flush_locked()
+
+    def _queue_goaway(self, error_code: int, last_stream_id: int | None) -> None:
+        self._h2.close_connection(error_code, last_stream_id=last_stream_id)
+        self._goaway_last = (
+            self._h2.highest_inbound_stream_id if last_stream_id is None else last_stream_id
+        )
+        # h2 closes on GOAWAY (python-hyper/h2#1181); reopen it to drain the others.
+        self._h2.state_machine.state = h2.connection.ConnectionState.SERVER_OPEN
 
     async def abort(self) -> None:
         """Drop the TCP connection without sending any frame of its own.
@@ -214,6 +218,11 @@ class ServerConnection(H2ConnectionBase):
         if not isinstance(event, h2.events.RequestReceived) or event.stream_id is None:
             return
         sid = event.stream_id
+        admit = self._server._admit
+        if self._goaway_last is None and admit is not None and not admit(sid, event):
+            # Decided here, in arrival order: a request that came in the same read, after
+            # this one, is refused below too instead of being served behind the GOAWAY.
+            self._queue_goaway(0, max(0, sid - 2))
         if self._goaway_last is not None and sid > self._goaway_last:
             self._h2.reset_stream(sid, h2.errors.ErrorCodes.REFUSED_STREAM)
             return
@@ -258,6 +267,9 @@ class H2Server:
         receive_window: Per-stream receive window (request body bytes buffered per stream).
         write_timeout: Socket write and flow-control wait limit; ``None`` waits for ever.
         alpn_protocols: ALPN protocols offered under TLS (tests pass ``("http/1.1",)``).
+        admit: ``admit(stream_id, event)``, called by the connection's reader as each request
+            arrives, in order; ``False`` answers it with a GOAWAY whose last stream id is
+            below it, which leaves it and every later request on the connection unprocessed.
     """
 
     def __init__(
@@ -269,8 +281,10 @@ class H2Server:
         receive_window: int = DEFAULT_RECEIVE_WINDOW,
         write_timeout: float | None = None,
         alpn_protocols: Sequence[str] = ("h2",),
+        admit: Callable[[int, h2.events.RequestReceived], bool] | None = None,
     ) -> None:
         self._handler = handler
+        self._admit = admit
         self.ssl_context = ssl_context
         self.max_concurrent_streams = max_concurrent_streams
         self.receive_window = receive_window

@@ -18,12 +18,13 @@ from types import TracebackType
 from typing import Any
 
 import attrs
+import h2.events
 from botocore.credentials import Credentials
 
 from ..core.request import DEFAULT_INVOCATION_PATH
 from ..core.settings import FluxSettings
 from ..errors import ValidationError
-from ..h2core import DEFAULT_RECEIVE_WINDOW
+from ..h2core import DEFAULT_RECEIVE_WINDOW, header_fields
 from .bundle import NEWEST, BundleProfile
 from .certs import TestCA
 from .engine import ENGINE_ENCODINGS, EngineParams, FluxEngine, ScriptedTurn
@@ -163,6 +164,7 @@ class MockFluxEndpoint:
             self._handle,
             ssl_context=self._ca.server_context if self._ca else None,
             receive_window=receive_window,
+            admit=self._admit,
         )
         self._stream_counter = itertools.count()
         self._turns_done = 0
@@ -262,6 +264,21 @@ class MockFluxEndpoint:
 
     # -- the handler --------------------------------------------------------------------------
 
+    def _admit(self, stream_id: int, event: h2.events.RequestReceived) -> bool:
+        """Whether to serve a request; False for those :meth:`goaway_requests` leaves unprocessed.
+
+        Called by the connection's reader as requests arrive, so the GOAWAY goes out below the
+        first of them whatever order their handlers would have run in.
+        """
+        if not self._goaway_requests:
+            return True
+        self._goaway_requests -= 1
+        headers = [(k, v) for k, v in header_fields(event.headers) if not k.startswith(":")]
+        record = RecordedStream(index=next(self._stream_counter), headers=headers)
+        record.error = "GOAWAY before handling the request"
+        self.streams.append(record)
+        return False
+
     async def _handle(self, stream: ServerStream) -> None:
         record = RecordedStream(index=next(self._stream_counter), headers=list(stream.headers))
         self.streams.append(record)
@@ -274,11 +291,6 @@ class MockFluxEndpoint:
             if self._request_failures:
                 failure = self._request_failures.popleft()
                 await self._refuse(stream, record, request_id, failure)
-                return
-            if self._goaway_requests:
-                self._goaway_requests -= 1
-                record.error = "GOAWAY before handling the request"
-                await stream.connection.goaway(last_stream_id=max(0, stream.stream_id - 2))
                 return
             self._check_invocation_path(verified.invocation_path)
             settings = self._parse_settings(verified.query_string)

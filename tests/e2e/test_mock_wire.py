@@ -18,6 +18,7 @@ from flux_sagemaker import AccessDeniedError, FluxClient, ValidationError
 from flux_sagemaker.core.eventstream import EventStreamDecoder, encode_message
 from flux_sagemaker.core.request import Endpoint, InvokeRequest
 from flux_sagemaker.core.signing import EventSigner, sign_request
+from flux_sagemaker.h2core import DrainingH2Connection
 from flux_sagemaker.testing import Fault, FaultKind, MockFluxEndpoint, RequestFailure
 from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
 from flux_sagemaker.transport import H2Stream, Timeouts, open_connection
@@ -217,3 +218,37 @@ async def test_every_fault_for_a_stream_strikes_it() -> None:
     assert events[-1].headers[":exception-type"] == "InternalStreamFailure"
     assert ep.streams[0].error == "fault: internal_stream_failure"
     assert ep.streams[0].fault == faults[1]
+
+
+async def test_a_goaway_request_leaves_the_requests_after_it_unprocessed() -> None:
+    # A GOAWAY says no stream above its last stream id was processed: a request that arrived
+    # in the same read as the refused one, just after it, must not be served anyway (given a
+    # 200 and Connected, recorded, counted against the faults' stream indices) while the
+    # client retries it elsewhere.
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with MockFluxEndpoint() as ep:
+            ep.goaway_requests(1)
+            endpoint = Endpoint(scheme="http", host="127.0.0.1", port=ep.port)
+            # Draining: it still takes frames after the GOAWAY, as a client must.
+            h2conn = DrainingH2Connection(h2.config.H2Configuration(client_side=True))
+            h2conn.initiate_connection()
+            for stream_id in (1, 3):
+                signed = sign_request(InvokeRequest(endpoint, "ep", QUERY), CREDENTIALS, ep.region)
+                h2conn.send_headers(stream_id, signed.h2_headers())
+            seen: list[h2.events.Event] = []
+            async with await anyio.connect_tcp("127.0.0.1", ep.port) as sock:
+                await sock.send(h2conn.data_to_send())  # both requests in one write
+                pinged = False
+                while not any(isinstance(e, h2.events.PingAckReceived) for e in seen):
+                    seen += h2conn.receive_data(await sock.receive())
+                    if not pinged and any(
+                        isinstance(e, h2.events.ConnectionTerminated) for e in seen
+                    ):
+                        # The server's reader answers after the handlers it started have run.
+                        h2conn.ping(b"barrier!")
+                        await sock.send(h2conn.data_to_send())
+                        pinged = True
+    (goaway,) = [e for e in seen if isinstance(e, h2.events.ConnectionTerminated)]
+    assert goaway.last_stream_id == 0
+    assert not [e for e in seen if isinstance(e, h2.events.ResponseReceived)]
+    assert [s.status for s in ep.streams] == [0]
