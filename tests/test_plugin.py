@@ -118,6 +118,29 @@ def test_fixture_tls_bundle_and_faults(sandbox: pytest.Pytester) -> None:
     result.assert_outcomes(passed=6)
 
 
+def test_a_crash_in_the_mock_fails_the_test_that_used_it(sandbox: pytest.Pytester) -> None:
+    sandbox.makepyfile(
+        """
+        import pytest
+        from flux_sagemaker import FluxClient, FluxError, RetryPolicy
+
+        @pytest.mark.anyio
+        async def test_client_sees_only_a_reset(flux_endpoint):
+            def broken(query_string):
+                raise KeyError("a bug in the mock")
+
+            flux_endpoint._parse_settings = broken
+            with pytest.raises(FluxError):
+                kwargs = flux_endpoint.client_kwargs()
+                async with FluxClient("any", retry=RetryPolicy(enabled=False), **kwargs):
+                    pass
+        """
+    )
+    result = sandbox.runpytest("-p", "anyio")
+    result.assert_outcomes(passed=2, errors=2)
+    result.stdout.fnmatch_lines(["*the mock endpoint's request handling raised*a bug in the mock*"])
+
+
 def test_bad_marker_arguments(sandbox: pytest.Pytester) -> None:
     sandbox.makepyfile(
         """

@@ -74,9 +74,13 @@ async def flux_endpoint(request: pytest.FixtureRequest) -> AsyncIterator[MockFlu
     """A started :class:`~flux_sagemaker.testing.MockFluxEndpoint`, stopped after the test.
 
     Configure it with ``@pytest.mark.flux_endpoint(...)``; point a client at it with
-    ``FluxClient("any", **flux_endpoint.client_kwargs())``.
+    ``FluxClient("any", **flux_endpoint.client_kwargs())``. The test errors at teardown if
+    the mock's own request handling raised (:attr:`~.MockFluxEndpoint.handler_errors`): the
+    client would have seen only a stream reset, and a passing test would hide the mock's bug.
     """
     from flux_sagemaker.testing.server import MockFluxEndpoint
 
     async with MockFluxEndpoint(**endpoint_kwargs(request.node)) as endpoint:
         yield endpoint
+    if endpoint.handler_errors:
+        pytest.fail(f"the mock endpoint's request handling raised: {endpoint.handler_errors!r}")

@@ -240,6 +240,13 @@ class MockFluxEndpoint:
         """TCP connections accepted so far."""
         return self._server.stats.connections_accepted
 
+    @property
+    def handler_errors(self) -> list[Exception]:
+        """Exceptions the mock's own request handling raised: bugs in the mock, not in the
+        client (each reset its stream with ``INTERNAL_ERROR``, which a client retries). The
+        ``flux_endpoint`` fixture fails a test that leaves any."""
+        return list(self._server.handler_errors)
+
     def received_audio(self) -> list[bytes]:
         """The audio each stream received, in stream order."""
         return [bytes(s.audio) for s in self.streams]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -12,14 +13,19 @@ from .helpers import SAMPLE, EndpointFactory
 
 
 @pytest.fixture
-def endpoint() -> EndpointFactory:
+def endpoint() -> Iterator[EndpointFactory]:
     """A factory of mock endpoints playing the sample's script unless told otherwise.
 
     Use it as ``async with endpoint(bundle=..., tls=...) as ep:``.
     """
 
+    made: list[MockFluxEndpoint] = []
+
     def make(**kwargs: Any) -> MockFluxEndpoint:
         kwargs.setdefault("script", SAMPLE.turns)
-        return MockFluxEndpoint(**kwargs)
+        made.append(MockFluxEndpoint(**kwargs))
+        return made[-1]
 
-    return make
+    yield make
+    # A crash in the mock resets its stream, which the client may well recover from.
+    assert [exc for ep in made for exc in ep.handler_errors] == []
