@@ -93,10 +93,18 @@ def default_ssl_context(ca_bundle: str | None = None) -> ssl.SSLContext:
 
     One per CA bundle, made once and shared: a pool shares a connection only among clients
     with the same context, so clients left to the defaults share their connections.
+
+    Raises:
+        ValidationError: ``ca_bundle`` cannot be read or holds no certificate.
     """
     context = _DEFAULT_CONTEXTS.get(ca_bundle)
     if context is None:
-        context = ssl.create_default_context(cafile=ca_bundle)
+        try:
+            context = ssl.create_default_context(cafile=ca_bundle)
+        except OSError as exc:  # a missing file, or no PEM certificate in it (ssl.SSLError)
+            raise ValidationError(
+                f"cannot use the CA bundle {ca_bundle!r}: {exc.strerror or exc}"
+            ) from exc
         context.set_alpn_protocols(["h2"])
         _DEFAULT_CONTEXTS[ca_bundle] = context
     return context

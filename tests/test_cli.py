@@ -405,6 +405,19 @@ def test_transcribe_served_tls(served_tls_old_bundle: dict[str, str]) -> None:
     assert "Traceback" not in untrusted.stderr
 
 
+def test_transcribe_missing_ca_bundle_exit_1(tmp_path: Path) -> None:
+    missing = str(tmp_path / "missing.pem")
+    args = ["transcribe", str(sample_path()), "--endpoint", "flux", "--region", "us-east-1"]
+    for result in (
+        run_cli(*args, "--ca-bundle", missing),
+        run_cli(*args, env=_env(AWS_CA_BUNDLE=missing)),
+        run_cli("check", *args[2:], "--ca-bundle", missing),
+    ):
+        assert result.returncode == 1
+        assert "Traceback" not in result.stderr
+        assert f"cannot use the CA bundle {missing!r}" in result.stderr
+
+
 def test_transcribe_served_wrong_credentials(served: dict[str, str]) -> None:
     env = _env(AWS_SECRET_ACCESS_KEY="not-the-secret")
     result = run_cli(

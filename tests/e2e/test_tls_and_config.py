@@ -104,6 +104,21 @@ async def test_aws_ca_bundle_is_honoured(
     _assert_first_turn(events, ep)
 
 
+@pytest.mark.parametrize(
+    "bundle", ["missing.pem", "empty.pem", "."], ids=["missing", "empty", "dir"]
+)
+def test_an_unusable_aws_ca_bundle_is_a_validation_error(
+    aws_env: pytest.MonkeyPatch, tmp_path: Path, bundle: str
+) -> None:
+    """A typo in AWS_CA_BUNDLE is a configuration error naming the file, not a raw OSError."""
+    (tmp_path / "empty.pem").write_bytes(b"")
+    path = str(tmp_path / bundle)
+    aws_env.setenv("AWS_CA_BUNDLE", path)
+    with pytest.raises(ValidationError, match="CA bundle") as info:
+        FluxClient("flux-e2e", region="us-east-1", endpoint_url="https://127.0.0.1:8443")
+    assert path in str(info.value)
+
+
 @pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
 async def test_everything_from_the_aws_environment(
     endpoint: EndpointFactory, aws_env: pytest.MonkeyPatch, tls: bool
