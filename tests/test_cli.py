@@ -580,6 +580,14 @@ def test_check_control_plane_failures(
     assert "Traceback" not in result.stderr
 
 
+@pytest.mark.parametrize("url", ["api.sagemaker.example", "http://", "http://[::1/", "ftp://x/"])
+def test_check_malformed_control_endpoint_url_exit_1(served: dict[str, str], url: str) -> None:
+    result = check("ready", url, served["URL"])
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert f"control endpoint URL {url!r}" in result.stderr
+
+
 def test_check_no_credentials(control_plane: str, served: dict[str, str]) -> None:
     env = _env()
     del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
