@@ -588,6 +588,34 @@ def test_check_malformed_control_endpoint_url_exit_1(served: dict[str, str], url
     assert f"control endpoint URL {url!r}" in result.stderr
 
 
+def test_check_walks_the_credential_chain_once(
+    control_plane: str, served: dict[str, str], tmp_path: Path
+) -> None:
+    """A credential_process (or an MFA prompt of an assume-role profile) that asks the user
+    is asked once: the Flux stream uses the session the control-plane calls used."""
+    runs = tmp_path / "runs"
+    process = tmp_path / "credentials.py"
+    answer = {
+        "Version": 1,
+        "AccessKeyId": DEFAULT_ACCESS_KEY,
+        "SecretAccessKey": DEFAULT_SECRET_KEY,
+    }
+    process.write_text(
+        f"with open({str(runs)!r}, 'a') as f:\n    f.write('run\\n')\n"
+        f"print({json.dumps(answer)!r})\n"
+    )
+    config = tmp_path / "config"
+    config.write_text(
+        f"[profile asks]\ncredential_process = {sys.executable} {process}\nregion = us-east-1\n"
+    )
+    env = _env(AWS_CONFIG_FILE=str(config))
+    del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]
+    result = check("ready", control_plane, served["URL"], "--profile", "asks", env=env)
+    assert result.returncode == 0, result.stderr
+    assert "flux: Connected in " in result.stdout
+    assert runs.read_text().splitlines() == ["run"]
+
+
 def test_check_no_credentials(control_plane: str, served: dict[str, str]) -> None:
     env = _env()
     del env["AWS_ACCESS_KEY_ID"], env["AWS_SECRET_ACCESS_KEY"]

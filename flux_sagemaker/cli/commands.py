@@ -190,7 +190,10 @@ async def run_check(args: argparse.Namespace) -> int:
     require_in_service(report)
     settings = settings_from_args(args, encoding="linear16", sample_rate=16000)
     kwargs = _client_kwargs(args)
-    kwargs["region"] = region
+    # The session whose chain was walked above: botocore keeps its credentials, so a
+    # credential_process or an assume-role MFA prompt is not asked a second time.
+    del kwargs["profile"]
+    kwargs.update(region=region, session=session)
     start = anyio.current_time()
     try:
         async with FluxClient(
