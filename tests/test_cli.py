@@ -301,6 +301,29 @@ def test_transcribe_mock_json(tmp_path: Path) -> None:
     assert "widened to linear16" in result.stderr
 
 
+@pytest.mark.parametrize("json_lines", [False, True], ids=["text", "json"])
+def test_transcribe_a_transcript_stdout_cannot_encode(json_lines: bool) -> None:
+    """stdout in a code page without the transcript's script (a Windows redirect): the text
+    output escapes what it cannot encode, JSON lines are UTF-8."""
+    turn = "予約をお願いします 😀"
+    args = ["transcribe", str(sample_path()), "--mock", "--fast", "--mock-script", turn]
+    result = subprocess.run(
+        [sys.executable, "-m", "flux_sagemaker", *args, *(["--json"] if json_lines else [])],
+        capture_output=True,
+        env=_env(PYTHONIOENCODING="cp1252"),
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr.decode()
+    if json_lines:
+        records = [json.loads(line) for line in result.stdout.decode("utf-8").splitlines()]
+        ends = [r["transcript"] for r in records if r.get("event") == "EndOfTurn"]
+        assert ends[0] == turn
+    else:
+        escaped = turn.encode("cp1252", "backslashreplace").decode("cp1252")
+        assert escaped in result.stdout.decode("cp1252")
+
+
 def test_transcribe_bad_setting_exit_1() -> None:
     result = run_cli("transcribe", str(sample_path()), "--mock", "--fast", "--eot-threshold", "2")
     assert result.returncode == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import io
 import logging
 import os
 import signal
@@ -206,6 +207,21 @@ async def _run(command: Command, args: argparse.Namespace) -> int:
     return status
 
 
+def _encode_any_transcript(*, json_lines: bool) -> None:
+    """Make stdout take every character a transcript may hold.
+
+    Its encoding is the locale's where that is not UTF-8 (a Windows redirect uses the ANSI code
+    page), and a Japanese or Hindi transcript would end the session with UnicodeEncodeError.
+    JSON lines are UTF-8 by definition; text shows what stdout cannot encode as escapes.
+    """
+    if not isinstance(sys.stdout, io.TextIOWrapper):
+        return
+    if json_lines:
+        sys.stdout.reconfigure(encoding="utf-8")
+    else:
+        sys.stdout.reconfigure(errors="backslashreplace")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run ``flux-sagemaker``; return the exit status (argparse exits with 2 on bad usage)."""
     args = build_parser().parse_args(argv)
@@ -213,6 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
     if getattr(args, "mock", False) and args.endpoint_url:
         build_parser().error("--mock and --endpoint-url exclude each other")
+    _encode_any_transcript(json_lines=getattr(args, "json", False))
     command: Command = args.run
     try:
         return anyio.run(_run, command, args)
