@@ -158,7 +158,8 @@ class FluxClient:
 
     Args:
         endpoint_name: The SageMaker endpoint serving Flux.
-        region: AWS region; default from ``AWS_REGION``, ``AWS_DEFAULT_REGION`` or the profile.
+        region: AWS region; default: the one set on ``session``, else ``AWS_REGION``,
+            ``AWS_DEFAULT_REGION`` or the profile's.
         settings: Flux parameters, validated already (default: ``flux-general-en``,
             linear16 at 16 kHz).
         endpoint_url: Override the endpoint (a VPC endpoint, or the mock's ``http://`` URL);

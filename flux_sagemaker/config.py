@@ -4,7 +4,9 @@ Users already configure AWS with environment variables and ``~/.aws/config``; th
 the same settings through botocore so that an application (the Pipecat adapter included) can be
 pointed at a VPC endpoint or at the mock endpoint without code changes:
 
-- region: the argument, else ``AWS_REGION``, ``AWS_DEFAULT_REGION``, the profile's ``region``;
+- region: the argument, else one set on the botocore session (``set_config_variable``,
+  boto3's ``Session(region_name=...)``), else ``AWS_REGION``, ``AWS_DEFAULT_REGION``, the
+  profile's ``region``;
 - endpoint URL: the argument, else ``AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME``,
   ``AWS_ENDPOINT_URL``, the profile's ``services`` section or ``endpoint_url`` (unless
   ``AWS_IGNORE_CONFIGURED_ENDPOINT_URLS`` is set);
@@ -120,13 +122,22 @@ def _flag(value: Any) -> bool:
 
 
 def resolve_region(region: str | None, session: botocore.session.Session) -> str | None:
-    """The region: ``region``, else ``AWS_REGION``, else botocore's (``AWS_DEFAULT_REGION``,
-    the profile's ``region``); ``None`` when none is set.
+    """The region: ``region``, else one set on ``session``, else ``AWS_REGION``, else
+    botocore's (``AWS_DEFAULT_REGION``, the profile's ``region``); ``None`` when none is set.
+
+    A region set on the session is an explicit choice, as it is for botocore's own clients:
+    ``AWS_REGION``, which ECS and Lambda set to their own region, must not override it.
 
     Raises:
         BotoCoreError: the profile cannot be read (an unknown profile, say).
     """
-    return region or os.environ.get("AWS_REGION") or session.get_config_variable("region") or None
+    return (
+        region
+        or session.instance_variables().get("region")
+        or os.environ.get("AWS_REGION")
+        or session.get_config_variable("region")
+        or None
+    )
 
 
 def resolve_config(

@@ -144,6 +144,32 @@ async def test_everything_from_the_aws_environment(
     assert "/eu-central-1/sagemaker/aws4_request" in authority
 
 
+async def test_a_region_set_on_the_session_wins_over_aws_region(
+    endpoint: EndpointFactory, aws_env: pytest.MonkeyPatch
+) -> None:
+    """As for botocore's own clients: ``boto3.Session(region_name=...)._session`` or
+    ``set_config_variable("region", ...)`` is an explicit choice; AWS_REGION, which ECS and
+    Lambda always set to their own region, is only a default."""
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(region="eu-central-1") as ep:
+            aws_env.setenv("AWS_REGION", "us-east-1")
+            aws_env.setenv("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
+            aws_env.setenv("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
+            session = botocore.session.Session()
+            session.set_config_variable("region", "eu-central-1")
+            flux = FluxClient(
+                "flux-e2e",
+                endpoint_url=ep.url,
+                session=session,
+                timeouts=FAST_TIMEOUTS,
+                retry=NO_RETRY,
+                keepalive=KeepalivePolicy.disabled(),
+            )
+            async with flux:
+                events = await run_session(flux, FIRST_TURN_DONE)
+    _assert_first_turn(events, ep)
+
+
 @pytest.mark.parametrize(
     ("failure", "raised"),
     [
