@@ -105,11 +105,15 @@ class RolloverPolicy:
         Args:
             age: Seconds since the stream opened.
             credentials_expire_in: Seconds from the stream's opening until its credentials
-                expire, or ``None`` when they do not.
+                expire, or ``None`` when they do not. No switch for them when they were within
+                ``credential_margin`` already: a new stream would get the same ones.
             at_boundary: Whether no turn is open, so a switch now replays almost nothing.
         """
         limits = [(self.max_stream_duration, "maximum stream duration")]
-        if credentials_expire_in is not None:
+        # Credentials already within the margin when the stream opened are the freshest the
+        # source had (botocore refreshes from 15 minutes before expiry, and keeps the old ones
+        # when that fails): a new stream would be signed with them again, and switch again.
+        if credentials_expire_in is not None and credentials_expire_in > self.credential_margin:
             limits.append((credentials_expire_in - self.credential_margin, "credentials expire"))
         for limit, reason in limits:
             if age >= limit or (at_boundary and age >= limit - self.margin):

@@ -228,6 +228,10 @@ def test_next_wakeup_is_always_in_the_future_and_soon(
         (100.0, 500.0, False, None),
         (100.0, 500.0, True, "credentials expire"),
         (200.0, 500.0, False, "credentials expire"),
+        # Opened with credentials inside the margin: no fresher ones to switch to.
+        (0.0, 200.0, True, None),
+        (100.0, 300.0, True, None),
+        (1650.0, 200.0, True, "maximum stream duration"),
     ],
 )
 def test_rollover_reasons(

@@ -51,6 +51,7 @@ from flux_sagemaker import (
 from flux_sagemaker.samples import load_sample
 from flux_sagemaker.streams import UNPROCESSED_RETRIES
 from flux_sagemaker.testing import Fault, FaultKind, MockFluxEndpoint, RequestFailure
+from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
 
 from .helpers import next_of
 
@@ -491,6 +492,44 @@ async def test_credentials_are_refreshed_before_they_expire() -> None:
     used = [dict(s.headers)["authorization"].split("Credential=")[1][:9] for s in endpoint.streams]
     assert used[0] != used[1]
     assert_audio_delivered(endpoint, events)
+
+
+async def test_credentials_that_cannot_be_renewed_yet_do_not_switch_streams() -> None:
+    """A source whose refresh gives back credentials inside the rollover margin (a failed STS
+    call in botocore's advisory window keeps the old ones; a cache not yet rotated): a new
+    stream would be signed with the same ones, so switching gains nothing, and before the fix
+    the session switched streams every few hundred milliseconds until they expired."""
+    from datetime import UTC, datetime, timedelta
+
+    expiry = datetime.now(UTC) + timedelta(seconds=200)
+    refreshed: list[None] = []
+
+    def refresh() -> dict[str, str]:
+        refreshed.append(None)
+        return {
+            "access_key": DEFAULT_ACCESS_KEY,
+            "secret_key": DEFAULT_SECRET_KEY,
+            "token": "",
+            "expiry_time": expiry.isoformat(),
+        }
+
+    credentials = RefreshableCredentials.create_from_metadata(
+        metadata=refresh(), refresh_using=refresh, method="test"
+    )
+    async with MockFluxEndpoint(script=SAMPLE.turns) as endpoint:
+        kwargs = endpoint.client_kwargs() | {"credentials": credentials}
+        events: list[Any] = []
+        with anyio.fail_after(30):
+            async with (
+                FluxClient("flux-ep", **kwargs, timeouts=FAST_TIMEOUTS) as flux,
+                anyio.create_task_group() as tg,
+            ):
+                tg.start_soon(stream_sample, flux, SAMPLE.pcm, TIMED_SPEED)
+                events.extend([event async for event in flux])
+    assert_turns_complete(events)
+    assert not [e for e in events if isinstance(e, StreamRolledOver)]
+    assert len(endpoint.streams) == 1
+    assert len(refreshed) >= 2  # it was asked, and had nothing fresher
 
 
 NOT_RETRIED = [
