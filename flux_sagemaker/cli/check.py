@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import ssl
 from typing import Any
-from urllib.parse import urlsplit
 
 import attrs
 import httpx
@@ -19,7 +18,7 @@ from botocore.auth import SigV4Auth
 from botocore.awsrequest import AWSRequest
 from botocore.credentials import ReadOnlyCredentials
 
-from ..core.request import resolve_endpoint
+from ..core.request import parse_endpoint_url, resolve_endpoint
 from ..errors import (
     AccessDeniedError,
     ConnectError,
@@ -56,20 +55,6 @@ def control_plane_url(region: str) -> str:
     """``https://api.sagemaker.{region}.{partition suffix}/``."""
     runtime_host = resolve_endpoint(region).host  # runtime.sagemaker.{region}.{suffix}
     return f"https://api.{runtime_host.removeprefix('runtime.')}/"
-
-
-def _check_url(url: str) -> None:
-    # botocore's signer and httpx fail on a URL without a host with an AttributeError or
-    # a ValueError of their own: a mistyped option would end in a traceback.
-    try:
-        parts = urlsplit(url)
-        parts.port  # noqa: B018  # parsed on access: a bad port or IPv6 literal raises here
-    except ValueError as exc:
-        raise ValidationError(f"control endpoint URL {url!r} is not a valid URL: {exc}") from None
-    if parts.scheme not in ("https", "http") or not parts.hostname:
-        raise ValidationError(
-            f"control endpoint URL {url!r} must be https://HOST[:PORT]/ (or http:// for a mock)"
-        )
 
 
 async def _call(
@@ -157,7 +142,9 @@ async def describe_endpoint(
         ConnectError: The control plane cannot be reached.
     """
     url = url or control_plane_url(region)
-    _check_url(url)
+    # Checked first: botocore's signer and httpx fail on a URL without a host with an
+    # AttributeError or a ValueError of their own, and a mistyped option would end in a traceback.
+    parse_endpoint_url(url, name="control endpoint URL")
     verify: ssl.SSLContext | bool = ssl_context if ssl_context is not None else True
     async with httpx.AsyncClient(timeout=time_limit, verify=verify) as client:
         call = {"credentials": credentials, "region": region}

@@ -33,6 +33,7 @@ __all__ = [
     "STREAMING_PAYLOAD",
     "Endpoint",
     "InvokeRequest",
+    "parse_endpoint_url",
     "resolve_endpoint",
     "validate_endpoint_name",
     "validate_invocation_path",
@@ -164,34 +165,28 @@ class Endpoint:
         return f"{self.scheme}://{self.authority}"
 
 
-def _parse_endpoint_url(endpoint_url: str) -> Endpoint:
-    if not isinstance(endpoint_url, str) or any(c in endpoint_url for c in "\r\n\t\x00 "):
-        raise ValidationError(
-            f"endpoint_url {endpoint_url!r} contains whitespace or control characters"
-        )
+def parse_endpoint_url(url: str, name: str = "endpoint_url") -> Endpoint:
+    """The endpoint of ``scheme://host[:port][/]`` (default ports 443 and 80).
+
+    Raises:
+        ValidationError: ``url`` is not such a URL; the message calls it ``name``.
+    """
+    if not isinstance(url, str) or any(c in url for c in "\r\n\t\x00 "):
+        raise ValidationError(f"{name} {url!r} contains whitespace or control characters")
     try:
-        parts = urlsplit(endpoint_url)
+        parts = urlsplit(url)
         port = parts.port
     except ValueError as exc:
-        raise ValidationError(f"endpoint_url {endpoint_url!r} is not a valid URL: {exc}") from None
+        raise ValidationError(f"{name} {url!r} is not a valid URL: {exc}") from None
     scheme = parts.scheme.lower()
     if scheme not in ("https", "http"):
-        raise ValidationError(
-            f"endpoint_url must start with https:// or http://, got {endpoint_url!r}"
-        )
+        raise ValidationError(f"{name} {url!r} must start with https:// or http://")
     if parts.username is not None or parts.password is not None:
-        raise ValidationError("endpoint_url must not contain user information")
-    if (
-        parts.path not in ("", "/")
-        or parts.query
-        or parts.fragment
-        or endpoint_url.endswith(("?", "#"))
-    ):
-        raise ValidationError(
-            f"endpoint_url must not have a path, query or fragment: {endpoint_url!r}"
-        )
+        raise ValidationError(f"{name} must not contain user information")  # nor echo it
+    if parts.path not in ("", "/") or parts.query or parts.fragment or url.endswith(("?", "#")):
+        raise ValidationError(f"{name} {url!r} must not have a path, query or fragment")
     if not parts.hostname:
-        raise ValidationError(f"endpoint_url {endpoint_url!r} has no host")
+        raise ValidationError(f"{name} {url!r} has no host")
     if port is None:
         port = 443 if scheme == "https" else 80
     return Endpoint(scheme=scheme, host=parts.hostname, port=port)
@@ -227,7 +222,7 @@ def resolve_endpoint(
             raise ValidationError(
                 "Invalid Configuration: Dualstack and custom endpoint are not supported"
             )
-        return _parse_endpoint_url(endpoint_url)
+        return parse_endpoint_url(endpoint_url)
     dns_suffix, dualstack_suffix = _AWS_SUFFIXES
     for _name, pattern, suffix, dualstack in _PARTITIONS:
         if pattern.fullmatch(region):
