@@ -611,6 +611,17 @@ def test_check_malformed_control_endpoint_url_exit_1(served: dict[str, str], url
     assert f"control endpoint URL {url!r}" in result.stderr
 
 
+def test_debug_output_shows_no_session_token(control_plane: str, served: dict[str, str]) -> None:
+    """--debug is what users paste into bug reports: botocore's own debug log prints the
+    signed canonical request, session token included, so it stays at INFO."""
+    token = "IQoJb3JpZ2luX2VjEXAMPLESESSIONTOKEN"
+    result = check(
+        "ready", control_plane, served["URL"], "--debug", env=_env(AWS_SESSION_TOKEN=token)
+    )
+    assert token not in result.stderr
+    assert "INFO botocore.credentials" in result.stderr  # where the credentials came from
+
+
 def test_check_walks_the_credential_chain_once(
     control_plane: str, served: dict[str, str], tmp_path: Path
 ) -> None:

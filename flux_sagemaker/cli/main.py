@@ -226,7 +226,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run ``flux-sagemaker``; return the exit status (argparse exits with 2 on bad usage)."""
     args = build_parser().parse_args(argv)
     if args.debug:
-        logging.basicConfig(level=logging.DEBUG, format="%(levelname)s %(name)s: %(message)s")
+        # Our debug log; the others' from INFO on: botocore's debug log prints each request it
+        # signs, session token included, and --debug output is what goes into bug reports.
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("flux_sagemaker").setLevel(logging.DEBUG)
     if getattr(args, "mock", False) and args.endpoint_url:
         build_parser().error("--mock and --endpoint-url exclude each other")
     _encode_any_transcript(json_lines=getattr(args, "json", False))
