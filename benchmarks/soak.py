@@ -344,7 +344,12 @@ async def plan_stream_faults(
         # left when it opens; ``after_audio_s`` counts the replayed audio too, so it strikes
         # no later than planned.
         left = until - anyio.current_time()
-        for index in range(planned, len(endpoint.streams) + 5):
+        # The sessions' first streams are planned at once. A later stream that opened before
+        # its turn came (a reconnect storm opens many within one round) gets none: injected
+        # now, its fault would strike at once, on audio already received, above the ratio.
+        opened = len(endpoint.streams)
+        end = max(opened, args.streams) + 5
+        for index in range(max(planned, opened), end):
             first = index < args.streams
             if rng.random() < (args.fault_ratio if first else args.refault_ratio):
                 low = 1.0 if first else 0.5
@@ -355,7 +360,7 @@ async def plan_stream_faults(
                         stream_index=index,
                     )
                 )
-        planned = max(planned, len(endpoint.streams) + 5)
+        planned = max(planned, end)
         await anyio.sleep(0.05)
 
 
