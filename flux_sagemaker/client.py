@@ -417,7 +417,10 @@ class FluxClient:
         nothing. Cancelling the call does not cancel the close: it goes on in the background,
         and the session ends within ``Timeouts.close`` of ``CloseStream`` all the same. A
         stream switch in flight (a rollover, a settings change) is waited for first, for up to
-        ``Timeouts.close`` more, so that its new stream is the one closed.
+        ``Timeouts.close`` more, so that its new stream is the one closed. If the server has not
+        ended the stream within ``Timeouts.close``, the call still returns, and the iterator
+        raises a non-retryable ``TimeoutError`` after the events before it (a synthetic
+        ``EndOfTurn`` for an open turn among them).
         """
         if self._state == "closed":
             return
