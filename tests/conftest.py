@@ -21,3 +21,14 @@ def anyio_backend(request: pytest.FixtureRequest) -> str:
 #: Bytes captured from the official AWS SDK client (copied from shared/protocol/vectors so the
 #: suite runs on a fresh machine).
 VECTORS = Path(__file__).parent / "vectors"
+
+
+@pytest.fixture
+def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
+    """An AWS environment with no config files and none of the caller's ``AWS_*`` settings."""
+    for name in [name for name in os.environ if name.startswith("AWS_")]:
+        monkeypatch.delenv(name)
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    return monkeypatch

@@ -67,34 +67,19 @@ def test_every_python_sample_compiles(source: str) -> None:
 
 
 @pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    """An AWS environment with no config files and none of the caller's settings."""
-    for name in (
-        "AWS_PROFILE",
-        "AWS_DEFAULT_PROFILE",
-        "AWS_DEFAULT_REGION",
-        "AWS_CA_BUNDLE",
-        "AWS_ENDPOINT_URL",
-        "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
-        "AWS_USE_FIPS_ENDPOINT",
-        "AWS_USE_DUALSTACK_ENDPOINT",
-        "AWS_SESSION_TOKEN",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    monkeypatch.setenv("AWS_REGION", "us-east-1")  # the samples' region
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
-    return monkeypatch
+def sample_env(aws_env: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    """A clean AWS environment with the samples' region and the mock's credentials."""
+    aws_env.setenv("AWS_REGION", "us-east-1")  # the samples' region
+    aws_env.setenv("AWS_ACCESS_KEY_ID", DEFAULT_ACCESS_KEY)
+    aws_env.setenv("AWS_SECRET_ACCESS_KEY", DEFAULT_SECRET_KEY)
+    return aws_env
 
 
 @pytest.fixture
-async def endpoint(aws_env: pytest.MonkeyPatch) -> AsyncIterator[MockFluxEndpoint]:
+async def endpoint(sample_env: pytest.MonkeyPatch) -> AsyncIterator[MockFluxEndpoint]:
     """The mock, scripted with the sample's turns, where the environment points the samples."""
     async with MockFluxEndpoint(script=SAMPLE.turns) as mock:
-        aws_env.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", mock.url)
+        sample_env.setenv("AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME", mock.url)
         yield mock
 
 
@@ -177,7 +162,7 @@ async def test_the_client_page_samples_run(endpoint: MockFluxEndpoint) -> None:
     assert drafts  # eager mode is on in the settings sample
 
 
-def test_the_reliability_sample_runs(aws_env: pytest.MonkeyPatch) -> None:
+def test_the_reliability_sample_runs(sample_env: pytest.MonkeyPatch) -> None:
     # Building a client does no I/O: this checks the policies' names and values.
     run = _compile(sample("docs/reliability.md", "FluxClient("), "docs/reliability.md")
     exec(run, {})

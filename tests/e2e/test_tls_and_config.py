@@ -41,31 +41,6 @@ pytestmark = pytest.mark.anyio
 FIRST_TURN_DONE = SAMPLE.pcm[: ms(3100)]
 
 
-@pytest.fixture
-def aws_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
-    """An AWS environment with no config files and none of the caller's settings."""
-    for name in (
-        "AWS_PROFILE",
-        "AWS_DEFAULT_PROFILE",
-        "AWS_REGION",
-        "AWS_DEFAULT_REGION",
-        "AWS_CA_BUNDLE",
-        "AWS_ENDPOINT_URL",
-        "AWS_ENDPOINT_URL_SAGEMAKER_RUNTIME",
-        "AWS_IGNORE_CONFIGURED_ENDPOINT_URLS",
-        "AWS_USE_FIPS_ENDPOINT",
-        "AWS_USE_DUALSTACK_ENDPOINT",
-        "AWS_ACCESS_KEY_ID",
-        "AWS_SECRET_ACCESS_KEY",
-        "AWS_SESSION_TOKEN",
-    ):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "config"))
-    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "credentials"))
-    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
-    return monkeypatch
-
-
 def _assert_first_turn(events: Sequence[object], ep: MockFluxEndpoint) -> None:
     assert [e.transcript for e in of_type(events, EndOfTurn)] == [SAMPLE.turns[0]]
     assert bytes(ep.streams[0].audio) == FIRST_TURN_DONE
