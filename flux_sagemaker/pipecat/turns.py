@@ -26,6 +26,7 @@ from pipecat.services.deepgram.flux.stt_base import DeepgramFluxSTTSettings
 from pipecat.services.stt_service import STTService
 from pipecat.transcriptions.language import Language
 from pipecat.turns.eager_end_of_turn_mixin import EagerEndOfTurnSTTServiceMixin
+from pipecat.utils.errors import ErrorCategory
 from pipecat.utils.time import time_now_iso8601
 from pipecat.utils.tracing.service_decorators import traced_stt
 
@@ -110,7 +111,11 @@ class FluxTurnFrames(EagerEndOfTurnSTTServiceMixin, STTService):
             case ConfigureSuccess():
                 logger.info(f"{self}: Configure accepted: {event.raw}")
             case ConfigureFailure():
-                await self.push_error(f"Configure rejected: [{event.code}] {event.description}")
+                # The settings given were refused, not the service: the session goes on.
+                await self.push_error(
+                    f"Configure rejected: [{event.code}] {event.description}",
+                    category=ErrorCategory.APPLICATION,
+                )
             case ServerWarning():
                 logger.warning(f"{self}: Flux warning [{event.code}] {event.description}")
             case _:

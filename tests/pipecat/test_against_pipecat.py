@@ -21,6 +21,7 @@ from pipecat.processors.frame_processor import FrameDirection, FrameProcessorSet
 from pipecat.services.deepgram.flux.stt_base import DeepgramFluxSTTBase, DeepgramFluxSTTSettings
 from pipecat.services.stt_service import STTService
 from pipecat.utils.asyncio.task_manager import TaskManager
+from pipecat.utils.errors import ErrorCategory
 
 from flux_sagemaker.core.events import parse_server_message
 from flux_sagemaker.pipecat import DeepgramFluxSageMakerSTTService
@@ -161,6 +162,7 @@ async def test_configure_failure_reports_code_and_description() -> None:
     assert isinstance(frame, ErrorFrame)
     assert direction is FrameDirection.UPSTREAM
     assert frame.error == "Configure rejected: [INVALID_THRESHOLD] too low"
+    assert frame.category is ErrorCategory.APPLICATION  # as a refusal before sending is
 
 
 _words = st.lists(
