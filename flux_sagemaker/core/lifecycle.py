@@ -38,10 +38,11 @@ class Reconnected:
 
 @attrs.frozen
 class StreamRolledOver:
-    """The session moved to a fresh stream on purpose, at a turn boundary.
+    """The session moved to a fresh stream on purpose (not after a failure).
 
-    This happens before SageMaker's 30-minute stream limit, before the credentials expire,
-    and when settings change on a bundle that cannot ``Configure``.
+    This happens before SageMaker's 30-minute stream limit and before the credentials expire,
+    at a turn boundary when one comes in time (else mid-turn, the open turn replayed), and at
+    once when a setting changes that only a new stream can carry.
     """
 
     reason: str
