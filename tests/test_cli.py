@@ -57,6 +57,17 @@ def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.Complet
     )
 
 
+def interruptible(module: str, *args: str) -> list[str]:
+    """``python -m module args`` with Ctrl-C (SIGINT) raising KeyboardInterrupt, as in a
+    terminal, even where the tests run in a background job: that starts with SIGINT ignored,
+    which its processes inherit, and the process would never see the test's Ctrl-C."""
+    start = (
+        "import runpy, signal, sys; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "del sys.argv[0]; runpy.run_module(sys.argv[0], run_name='__main__', alter_sys=True)"
+    )
+    return [sys.executable, "-c", start, module, *args]
+
+
 def run_main(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
     """Run the CLI in this process (for usage and help, which exit before doing anything):
     exit status, stdout, stderr. A process of its own costs a second of imports per call."""
@@ -245,7 +256,7 @@ def test_demo_live_display_on_a_terminal() -> None:
 
 def test_demo_ctrl_c_exits_130() -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flux_sagemaker", "demo"],
+        interruptible("flux_sagemaker", "demo"),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         env=_env(),
@@ -349,7 +360,7 @@ def test_transcribe_progress_on_a_terminal_stderr(tmp_path: Path) -> None:
 
 def _serve(*args: str) -> Iterator[dict[str, str]]:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flux_sagemaker.testing", "serve", *args],
+        interruptible("flux_sagemaker.testing", "serve", *args),
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
