@@ -389,19 +389,32 @@ def test_soak_plans_connection_faults_per_stream_only_for_a_pool_per_session(
 ) -> None:
     # Shared connections: a connection fault planned per stream strikes every session, and the
     # reconnects it causes open streams that may carry another; those come from outside instead.
+    endpoint = _planned(streams_open=0, sessions_per_pool=sessions_per_pool)
+    kinds = {fault.kind for fault in endpoint.faults}
+    # Every session's first stream at once (100), and the next few ahead.
+    assert [fault.stream_index for fault in endpoint.faults] == list(range(105))
+    assert kinds >= set(soak.STREAM_FAULTS)
+    assert bool(kinds & set(soak.CONNECTION_FAULTS)) is (sessions_per_pool == 1)
+
+
+def test_soak_plans_no_fault_for_a_stream_already_open() -> None:
+    # Injected into an open stream, a fault strikes at once, on audio already received.
+    endpoint = _planned(streams_open=200, sessions_per_pool=0)
+    assert [fault.stream_index for fault in endpoint.faults] == list(range(200, 205))
+
+
+def _planned(*, streams_open: int, sessions_per_pool: int) -> _PlanningEndpoint:
+    """One round of the soak's fault planner (a fault for every stream it plans for)."""
     args = soak.parse_args(["--streams", "100", "--sessions-per-pool", str(sessions_per_pool)])
     args.fault_ratio = args.refault_ratio = 1.0
-    endpoint = _PlanningEndpoint(streams=200)
+    endpoint = _PlanningEndpoint(streams=streams_open)
 
     async def plan() -> None:
         until = anyio.current_time() + 0.01
         await soak.plan_stream_faults(endpoint, random.Random(3), args, until)  # type: ignore[arg-type]
 
     anyio.run(plan)
-    kinds = {fault.kind for fault in endpoint.faults}
-    assert len(endpoint.faults) == 205
-    assert kinds >= set(soak.STREAM_FAULTS)
-    assert bool(kinds & set(soak.CONNECTION_FAULTS)) is (sessions_per_pool == 1)
+    return endpoint
 
 
 def test_a_target_below_the_harness_floor_is_called_out_of_reach() -> None:
