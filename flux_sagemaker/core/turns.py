@@ -26,9 +26,11 @@ then transcribes some audio a second time. On such a stream, with ``L`` the sess
    is dropped (the transcript the user sees never goes back);
 3. a ``StartOfTurn`` for a turn whose ``StartOfTurn`` was already delivered is dropped;
 4. an ``EagerEndOfTurn`` for the open turn is dropped while the end of that turn predicted on an
-   earlier stream stands (no ``TurnResumed`` since): the replay makes Flux predict it again, and
-   the application, perhaps already drafting a reply on the first prediction, gets one per turn
-   until ``TurnResumed`` withdraws it.
+   earlier stream, with the same transcript, stands (no ``TurnResumed`` since): the replay makes
+   Flux predict it again, and the application, perhaps already drafting a reply on the first
+   prediction, gets one per turn until ``TurnResumed`` withdraws it. A prediction with another
+   transcript is delivered: the ``EndOfTurn`` that follows carries that transcript, and Flux
+   promises the application that it matches the ``EagerEndOfTurn`` just before it.
 
 Other events pass: an ``EndOfTurn`` is never dropped outside rule 1, so a final is not lost. A
 turn the new stream re-detects from the tail of already-finalized audio *and* extends past
@@ -81,9 +83,9 @@ class TurnTracker:
     _open_start: float = attrs.field(init=False, default=0.0)
     _start_delivered: bool = attrs.field(init=False, default=False)
     _last: TurnInfo | None = attrs.field(init=False, default=None, repr=False)
-    # An EagerEndOfTurn of the open turn was delivered and no TurnResumed withdrew it; and
-    # whether that prediction came from an earlier stream (rule 4).
-    _predicted: bool = attrs.field(init=False, default=False)
+    # The transcript of the EagerEndOfTurn of the open turn that was delivered and that no
+    # TurnResumed withdrew; and whether that prediction came from an earlier stream (rule 4).
+    _predicted: str | None = attrs.field(init=False, default=None)
     _prediction_carried: bool = attrs.field(init=False, default=False)
     # The current stream: where its clock and its turn 0 sit on the session timeline.
     _offset: float = attrs.field(init=False, default=0.0)
@@ -153,7 +155,7 @@ class TurnTracker:
             )
         self._base = self._next_index
         self._skipped = 0
-        self._prediction_carried = self._predicted
+        self._prediction_carried = self._predicted is not None
         if audio_offset_s is None:
             self._offset = max(self._offset, self._high_water)
             self._finalized_until = self._reported_until = None
@@ -193,6 +195,7 @@ class TurnTracker:
             isinstance(event, EagerEndOfTurn)
             and index == self._open_index
             and self._prediction_carried
+            and event.transcript == self._predicted
         ):
             return None
         session_event = self._rewrite(event, index)
@@ -252,15 +255,16 @@ class TurnTracker:
 
     def _note_prediction(self, event: TurnInfo) -> None:
         if isinstance(event, EagerEndOfTurn):
-            self._predicted = True
+            # A prediction delivered now is this stream's own: its repeats are not replays.
+            self._predicted, self._prediction_carried = event.transcript, False
         elif isinstance(event, TurnResumed):
-            self._predicted = self._prediction_carried = False
+            self._predicted, self._prediction_carried = None, False
 
     def _close(self) -> None:
         self._open_index = None
         self._start_delivered = False
         self._last = None
-        self._predicted = self._prediction_carried = False
+        self._predicted, self._prediction_carried = None, False
 
     def stream_ended(self) -> EndOfTurn | None:
         """The server ended the current stream normally; finish the open turn, if any.

@@ -380,6 +380,60 @@ def test_a_prediction_withdrawn_before_the_replay_is_not_carried() -> None:
     assert summary(out) == [("EagerEndOfTurn", 0, 1.5)]
 
 
+def test_a_replay_that_predicts_another_end_delivers_it() -> None:
+    """A predicted the end after "a table for two" and failed; B, replaying the turn, predicts
+    it after "a table for two please" instead. That prediction is new: the EndOfTurn carries its
+    transcript, and Flux promises it matches the EagerEndOfTurn just before it."""
+    a, b = Server(), Server()
+    tracker = TurnTracker()
+    feed(
+        tracker,
+        [
+            a.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
+            a.turn("EagerEndOfTurn", 0, 0.0, 1.5, "a table for two"),
+        ],
+    )
+    tracker.start_stream(0.0)
+    out = feed(
+        tracker,
+        [
+            b.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
+            b.turn("Update", 0, 0.0, 1.75, "a table for two please"),
+            b.turn("EagerEndOfTurn", 0, 0.0, 2.0, "a table for two please"),
+            b.turn("EndOfTurn", 0, 0.0, 2.25, "a table for two please"),
+        ],
+    )
+    assert summary(out) == [("Update", 0, 1.75), ("EagerEndOfTurn", 0, 2.0), ("EndOfTurn", 0, 2.25)]
+    final = out[-1]
+    assert isinstance(final, EndOfTurn)
+    assert isinstance(out[-2], EagerEndOfTurn)
+    assert out[-2].transcript == final.transcript
+
+
+def test_a_new_stream_without_replay_delivers_its_own_prediction() -> None:
+    """Opus or containers: nothing is replayed, so B's EagerEndOfTurn predicts the end of new
+    speech, not again A's; the EndOfTurn then matches the prediction just before it."""
+    a, b = Server(), Server()
+    tracker = TurnTracker()
+    feed(
+        tracker,
+        [
+            a.turn("StartOfTurn", 0, 0.0, 0.5, "I want"),
+            a.turn("EagerEndOfTurn", 0, 0.0, 1.0, "I want pizza"),
+        ],
+    )
+    tracker.start_stream(None)
+    out = feed(
+        tracker,
+        [
+            b.turn("StartOfTurn", 0, 0.0, 0.5, "with cheese"),  # turn 0 already started
+            b.turn("EagerEndOfTurn", 0, 0.0, 0.75, "with cheese"),
+            b.turn("EndOfTurn", 0, 0.0, 1.0, "with cheese"),
+        ],
+    )
+    assert summary(out) == [("EagerEndOfTurn", 0, 1.75), ("EndOfTurn", 0, 2.0)]
+
+
 def test_replay_overlap_drops_finalized_turn() -> None:
     """B's replay starts 1 s before the last EndOfTurn (the buffer was trimmed coarsely)."""
     a, b = Server(), Server()
