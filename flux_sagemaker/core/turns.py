@@ -23,14 +23,19 @@ then transcribes some audio a second time. On such a stream, with ``L`` the sess
    already finalized and is dropped; when it is an ``EndOfTurn``, that stream turn is counted as
    a duplicate, so the stream's later turns keep consecutive session indexes;
 2. an ``Update`` whose ``audio_window_end`` is at most ``H`` re-covers audio already reported and
-   is dropped (the transcript the user sees never goes back);
+   is dropped (the transcript the user sees never goes back); so is an ``EagerEndOfTurn`` there
+   unless it comes after the prediction the application holds (the earlier stream made it too,
+   then withdrew it, or did not make it);
 3. a ``StartOfTurn`` for a turn whose ``StartOfTurn`` was already delivered is dropped;
-4. an ``EagerEndOfTurn`` for the open turn is dropped while the end of that turn predicted on an
-   earlier stream, with the same transcript, stands (no ``TurnResumed`` since): the replay makes
+4. an ``EagerEndOfTurn`` for the open turn is dropped when it repeats, with the same transcript,
+   the prediction the application holds (delivered, no ``TurnResumed`` since): the replay makes
    Flux predict it again, and the application, perhaps already drafting a reply on the first
-   prediction, gets one per turn until ``TurnResumed`` withdraws it. A prediction with another
+   prediction, gets one until ``TurnResumed`` withdraws it. A prediction with another
    transcript is delivered: the ``EndOfTurn`` that follows carries that transcript, and Flux
-   promises the application that it matches the ``EagerEndOfTurn`` just before it.
+   promises the application that it matches the ``EagerEndOfTurn`` just before it;
+5. a ``TurnResumed`` is dropped unless it withdraws the prediction the application holds (the
+   stream's latest ``EagerEndOfTurn`` was that one, delivered or dropped by rule 4): the
+   withdrawal of a prediction the application never got, or saw withdrawn already, is a repeat.
 
 Other events pass: an ``EndOfTurn`` is never dropped outside rule 1, so a final is not lost. A
 turn the new stream re-detects from the tail of already-finalized audio *and* extends past
@@ -84,15 +89,17 @@ class TurnTracker:
     _start_delivered: bool = attrs.field(init=False, default=False)
     _last: TurnInfo | None = attrs.field(init=False, default=None, repr=False)
     # The transcript of the EagerEndOfTurn of the open turn that was delivered and that no
-    # TurnResumed withdrew; and whether that prediction came from an earlier stream (rule 4).
+    # TurnResumed withdrew (rules 4 and 5).
     _predicted: str | None = attrs.field(init=False, default=None)
-    _prediction_carried: bool = attrs.field(init=False, default=False)
+    _predicted_at: float = attrs.field(init=False, default=0.0)
     # The current stream: where its clock and its turn 0 sit on the session timeline.
     _offset: float = attrs.field(init=False, default=0.0)
     _base: int = attrs.field(init=False, default=0)
     _skipped: int = attrs.field(init=False, default=0)
     _finalized_until: float | None = attrs.field(init=False, default=None)
     _reported_until: float | None = attrs.field(init=False, default=None)
+    # The current stream's latest EagerEndOfTurn not withdrawn, delivered or not (rule 5).
+    _stream_predicted: str | None = attrs.field(init=False, default=None)
 
     @property
     def turn_open(self) -> bool:
@@ -155,7 +162,7 @@ class TurnTracker:
             )
         self._base = self._next_index
         self._skipped = 0
-        self._prediction_carried = self._predicted is not None
+        self._stream_predicted = None
         if audio_offset_s is None:
             self._offset = max(self._offset, self._high_water)
             self._finalized_until = self._reported_until = None
@@ -175,17 +182,23 @@ class TurnTracker:
         """
         if not isinstance(event, TurnInfo):
             return event
+        withdrawn = self._stream_predicted
+        if isinstance(event, EagerEndOfTurn):
+            self._stream_predicted = event.transcript
+        elif isinstance(event, TurnResumed | EndOfTurn):
+            self._stream_predicted = None
         end = event.audio_window_end + self._offset
         if self._finalized_until is not None and end <= self._finalized_until + OVERLAP_TOLERANCE:
             if isinstance(event, EndOfTurn):
                 self._skipped = max(self._skipped, event.turn_index + 1)
             return None
-        if (
-            self._reported_until is not None
-            and isinstance(event, Update)
-            and end <= self._reported_until
-        ):
-            return None
+        if self._reported_until is not None and end <= self._reported_until:
+            if isinstance(event, Update):
+                return None
+            if isinstance(event, EagerEndOfTurn) and (
+                self._predicted is None or end <= self._predicted_at
+            ):
+                return None
         index = self._base + event.turn_index - self._skipped
         if index < self._next_index:
             return None  # a turn already completed
@@ -194,8 +207,11 @@ class TurnTracker:
         if (
             isinstance(event, EagerEndOfTurn)
             and index == self._open_index
-            and self._prediction_carried
             and event.transcript == self._predicted
+        ):
+            return None
+        if isinstance(event, TurnResumed) and (
+            self._predicted is None or withdrawn != self._predicted
         ):
             return None
         session_event = self._rewrite(event, index)
@@ -255,16 +271,15 @@ class TurnTracker:
 
     def _note_prediction(self, event: TurnInfo) -> None:
         if isinstance(event, EagerEndOfTurn):
-            # A prediction delivered now is this stream's own: its repeats are not replays.
-            self._predicted, self._prediction_carried = event.transcript, False
+            self._predicted, self._predicted_at = event.transcript, event.audio_window_end
         elif isinstance(event, TurnResumed):
-            self._predicted, self._prediction_carried = None, False
+            self._predicted = None
 
     def _close(self) -> None:
         self._open_index = None
         self._start_delivered = False
         self._last = None
-        self._predicted, self._prediction_carried = None, False
+        self._predicted = None
 
     def stream_ended(self) -> EndOfTurn | None:
         """The server ended the current stream normally; finish the open turn, if any.

@@ -7,6 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from flux_sagemaker import errors
 from flux_sagemaker.core.events import (
@@ -380,6 +382,35 @@ def test_a_prediction_withdrawn_before_the_replay_is_not_carried() -> None:
     assert summary(out) == [("EagerEndOfTurn", 0, 1.5)]
 
 
+def test_a_replay_does_not_repeat_a_withdrawn_prediction() -> None:
+    """A predicted the end, withdrew it, and failed; B, replaying the turn, predicts and
+    withdraws it again over the audio A reported: the application already had both."""
+    a, b = Server(), Server()
+    tracker = TurnTracker()
+    feed(
+        tracker,
+        [
+            a.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
+            a.turn("EagerEndOfTurn", 0, 0.0, 1.0, "a table for"),
+            a.turn("TurnResumed", 0, 0.0, 1.25, "a table for two"),
+            a.turn("Update", 0, 0.0, 1.5, "a table for two"),
+        ],
+    )
+    tracker.start_stream(0.0)
+    out = feed(
+        tracker,
+        [
+            b.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
+            b.turn("EagerEndOfTurn", 0, 0.0, 1.0, "a table for"),
+            b.turn("TurnResumed", 0, 0.0, 1.25, "a table for two"),
+            b.turn("Update", 0, 0.0, 1.5, "a table for two"),
+            b.turn("EagerEndOfTurn", 0, 0.0, 1.75, "a table for two"),
+            b.turn("EndOfTurn", 0, 0.0, 2.0, "a table for two"),
+        ],
+    )
+    assert summary(out) == [("EagerEndOfTurn", 0, 1.75), ("EndOfTurn", 0, 2.0)]
+
+
 def test_a_replay_that_predicts_another_end_delivers_it() -> None:
     """A predicted the end after "a table for two" and failed; B, replaying the turn, predicts
     it after "a table for two please" instead. That prediction is new: the EndOfTurn carries its
@@ -408,6 +439,31 @@ def test_a_replay_that_predicts_another_end_delivers_it() -> None:
     assert isinstance(final, EndOfTurn)
     assert isinstance(out[-2], EagerEndOfTurn)
     assert out[-2].transcript == final.transcript
+
+
+def test_a_replay_that_predicts_another_end_within_reported_audio_delivers_it() -> None:
+    """As above, but B's prediction falls inside the audio A reported after its own: A made no
+    prediction there, so it is new (not one A made and withdrew)."""
+    a, b = Server(), Server()
+    tracker = TurnTracker()
+    feed(
+        tracker,
+        [
+            a.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
+            a.turn("EagerEndOfTurn", 0, 0.0, 1.5, "a table for two"),
+            a.turn("Update", 0, 0.0, 2.0, "a table for two"),
+        ],
+    )
+    tracker.start_stream(0.0)
+    out = feed(
+        tracker,
+        [
+            b.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
+            b.turn("EagerEndOfTurn", 0, 0.0, 1.75, "a table for two please"),
+            b.turn("EndOfTurn", 0, 0.0, 2.25, "a table for two please"),
+        ],
+    )
+    assert summary(out) == [("EagerEndOfTurn", 0, 1.75), ("EndOfTurn", 0, 2.25)]
 
 
 def test_a_new_stream_without_replay_delivers_its_own_prediction() -> None:
@@ -585,3 +641,81 @@ def test_audio_heard_until_is_the_latest_window_on_the_session_timeline() -> Non
     assert tracker.audio_heard_until == 0.48
     feed(tracker, [second.turn("Update", 0, 0.0, 0.72)])
     assert tracker.audio_heard_until == pytest.approx(0.92)
+
+
+# ---- property: a deterministic replay delivers the session once ------------------------------
+
+_STEP = 0.25  # Flux reports about every 0.25 s of audio; multiples of it are exact floats
+
+
+@st.composite
+def flux_session(draw: st.DrawFn) -> list[dict[str, Any]]:
+    """The events one stream sends for a whole session, as dicts of session-level fields:
+    quiet Updates between turns, and turns with Updates and eager cycles."""
+    events: list[dict[str, Any]] = []
+    end = 0.0
+
+    def add(event: str, index: int, start: float, transcript: str) -> None:
+        nonlocal end
+        end += _STEP
+        events.append(
+            {"event": event, "index": index, "start": start, "end": end, "text": transcript}
+        )
+
+    n_turns = draw(st.integers(1, 3))
+    for index in range(n_turns):
+        for _ in range(draw(st.integers(0, 2))):
+            add("Update", index, end, "")
+        start, words = end, ["w0"]
+        add("StartOfTurn", index, start, " ".join(words))
+        for _ in range(draw(st.integers(0, 2))):
+            words.append(f"w{len(words)}")
+            add("Update", index, start, " ".join(words))
+        for _ in range(draw(st.integers(0, 2))):  # eager cycles
+            add("EagerEndOfTurn", index, start, " ".join(words))
+            words.append(f"w{len(words)}")
+            add("TurnResumed", index, start, " ".join(words))
+        if draw(st.booleans()):
+            add("EagerEndOfTurn", index, start, " ".join(words))
+        if index < n_turns - 1 or draw(st.booleans()):
+            add("EndOfTurn", index, start, " ".join(words))
+    return events
+
+
+def _as_stream(server: Server, event: dict[str, Any], offset: float, base: int) -> TurnInfo:
+    return server.turn(
+        event["event"],
+        event["index"] - base,
+        event["start"] - offset,
+        event["end"] - offset,
+        event["text"],
+    )
+
+
+@given(flux_session(), st.data())
+def test_a_deterministic_replay_delivers_each_event_once(
+    session: list[dict[str, Any]], data: st.DataObject
+) -> None:
+    """Stream A fails after any event; B hears the audio again from where the client's replay
+    starts (the last EndOfTurn, or later when no turn is open) and, like a deterministic Flux,
+    says again what A said about it. The application sees the session as one stream said it."""
+    failed_after = data.draw(st.integers(1, len(session)))
+    tracker = TurnTracker()
+    a, b = Server(), Server()
+    out = feed(tracker, [_as_stream(a, e, 0.0, 0) for e in session[:failed_after]])
+    finals = [e for e in session[:failed_after] if e["event"] == "EndOfTurn"]
+    offset = finals[-1]["end"] if finals else 0.0
+    if not tracker.turn_open:  # the client then replays only the tail of the quiet audio
+        heard = session[failed_after - 1]["end"]
+        offset = data.draw(st.sampled_from([offset, max(offset, heard - 3.0), heard]))
+    tracker.start_stream(offset)
+    out += feed(
+        tracker,
+        [_as_stream(b, e, offset, len(finals)) for e in session if e["end"] > offset],
+    )
+    expected = [(e["event"], e["index"], e["end"], e["text"]) for e in session]
+    got = []
+    for e in out:
+        assert isinstance(e, TurnInfo)
+        got.append((e.event, e.turn_index, e.audio_window_end, e.transcript))
+    assert got == expected
