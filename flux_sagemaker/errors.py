@@ -210,7 +210,8 @@ class AccessDeniedError(OperationError):
 
 
 class ExpiredTokenError(AccessDeniedError):
-    """The session token expired; retryable once the credentials are refreshed."""
+    """The session token expired; retryable once the credentials are refreshed (so not with
+    fixed credentials: the client then raises it with ``retryable=False``)."""
 
     retryable = True
 

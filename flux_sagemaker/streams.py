@@ -28,6 +28,7 @@ from .core.request import InvokeRequest
 from .core.signing import EventSigner, sign_request
 from .errors import (
     ConnectError,
+    ExpiredTokenError,
     FluxError,
     GoAway,
     StreamReset,
@@ -162,7 +163,13 @@ async def _open_once(
             status, headers = await h2.response()
             request_id = _header(headers, "x-amzn-requestid")
             if status != 200:
-                raise operation_error(status, headers, await _read_body(h2, _MAX_ERROR_BODY))
+                error = operation_error(status, headers, await _read_body(h2, _MAX_ERROR_BODY))
+                if isinstance(error, ExpiredTokenError) and not isinstance(
+                    credentials, RefreshableCredentials
+                ):
+                    # Fixed credentials come back the same on every attempt: nothing to retry.
+                    error.retryable = False
+                raise error
             signer = EventSigner(
                 credentials=frozen, region=config.region, seed_signature=signed.signature
             )

@@ -13,6 +13,7 @@ from flux_sagemaker import (
     AccessDeniedError,
     ConnectError,
     EndOfTurn,
+    ExpiredTokenError,
     FluxError,
     FluxEvent,
     FluxServerError,
@@ -40,6 +41,7 @@ from flux_sagemaker.testing import (
     FaultKind,
     RequestFailure,
 )
+from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
 
 from .helpers import (
     FAST_TIMEOUTS,
@@ -101,6 +103,21 @@ async def test_wrong_credentials_are_access_denied(endpoint: EndpointFactory) ->
         assert error.status_code == 403
         assert _is_request_id(error.request_id)
         assert "not-the-secret" not in repr(error) + str(error)
+
+
+async def test_an_expired_token_of_fixed_credentials_is_not_retried(
+    endpoint: EndpointFactory,
+) -> None:
+    """Fixed credentials (not refreshable) come back the same on every attempt: once SageMaker
+    calls their token expired, a retry can only be refused again."""
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep:
+            ep.rotate_credentials(DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, token="the-new-one")
+            fixed = Credentials(DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, "the-old-one")
+            error = await _open_fails(ep, credentials=fixed, retry=QUICK_RETRY)
+    assert isinstance(error, ExpiredTokenError)
+    assert not error.retryable
+    assert [stream.status for stream in ep.streams] == [403]  # one attempt, not five
 
 
 async def test_unknown_endpoint_name_is_a_validation_error(endpoint: EndpointFactory) -> None:
