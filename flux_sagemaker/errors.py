@@ -105,6 +105,19 @@ class FluxError(Exception):
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.message!r}, retryable={self.retryable})"
 
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Rebuilt without __init__, whose keyword-only arguments the default (the positional
+        # args) cannot give back: pickling (multiprocessing, task queues) and copy would fail.
+        return _rebuilt, (type(self), self.args, self.__dict__)
+
+
+def _rebuilt(cls: type[FluxError], args: tuple[Any, ...], state: dict[str, Any]) -> FluxError:
+    """A pickled or copied error, from its class, ``args`` and attributes."""
+    error = cls.__new__(cls)
+    error.args = args
+    error.__dict__.update(state)
+    return error
+
 
 class ValidationError(FluxError, ValueError):
     """An argument or setting is invalid; raised before anything is sent."""

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy
 import json
+import pickle
 
 import pytest
 
@@ -346,3 +348,24 @@ def test_deeply_nested_body_is_not_json_to_us() -> None:
     failure = stream_error(exception_message("ModelStreamError", nested))
     assert type(failure) is errors.ModelStreamError
     assert failure.message == "ModelStreamError"
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        operation_error(403, aws_headers("ExpiredTokenException"), body(message="expired")),
+        operation_error(424, aws_headers("ModelError"), body(message="no", OriginalStatusCode=400)),
+        errors.ConfigureRejected("INVALID_THRESHOLD", "too low", request_id=REQUEST_ID),
+        errors.MessageParseError("not JSON", raw=b"{"),
+        errors.GoAway("going away", error_code=0, unprocessed=True),
+        errors.TimeoutError("slow", request_id=REQUEST_ID),
+    ],
+    ids=type,
+)
+def test_errors_survive_pickling_and_copying(error: errors.FluxError) -> None:
+    """Across processes (multiprocessing, task queues) and through copy, whatever keyword-only
+    arguments the class's constructor takes."""
+    for again in (pickle.loads(pickle.dumps(error)), copy.copy(error), copy.deepcopy(error)):
+        assert type(again) is type(error)
+        assert again.__dict__ == error.__dict__
+        assert (again.args, str(again), repr(again)) == (error.args, str(error), repr(error))
