@@ -148,6 +148,10 @@ async def _open_once(
     frozen, credentials = await frozen_credentials(config.credentials)
     expires_in = seconds_until_expiry(credentials)
     signed = sign_request(request, frozen, config.region)
+    signer = EventSigner(credentials=frozen, region=config.region, seed_signature=signed.signature)
+    # Error trackers record a failed frame's locals by their repr, which for botocore's frozen
+    # credentials shows the secret key; the signer's and the signed request's repr hide it.
+    del frozen
     h2 = await pool.open_stream(
         config.endpoint,
         method=signed.method,
@@ -170,9 +174,6 @@ async def _open_once(
                     # Fixed credentials come back the same on every attempt: nothing to retry.
                     error.retryable = False
                 raise error
-            signer = EventSigner(
-                credentials=frozen, region=config.region, seed_signature=signed.signature
-            )
             proto = StreamProtocol(signer, request_id=request_id)
             early: list[ServerMessage] = []
             while proto.flux_request_id is None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import traceback
 import uuid
 
 import anyio
@@ -103,6 +104,28 @@ async def test_wrong_credentials_are_access_denied(endpoint: EndpointFactory) ->
         assert error.status_code == 403
         assert _is_request_id(error.request_id)
         assert "not-the-secret" not in repr(error) + str(error)
+
+
+async def test_no_frame_of_a_failed_open_holds_the_secret_in_its_locals(
+    endpoint: EndpointFactory,
+) -> None:
+    """Error trackers (Sentry's default) record each frame's local variables by their repr;
+    only a few names, such as ``credentials``, are scrubbed."""
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep:
+            ep.rotate_credentials(DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, token="the-new-one")
+            fixed = Credentials(DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, "the-old-one")
+            error = await _open_fails(ep, credentials=fixed)
+    ours = [
+        frame
+        for frame, _ in traceback.walk_tb(error.__traceback__)
+        if "flux_sagemaker" in frame.f_code.co_filename
+    ]
+    assert [frame.f_code.co_name for frame in ours][-1:] == ["_open_once"]
+    for frame in ours:
+        for name, value in frame.f_locals.items():
+            if name != "credentials":
+                assert DEFAULT_SECRET_KEY not in repr(value), (frame.f_code.co_name, name)
 
 
 async def test_an_expired_token_of_fixed_credentials_is_not_retried(
