@@ -244,13 +244,12 @@ class ReplayBuffer:
             self._drop_front(target - self._start)
 
     def replay(self) -> bytes:
-        """The held audio, from :attr:`start_offset` to :attr:`total_bytes`."""
-        if len(self._chunks) > 1:
-            # Join once and keep the result, so a second replay does not join again.
-            joined = b"".join(self._chunks)
-            self._chunks.clear()
-            self._chunks.append(joined)
-        return self._chunks[0] if self._chunks else b""
+        """The held audio, from :attr:`start_offset` to :attr:`total_bytes`.
+
+        A copy, each time: kept as the buffer's one chunk, it would be copied again, whole, by
+        every later append that drops audio from the front (a turn longer than the bound).
+        """
+        return b"".join(self._chunks)
 
     def _drop_front(self, n: int) -> None:
         self._start += n

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import tracemalloc
 from collections.abc import Callable
 
 import pytest
@@ -137,7 +138,6 @@ def test_replay_basics() -> None:
     assert buf.held_bytes == 600
     assert buf.start_offset == 0
     assert buf.replay() == b"\x01\x00" * 100 + b"\x02\x00" * 100 + b"\x03\x00" * 100
-    assert buf.replay() is buf.replay()  # joined once
     buf.trim_to(250)
     assert buf.start_offset == 250
     assert buf.replay() == b"\x02\x00" * 75 + b"\x03\x00" * 100
@@ -194,6 +194,26 @@ def test_trim_edges() -> None:
     for bad in (-1, 1.5, True):
         with pytest.raises(errors.ValidationError, match="byte_offset"):
             buf.trim_to(bad)  # type: ignore[arg-type]
+
+
+def test_audio_after_a_replay_does_not_copy_the_buffer_again() -> None:
+    """A turn longer than the bound after a reconnect: each chunk appended drops as much from
+    the front, which must cost about one chunk, not a copy of what the buffer holds (at 8 MiB
+    and a chunk per 20 ms, 400 MB/s of copying per session)."""
+    chunk = bytes(640)
+    buffer = ReplayBuffer(1 << 20)
+    for _ in range((1 << 20) // len(chunk)):
+        buffer.append(chunk)
+    assert len(buffer.replay()) == buffer.held_bytes
+    tracemalloc.start()
+    try:
+        for _ in range(100):
+            buffer.append(chunk)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 1024  # the new chunks, not another copy of the megabyte held
+    assert buffer.held_bytes == buffer.capacity
 
 
 def test_replay_validation() -> None:
