@@ -613,7 +613,9 @@ async def connect(
     The returned connection's reader is not running yet: start :meth:`H2Connection.run`.
 
     Raises:
-        ConnectError: refused, unreachable, TLS failure, or the server does not speak HTTP/2.
+        ConnectError: refused, unreachable, TLS failure, or the server does not speak HTTP/2;
+            not retryable for a host name DNS cannot carry (an empty or too long label, a
+            code point IDNA forbids).
         TimeoutError: it took longer than ``timeouts.connect``.
     """
     timeouts = timeouts or Timeouts()
@@ -663,6 +665,11 @@ async def connect(
         raise errors.ConnectError(f"{target} does not speak HTTP/2: {exc.message}") from exc
     except (*NETWORK_ERRORS, ssl.SSLError) as exc:
         raise errors.ConnectError(f"could not connect to {target}: {exc!r}") from exc
+    except UnicodeError as exc:
+        # The resolver's IDNA encoding (asyncio: Python's codec, anyio: the idna package)
+        # refused the name: an empty or too long label, a code point IDNA forbids.
+        msg = f"{host!r} is not a valid host name: {exc}"
+        raise errors.ConnectError(msg, retryable=False) from exc
     return conn
 
 

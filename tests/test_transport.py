@@ -542,6 +542,29 @@ async def test_refused_connection_is_connect_error() -> None:
         await connect("127.0.0.1", port, ssl_context=None)
 
 
+@pytest.mark.parametrize(
+    ("host", "refused_on"),
+    [
+        ("a" * 64 + ".example.com", "asyncio"),
+        ("runtime..example.com", "asyncio"),
+        ("ab\u200d.example.com", "trio"),  # a joiner where IDNA 2008 forbids it
+    ],
+    ids=["long-label", "empty-label", "joiner"],
+)
+async def test_a_host_name_dns_cannot_carry_is_a_connect_error(
+    host: str, refused_on: str, anyio_backend: str
+) -> None:
+    """The IDNA encoding before the DNS query refuses these names (asyncio uses Python's codec,
+    anyio on trio the idna package); its raw UnicodeError escaped."""
+    # The other backend asks DNS, which may answer "not found" or not at all.
+    with anyio.fail_after(10), pytest.raises(errors.TransportError) as caught:
+        await connect(host, 443, ssl_context=None, timeouts=Timeouts(connect=5))
+    if anyio_backend == refused_on:
+        assert isinstance(caught.value, errors.ConnectError)
+        assert "not a valid host name" in str(caught.value)
+        assert not caught.value.retryable  # it would fail the same way again
+
+
 async def test_a_server_that_never_answers_the_preface_is_a_connect_timeout() -> None:
     async def mute(sock: anyio.abc.SocketStream) -> None:
         async with sock:
