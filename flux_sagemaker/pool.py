@@ -234,6 +234,8 @@ class ConnectionPool:
                 max_streams=self.max_streams_per_connection,
             )
             try:
+                if self._closed:  # while we connected: its task group takes no reader now
+                    raise errors.UsageError("the ConnectionPool was closed while connecting")
                 await self._tg.start(conn.run)
             except BaseException:
                 await conn.aclose()

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import ssl
 
 import anyio
+import anyio.abc
 import pytest
 import trustme
 
@@ -339,3 +341,50 @@ async def test_an_opener_caught_by_its_connections_write_timeout_goes_to_another
             (second,) = opened
             assert second.connection is not conn
             assert (await second.response())[0] == 200
+
+
+async def test_a_pool_closed_while_connecting_raises_usage_error_and_closes_the_socket() -> None:
+    """The connect finished after the pool's exit: starting its reader in the finished task
+    group raised a raw RuntimeError, and the new socket was left to the garbage collector."""
+    accepted, answer, client_gone = anyio.Event(), anyio.Event(), anyio.Event()
+
+    async def slow_server(sock: anyio.abc.SocketStream) -> None:
+        async with sock:
+            accepted.set()
+            await answer.wait()
+            await sock.send(b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")  # SETTINGS, empty
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError):
+                while True:
+                    await sock.receive()
+            client_gone.set()
+
+    with anyio.fail_after(10):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        port = listener.extra(anyio.abc.SocketAttribute.local_port)
+        async with listener, anyio.create_task_group() as tg:
+            tg.start_soon(listener.serve, slow_server)
+            outcome: list[BaseException] = []
+
+            async def opener(pool: ConnectionPool) -> None:
+                try:
+                    await pool.open_stream(
+                        ("http", "127.0.0.1", port),
+                        authority="x",
+                        path="/",
+                        headers=[],
+                        ssl_context=None,
+                        timeouts=TIMEOUTS,
+                    )
+                except Exception as exc:
+                    outcome.append(exc)
+
+            async with anyio.create_task_group() as openers:
+                async with ConnectionPool() as pool:
+                    openers.start_soon(opener, pool)
+                    await accepted.wait()
+                answer.set()
+            (error,) = outcome
+            assert isinstance(error, errors.UsageError)
+            await client_gone.wait()  # the client closed the connection it had made
+            assert pool.stats.connections == 0
+            tg.cancel_scope.cancel()
