@@ -1,4 +1,4 @@
-"""A pool of HTTP/2 connections keyed by ``(scheme, host, port)``.
+"""A pool of HTTP/2 connections keyed by ``(scheme, host, port)``, TLS context and timeouts.
 
 Streams to one endpoint share a connection while it is healthy and below its concurrent-stream
 limit; a new connection is opened otherwise. Concurrent first requests share ONE new connection:
@@ -39,11 +39,14 @@ from flux_sagemaker.transport import H2Connection, H2Stream, Timeouts, connect
 __all__ = ["ConnectionPool", "EndpointKey", "PoolStats", "default_pool"]
 
 EndpointKey = tuple[str, str, int]
-# What a connection is shared by: the endpoint and, for https, the TLS context that verified it.
-# A caller with other trust settings (a stricter CA bundle, say) must not ride on a connection
-# verified under someone else's, nor be handed their TLS failure.
-_ConnectionKey = tuple[str, str, int, ssl.SSLContext | None]
 """``(scheme, host, port)``."""
+# The limits a connection applies to every stream on it (Timeouts' transport fields).
+_TransportLimits = tuple[float | None, float | None, float | None, float | None, float]
+# What a connection is shared by: the endpoint, for https the TLS context that verified it,
+# and the transport's limits. A caller with other trust settings (a stricter CA bundle, say)
+# must not ride on a connection verified under someone else's, nor be handed their TLS
+# failure; one with another read limit or PING setting must not get the first caller's.
+_ConnectionKey = tuple[str, str, int, ssl.SSLContext | None, _TransportLimits]
 
 _OPEN_ATTEMPTS = 3  # a connection may die between being picked and sending the headers
 
@@ -169,15 +172,24 @@ class ConnectionPool:
 
         Reuses a connection with a free stream slot, or opens one (sharing it with concurrent
         callers). Only callers with the same ``ssl_context`` object share an https connection:
-        pass the same context to share. Raises ``ConnectError``/``TimeoutError`` when
+        pass the same context to share. Likewise only callers with the same transport limits of
+        ``timeouts`` (``connect``, ``read``, ``write``, ``ping_interval``, ``ping_timeout``):
+        a connection applies them to all its streams. Raises ``ConnectError``/``TimeoutError`` when
         connecting fails, and ``UsageError`` when the pool is not running.
         """
         if isinstance(endpoint, tuple):
             scheme, host, port = endpoint
         else:
             scheme, host, port = endpoint.scheme, endpoint.host, endpoint.port
-        key = (scheme, host, port, ssl_context if scheme == "https" else None)
         timeouts = timeouts or Timeouts()
+        limits = (
+            timeouts.connect,
+            timeouts.read,
+            timeouts.write,
+            timeouts.ping_interval,
+            timeouts.ping_timeout,
+        )
+        key = (scheme, host, port, ssl_context if scheme == "https" else None, limits)
         for attempt in range(_OPEN_ATTEMPTS):
             conn = await self._acquire(key, timeouts)
             try:
@@ -222,7 +234,7 @@ class ConnectionPool:
         assert self._tg is not None
         pending = self._connecting[key] = _Connecting()
         try:
-            scheme, host, port, ssl_context = key
+            scheme, host, port, ssl_context, _ = key
             if scheme == "https" and ssl_context is None:
                 ssl_context = ssl.create_default_context()
             conn = await connect(

@@ -239,6 +239,41 @@ async def test_https_connections_are_shared_only_under_the_same_tls_context() ->
             assert server.stats.connections_accepted == 2
 
 
+async def test_a_callers_timeouts_hold_on_a_shared_connection() -> None:
+    """Clients with other timeouts (one with no read limit and no PING, one with both) shared
+    one connection, which kept the first caller's: the second's read limit and PINGs were
+    silently dropped, and a dead peer went unnoticed for it. Callers with equal transport
+    timeouts still share; those with other ones get a connection of their own."""
+
+    async def hold(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        await anyio.sleep_forever()
+
+    async def open_with(pool: ConnectionPool, port: int, timeouts: Timeouts) -> H2Stream:
+        return await pool.open_stream(
+            ("http", "127.0.0.1", port),
+            authority=f"127.0.0.1:{port}",
+            path="/",
+            headers=[],
+            ssl_context=None,
+            timeouts=timeouts,
+        )
+
+    strict = Timeouts(read=0.2, ping_interval=5.0)
+    with anyio.fail_after(10):
+        async with H2Server(hold) as server, ConnectionPool() as pool:
+            lax = await open_with(pool, server.port, TIMEOUTS)
+            # Only the client-level limits differ: the same connection.
+            same = await open_with(pool, server.port, Timeouts(ping_interval=None, connected=1))
+            assert same.connection is lax.connection
+            stream = await open_with(pool, server.port, strict)
+            assert stream.connection.timeouts == strict
+            await stream.response()
+            with pytest.raises(errors.TimeoutError, match="no data"):
+                await stream.receive()
+            assert pool.stats.connections_opened == 2
+
+
 async def test_pool_must_be_entered() -> None:
     pool = ConnectionPool()
     with pytest.raises(errors.UsageError):
