@@ -34,8 +34,11 @@ then transcribes some audio a second time. On such a stream, with ``L`` the sess
    transcript is delivered: the ``EndOfTurn`` that follows carries that transcript, and Flux
    promises the application that it matches the ``EagerEndOfTurn`` just before it;
 5. a ``TurnResumed`` is dropped unless it withdraws the prediction the application holds (the
-   stream's latest ``EagerEndOfTurn`` was that one, delivered or dropped by rule 4): the
-   withdrawal of a prediction the application never got, or saw withdrawn already, is a repeat.
+   stream's latest ``EagerEndOfTurn`` was that one: delivered, dropped by rule 4, or dropped by
+   rule 2 at its place): the withdrawal of a prediction the application never got, or saw
+   withdrawn already, is a repeat. The place counts, not only the transcript: Flux may predict
+   the same words twice in a turn (the user went on with a breath, a cough), and the withdrawal
+   of the first prediction, heard again, is not that of the second.
 
 Other events pass: an ``EndOfTurn`` is never dropped outside rule 1, so a final is not lost. A
 turn the new stream re-detects from the tail of already-finalized audio *and* extends past
@@ -98,8 +101,9 @@ class TurnTracker:
     _skipped: int = attrs.field(init=False, default=0)
     _finalized_until: float | None = attrs.field(init=False, default=None)
     _reported_until: float | None = attrs.field(init=False, default=None)
-    # The current stream's latest EagerEndOfTurn not withdrawn, delivered or not (rule 5).
-    _stream_predicted: str | None = attrs.field(init=False, default=None)
+    # Whether the current stream's latest EagerEndOfTurn not withdrawn is the prediction the
+    # application holds, delivered or not (rule 5).
+    _stream_holds: bool = attrs.field(init=False, default=False)
 
     @property
     def turn_open(self) -> bool:
@@ -162,7 +166,7 @@ class TurnTracker:
             )
         self._base = self._next_index
         self._skipped = 0
-        self._stream_predicted = None
+        self._stream_holds = False
         if audio_offset_s is None:
             self._offset = max(self._offset, self._high_water)
             self._finalized_until = self._reported_until = None
@@ -182,11 +186,9 @@ class TurnTracker:
         """
         if not isinstance(event, TurnInfo):
             return event
-        withdrawn = self._stream_predicted
-        if isinstance(event, EagerEndOfTurn):
-            self._stream_predicted = event.transcript
-        elif isinstance(event, TurnResumed | EndOfTurn):
-            self._stream_predicted = None
+        withdraws_held = self._stream_holds
+        if isinstance(event, EagerEndOfTurn | TurnResumed | EndOfTurn):
+            self._stream_holds = False
         end = event.audio_window_end + self._offset
         if self._finalized_until is not None and end <= self._finalized_until + OVERLAP_TOLERANCE:
             if isinstance(event, EndOfTurn):
@@ -198,6 +200,11 @@ class TurnTracker:
             if isinstance(event, EagerEndOfTurn) and (
                 self._predicted is None or end <= self._predicted_at
             ):
+                # The held prediction heard again at its place, or an earlier one (withdrawn).
+                self._stream_holds = (
+                    event.transcript == self._predicted
+                    and end >= self._predicted_at - OVERLAP_TOLERANCE
+                )
                 return None
         index = self._base + event.turn_index - self._skipped
         if index < self._next_index:
@@ -209,13 +216,14 @@ class TurnTracker:
             and index == self._open_index
             and event.transcript == self._predicted
         ):
+            self._stream_holds = True
             return None
-        if isinstance(event, TurnResumed) and (
-            self._predicted is None or withdrawn != self._predicted
-        ):
+        if isinstance(event, TurnResumed) and (self._predicted is None or not withdraws_held):
             return None
         session_event = self._rewrite(event, index)
         self._track(session_event)
+        if isinstance(session_event, EagerEndOfTurn):
+            self._stream_holds = self._predicted is not None
         return session_event
 
     def _rewrite(self, event: TurnInfo, index: int) -> TurnInfo:

@@ -411,6 +411,34 @@ def test_a_replay_does_not_repeat_a_withdrawn_prediction() -> None:
     assert summary(out) == [("EagerEndOfTurn", 0, 1.75), ("EndOfTurn", 0, 2.0)]
 
 
+def test_a_replay_does_not_withdraw_a_prediction_made_again_with_the_same_words() -> None:
+    """A predicted the end, withdrew it (the user went on without a word), predicted it again
+    with the same words, and failed. B's replay withdraws the first prediction again: the
+    application saw that already, and still holds the second, which Flux did not withdraw."""
+    a, b = Server(), Server()
+    tracker = TurnTracker()
+    said = [
+        ("StartOfTurn", 0.5, "a table"),
+        ("EagerEndOfTurn", 1.0, "a table for two"),
+        ("TurnResumed", 1.25, "a table for two"),
+        ("EagerEndOfTurn", 1.5, "a table for two"),
+        ("Update", 1.75, "a table for two"),
+    ]
+    out = feed(tracker, [a.turn(kind, 0, 0.0, end, text) for kind, end, text in said])
+    assert len(out) == len(said)
+    tracker.start_stream(0.0)
+    replayed = [*said, ("EndOfTurn", 2.0, "a table for two")]
+    out = feed(tracker, [b.turn(kind, 0, 0.0, end, text) for kind, end, text in replayed])
+    assert summary(out) == [("EndOfTurn", 0, 2.0)]
+    # Withdrawn after the replay, the second prediction is withdrawn for the application too.
+    tracker = TurnTracker()
+    feed(tracker, [a.turn(kind, 0, 0.0, end, text) for kind, end, text in said])
+    tracker.start_stream(0.0)
+    replayed = [*said, ("TurnResumed", 2.0, "a table for two"), ("EndOfTurn", 2.5, "a table")]
+    out = feed(tracker, [b.turn(kind, 0, 0.0, end, text) for kind, end, text in replayed])
+    assert summary(out) == [("TurnResumed", 0, 2.0), ("EndOfTurn", 0, 2.5)]
+
+
 def test_a_replay_that_predicts_another_end_delivers_it() -> None:
     """A predicted the end after "a table for two" and failed; B, replaying the turn, predicts
     it after "a table for two please" instead. That prediction is new: the EndOfTurn carries its
@@ -673,7 +701,8 @@ def flux_session(draw: st.DrawFn) -> list[dict[str, Any]]:
             add("Update", index, start, " ".join(words))
         for _ in range(draw(st.integers(0, 2))):  # eager cycles
             add("EagerEndOfTurn", index, start, " ".join(words))
-            words.append(f"w{len(words)}")
+            if draw(st.booleans()):  # or the user went on without a word (a breath, a cough)
+                words.append(f"w{len(words)}")
             add("TurnResumed", index, start, " ".join(words))
         if draw(st.booleans()):
             add("EagerEndOfTurn", index, start, " ".join(words))

@@ -471,3 +471,34 @@ async def test_an_update_during_a_slow_reconnect_does_not_hold_the_frames_behind
     last = endpoint.streams[-1].settings
     assert last is not None
     assert last.eot_threshold == 0.9
+
+
+@pytest.mark.parametrize("kind", [FaultKind.RESET_STREAM, FaultKind.DROP_CONNECTION])
+@pytest.mark.anyio
+async def test_a_reconnect_does_not_withdraw_a_prediction_made_again_after_a_resume(
+    kind: FaultKind,
+) -> None:
+    # EagerEndOfTurn after 300 ms of pause (1.5 s), speech again (TurnResumed, 1.58 s), a second
+    # EagerEndOfTurn with the same words (2.46 s), and EndOfTurn (0.9) after 540 ms (2.7 s): the
+    # fault strikes between the last two. The replay makes Flux say it all again; its first
+    # TurnResumed withdraws the first prediction, which the application saw withdrawn already,
+    # not the second one it holds: an EagerEndOfTurnCancelFrame for it would discard a good
+    # speculative response, and the turn's end would need a second inference.
+    audio = tone(1200) + silence(360) + tone(600) + silence(1500)
+    fault = Fault(kind=kind, after_audio_s=2.58)
+    async with MockFluxEndpoint(script=["a table for two"], faults=[fault]) as endpoint:
+        stt = service(endpoint, enable_eager_end_of_turn=True, settings=Settings(eot_threshold=0.9))
+        resumed = _record(stt, "on_turn_resumed")
+        down, _ = await run(stt, audio_frames(audio))
+    first, replay = endpoint.streams
+    assert first.event_types.count("EagerEndOfTurn") == 2
+    assert "EndOfTurn" not in first.event_types
+    assert "TurnResumed" in replay.event_types  # Flux withdrew the first prediction again
+    kinds = [
+        type(f)
+        for f in flux_frames(down)
+        if isinstance(f, EagerTranscriptionFrame | EagerEndOfTurnCancelFrame)
+    ]
+    assert kinds == [EagerTranscriptionFrame, EagerEndOfTurnCancelFrame, EagerTranscriptionFrame]
+    assert texts(down) == ["a table for two"]
+    assert resumed == [()]
