@@ -24,8 +24,9 @@ then transcribes some audio a second time. On such a stream, with ``L`` the sess
    a duplicate, so the stream's later turns keep consecutive session indexes;
 2. an ``Update`` whose ``audio_window_end`` is at most ``H`` re-covers audio already reported and
    is dropped (the transcript the user sees never goes back); so is an ``EagerEndOfTurn`` there
-   unless it comes after the prediction the application holds (the earlier stream made it too,
-   then withdrew it, or did not make it);
+   that comes before the prediction the application holds, or when it holds none (the earlier
+   stream made it too, then withdrew it, or did not make it). One at the held prediction's place
+   (within ``OVERLAP_TOLERANCE``) or after it goes on to rule 4;
 3. a ``StartOfTurn`` for a turn whose ``StartOfTurn`` was already delivered is dropped;
 4. an ``EagerEndOfTurn`` for the open turn is dropped when it repeats, with the same transcript,
    the prediction the application holds (delivered, no ``TurnResumed`` since): the replay makes
@@ -34,11 +35,11 @@ then transcribes some audio a second time. On such a stream, with ``L`` the sess
    transcript is delivered: the ``EndOfTurn`` that follows carries that transcript, and Flux
    promises the application that it matches the ``EagerEndOfTurn`` just before it;
 5. a ``TurnResumed`` is dropped unless it withdraws the prediction the application holds (the
-   stream's latest ``EagerEndOfTurn`` was that one: delivered, dropped by rule 4, or dropped by
-   rule 2 at its place): the withdrawal of a prediction the application never got, or saw
-   withdrawn already, is a repeat. The place counts, not only the transcript: Flux may predict
-   the same words twice in a turn (the user went on with a breath, a cough), and the withdrawal
-   of the first prediction, heard again, is not that of the second.
+   stream's latest ``EagerEndOfTurn`` was that one: delivered, or dropped by rule 4): the
+   withdrawal of a prediction the application never got, or saw withdrawn already, is a repeat.
+   The place counts, not only the transcript: Flux may predict the same words twice in a turn
+   (the user went on with a breath, a cough), and the withdrawal of the first prediction, heard
+   again (dropped by rule 2), is not that of the second.
 
 Other events pass: an ``EndOfTurn`` is never dropped outside rule 1, so a final is not lost. A
 turn the new stream re-detects from the tail of already-finalized audio *and* extends past
@@ -198,13 +199,8 @@ class TurnTracker:
             if isinstance(event, Update):
                 return None
             if isinstance(event, EagerEndOfTurn) and (
-                self._predicted is None or end <= self._predicted_at
+                self._predicted is None or end < self._predicted_at - OVERLAP_TOLERANCE
             ):
-                # The held prediction heard again at its place, or an earlier one (withdrawn).
-                self._stream_holds = (
-                    event.transcript == self._predicted
-                    and end >= self._predicted_at - OVERLAP_TOLERANCE
-                )
                 return None
         index = self._base + event.turn_index - self._skipped
         if index < self._next_index:

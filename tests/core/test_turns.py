@@ -469,6 +469,31 @@ def test_a_replay_that_predicts_another_end_delivers_it() -> None:
     assert out[-2].transcript == final.transcript
 
 
+def test_a_replay_that_predicts_the_end_at_the_same_place_with_other_words_delivers_it() -> None:
+    """B, replaying the turn with other settings (redaction, keyterms), predicts its end where A
+    did, with other words: a new prediction, not A's again, and the EndOfTurn carries its words."""
+    a, b = Server(), Server()
+    tracker = TurnTracker()
+    feed(
+        tracker,
+        [
+            a.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
+            a.turn("EagerEndOfTurn", 0, 0.0, 1.5, "a table for two"),
+        ],
+    )
+    tracker.start_stream(0.0)
+    out = feed(
+        tracker,
+        [
+            b.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
+            b.turn("EagerEndOfTurn", 0, 0.0, 1.5, "a table for [NUMBER]"),
+            b.turn("EndOfTurn", 0, 0.0, 1.75, "a table for [NUMBER]"),
+        ],
+    )
+    assert summary(out) == [("EagerEndOfTurn", 0, 1.5), ("EndOfTurn", 0, 1.75)]
+    assert [e.transcript for e in out if isinstance(e, TurnInfo)] == ["a table for [NUMBER]"] * 2
+
+
 def test_a_replay_that_predicts_another_end_within_reported_audio_delivers_it() -> None:
     """As above, but B's prediction falls inside the audio A reported after its own: A made no
     prediction there, so it is new (not one A made and withdrew)."""

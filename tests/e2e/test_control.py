@@ -16,9 +16,11 @@ from flux_sagemaker import (
     ConfigureFailure,
     ConfigureRejected,
     ConfigureSuccess,
+    EagerEndOfTurn,
     EndOfTurn,
     FluxClient,
     FluxError,
+    FluxSettings,
     KeepalivePolicy,
     ModelError,
     Reconnected,
@@ -29,6 +31,8 @@ from flux_sagemaker import (
     StreamStalled,
     TimeoutError,
     Timeouts,
+    TurnInfo,
+    TurnResumed,
     UsageError,
     ValidationError,
 )
@@ -38,6 +42,7 @@ from flux_sagemaker.testing import (
     Fault,
     FaultKind,
     RequestFailure,
+    ScriptedTurn,
 )
 from flux_sagemaker.testing.server import RecordedStream
 from flux_sagemaker.testing.session import exception_event, payload_part
@@ -257,6 +262,37 @@ async def test_force_end_turn_unsupported(endpoint: EndpointFactory) -> None:
             await flux.close()
             await collect(flux)
     assert ep.streams[0].texts == ['{"type":"CloseStream"}']
+
+
+async def test_a_settings_change_that_changes_the_predicted_words_delivers_the_new_prediction(
+    endpoint: EndpointFactory,
+) -> None:
+    """Eager mode: Flux predicted the end of the turn, and the application turns redaction on
+    before the turn ends. The new stream, replaying the turn, predicts its end at the same
+    place with other words (the script changed here stands in for the redaction). That
+    prediction must reach the application: the EndOfTurn carries its words, and Flux promises
+    that they match the EagerEndOfTurn just before it (an agent reuses the reply it drafted)."""
+    redacted = "Hi, I'd like a table for [NUMBER]."
+    settings = FluxSettings(eager_eot_threshold=0.5, eot_threshold=0.9)
+    events: list[Any] = []
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep, settings=settings) as flux:
+            # EagerEndOfTurn at 2.46 s, EndOfTurn at 2.7 s.
+            await send_audio(flux, SAMPLE.pcm[: ms(2560)])
+            events.append(await next_of(flux, EagerEndOfTurn))
+            ep.script = (ScriptedTurn(redacted), *ep.script[1:])
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(collect, flux, events)
+                await flux.update_settings(redact="aggressive_numbers")
+                await send_audio(flux, SAMPLE.pcm[ms(2560) :])
+                await flux.close()
+    assert len(of_type(events, StreamRolledOver)) == 1
+    turn = [e for e in of_type(events, TurnInfo) if e.turn_index == 0]
+    changes = [e for e in turn if isinstance(e, EagerEndOfTurn | TurnResumed | EndOfTurn)]
+    assert [(type(e).__name__, e.transcript) for e in changes][-2:] == [
+        ("EagerEndOfTurn", redacted),
+        ("EndOfTurn", redacted),
+    ]
 
 
 async def test_update_settings_whose_stream_is_refused_raises_and_changes_nothing(
