@@ -339,6 +339,7 @@ class H2Connection(H2ConnectionBase):
             raise errors.GoAway(
                 f"the server sent GOAWAY ({error_code_name(code)}); open a new connection",
                 error_code=code,
+                unprocessed=True,  # checked before a request's headers go out
             )
         if self._closing:
             raise errors.UsageError("the connection is closed")

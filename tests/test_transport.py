@@ -270,8 +270,9 @@ async def test_goaway_drains_lower_streams_and_fails_higher_ones() -> None:
             assert info.value.error_code == 0
             assert info.value.unprocessed  # above last_stream_id: safe to send again
             assert not conn.is_available
-            with pytest.raises(errors.GoAway):
+            with pytest.raises(errors.GoAway) as info:
                 await open_post(conn)
+            assert info.value.unprocessed  # its headers never went out: send it elsewhere
             await low.end_input()
             assert await read_all(low) == b"finished after goaway"
 
