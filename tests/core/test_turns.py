@@ -69,6 +69,17 @@ def feed(tracker: TurnTracker, events: Sequence[ServerMessage]) -> list[ServerMe
     return out
 
 
+def across_a_replay(
+    first: Sequence[ServerMessage], offset: float | None, second: Sequence[ServerMessage]
+) -> list[ServerMessage]:
+    """What a tracker delivers of stream B's ``second`` events, after stream A's ``first``, B
+    replaying from session time ``offset`` (``None``: nothing replayed)."""
+    tracker = TurnTracker()
+    feed(tracker, first)
+    tracker.start_stream(offset)
+    return feed(tracker, second)
+
+
 def summary(events: list[ServerMessage]) -> list[tuple[str, int, float]]:
     out = []
     for e in events:
@@ -341,15 +352,10 @@ def test_a_replay_does_not_predict_the_open_turns_end_twice(then_resumed: bool) 
     again. That repeat is dropped while the first prediction stands; after a TurnResumed,
     a new prediction passes again."""
     a, b = Server(), Server()
-    tracker = TurnTracker()
-    feed(
-        tracker,
-        [
-            a.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
-            a.turn("EagerEndOfTurn", 0, 0.0, 1.5, "a table for two"),
-        ],
-    )
-    tracker.start_stream(0.0)
+    said = [
+        a.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
+        a.turn("EagerEndOfTurn", 0, 0.0, 1.5, "a table for two"),
+    ]
     replayed = [
         b.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
         b.turn("EagerEndOfTurn", 0, 0.0, 1.5, "a table for two"),
@@ -360,7 +366,7 @@ def test_a_replay_does_not_predict_the_open_turns_end_twice(then_resumed: bool) 
             b.turn("EagerEndOfTurn", 0, 0.0, 2.0, "a table for two please"),
         ]
     replayed.append(b.turn("EndOfTurn", 0, 0.0, 2.25, "a table for two please"))
-    out = feed(tracker, replayed)
+    out = across_a_replay(said, 0.0, replayed)
     expected = [("TurnResumed", 0, 1.75), ("EagerEndOfTurn", 0, 2.0)] if then_resumed else []
     assert summary(out) == [*expected, ("EndOfTurn", 0, 2.25)]
 
@@ -368,17 +374,15 @@ def test_a_replay_does_not_predict_the_open_turns_end_twice(then_resumed: bool) 
 def test_a_prediction_withdrawn_before_the_replay_is_not_carried() -> None:
     """EagerEndOfTurn then TurnResumed on A: no prediction stands, so B's passes."""
     a, b = Server(), Server()
-    tracker = TurnTracker()
-    feed(
-        tracker,
+    out = across_a_replay(
         [
             a.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
             a.turn("EagerEndOfTurn", 0, 0.0, 1.0, "a table for"),
             a.turn("TurnResumed", 0, 0.0, 1.25, "a table for two"),
         ],
+        0.0,
+        [b.turn("EagerEndOfTurn", 0, 0.0, 1.5, "a table for two")],
     )
-    tracker.start_stream(0.0)
-    out = feed(tracker, [b.turn("EagerEndOfTurn", 0, 0.0, 1.5, "a table for two")])
     assert summary(out) == [("EagerEndOfTurn", 0, 1.5)]
 
 
@@ -386,19 +390,14 @@ def test_a_replay_does_not_repeat_a_withdrawn_prediction() -> None:
     """A predicted the end, withdrew it, and failed; B, replaying the turn, predicts and
     withdraws it again over the audio A reported: the application already had both."""
     a, b = Server(), Server()
-    tracker = TurnTracker()
-    feed(
-        tracker,
+    out = across_a_replay(
         [
             a.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
             a.turn("EagerEndOfTurn", 0, 0.0, 1.0, "a table for"),
             a.turn("TurnResumed", 0, 0.0, 1.25, "a table for two"),
             a.turn("Update", 0, 0.0, 1.5, "a table for two"),
         ],
-    )
-    tracker.start_stream(0.0)
-    out = feed(
-        tracker,
+        0.0,
         [
             b.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
             b.turn("EagerEndOfTurn", 0, 0.0, 1.0, "a table for"),
@@ -431,11 +430,12 @@ def test_a_replay_does_not_withdraw_a_prediction_made_again_with_the_same_words(
     out = feed(tracker, [b.turn(kind, 0, 0.0, end, text) for kind, end, text in replayed])
     assert summary(out) == [("EndOfTurn", 0, 2.0)]
     # Withdrawn after the replay, the second prediction is withdrawn for the application too.
-    tracker = TurnTracker()
-    feed(tracker, [a.turn(kind, 0, 0.0, end, text) for kind, end, text in said])
-    tracker.start_stream(0.0)
     replayed = [*said, ("TurnResumed", 2.0, "a table for two"), ("EndOfTurn", 2.5, "a table")]
-    out = feed(tracker, [b.turn(kind, 0, 0.0, end, text) for kind, end, text in replayed])
+    out = across_a_replay(
+        [a.turn(kind, 0, 0.0, end, text) for kind, end, text in said],
+        0.0,
+        [b.turn(kind, 0, 0.0, end, text) for kind, end, text in replayed],
+    )
     assert summary(out) == [("TurnResumed", 0, 2.0), ("EndOfTurn", 0, 2.5)]
 
 
@@ -444,17 +444,12 @@ def test_a_replay_that_predicts_another_end_delivers_it() -> None:
     it after "a table for two please" instead. That prediction is new: the EndOfTurn carries its
     transcript, and Flux promises it matches the EagerEndOfTurn just before it."""
     a, b = Server(), Server()
-    tracker = TurnTracker()
-    feed(
-        tracker,
+    out = across_a_replay(
         [
             a.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
             a.turn("EagerEndOfTurn", 0, 0.0, 1.5, "a table for two"),
         ],
-    )
-    tracker.start_stream(0.0)
-    out = feed(
-        tracker,
+        0.0,
         [
             b.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
             b.turn("Update", 0, 0.0, 1.75, "a table for two please"),
@@ -473,17 +468,12 @@ def test_a_replay_that_predicts_the_end_at_the_same_place_with_other_words_deliv
     """B, replaying the turn with other settings (redaction, keyterms), predicts its end where A
     did, with other words: a new prediction, not A's again, and the EndOfTurn carries its words."""
     a, b = Server(), Server()
-    tracker = TurnTracker()
-    feed(
-        tracker,
+    out = across_a_replay(
         [
             a.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
             a.turn("EagerEndOfTurn", 0, 0.0, 1.5, "a table for two"),
         ],
-    )
-    tracker.start_stream(0.0)
-    out = feed(
-        tracker,
+        0.0,
         [
             b.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
             b.turn("EagerEndOfTurn", 0, 0.0, 1.5, "a table for [NUMBER]"),
@@ -498,18 +488,13 @@ def test_a_replay_that_predicts_another_end_within_reported_audio_delivers_it() 
     """As above, but B's prediction falls inside the audio A reported after its own: A made no
     prediction there, so it is new (not one A made and withdrew)."""
     a, b = Server(), Server()
-    tracker = TurnTracker()
-    feed(
-        tracker,
+    out = across_a_replay(
         [
             a.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
             a.turn("EagerEndOfTurn", 0, 0.0, 1.5, "a table for two"),
             a.turn("Update", 0, 0.0, 2.0, "a table for two"),
         ],
-    )
-    tracker.start_stream(0.0)
-    out = feed(
-        tracker,
+        0.0,
         [
             b.turn("StartOfTurn", 0, 0.0, 0.5, "a table"),
             b.turn("EagerEndOfTurn", 0, 0.0, 1.75, "a table for two please"),
@@ -523,17 +508,12 @@ def test_a_new_stream_without_replay_delivers_its_own_prediction() -> None:
     """Opus or containers: nothing is replayed, so B's EagerEndOfTurn predicts the end of new
     speech, not again A's; the EndOfTurn then matches the prediction just before it."""
     a, b = Server(), Server()
-    tracker = TurnTracker()
-    feed(
-        tracker,
+    out = across_a_replay(
         [
             a.turn("StartOfTurn", 0, 0.0, 0.5, "I want"),
             a.turn("EagerEndOfTurn", 0, 0.0, 1.0, "I want pizza"),
         ],
-    )
-    tracker.start_stream(None)
-    out = feed(
-        tracker,
+        None,
         [
             b.turn("StartOfTurn", 0, 0.0, 0.5, "with cheese"),  # turn 0 already started
             b.turn("EagerEndOfTurn", 0, 0.0, 0.75, "with cheese"),
