@@ -28,14 +28,21 @@ async def echo(stream: ServerStream) -> None:
     await stream.end()
 
 
-async def open_to(pool: ConnectionPool, server: H2Server) -> H2Stream:
+async def open_to(
+    pool: ConnectionPool,
+    server: H2Server,
+    *,
+    ssl_context: ssl.SSLContext | None = None,
+    timeouts: Timeouts = TIMEOUTS,
+) -> H2Stream:
+    """A stream to ``server`` (https when given an ``ssl_context``)."""
     return await pool.open_stream(
-        ("http", "127.0.0.1", server.port),
+        ("https" if ssl_context is not None else "http", "127.0.0.1", server.port),
         authority=f"127.0.0.1:{server.port}",
         path="/",
         headers=[],
-        ssl_context=None,
-        timeouts=TIMEOUTS,
+        ssl_context=ssl_context,
+        timeouts=timeouts,
     )
 
 
@@ -218,23 +225,13 @@ async def test_https_connections_are_shared_only_under_the_same_tls_context() ->
     other_ca = ssl.create_default_context()
     trustme.CA().configure_trust(other_ca)
 
-    async def open_with(pool: ConnectionPool, port: int, context: ssl.SSLContext) -> H2Stream:
-        return await pool.open_stream(
-            ("https", "127.0.0.1", port),
-            authority=f"127.0.0.1:{port}",
-            path="/",
-            headers=[],
-            ssl_context=context,
-            timeouts=TIMEOUTS,
-        )
-
     with anyio.fail_after(10):
         async with H2Server(echo, ssl_context=server_ctx) as server, ConnectionPool() as pool:
-            first = await open_with(pool, server.port, trusting)
-            second = await open_with(pool, server.port, trusting)
+            first = await open_to(pool, server, ssl_context=trusting)
+            second = await open_to(pool, server, ssl_context=trusting)
             assert second.connection is first.connection
             with pytest.raises(errors.ConnectError, match="certificate"):
-                await open_with(pool, server.port, other_ca)
+                await open_to(pool, server, ssl_context=other_ca)
             assert pool.stats.connections_opened == 1
             assert server.stats.connections_accepted == 2
 
@@ -249,24 +246,14 @@ async def test_a_callers_timeouts_hold_on_a_shared_connection() -> None:
         await stream.send_headers(200)
         await anyio.sleep_forever()
 
-    async def open_with(pool: ConnectionPool, port: int, timeouts: Timeouts) -> H2Stream:
-        return await pool.open_stream(
-            ("http", "127.0.0.1", port),
-            authority=f"127.0.0.1:{port}",
-            path="/",
-            headers=[],
-            ssl_context=None,
-            timeouts=timeouts,
-        )
-
     strict = Timeouts(read=0.2, ping_interval=5.0)
     with anyio.fail_after(10):
         async with H2Server(hold) as server, ConnectionPool() as pool:
-            lax = await open_with(pool, server.port, TIMEOUTS)
+            lax = await open_to(pool, server)
             # Only the client-level limits differ: the same connection.
-            same = await open_with(pool, server.port, Timeouts(ping_interval=None, connected=1))
+            same = await open_to(pool, server, timeouts=Timeouts(ping_interval=None, connected=1))
             assert same.connection is lax.connection
-            stream = await open_with(pool, server.port, strict)
+            stream = await open_to(pool, server, timeouts=strict)
             assert stream.connection.timeouts == strict
             await stream.response()
             with pytest.raises(errors.TimeoutError, match="no data"):
