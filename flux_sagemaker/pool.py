@@ -145,9 +145,11 @@ class ConnectionPool:
         """Close every connection (GOAWAY) and stop the readers; open streams fail."""
         assert self._tg is not None
         self._closed = True
+        # Together: each close may wait its whole limit for a socket write in progress.
         with anyio.CancelScope(shield=True):
-            for conn in list(self._keys):
-                await conn.aclose()
+            async with anyio.create_task_group() as closing:
+                for conn in list(self._keys):
+                    closing.start_soon(conn.aclose)
         self._by_key.clear()
         self._keys.clear()
         self._tg.cancel_scope.cancel()

@@ -10,11 +10,11 @@ import anyio.abc
 import pytest
 import trustme
 
-from flux_sagemaker import FluxClient, errors
+from flux_sagemaker import FluxClient, errors, transport
 from flux_sagemaker.pool import ConnectionPool, default_pool
 from flux_sagemaker.testing import MockFluxEndpoint, RequestFailure
 from flux_sagemaker.testing.h2server import H2Server, ServerStream
-from flux_sagemaker.transport import H2Stream, Timeouts
+from flux_sagemaker.transport import H2Connection, H2Stream, Timeouts
 
 pytestmark = pytest.mark.anyio
 
@@ -281,6 +281,45 @@ async def test_pool_exit_fails_open_streams() -> None:
                 await stream.response()
             with pytest.raises(errors.ConnectionLost):
                 await stream.receive()
+
+
+async def test_pool_exit_closes_its_connections_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each connection's close waits (up to its close limit) for a socket write in progress.
+    One after another, a pool of stuck connections took that limit per connection to close: at
+    5 s each, longer than a container's shutdown grace. They now close together."""
+    monkeypatch.setattr(transport, "CLOSE_TIMEOUT", 60.0)  # a close in turn would hang the test
+
+    async def hold(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        await anyio.sleep_forever()
+
+    both_closing, both_held = anyio.Event(), anyio.Event()
+    held: list[H2Connection] = []
+
+    async def stuck_writer(conn: H2Connection) -> None:
+        async with conn._write_lock:  # a socket write in progress
+            held.append(conn)
+            if len(held) == 2:
+                both_held.set()
+            while not all(c._closing for c in conns):  # noqa: ASYNC110 - a plain flag
+                await anyio.sleep(0.01)
+            both_closing.set()
+
+    with anyio.fail_after(10):
+        async with (
+            H2Server(hold, max_concurrent_streams=1) as server,
+            anyio.create_task_group() as tg,
+        ):
+            async with ConnectionPool() as pool:
+                for _ in range(2):
+                    await (await open_to(pool, server)).response()
+                conns = list(pool._keys)
+                assert len(conns) == 2
+                for conn in conns:
+                    tg.start_soon(stuck_writer, conn)
+                await both_held.wait()
+            assert both_closing.is_set()
+            tg.cancel_scope.cancel()
 
 
 async def test_an_error_in_the_pool_body_is_not_wrapped_in_a_group() -> None:
