@@ -125,7 +125,7 @@ class ClientStats:
     dropped_bytes: int = 0
     """Accepted audio that no stream received, as the replays reported it: what the replay
     buffer's bound dropped of an open turn or, for audio without replay (Opus, containers),
-    what came while a stream was being replaced."""
+    what came while a stream was being replaced or was being written when its stream failed."""
     events_received: int = 0
     """Server messages received."""
 
@@ -527,12 +527,13 @@ class FluxClient:
             ):
                 # The usual case: one event and no other sender. Nothing here awaits before
                 # the event is queued, so the order is kept without the lock's checkpoints.
-                data = self._sign_audio(current, events[0])
+                event = events[0]
+                data = self._sign_audio(current, event)
                 if current.h2.send_nowait(data):
                     return
                 lock.acquire_nowait()  # still free: nothing was awaited since locked()
                 try:
-                    await self._uncancelled(self._write, current, data)
+                    await self._uncancelled(self._write_signed_audio, current, data, len(event))
                 finally:
                     lock.release()
             else:
@@ -598,7 +599,7 @@ class FluxClient:
             return
         data = self._sign_audio(stream, audio)
         if not stream.h2.send_nowait(data):
-            await self._write(stream, data, whole=whole)
+            await self._write_signed_audio(stream, data, len(audio), whole=whole)
 
     def _sign_audio(self, stream: LiveStream, audio: bytes) -> bytes:
         """Count ``audio`` as sent and return its signed event (the caller writes it next)."""
@@ -606,6 +607,19 @@ class FluxClient:
         self._stats.audio_events_sent += 1
         self._timers.on_audio_sent(_now())
         return stream.proto.send_audio(audio)
+
+    async def _write_signed_audio(
+        self, stream: LiveStream, data: bytes, size: int, *, whole: bool = True
+    ) -> None:
+        """Write the signed audio event ``data`` (``size`` bytes of audio, counted as sent).
+
+        If the stream fails under it, the event reached no stream: it is counted as sent no
+        more. The replay sends it again, or, without replay (Opus, containers), the next
+        stream's figures report it dropped, which they count as accepted less sent.
+        """
+        if not await self._write(stream, data, whole=whole):
+            self._stats.audio_bytes_sent -= size
+            self._stats.audio_events_sent -= 1
 
     async def _flush_audio(self, stream: LiveStream, *, whole: bool = True) -> bool:
         """Send the pending partial audio event (caller holds the send lock); return whether
@@ -616,22 +630,24 @@ class FluxClient:
             await self._write_audio(stream, pending, whole=whole)
         return _writable(stream)
 
-    async def _write(self, stream: LiveStream, data: bytes, *, whole: bool = True) -> None:
+    async def _write(self, stream: LiveStream, data: bytes, *, whole: bool = True) -> bool:
         """Write a signed event to a stream; a transport failure there starts recovery.
 
         With ``whole`` (all but ``close()``, which ends the stream on its own deadline), a
         cancelled caller still waits for the event's last byte: half an event would corrupt
         the stream, and an event never sent would break the signature chain. The wait is
         bounded: by ``Timeouts.write`` for a window that does not open, and by the stream's
-        failure otherwise.
+        failure otherwise. Returns whether the event was written (``False``: the stream failed).
         """
         if not data:
-            return
+            return True
         try:
             with anyio.CancelScope(shield=whole):
                 await stream.h2.send(data)
         except FluxError as exc:
             self._on_failure(stream, exc)
+            return False
+        return True
 
     async def configure(
         self,

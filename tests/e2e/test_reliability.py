@@ -374,6 +374,35 @@ async def test_opus_sent_during_a_reconnect_is_reported_as_dropped() -> None:
     assert bytes(last.audio) == b"".join(packets[-len(last.audio) // 120 :])
 
 
+async def test_an_opus_packet_whose_write_failed_is_reported_as_dropped() -> None:
+    """An Opus packet the stream failed under (its peer went silent while the packet waited
+    for the window) reached no stream and is not replayed: the Reconnected event and the
+    stats count it as dropped, not as sent."""
+    packet = bytes(range(256)) * 32  # larger than the window: its write must wait
+    settings = FluxSettings(model="flux-general-en", encoding="opus", sample_rate=48000)
+    retry = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, jitter="none")
+    async with MockFluxEndpoint(receive_window=4096) as endpoint:
+        with anyio.fail_after(30):
+            async with FluxClient(
+                "flux-ep",
+                **endpoint.client_kwargs(),
+                settings=settings,
+                retry=retry,
+                timeouts=FAST_TIMEOUTS,
+            ) as flux:
+                (connection,) = endpoint._server.connections
+                connection.pause()  # reads nothing more, answers no PING
+                await flux.send_audio(packet)  # returns once the connection failed under it
+                reconnect = await next_of(flux, Reconnected)
+                await flux.close()
+    first, second = endpoint.streams
+    assert bytes(first.audio + second.audio) == b""  # no stream heard the packet
+    assert reconnect.dropped_audio_bytes == len(packet)
+    stats = flux.stats
+    assert stats.audio_bytes_sent == 0
+    assert stats.dropped_bytes == stats.audio_bytes_accepted == len(packet)
+
+
 async def test_throttled_reconnects_back_off_then_recover() -> None:
     async with MockFluxEndpoint(
         script=SAMPLE.turns,
