@@ -298,6 +298,10 @@ class FluxClient:
         self._probed: LiveStream | None = None  # the draining stream whose connection was probed
         # Session byte offset of the audio sent before the current stream was retired.
         self._heard_until = 0
+        # Where on the session's byte timeline the current stream's audio began, and
+        # audio_bytes_sent then: what it was sent since is the timeline's next bytes, in order.
+        self._stream_start = 0
+        self._sent_at_stream_start = 0
         # Whether the retired stream had events the turn tracker had not seen yet.
         self._tracker_lags = False
         # Counts stream take-overs: audio events made before one must not be sent after it.
@@ -1229,7 +1233,10 @@ class FluxClient:
         stream.retired = True
         if self._stream_installed.is_set():
             self._stream_installed = anyio.Event()
-        heard = self._replay.total_bytes  # a stream ended with CloseStream hears all it got
+        # A stream ended with CloseStream hears all it was sent; not the audio accepted but not
+        # written to it yet (a partial event, the rest of a sender's events), which the new
+        # stream must get.
+        heard = self._stream_start + self._stats.audio_bytes_sent - self._sent_at_stream_start
         if failed and self._byte_rate:
             # A failed stream heard only what the server's events confirm: the audio after
             # that may never have reached it (a connection that went silent, a stall).
@@ -1312,6 +1319,7 @@ class FluxClient:
                 self._format.duration(start) if self._format.bytes_per_second else None
             )
             force_ends = self._force_ends_in_replay(start)
+            self._stream_start, self._sent_at_stream_start = start, self._stats.audio_bytes_sent
             self._install(stream)
             written = 0
             for place in force_ends:

@@ -247,10 +247,42 @@ async def test_a_switch_between_turns_replays_only_the_tail_of_a_long_quiet() ->
             await flux.close()
             events.extend([event async for event in flux])
     (rolled,) = [e for e in events if isinstance(e, StreamRolledOver)]
-    assert rolled.replayed_audio_s == pytest.approx(3.0)
-    assert rolled.resumed_at_s == pytest.approx(len(first_turn + quiet) / BYTES_PER_SECOND - 3.0)
+    # The last 3 s of what the old stream heard, then what it was never sent (a partial event).
+    heard = len(endpoint.streams[0].audio) / BYTES_PER_SECOND
+    assert rolled.resumed_at_s == pytest.approx(heard - 3.0)
+    assert rolled.replayed_audio_s == pytest.approx(
+        len(first_turn + quiet) / BYTES_PER_SECOND - rolled.resumed_at_s
+    )
+    assert rolled.replayed_audio_s < 3.1
     assert_audio_delivered(endpoint, events, first_turn + quiet + rest)
     assert_turns_complete(events)
+
+
+async def test_a_switch_between_turns_replays_all_the_audio_the_old_stream_was_not_sent() -> None:
+    """No turn open at a settings change, with seconds of audio still waiting to be coalesced
+    (a long coalesce_ms): the old stream never got that audio, so the new stream gets all of
+    it, not only its last 3 s (the tail kept of audio the old stream heard)."""
+    quiet = bytes(6 * BYTES_PER_SECOND)  # less than the window: it stays pending
+    events: list[Any] = []
+    with anyio.fail_after(30):
+        async with (
+            MockFluxEndpoint(script=SAMPLE.turns) as endpoint,
+            FluxClient(
+                "flux-ep",
+                **endpoint.client_kwargs(),
+                timeouts=FAST_TIMEOUTS,
+                keepalive=KeepalivePolicy.disabled(),
+                coalesce_ms=10_000,
+            ) as flux,
+        ):
+            await flux.send_audio(quiet)
+            await flux.update_settings(tags=("switched",))
+            await flux.close()
+            events.extend([event async for event in flux])
+    (rolled,) = [e for e in events if isinstance(e, StreamRolledOver)]
+    assert rolled.dropped_audio_bytes == 0
+    assert rolled.resumed_at_s == 0
+    assert_audio_delivered(endpoint, events, quiet)
 
 
 @pytest.mark.parametrize(
