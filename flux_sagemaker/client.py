@@ -306,6 +306,11 @@ class FluxClient:
         self._tracker_lags = False
         # Counts stream take-overs: audio events made before one must not be sent after it.
         self._epoch = 0
+        # Audio events out of the coalescer and not written yet, in its order. Whoever holds the
+        # send lock writes them before anything else: on asyncio a call's events are written
+        # by a task of its own, which another writer (a flush, a control message) may beat to
+        # the lock.
+        self._outbox: deque[bytes] = deque()
         # Whether the caller's event loop is asyncio's, whose own cancellation (Task.cancel())
         # goes through anyio's shields; set on entering.
         self._on_asyncio = False
@@ -526,6 +531,7 @@ class FluxClient:
             if (
                 len(events) == 1
                 and not lock.locked()
+                and not self._outbox
                 and current is not None
                 and _writable(current)
             ):
@@ -543,7 +549,8 @@ class FluxClient:
             else:
                 # The events have left the coalescer: a caller cancelled now (its own timeout)
                 # would leave a gap in the stream's audio. They are written first.
-                await self._uncancelled(self._send_events, events, self._epoch)
+                self._outbox.extend(events)
+                await self._uncancelled(self._send_events, self._epoch)
             # A cancellation that came while the audio was written is raised now: a cancelled
             # sending loop must stop, not go on through calls that never reach a checkpoint.
             await anyio.lowlevel.checkpoint_if_cancelled()
@@ -573,7 +580,8 @@ class FluxClient:
             task.exception()  # retrieved: the caller's cancellation is what it raises
         raise cancelled
 
-    async def _send_events(self, events: Sequence[bytes], epoch: int) -> None:
+    async def _send_events(self, epoch: int) -> None:
+        """Write the outbox: the caller's events, unless another writer has written them."""
         lock = self._send_lock
         try:
             lock.acquire_nowait()  # the usual case, no other sender: skip acquire()'s checkpoint
@@ -585,15 +593,21 @@ class FluxClient:
                 # Being replaced, or replaced while we waited for the lock: the replay
                 # buffer had this audio and the new stream got it already, in order.
                 return
-            for event in events:
-                if _replaced(current):
-                    return  # replaced meanwhile: the replay buffer has the rest
-                if self._state != "open":
-                    # close() or a failure overtook this call: never write after CloseStream.
-                    self._check_open("send audio")
-                await self._write_audio(current, event)
+            if self._outbox and (
+                self._state == "closed" or current.proto.state is StreamState.CLOSING
+            ):
+                # A failure or close() overtook this call: never write after CloseStream.
+                self._check_open("send audio")
+            await self._write_outbox(current)
         finally:
             lock.release()
+
+    async def _write_outbox(self, stream: LiveStream, *, whole: bool = True) -> None:
+        """Write the events waiting in the outbox (caller holds the send lock)."""
+        outbox = self._outbox
+        while outbox and not _replaced(stream):
+            # Replaced meanwhile: the replay buffer has the rest, and the take-over drops them.
+            await self._write_audio(stream, outbox.popleft(), whole=whole)
 
     async def _write_audio(self, stream: LiveStream, audio: bytes, *, whole: bool = True) -> None:
         if not _writable(stream):
@@ -628,6 +642,7 @@ class FluxClient:
     async def _flush_audio(self, stream: LiveStream, *, whole: bool = True) -> bool:
         """Send the pending partial audio event (caller holds the send lock); return whether
         ``stream`` still takes events (it may have failed meanwhile)."""
+        await self._write_outbox(stream, whole=whole)  # the events made before it go first
         pending = self._coalescer.flush()
         self._timers.on_flushed()
         if pending:
@@ -1304,6 +1319,7 @@ class FluxClient:
             # with the settings in force.
             self._release_configures()
             self._coalescer.flush()  # the replay buffer holds that audio too
+            self._outbox.clear()
             self._timers.on_flushed()
             self._epoch += 1  # audio coalesced before now is in the replay
             figures = self._prepare_replay()

@@ -115,6 +115,32 @@ async def test_control_messages_are_recorded_as_utf8_texts(endpoint: EndpointFac
     assert bytes(stream.audio) == pcm
 
 
+async def test_a_large_chunk_keeps_its_order_when_a_control_message_comes_meanwhile(
+    endpoint: EndpointFactory,
+) -> None:
+    """A chunk the coalescer cuts into several events, and a control message from another task
+    that runs while the call starts writing them: the audio reaches the stream in order.
+
+    The message is not due before the chunk's events: on asyncio, those are written by a task
+    of their own, which starts after the other task's turn, and that task's flush of the
+    partial event must not overtake them.
+    """
+    pcm = SAMPLE.pcm[: 5 * TARGET + ms(20)]  # five events and a partial one
+
+    async def send_with_a_control_message_meanwhile(tg: anyio.abc.TaskGroup) -> None:
+        tg.start_soon(flux.force_end_turn)  # runs at this task's next yield
+        await flux.send_audio(pcm)
+
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep) as flux:
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send_with_a_control_message_meanwhile, tg)
+            await flux.close()
+    (stream,) = ep.streams
+    assert bytes(stream.audio) == pcm
+    assert stream.inputs.index("UTF8") in (0, 6)  # before the call's audio, or after all of it
+
+
 async def test_a_partial_event_leaves_one_coalescing_window_later(
     endpoint: EndpointFactory,
 ) -> None:
