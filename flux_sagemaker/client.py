@@ -563,19 +563,28 @@ class FluxClient:
         (``Task.cancel()``: ``asyncio.timeout``, ``wait_for``, asyncio's TaskGroup), which is
         delivered once, shield or not, and would cut a write in half. On asyncio the work runs
         in a task of its own, which that cancellation cannot reach, and the caller waits it out.
+        A ``FluxError`` of ``func`` (the session closed under it) gives way to the caller's
+        cancellation, which is what a cancelled caller raises.
         """
         cancelled: BaseException | None = None
-        with anyio.CancelScope(shield=True):
-            if not self._on_asyncio:
-                return await func(*args)
-            task = asyncio.ensure_future(func(*args))
-            while not task.done():
-                try:
-                    await asyncio.wait((task,))
-                except asyncio.CancelledError as exc:
-                    cancelled = exc
-        if cancelled is None:
-            return task.result()
+        try:
+            with anyio.CancelScope(shield=True):
+                if not self._on_asyncio:
+                    return await func(*args)
+                task = asyncio.ensure_future(func(*args))
+                while not task.done():
+                    try:
+                        await asyncio.wait((task,))
+                    except asyncio.CancelledError as exc:
+                        cancelled = exc
+            if cancelled is None:
+                return task.result()
+        except FluxError:
+            # A task group cancelled with the session in it: the session's shutdown ends the
+            # work with UsageError, which would replace the cancellation (and escape the scope
+            # that cancelled, in an ExceptionGroup).
+            await anyio.lowlevel.checkpoint_if_cancelled()
+            raise
         if not task.cancelled():
             task.exception()  # retrieved: the caller's cancellation is what it raises
         raise cancelled

@@ -9,7 +9,7 @@ import math
 import anyio
 import pytest
 
-from flux_sagemaker import EndOfTurn, KeepalivePolicy, Reconnected, RetryPolicy
+from flux_sagemaker import EndOfTurn, FluxClient, KeepalivePolicy, Reconnected, RetryPolicy
 from flux_sagemaker.core.timers import FLUSH_SLACK
 from flux_sagemaker.testing import Fault, FaultKind
 from flux_sagemaker.transport import H2Stream
@@ -492,6 +492,35 @@ async def test_a_sender_cancelled_by_asyncios_own_cancellation_loses_nothing(
     TaskGroup cancel: anyio's shields do not hold it off, yet the audio of the cancelled call
     still goes out whole and in its place."""
     await _cancel_a_sender_held_back(endpoint, natively=anyio_backend)
+
+
+async def test_a_sender_cancelled_with_its_session_raises_the_cancellation(
+    endpoint: EndpointFactory,
+) -> None:
+    """A call's time limit cancels the task group holding both a task streaming audio (chunks
+    of many events) and the session's block, while a slow server holds the sender back in the
+    middle of a call. The session shuts down under that call, which must still raise the
+    cancellation: it raised ``UsageError`` ("the session is closed"), which escaped the time
+    limit's scope in an ExceptionGroup instead of the limit just ending the call."""
+    ep = endpoint(
+        faults=[Fault(kind=FaultKind.LATENCY, after_audio_s=0.5, latency=TEST_TIMEOUT)],
+        receive_window=8192,
+    )
+    chunk = SAMPLE.pcm[: ms(2000)]  # 25 events: the window shuts in the middle of the call
+
+    async def send_forever(flux: FluxClient) -> None:
+        while True:
+            await flux.send_audio(chunk)
+
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with ep:
+            with anyio.CancelScope() as limit:
+                async with anyio.create_task_group() as tg, client_for(ep) as flux:
+                    tg.start_soon(send_forever, flux)
+                    await anyio.wait_all_tasks_blocked()  # the sender waits for the window
+                    limit.cancel()
+            assert limit.cancelled_caught
+    assert flux.stats.audio_bytes_sent < flux.stats.audio_bytes_accepted == len(chunk)
 
 
 async def test_a_reconnect_with_nobody_reading_events_does_not_hold_up_the_sender(
