@@ -437,6 +437,8 @@ class FluxClient:
             # A rollover in flight finishes first: its new stream is the one to close.
             with anyio.move_on_after(self._timeouts.close):
                 await self._switch_finished.wait()
+            if self._state == "closed":
+                return  # the session failed meanwhile: over, as after any other end
         if self._state == "closing":
             # Another close() went on first (perhaps while this one waited for the switch):
             # returning now would let this caller leave the block and cut the drain short.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 
 import anyio
@@ -14,6 +15,7 @@ from flux_sagemaker import (
     FluxClient,
     FluxEvent,
     Reconnected,
+    StreamReset,
     TimeoutError,
     TurnInfo,
     Update,
@@ -176,6 +178,33 @@ async def test_a_second_close_during_a_stream_switch_waits_for_the_same_drain(
     old, new = ep.streams
     assert old.texts == new.texts == ['{"type":"CloseStream"}']
     assert new.input_ended
+
+
+async def test_a_close_waiting_for_a_switch_returns_when_the_session_fails_meanwhile(
+    endpoint: EndpointFactory,
+) -> None:
+    """close() waits for a settings switch in flight, and the stream in use fails for good
+    meanwhile (no retries): the session is over, and close() returns as it does after any end
+    of the session, instead of raising UsageError ("cannot close: the session failed")."""
+    ep = endpoint(faults=[Fault(kind=FaultKind.RESET_STREAM, after_audio_s=1.5)])
+
+    async def update_settings(flux: FluxClient) -> None:
+        with contextlib.suppress(UsageError):  # the session failed under the switch
+            await flux.update_settings(tags=("new",))
+
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with ep, client_for(ep) as flux, anyio.create_task_group() as tg:
+            held, release = hold_the_second_request(ep)
+            await flux.send_audio(SAMPLE.pcm[: ms(1000)])
+            tg.start_soon(update_settings, flux)
+            await held.wait()  # the switch opens the next stream
+            tg.start_soon(flux.close)
+            await anyio.wait_all_tasks_blocked()  # close() waits for the switch
+            await flux.send_audio(SAMPLE.pcm[ms(1000) : ms(2000)])  # past the reset
+            with pytest.raises(StreamReset):
+                await collect(flux)
+            release.set()
+    assert flux.is_closed
 
 
 async def test_exiting_the_block_closes_gracefully(endpoint: EndpointFactory) -> None:
