@@ -1237,6 +1237,11 @@ class FluxClient:
                     "could not open the next Flux stream (%s); keeping the current one", exc
                 )
             return
+        if self._state not in ("open", "closing"):
+            # The session ended while the stream opened (the one in use failed for good): no
+            # replay to a stream nobody reads, and update_settings() finds the session over.
+            await self._retire(stream, end_input=False)
+            return
         if settings is not None:
             self._settings = settings
             if outcome is not None:

@@ -341,6 +341,34 @@ async def test_update_settings_raises_when_the_session_fails_while_it_waits(
     assert flux.settings.tags == ()
 
 
+async def test_update_settings_raises_when_the_session_fails_while_the_new_stream_opens(
+    endpoint: EndpointFactory,
+) -> None:
+    """The stream in use fails for good (no retries) while the switch's new stream is being
+    opened: the update did not happen, and says so. It returned as if it had, and the switch
+    replayed the audio to a stream of a session that was over."""
+    ep = endpoint(faults=[Fault(kind=FaultKind.RESET_STREAM, after_audio_s=1.5)])
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with ep, client_for(ep) as flux, anyio.create_task_group() as tg:
+            held, release = hold_the_second_request(ep)
+            await flux.send_audio(SAMPLE.pcm[: ms(1000)])
+
+            async def update_settings() -> None:
+                with pytest.raises(UsageError, match="the session failed"):
+                    await flux.update_settings(tags=("new",))
+
+            tg.start_soon(update_settings)
+            await held.wait()  # the switch opens the next stream
+            await flux.send_audio(SAMPLE.pcm[ms(1000) : ms(2000)])  # past the reset
+            with pytest.raises(FluxError):
+                await collect(flux)
+            release.set()
+    assert flux.stats.rollovers == 0
+    assert flux.stats.replayed_bytes == 0
+    assert flux.settings.tags == ()
+    assert len(ep.streams[1].audio) == 0
+
+
 async def test_concurrent_stream_switches_run_one_after_the_other(
     endpoint: EndpointFactory,
 ) -> None:
