@@ -1176,6 +1176,11 @@ class FluxClient:
         except FluxError as final:
             await self._fail(final)
             return
+        if self._state == "closed":
+            # The session ended while the stream opened (close() ran out of time): no replay
+            # to a stream nobody reads, left open with no CloseStream until the block ends.
+            await self._retire(stream, end_input=False)
+            return
         self._stats.reconnects += 1
         attempts = self._attempts
         await self._take_over(

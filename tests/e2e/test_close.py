@@ -22,6 +22,7 @@ from flux_sagemaker import (
     UsageError,
 )
 from flux_sagemaker.testing import FLUX_MULTI_20260417, NEWEST, Fault, FaultKind
+from flux_sagemaker.testing.server import RecordedStream
 
 from .helpers import (
     FAST_TIMEOUTS,
@@ -289,6 +290,36 @@ async def test_close_during_a_replay_sends_the_pending_audio_then_one_close_stre
     _, stream = ep.streams
     _assert_closed_in_order(stream.inputs, stream.texts)
     assert bytes(stream.audio) == head + tail
+
+
+def _reset_by_the_client(streams: list[RecordedStream]) -> bool:
+    return bool(streams) and streams[0].error is not None
+
+
+async def test_a_reconnect_that_outlasts_the_close_does_not_take_over_the_ended_session(
+    endpoint: EndpointFactory,
+) -> None:
+    """close() runs out of ``Timeouts.close`` while a reconnect waits for the endpoint: the
+    session is over. The reconnect's stream, once open, is released: it took the session over,
+    replaying its audio to a stream nobody reads, with no CloseStream, open until the block
+    ended."""
+    ep = endpoint(faults=[Fault(kind=FaultKind.RESET_STREAM, after_audio_s=0.5)])
+    timeouts = attrs.evolve(FAST_TIMEOUTS, close=0.5)
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with ep, client_for(ep, retry=QUICK_RETRY, timeouts=timeouts) as flux:
+            held, release = hold_the_second_request(ep)
+            await flux.send_audio(SAMPLE.pcm[: ms(1000)])
+            await held.wait()  # the reconnect opens the next stream
+            await flux.close()
+            with pytest.raises(TimeoutError, match="did not end within"):
+                await collect(flux)
+            release.set()
+            # The reconnect's stream opens: it is either released or takes over.
+            while not (flux.stats.reconnects or _reset_by_the_client(ep.streams[1:])):  # noqa: ASYNC110
+                await anyio.sleep(0.01)
+            assert flux.stats.reconnects == 0
+    assert flux.stats.replayed_bytes == 0
+    assert len(ep.streams[1].audio) == 0
 
 
 async def test_a_cancelled_close_still_ends_the_session_within_the_close_timeout(
