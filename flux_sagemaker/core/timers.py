@@ -106,17 +106,23 @@ class RolloverPolicy:
             age: Seconds since the stream opened.
             credentials_expire_in: Seconds from the stream's opening until its credentials
                 expire, or ``None`` when they do not. No switch for them when they were within
-                ``credential_margin`` already: a new stream would get the same ones.
+                ``credential_margin`` already: a new stream would get the same ones. Nor an
+                early one, at a boundary, for a stream opened within ``margin`` of that switch.
             at_boundary: Whether no turn is open, so a switch now replays almost nothing.
         """
-        limits = [(self.max_stream_duration, "maximum stream duration")]
+        limits = [(self.max_stream_duration, self.margin, "maximum stream duration")]
         # Credentials already within the margin when the stream opened are the freshest the
         # source had (botocore refreshes from 15 minutes before expiry, and keeps the old ones
         # when that fails): a new stream would be signed with them again, and switch again.
         if credentials_expire_in is not None and credentials_expire_in > self.credential_margin:
-            limits.append((credentials_expire_in - self.credential_margin, "credentials expire"))
-        for limit, reason in limits:
-            if age >= limit or (at_boundary and age >= limit - self.margin):
+            limit = credentials_expire_in - self.credential_margin
+            # Likewise a stream opened inside the early window: the next one, signed with
+            # the same credentials, would open inside it too and be due at its first boundary,
+            # again and again until they are within the margin. It waits for the limit.
+            early = self.margin if limit > self.margin else 0.0
+            limits.append((limit, early, "credentials expire"))
+        for limit, early, reason in limits:
+            if age >= limit or (at_boundary and age >= limit - early):
                 return reason
         return None
 

@@ -232,6 +232,12 @@ def test_next_wakeup_is_always_in_the_future_and_soon(
         (0.0, 200.0, True, None),
         (100.0, 300.0, True, None),
         (1650.0, 200.0, True, "maximum stream duration"),
+        # Opened less than the margin before the switch: the next stream would get the same
+        # credentials and be due at its first boundary too. The switch waits for the limit.
+        (0.0, 350.0, True, None),
+        (49.0, 350.0, True, None),
+        (50.0, 350.0, False, "credentials expire"),
+        (1.0, 421.0, True, "credentials expire"),
     ],
 )
 def test_rollover_reasons(

@@ -555,14 +555,22 @@ async def test_credentials_are_refreshed_before_they_expire() -> None:
     assert_audio_delivered(endpoint, events)
 
 
-async def test_credentials_that_cannot_be_renewed_yet_do_not_switch_streams() -> None:
+@pytest.mark.parametrize("expires_in", [200.0, 350.0])
+async def test_credentials_that_cannot_be_renewed_yet_do_not_switch_streams(
+    expires_in: float,
+) -> None:
     """A source whose refresh gives back credentials inside the rollover margin (a failed STS
     call in botocore's advisory window keeps the old ones; a cache not yet rotated): a new
     stream would be signed with the same ones, so switching gains nothing, and before the fix
-    the session switched streams every few hundred milliseconds until they expired."""
+    the session switched streams every few hundred milliseconds until they expired.
+
+    350 s: past the 300 s margin, but the switch they call for (50 s on) is within the
+    boundary window (120 s) of the stream's opening. Before the fix the session switched at
+    every look between turns, each new stream just as close to that switch, for two minutes.
+    """
     from datetime import UTC, datetime, timedelta
 
-    expiry = datetime.now(UTC) + timedelta(seconds=200)
+    expiry = datetime.now(UTC) + timedelta(seconds=expires_in)
     refreshed: list[None] = []
 
     def refresh() -> dict[str, str]:
