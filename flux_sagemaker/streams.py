@@ -78,7 +78,8 @@ async def frozen_credentials(
 
     Raises:
         ValidationError: botocore's chain found no credentials at all, or could not get them
-            (an expired SSO login, a role that may not be assumed, ...).
+            (an expired SSO login, a role that may not be assumed, a refresh that gave back
+            expired ones, ...).
         ConnectError: the credentials' source (STS, SSO, instance metadata) was unreachable.
     """
     try:
@@ -98,6 +99,12 @@ async def frozen_credentials(
         raise ConnectError(f"could not fetch AWS credentials: {exc}") from exc
     except (BotoCoreError, ClientError) as exc:
         raise ValidationError(f"could not get AWS credentials: {exc}") from exc
+    except ValidationError:
+        raise
+    except Exception as exc:
+        # botocore raises RuntimeError when a mandatory refresh hands back credentials that
+        # are already expired, and a RefreshableCredentials' refresh function is anyone's code.
+        raise ValidationError(f"could not get AWS credentials: {exc!r}") from exc
     assert isinstance(frozen, ReadOnlyCredentials)
     return frozen, credentials
 

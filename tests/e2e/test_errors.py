@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import traceback
 import uuid
+from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
 from anyio.abc import SocketAttribute
-from botocore.credentials import Credentials
+from botocore.credentials import Credentials, RefreshableCredentials
 
 from flux_sagemaker import (
     AccessDeniedError,
@@ -32,6 +33,7 @@ from flux_sagemaker import (
     Timeouts,
     TransportError,
     UsageError,
+    ValidationError,
 )
 from flux_sagemaker.testing import (
     FLUX_ENGLISH_20260311,
@@ -141,6 +143,37 @@ async def test_an_expired_token_of_fixed_credentials_is_not_retried(
     assert isinstance(error, ExpiredTokenError)
     assert not error.retryable
     assert [stream.status for stream in ep.streams] == [403]  # one attempt, not five
+
+
+async def test_a_refresh_that_gives_back_expired_credentials_is_a_validation_error(
+    endpoint: EndpointFactory,
+) -> None:
+    """botocore raises a RuntimeError when a mandatory refresh (credentials that expire within
+    10 minutes) hands back ones that are already expired: a credential_process, a cache or a
+    metadata service serving stale ones. It came out of ``async with FluxClient`` as it was,
+    past an application's ``except FluxError``."""
+
+    def refresh() -> dict[str, str]:
+        expiry = datetime.now(UTC) + timedelta(seconds=-60 if issued else 500)
+        issued.append(None)
+        return {
+            "access_key": DEFAULT_ACCESS_KEY,
+            "secret_key": DEFAULT_SECRET_KEY,
+            "token": "",
+            "expiry_time": expiry.isoformat(),
+        }
+
+    issued: list[None] = []
+    credentials = RefreshableCredentials.create_from_metadata(
+        metadata=refresh(), refresh_using=refresh, method="test"
+    )
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep:
+            error = await _open_fails(ep, credentials=credentials)
+    assert isinstance(error, ValidationError)
+    assert "could not get AWS credentials" in str(error)
+    assert isinstance(error.__cause__, RuntimeError)
+    assert ep.streams == []  # nothing was sent
 
 
 async def test_unknown_endpoint_name_is_a_validation_error(endpoint: EndpointFactory) -> None:

@@ -47,6 +47,7 @@ from flux_sagemaker import (
     TransportError,
     TurnInfo,
     UsageError,
+    ValidationError,
 )
 from flux_sagemaker.samples import load_sample
 from flux_sagemaker.streams import UNPROCESSED_RETRIES
@@ -127,7 +128,7 @@ async def run_session(
         hold_after_s=hold_after_s or 0.0,
     )
     with anyio.fail_after(30):
-        async with FluxClient("flux-ep", **endpoint.client_kwargs(), **options) as flux:
+        async with FluxClient("flux-ep", **(endpoint.client_kwargs() | options)) as flux:
             try:
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(sender, flux, pcm, speed)
@@ -599,6 +600,36 @@ async def test_credentials_that_cannot_be_renewed_yet_do_not_switch_streams(
     assert not [e for e in events if isinstance(e, StreamRolledOver)]
     assert len(endpoint.streams) == 1
     assert len(refreshed) >= 2  # it was asked, and had nothing fresher
+
+
+async def test_a_reconnect_whose_credentials_refresh_fails_ends_with_a_validation_error() -> None:
+    """The refresh for the new stream hands back expired credentials (botocore raises a
+    RuntimeError): the session ended as if the client had a bug, with LocalProtocolError
+    ("internal error in the Flux client") and a logged traceback."""
+    from datetime import UTC, datetime, timedelta
+
+    def refresh() -> dict[str, str]:
+        # The first two (the metadata, the first stream's refresh) are valid: within botocore's
+        # mandatory window, every stream refreshes.
+        expiry = datetime.now(UTC) + timedelta(seconds=-60 if len(issued) >= 2 else 500)
+        issued.append(None)
+        return {
+            "access_key": DEFAULT_ACCESS_KEY,
+            "secret_key": DEFAULT_SECRET_KEY,
+            "token": "",
+            "expiry_time": expiry.isoformat(),
+        }
+
+    issued: list[None] = []
+    credentials = RefreshableCredentials.create_from_metadata(
+        metadata=refresh(), refresh_using=refresh, method="test"
+    )
+    fault = Fault(kind=FaultKind.RESET_STREAM, after_audio_s=MID_TURN)
+    async with MockFluxEndpoint(script=SAMPLE.turns, faults=[fault]) as endpoint:
+        with pytest.raises(ValidationError, match="could not get AWS credentials"):
+            await run_session(endpoint, credentials=credentials)
+    assert len(endpoint.streams) == 1
+    assert len(issued) == 3
 
 
 NOT_RETRIED = [
