@@ -72,8 +72,10 @@ class KeepalivePolicy:
     stall_timeout: float | None = attrs.field(
         default=10.0, validator=number_in_range(0.1, 3600, optional=True, unit="seconds")
     )
-    """Audio flowed but no server event arrived for this long: the stream is stalled
-    (:class:`~flux_sagemaker.errors.StreamStalled`) and is recovered. ``None`` disables it."""
+    """Audio flows but no server event arrived for this long since audio was sent (counted
+    from the first audio after the server's last event, so a pause in the audio does not
+    count): the stream is stalled (:class:`~flux_sagemaker.errors.StreamStalled`) and is
+    recovered. ``None`` disables it."""
 
     @classmethod
     def disabled(cls) -> KeepalivePolicy:
@@ -141,7 +143,7 @@ class SendSilence:
 
 @attrs.frozen
 class Stalled:
-    """Audio flowed but the server said nothing for ``quiet_for`` seconds."""
+    """Audio flows but the server said nothing for ``quiet_for`` seconds since audio went out."""
 
     quiet_for: float
 
@@ -167,6 +169,12 @@ class SessionTimers:
     """When audio last went out on a stream."""
     last_server_data: float = 0.0
     """When bytes last arrived from the server."""
+    unanswered_since: float | None = None
+    """When the first audio event went out that no server data has followed yet, or ``None``.
+
+    The stall watchdog counts the server's silence from here, not from
+    :attr:`last_server_data`: after a pause in the audio (an agent muting its STT while it
+    speaks), a server that said nothing meanwhile has had nothing to answer."""
     pending_since: float | None = None
     """Since when a partial audio event has been waiting, or ``None``."""
     last_chunk_s: float = 0.0
@@ -221,6 +229,7 @@ class SessionTimers:
         """A stream opened: every clock starts now."""
         self.last_app_audio = self.last_audio_sent = self.last_server_data = now
         self.last_idle_ping = now
+        self.unanswered_since = None
 
     def on_app_audio(self, now: float, chunk_s: float, *, pending: bool) -> bool:
         """The application handed over a chunk; return whether :attr:`flush_at` moved.
@@ -241,6 +250,8 @@ class SessionTimers:
     def on_audio_sent(self, now: float) -> None:
         """An audio event went out (not the idle keepalive's single sample)."""
         self.last_audio_sent = now
+        if self.unanswered_since is None:
+            self.unanswered_since = now
 
     def on_flushed(self) -> None:
         """Nothing is pending any more."""
@@ -249,6 +260,7 @@ class SessionTimers:
     def on_server_data(self, now: float) -> None:
         """Bytes arrived from the server."""
         self.last_server_data = now
+        self.unanswered_since = None
 
     def due(
         self, now: float, *, turn_open: bool, consumer_blocked: bool = False
@@ -285,13 +297,14 @@ class SessionTimers:
                 idle_since = now
             next_at = min(next_at, idle_since + policy.idle_interval)
         if policy.stall_timeout is not None:
-            quiet_for = now - self.last_server_data
+            unanswered = self.unanswered_since
+            quiet_for = 0.0 if unanswered is None else now - unanswered
             audio_flowing = now - self.last_audio_sent < policy.stall_timeout
             if quiet_for < policy.stall_timeout or not audio_flowing or consumer_blocked:
                 self.stall_seen_at = None
-                if quiet_for < policy.stall_timeout:
-                    next_at = min(next_at, self.last_server_data + policy.stall_timeout)
-                # Otherwise quiet but excused: looked at again within _MAX_SLEEP.
+                if unanswered is not None and quiet_for < policy.stall_timeout:
+                    next_at = min(next_at, unanswered + policy.stall_timeout)
+                # Otherwise nothing to answer, or excused: looked at again within _MAX_SLEEP.
             elif self.stall_seen_at is None:
                 self.stall_seen_at = now  # confirm it once the readers had their turn
                 next_at = min(next_at, now + STALL_CONFIRM)

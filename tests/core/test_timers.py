@@ -126,6 +126,7 @@ def test_idle_keepalive_covers_an_open_turn_only_without_turn_silence() -> None:
 
 def test_stall_needs_flowing_audio_and_a_keeping_up_consumer() -> None:
     t = timers(stall_timeout=2.0, idle_interval=None)
+    t.on_audio_sent(100.0)
     t.on_audio_sent(101.9)
     assert t.due(101.9, turn_open=False)[0] == []
     assert t.due(102.1, turn_open=False, consumer_blocked=True)[0] == []
@@ -145,12 +146,41 @@ def test_stall_needs_flowing_audio_and_a_keeping_up_consumer() -> None:
 def test_data_arriving_before_the_confirmation_clears_a_seen_stall() -> None:
     """After a blocked event loop, the timers may look before the readers did."""
     t = timers(stall_timeout=2.0, idle_interval=None)
+    t.on_audio_sent(100.0)
     t.on_audio_sent(104.0)
     assert t.due(104.0, turn_open=False)[0] == []  # seen: 4 s quiet
     assert t.stall_seen_at == 104.0
     t.on_server_data(104.01)  # the reader catches up with what was waiting
     assert t.due(104.0 + STALL_CONFIRM, turn_open=False)[0] == []
     assert t.stall_seen_at is None
+
+
+def test_a_pause_in_the_audio_does_not_count_as_the_servers_silence() -> None:
+    """An agent that stops sending audio for longer than the stall timeout (its STT muted
+    while it speaks) and then resumes: the server had nothing to answer during the pause. The
+    watchdog took the whole pause as the server's silence and declared a stall
+    ("no server event for 12.3 s while audio was flowing") unless Flux answered the resumed
+    audio within STALL_CONFIRM, less than its 240 ms update cadence plus the round trip."""
+    t = timers(stall_timeout=10.0, idle_interval=None, turn_silence_after=None)
+    t.on_audio_sent(100.1)
+    t.on_server_data(100.3)  # Flux's last Update before the pause
+    resumed = 112.0
+    t.on_audio_sent(resumed)
+    assert t.due(resumed + 0.01, turn_open=False)[0] == []
+    assert t.stall_seen_at is None
+    assert t.due(resumed + 0.3, turn_open=False)[0] == []  # Flux's answer is still on its way
+    t.on_server_data(resumed + 0.35)
+    # A server that stays silent while the audio flows is still caught, its stall timed from
+    # the first audio it left unanswered.
+    now = resumed + 0.35
+    t.on_audio_sent(now + 0.05)
+    while now < resumed + 11.0 and not t.stall_seen_at:
+        now += 0.08
+        t.on_audio_sent(now)
+        t.due(now, turn_open=False)
+    assert t.stall_seen_at == pytest.approx(resumed + 0.4 + 10.0, abs=0.08)
+    actions, _ = t.due(t.stall_seen_at + STALL_CONFIRM, turn_open=False)
+    assert actions == [Stalled(pytest.approx(10.0 + STALL_CONFIRM, abs=0.08))]  # type: ignore[list-item]
 
 
 def test_disabled_policy_never_acts() -> None:
