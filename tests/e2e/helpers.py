@@ -8,9 +8,11 @@ off unless a test asks for it, so the audio the mock records is exactly the audi
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import anyio
+from botocore.credentials import RefreshableCredentials
 
 from flux_sagemaker import (
     FluxClient,
@@ -22,6 +24,7 @@ from flux_sagemaker import (
 )
 from flux_sagemaker.samples import Sample, load_sample
 from flux_sagemaker.testing import MockFluxEndpoint
+from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
 
 #: The bundled two-turn sample: 16 kHz mono linear16.
 SAMPLE: Sample = load_sample()
@@ -145,3 +148,25 @@ def hold_the_second_request(ep: MockFluxEndpoint) -> tuple[anyio.Event, anyio.Ev
 
     ep._server._handler = handler
     return held, release
+
+
+def credentials_going_stale(valid: int) -> tuple[RefreshableCredentials, list[None]]:
+    """Refreshable credentials (the mock's keys) whose source hands out ``valid`` sets that
+    expire in 500 s, then only sets that expired a minute ago (botocore then raises a
+    RuntimeError); and the list that grows by one per set handed out."""
+    issued: list[None] = []
+
+    def refresh() -> dict[str, str]:
+        expiry = datetime.now(UTC) + timedelta(seconds=-60 if len(issued) >= valid else 500)
+        issued.append(None)
+        return {
+            "access_key": DEFAULT_ACCESS_KEY,
+            "secret_key": DEFAULT_SECRET_KEY,
+            "token": "",
+            "expiry_time": expiry.isoformat(),
+        }
+
+    credentials = RefreshableCredentials.create_from_metadata(
+        metadata=refresh(), refresh_using=refresh, method="test"
+    )
+    return credentials, issued

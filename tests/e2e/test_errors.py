@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import traceback
 import uuid
-from datetime import UTC, datetime, timedelta
 
 import anyio
 import pytest
 from anyio.abc import SocketAttribute
-from botocore.credentials import Credentials, RefreshableCredentials
+from botocore.credentials import Credentials
 
 from flux_sagemaker import (
     AccessDeniedError,
@@ -53,6 +52,7 @@ from .helpers import (
     TEST_TIMEOUT,
     EndpointFactory,
     client_for,
+    credentials_going_stale,
     events_until_error,
     ms,
     of_type,
@@ -153,20 +153,7 @@ async def test_a_refresh_that_gives_back_expired_credentials_is_a_validation_err
     metadata service serving stale ones. It came out of ``async with FluxClient`` as it was,
     past an application's ``except FluxError``."""
 
-    def refresh() -> dict[str, str]:
-        expiry = datetime.now(UTC) + timedelta(seconds=-60 if issued else 500)
-        issued.append(None)
-        return {
-            "access_key": DEFAULT_ACCESS_KEY,
-            "secret_key": DEFAULT_SECRET_KEY,
-            "token": "",
-            "expiry_time": expiry.isoformat(),
-        }
-
-    issued: list[None] = []
-    credentials = RefreshableCredentials.create_from_metadata(
-        metadata=refresh(), refresh_using=refresh, method="test"
-    )
+    credentials, _ = credentials_going_stale(valid=1)
     with anyio.fail_after(TEST_TIMEOUT):
         async with endpoint() as ep:
             error = await _open_fails(ep, credentials=credentials)

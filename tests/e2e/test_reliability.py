@@ -54,7 +54,7 @@ from flux_sagemaker.streams import UNPROCESSED_RETRIES
 from flux_sagemaker.testing import Fault, FaultKind, MockFluxEndpoint, RequestFailure
 from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
 
-from .helpers import next_of
+from .helpers import credentials_going_stale, next_of
 
 pytestmark = pytest.mark.anyio
 
@@ -606,24 +606,9 @@ async def test_a_reconnect_whose_credentials_refresh_fails_ends_with_a_validatio
     """The refresh for the new stream hands back expired credentials (botocore raises a
     RuntimeError): the session ended as if the client had a bug, with LocalProtocolError
     ("internal error in the Flux client") and a logged traceback."""
-    from datetime import UTC, datetime, timedelta
-
-    def refresh() -> dict[str, str]:
-        # The first two (the metadata, the first stream's refresh) are valid: within botocore's
-        # mandatory window, every stream refreshes.
-        expiry = datetime.now(UTC) + timedelta(seconds=-60 if len(issued) >= 2 else 500)
-        issued.append(None)
-        return {
-            "access_key": DEFAULT_ACCESS_KEY,
-            "secret_key": DEFAULT_SECRET_KEY,
-            "token": "",
-            "expiry_time": expiry.isoformat(),
-        }
-
-    issued: list[None] = []
-    credentials = RefreshableCredentials.create_from_metadata(
-        metadata=refresh(), refresh_using=refresh, method="test"
-    )
+    # The first two (the metadata, the first stream's refresh) are valid: within botocore's
+    # mandatory window, every stream refreshes.
+    credentials, issued = credentials_going_stale(valid=2)
     fault = Fault(kind=FaultKind.RESET_STREAM, after_audio_s=MID_TURN)
     async with MockFluxEndpoint(script=SAMPLE.turns, faults=[fault]) as endpoint:
         with pytest.raises(ValidationError, match="could not get AWS credentials"):
