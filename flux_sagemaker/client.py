@@ -1237,9 +1237,15 @@ class FluxClient:
         except FluxError as exc:
             if outcome is not None:
                 outcome.append(exc)
-            else:
+            elif old is not None:
+                old.switch_failures += 1
+                pause = self._rollover.retry_after(old.switch_failures)
+                old.switch_held_until = _now() + pause
                 logger.warning(
-                    "could not open the next Flux stream (%s); keeping the current one", exc
+                    "could not open the next Flux stream (%s); keeping the current one, "
+                    "next try in %.0f s",
+                    exc,
+                    pause,
                 )
             return
         if self._state not in ("open", "closing"):
@@ -1495,7 +1501,7 @@ class FluxClient:
             credentials_expire_in=stream.credentials_expire_in,
             at_boundary=not self._tracker.turn_open,
         )
-        if reason is not None and not self._switching:
+        if reason is not None and not self._switching and now >= stream.switch_held_until:
             # In its own task: the timers keep running while the next stream opens.
             self._begin_switch()
             self._task_group_start(self._switch_stream, reason)

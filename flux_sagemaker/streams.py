@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import builtins
 import contextlib
+import math
 import time
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -64,6 +65,10 @@ class LiveStream:
     behind: bool = False
     """Its reader waits for room in the event queue: the events after the one it holds are
     not yet seen by the session's turn tracker."""
+    switch_failures: int = 0
+    """Planned switches away from it in a row that could not open the next stream."""
+    switch_held_until: float = -math.inf
+    """``time.monotonic()`` before which no planned switch away from it is tried again."""
 
     @property
     def request_id(self) -> str | None:

@@ -36,6 +36,10 @@ SAGEMAKER_MAX_STREAM_SECONDS = 30 * 60
 SILENCE_STEP = 0.08
 # Look again at least this often, so policy changes and stray wake-ups stay cheap.
 _MAX_SLEEP = 1.0
+# After a planned switch could not open its stream: wait this long before the next try,
+# doubling with each failure up to the cap.
+_SWITCH_RETRY_FIRST = 5.0
+_SWITCH_RETRY_CAP = 60.0
 #: The flush alarm rings this much after :attr:`SessionTimers.flush_at` (at most half a chunk):
 #: in steady audio the next chunk is due just then, and it should start the next partial event
 #: (moving the alarm on) before the alarm rings, not race it and lose when the loop wakes late.
@@ -127,6 +131,17 @@ class RolloverPolicy:
             if age >= limit or (at_boundary and age >= limit - early):
                 return reason
         return None
+
+    def retry_after(self, failures: int) -> float:
+        """Seconds to keep the current stream after ``failures`` (1 or more) planned switches
+        in a row could not open the next one, before trying again.
+
+        The current stream still works, and the switch is due again at every look: without a
+        pause, an endpoint that refuses (access denied, throttling) got a request a second
+        until the stream's end. Doubling from 5 s up to 60 s still tries five times within the
+        default ``margin`` before ``max_stream_duration``.
+        """
+        return min(_SWITCH_RETRY_CAP, _SWITCH_RETRY_FIRST * 2.0 ** max(0, failures - 1))
 
 
 @attrs.frozen

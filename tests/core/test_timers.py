@@ -277,6 +277,14 @@ def test_rollover_reasons(
     assert policy.due(age, credentials_expire_in=expire, at_boundary=boundary) == expected
 
 
+def test_a_refused_switch_is_tried_again_after_a_doubling_pause() -> None:
+    policy = RolloverPolicy()
+    pauses = [policy.retry_after(failures) for failures in range(1, 8)]
+    assert pauses == [5.0, 10.0, 20.0, 40.0, 60.0, 60.0, 60.0]
+    # Five tries fit in the default margin before the stream's latest switch.
+    assert sum(pauses[:4]) < policy.margin
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [

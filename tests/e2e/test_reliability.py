@@ -494,6 +494,41 @@ async def test_rollover_switches_at_turn_boundaries_with_no_gap_or_duplicate() -
     assert_audio_delivered(endpoint, events)
 
 
+async def test_a_planned_switch_the_endpoint_refuses_is_tried_again_only_after_a_pause() -> None:
+    """The endpoint refuses the stream a rollover opens (access denied): the session keeps its
+    stream and waits before trying again. It tried at every look of its timers, about once a
+    second, until SageMaker ended the stream: up to two minutes of a request a second."""
+    rollover = RolloverPolicy(max_stream_duration=1.0, margin=0.0)
+
+    async def settle(flux: FluxClient) -> None:
+        """Until the supervisor has looked once more and no switch is under way."""
+        rounds = flux._supervisor_rounds
+        flux._wake_supervisor()
+        while flux._supervisor_rounds == rounds or flux._switching:  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+
+    half_a_second = SAMPLE.pcm[: BYTES_PER_SECOND // 2]
+    async with MockFluxEndpoint(script=SAMPLE.turns) as endpoint:
+        with anyio.fail_after(30):
+            async with FluxClient(
+                "flux-ep",
+                **endpoint.client_kwargs(),
+                timeouts=FAST_TIMEOUTS,
+                keepalive=KeepalivePolicy.disabled(),
+                rollover=rollover,
+            ) as flux:
+                endpoint.fail_requests(RequestFailure.access_denied(), count=100)
+                while len(endpoint.streams) < 2:  # noqa: ASYNC110 - the first switch, refused
+                    await anyio.sleep(0.01)
+                for _ in range(5):
+                    await settle(flux)  # the switch is due at every look
+                await flux.send_audio(half_a_second)
+                await flux.close()
+    assert [stream.status for stream in endpoint.streams] == [200, 403]
+    assert flux.stats.rollovers == 0
+    assert bytes(endpoint.streams[0].audio) == half_a_second
+
+
 async def test_sagemaker_stream_time_limit_is_survived() -> None:
     async with MockFluxEndpoint(script=SAMPLE.turns, max_stream_duration=0.8) as endpoint:
         events = await run_session(endpoint, speed=TIMED_SPEED)
