@@ -237,6 +237,7 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         self._pending = PendingAudio()
         self._session_task: asyncio.Task[None] | None = None
         self._flux: FluxClient | None = None  # while a session is connected
+        self._silence_recorded = 0  # of self._flux's keepalive silence, bytes counted as usage
         self._set_up = False
         self._accepting = True  # False once stopping: later audio is not sent
         self._reconnect_after_turn = False
@@ -337,7 +338,7 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
             )
             async with client as flux:
                 connected = True
-                self._flux = flux
+                self._flux, self._silence_recorded = flux, 0
                 await self._call_event_handler("on_connected")
                 async with anyio.create_task_group() as tg:
                     tg.start_soon(self._send_audio, flux)
@@ -350,6 +351,7 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         except Exception as exc:  # a session must not die unreported, whatever ended it
             failure = exc
         finally:
+            self._record_keepalive_silence()
             self._flux = None
             if connected:  # also when cancelled (CancelFrame), as Pipecat's _disconnect does
                 await self._call_event_handler("on_disconnected")
@@ -553,7 +555,19 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         else:
             self._start_session()
 
+    def _record_keepalive_silence(self) -> None:
+        """Count the silence the client sent on its own as usage, as Pipecat's watchdog does:
+        Flux receives (and bills) it like the application's audio."""
+        flux = self._flux
+        if flux is None:
+            return
+        sent = flux.stats.silence_bytes_sent
+        if sent > self._silence_recorded:
+            self._record_stt_audio_usage(bytes(sent - self._silence_recorded))
+            self._silence_recorded = sent
+
     async def _handle_event(self, event: object) -> None:
+        self._record_keepalive_silence()  # before an EndOfTurn reports the usage
         await super()._handle_event(event)
         if self._reconnect_after_turn and not self._user_is_speaking:
             self._reconnect_after_turn = False

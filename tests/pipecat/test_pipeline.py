@@ -8,6 +8,7 @@ from typing import Any
 import pytest
 from pipecat.frames.frames import (
     CancelWorkerFrame,
+    EndWorkerFrame,
     Frame,
     InterimTranscriptionFrame,
     MetricsFrame,
@@ -26,7 +27,16 @@ from flux_sagemaker.samples import load_sample
 from flux_sagemaker.testing import MockFluxEndpoint
 from flux_sagemaker.testing.session import StreamSession
 
-from .helpers import SAMPLE_RATE, audio_frames, flux_frames, run, service, spoken_turns, transcripts
+from .helpers import (
+    SAMPLE_RATE,
+    audio_frames,
+    flux_frames,
+    run,
+    service,
+    spoken_turns,
+    tone,
+    transcripts,
+)
 
 pytestmark = pytest.mark.timeout(30)
 
@@ -160,3 +170,38 @@ async def test_a_turn_cut_short_that_began_without_start_of_turn_keeps_its_trans
     async with MockFluxEndpoint(script=["cut short"]) as endpoint:
         frames = flux_frames(await run_down(service(endpoint), audio_frames(audio)))
     assert transcripts(frames) == ["cut short"]
+
+
+@pytest.mark.anyio
+async def test_keepalive_silence_counts_toward_usage() -> None:
+    """The silence sent to end a turn whose audio stopped is audio Flux receives (and bills):
+    Pipecat's watchdog counts it toward the STT usage metrics, so the adapter does too."""
+    async with MockFluxEndpoint(script=["held turn"]) as endpoint:
+        stt = service(endpoint)
+
+        @stt.event_handler("on_end_of_turn")
+        async def end(_svc: Any, _transcript: str) -> None:
+            # Only the keepalive silence can have ended the turn: the audio stopped mid-speech.
+            await stt.push_frame(EndWorkerFrame(), FrameDirection.UPSTREAM)
+
+        down, _up = await run_test(
+            stt,
+            frames_to_send=audio_frames(tone(1200)),
+            pipeline_params=PipelineParams(
+                audio_in_sample_rate=SAMPLE_RATE, enable_usage_metrics=True
+            ),
+            send_end_frame=False,
+            start_timeout=10.0,
+        )
+        received = b"".join(endpoint.received_audio())
+    frames = flux_frames(list(down))
+    assert transcripts(frames) == ["held turn"]
+    usage = [
+        d.value.audio_seconds
+        for f in frames
+        if isinstance(f, MetricsFrame)
+        for d in f.data
+        if isinstance(d, STTUsageMetricsData)
+    ]
+    assert len(received) > len(tone(1200))  # silence was sent
+    assert sum(usage) == pytest.approx(len(received) / (2 * SAMPLE_RATE))
