@@ -702,7 +702,8 @@ class FluxClient:
             arrives through the iterator, and a late ``ConfigureSuccess`` still applies.
 
         Raises:
-            ValidationError: a value is out of range (checked before sending).
+            ValidationError: a value is out of range, or the settings would be invalid with
+                it applied after the Configures still unanswered (checked before sending).
             CapabilityError: the endpoint's bundle does not accept ``Configure``; use
                 :meth:`update_settings`, which opens a new stream instead.
             UsageError: the session is not open.
@@ -839,6 +840,9 @@ class FluxClient:
                     continue  # replaced again while we waited for the lock
                 self._check_open("send a control message")
                 if waiter is not None:
+                    # Flux applies it after the Configures still unanswered, to the settings of
+                    # this stream: an answer the settings cannot take would end the session.
+                    waiter.message.apply_to(self._settings_after_pending_configures())
                     self._pending_configures.append(waiter)
                 if await self._uncancelled(self._write_control, current, message, ends_turn):
                     return
@@ -1263,6 +1267,15 @@ class FluxClient:
         await self._take_over(
             stream, lambda replay: StreamRolledOver(reason=reason, **replay._asdict()), old=old
         )
+
+    def _settings_after_pending_configures(self) -> FluxSettings:
+        """The settings in force once every unanswered Configure is answered with success."""
+        settings = self._settings
+        for pending in self._pending_configures:
+            # Checked against what came before it when it went out: any failure is Flux's.
+            with contextlib.suppress(ValidationError):
+                settings = pending.message.apply_to(settings)
+        return settings
 
     def _release_configures(self) -> None:
         """Stop every configure() waiting for an answer (it returns ``None``)."""

@@ -22,6 +22,7 @@ from flux_sagemaker import (
     FluxError,
     FluxSettings,
     KeepalivePolicy,
+    Model,
     ModelError,
     Reconnected,
     RetryPolicy,
@@ -36,6 +37,7 @@ from flux_sagemaker import (
     UsageError,
     ValidationError,
 )
+from flux_sagemaker.core.settings import LANGUAGE_CODES
 from flux_sagemaker.testing import (
     FLUX_ENGLISH_20260311,
     FLUX_MULTI_20260417,
@@ -103,6 +105,32 @@ async def test_a_late_configure_answer_is_not_taken_for_the_next_ones(
             await flux.close()
             events = await collect(flux)
     assert [a.keyterms for a in of_type(events, ConfigureSuccess)] == [(), ("seven",)]
+
+
+async def test_a_configure_checked_after_an_unanswered_one_is_refused_before_sending(
+    endpoint: EndpointFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Flux applies a Configure after the ones still unanswered: the keyterms of an unanswered
+    one plus the hints of the next would not fit a query string (for the next stream), so the
+    second is refused with a ValidationError before it goes out, and the session goes on."""
+    faults = [Fault(kind=FaultKind.LATENCY, latency=0.4)]
+    settings = FluxSettings(model=Model.GENERAL_MULTI)
+    terms = [f"term{i:03d}{'x' * 12}" for i in range(66)]  # a 1908-character query string
+    hints = sorted(LANGUAGE_CODES)  # 170 characters more: over 2048 together
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(faults=faults) as ep, client_for(ep, settings=settings) as flux:
+            await flux.send_audio(bytes(ms(20)))  # the fault strikes once audio came
+            monkeypatch.setattr("flux_sagemaker.client._CONFIGURE_ACK_TIMEOUT", 0.1)
+            assert await flux.configure(keyterms=terms) is None
+            monkeypatch.setattr("flux_sagemaker.client._CONFIGURE_ACK_TIMEOUT", 5.0)
+            with pytest.raises(ValidationError, match="2048"):
+                await flux.configure(language_hints=hints)
+            await flux.close()
+            events = await collect(flux)
+    assert [a.keyterms for a in of_type(events, ConfigureSuccess)] == [tuple(terms)]
+    assert flux.settings.keyterms == tuple(terms)
+    assert flux.settings.language_hints == ()
+    assert [json.loads(t)["type"] for t in ep.streams[0].texts] == ["Configure", "CloseStream"]
 
 
 async def test_configure_failure_keeps_the_session(endpoint: EndpointFactory) -> None:
