@@ -766,8 +766,8 @@ class FluxClient:
             self._check_open("update settings")
         new_settings = self._settings.with_changes(**changes)
         new_settings.check_capabilities(self._capabilities)
-        if new_settings == self._settings:
-            return
+        if new_settings == self._settings == self._settings_after_pending_configures():
+            return  # nothing to change, and no unanswered Configure will change it either
         configurable = all(
             name in commands.CONFIGURABLE_FIELDS and value is not None
             for name, value in changes.items()

@@ -133,6 +133,27 @@ async def test_a_configure_checked_after_an_unanswered_one_is_refused_before_sen
     assert [json.loads(t)["type"] for t in ep.streams[0].texts] == ["Configure", "CloseStream"]
 
 
+async def test_update_settings_back_to_the_settings_in_force_outruns_an_unanswered_configure(
+    endpoint: EndpointFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Configure still unanswered will change eot_threshold: asking for the value in force
+    is a change too, which Flux gets after it, so the session ends with what was asked last."""
+    faults = [Fault(kind=FaultKind.LATENCY, latency=0.4)]
+    settings = FluxSettings(eot_threshold=0.7)
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(faults=faults) as ep, client_for(ep, settings=settings) as flux:
+            await flux.send_audio(bytes(ms(20)))  # the fault strikes once audio came
+            monkeypatch.setattr("flux_sagemaker.client._CONFIGURE_ACK_TIMEOUT", 0.1)
+            assert await flux.configure(eot_threshold=0.8) is None
+            monkeypatch.setattr("flux_sagemaker.client._CONFIGURE_ACK_TIMEOUT", 5.0)
+            await flux.update_settings(eot_threshold=0.7)
+            assert flux.settings.eot_threshold == 0.7
+            await flux.close()
+            events = await collect(flux)
+    assert [a.thresholds.eot_threshold for a in of_type(events, ConfigureSuccess)] == [0.8, 0.7]
+    assert flux.settings.eot_threshold == 0.7
+
+
 async def test_configure_failure_keeps_the_session(endpoint: EndpointFactory) -> None:
     caps = BundleCapabilities.flux_multi_20260417()
     with anyio.fail_after(TEST_TIMEOUT):
