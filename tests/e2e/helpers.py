@@ -150,18 +150,19 @@ def hold_the_second_request(ep: MockFluxEndpoint) -> tuple[anyio.Event, anyio.Ev
     return held, release
 
 
-def credentials_going_stale(valid: int) -> tuple[RefreshableCredentials, list[None]]:
-    """Refreshable credentials (the mock's keys) whose source hands out ``valid`` sets that
-    expire in 500 s, then only sets that expired a minute ago (botocore then raises a
-    RuntimeError); and the list that grows by one per set handed out."""
+def refreshable_credentials(
+    issue: Callable[[int], tuple[str, str, datetime]],
+) -> tuple[RefreshableCredentials, list[None]]:
+    """botocore refreshable credentials whose source hands out ``issue(n)`` (access key, secret
+    key, expiry) as its n-th set (0: the first); and the list that grows by one per set."""
     issued: list[None] = []
 
     def refresh() -> dict[str, str]:
-        expiry = datetime.now(UTC) + timedelta(seconds=-60 if len(issued) >= valid else 500)
+        access, secret, expiry = issue(len(issued))
         issued.append(None)
         return {
-            "access_key": DEFAULT_ACCESS_KEY,
-            "secret_key": DEFAULT_SECRET_KEY,
+            "access_key": access,
+            "secret_key": secret,
             "token": "",
             "expiry_time": expiry.isoformat(),
         }
@@ -170,3 +171,19 @@ def credentials_going_stale(valid: int) -> tuple[RefreshableCredentials, list[No
         metadata=refresh(), refresh_using=refresh, method="test"
     )
     return credentials, issued
+
+
+def credentials_going_stale(valid: int) -> tuple[RefreshableCredentials, list[None]]:
+    """Refreshable credentials (the mock's keys) whose source hands out ``valid`` sets that
+    expire in 500 s, then only sets that expired a minute ago (botocore then raises a
+    RuntimeError); and the list that grows by one per set handed out."""
+
+    def issue(n: int) -> tuple[str, str, datetime]:
+        expires_in = 500 if n < valid else -60
+        return (
+            DEFAULT_ACCESS_KEY,
+            DEFAULT_SECRET_KEY,
+            datetime.now(UTC) + timedelta(seconds=expires_in),
+        )
+
+    return refreshable_credentials(issue)

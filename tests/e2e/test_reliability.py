@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 from collections.abc import Sequence
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import anyio
@@ -54,7 +55,7 @@ from flux_sagemaker.streams import UNPROCESSED_RETRIES
 from flux_sagemaker.testing import Fault, FaultKind, MockFluxEndpoint, RequestFailure
 from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
 
-from .helpers import credentials_going_stale, next_of
+from .helpers import credentials_going_stale, next_of, refreshable_credentials
 
 pytestmark = pytest.mark.anyio
 
@@ -542,23 +543,11 @@ async def test_sagemaker_stream_time_limit_is_survived() -> None:
 
 def rotating_credentials(keys: list[tuple[str, str]], expires_in: float) -> RefreshableCredentials:
     """Credentials that hand out the next key pair at every refresh."""
-    from datetime import UTC, datetime, timedelta
 
-    remaining = iter(keys)
+    def issue(n: int) -> tuple[str, str, datetime]:
+        return *keys[n], datetime.now(UTC) + timedelta(seconds=expires_in)
 
-    def refresh() -> dict[str, str]:
-        access, secret = next(remaining)
-        expiry = datetime.now(UTC) + timedelta(seconds=expires_in)
-        return {
-            "access_key": access,
-            "secret_key": secret,
-            "token": "",
-            "expiry_time": expiry.isoformat(),
-        }
-
-    return RefreshableCredentials.create_from_metadata(
-        metadata=refresh(), refresh_using=refresh, method="test"
-    )
+    return refreshable_credentials(issue)[0]
 
 
 async def test_credentials_are_refreshed_before_they_expire() -> None:
@@ -604,22 +593,9 @@ async def test_credentials_that_cannot_be_renewed_yet_do_not_switch_streams(
     boundary window (120 s) of the stream's opening. Before the fix the session switched at
     every look between turns, each new stream just as close to that switch, for two minutes.
     """
-    from datetime import UTC, datetime, timedelta
-
     expiry = datetime.now(UTC) + timedelta(seconds=expires_in)
-    refreshed: list[None] = []
-
-    def refresh() -> dict[str, str]:
-        refreshed.append(None)
-        return {
-            "access_key": DEFAULT_ACCESS_KEY,
-            "secret_key": DEFAULT_SECRET_KEY,
-            "token": "",
-            "expiry_time": expiry.isoformat(),
-        }
-
-    credentials = RefreshableCredentials.create_from_metadata(
-        metadata=refresh(), refresh_using=refresh, method="test"
+    credentials, refreshed = refreshable_credentials(
+        lambda _: (DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, expiry)
     )
     async with MockFluxEndpoint(script=SAMPLE.turns) as endpoint:
         kwargs = endpoint.client_kwargs() | {"credentials": credentials}
