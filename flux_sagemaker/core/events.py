@@ -259,7 +259,9 @@ ServerMessage: TypeAlias = (
 
 # ---- parsing -------------------------------------------------------------------------------------
 
-_NUMERIC: Final = re.compile(r"\s*-?(?:[0-9]+\.?[0-9]*|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\s*")
+# Each digit belongs to one run only: with "[0-9]+\.?[0-9]*" a digit string could split between
+# the two runs any way, and refusing one (server-controlled) took time quadratic in its length.
+_NUMERIC: Final = re.compile(r"\s*-?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][-+]?[0-9]+)?\s*")
 
 
 class _Bad(Exception):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import signal
 from typing import Any
 
 import attrs
@@ -203,6 +204,26 @@ def test_numeric_strings_accepted() -> None:
     assert (msg.turn_index, msg.sequence_id) == (2, 7)
     assert (msg.audio_window_start, msg.audio_window_end) == (1.3, 2.0)
     assert msg.end_of_turn_confidence == 0.5
+
+
+@pytest.mark.parametrize("field", ["turn_index", "audio_window_end"])
+def test_a_long_almost_numeric_string_is_refused_in_linear_time(field: str) -> None:
+    """The numeric-string check ran a regex whose two digit runs could split a digit string any
+    way, so refusing 10,000 digits and a letter took seconds, and a long one in a (server-
+    controlled) payload held the event loop for hours. The alarm is only a hang guard."""
+    payload = f'{{"type":"TurnInfo","event":"Update","turn_index":0,"{field}":"{"9" * 200_000}x"}}'
+
+    def hang(signum: int, frame: object) -> None:
+        raise AssertionError("the numeric-string check hung")
+
+    previous = signal.signal(signal.SIGALRM, hang)
+    signal.alarm(30)
+    try:
+        with pytest.raises(MessageParseError, match="not a number"):
+            parse_server_message(payload)
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
 
 
 def test_integral_float_is_an_int() -> None:
