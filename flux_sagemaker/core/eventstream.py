@@ -376,7 +376,9 @@ class EventStreamDecoder:
 
     At most one incomplete message is buffered, and a message whose prelude announces more than
     the limits is rejected before its body arrives. After a :class:`FrameError` the decoder is
-    broken and every later call raises too.
+    broken and every later call raises too. The messages that preceded a corrupt one are never
+    lost with it: :meth:`receive_data` returns them and the error is raised by the next call
+    (:attr:`error` has it at once).
     """
 
     max_payload_length: int = attrs.field(default=MAX_PAYLOAD_LENGTH, kw_only=True)
@@ -388,6 +390,13 @@ class EventStreamDecoder:
     # (total_length, headers_length) of that message once its prelude has been checked.
     _frame: tuple[int, int] | None = attrs.field(init=False, default=None, repr=False)
     _error: FrameError | None = attrs.field(init=False, default=None, repr=False)
+    # Whether _error was raised yet; it is not when it came after messages that were returned.
+    _error_raised: bool = attrs.field(init=False, default=False, repr=False)
+
+    @property
+    def error(self) -> FrameError | None:
+        """The error that broke the stream, or ``None``; set as soon as it is found."""
+        return self._error
 
     @property
     def buffered_bytes(self) -> int:
@@ -398,8 +407,9 @@ class EventStreamDecoder:
         """Add ``data`` and return the messages it completed, in order (often none).
 
         Raises:
-            FrameError: The stream is corrupt or over the limits (messages completed earlier in
-                the same ``data`` are discarded with it).
+            FrameError: The stream is corrupt or over the limits. When messages completed in the
+                same ``data`` before the corrupt one, they are returned instead and the next
+                call raises; :attr:`error` is set either way.
         """
         self._check_not_broken()
         buffer = self._buffer
@@ -435,6 +445,11 @@ class EventStreamDecoder:
         except FrameError as exc:
             self._error = exc
             self._buffer = bytearray()
+            if messages:
+                # The same read may carry a final transcript before the bad frame; how the
+                # transport split the bytes must not decide whether it is delivered.
+                return messages
+            self._error_raised = True
             raise
         if source is buffer and offset:
             # Amortised: what remains is a tail that arrived in this call.
@@ -459,6 +474,9 @@ class EventStreamDecoder:
             )
 
     def _check_not_broken(self) -> None:
+        if self._error is not None and not self._error_raised:
+            self._error_raised = True
+            raise self._error
         if self._error is not None:
             raise FrameError(
                 f"the event stream is already broken: {self._error.message}"

@@ -164,7 +164,10 @@ class StreamProtocol:
             events.append(event)
             if isinstance(event, StreamFailed):
                 self.state = StreamState.FAILED
-                break
+                return events
+        if self._decoder.error is not None:
+            # A corrupt frame after the messages just handled.
+            events += self._fail(self._decoder.error)
         return events
 
     def receive_eof(self) -> list[StreamEvent]:

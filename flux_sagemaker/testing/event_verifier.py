@@ -121,6 +121,9 @@ class EventVerifier:
             envelopes = self._decoder.receive_data(data)
         except FrameError as exc:
             raise _bad_event(f"malformed envelope: {exc.message}") from exc
+        error = self._decoder.error
+        if error is not None:  # after the envelopes returned: refuse them all
+            raise _bad_event(f"malformed envelope: {error.message}") from error
         events: list[VerifiedEvent] = []
         for envelope in envelopes:
             if self._ended:

@@ -525,6 +525,22 @@ def test_error_in_buffered_data_poisons_too() -> None:
         decoder.receive_data(b"")
 
 
+def test_messages_before_a_corrupt_one_are_returned_and_the_next_call_raises() -> None:
+    good = ALL_FRAMES["close-stream-frame"]
+    bad = bytearray(good)
+    bad[-1] ^= 1
+    decoder = EventStreamDecoder()
+    assert decoder.receive_data(good + bad + good) == [decode_message(good)]
+    assert decoder.error is not None
+    assert "message CRC mismatch" in decoder.error.message
+    assert decoder.buffered_bytes == 0
+    with pytest.raises(FrameError, match=r"^message CRC mismatch") as first:
+        decoder.eof()
+    assert first.value is decoder.error
+    with pytest.raises(FrameError, match="already broken: message CRC mismatch"):
+        decoder.receive_data(good)
+
+
 def test_eof() -> None:
     decoder = EventStreamDecoder()
     decoder.eof()

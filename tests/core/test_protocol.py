@@ -75,3 +75,31 @@ def test_can_send_until_the_input_ends_or_the_stream_fails() -> None:
     assert not failed.can_send
     with pytest.raises(LocalProtocolError, match="the stream has failed"):
         failed.send_audio(b"\x00\x00")
+
+
+def _corrupt(wire: bytes) -> bytes:
+    bad = bytearray(wire)
+    bad[-1] ^= 1  # the message CRC
+    return bytes(bad)
+
+
+@given(st.lists(st.integers(0, 3 * len(part(UPDATE))), max_size=4))
+def test_messages_before_a_corrupt_frame_are_delivered_however_the_bytes_are_split(
+    cuts: list[int],
+) -> None:
+    """A corrupt frame read together with the intact messages before it took them down too:
+    an EndOfTurn in the same read as a bad frame was lost, or not, depending on where the
+    transport split the bytes. The failure now comes after every message that preceded it."""
+    wire = part(CONNECTED) + part(UPDATE) + _corrupt(part(UPDATE)) + part(UPDATE)
+    bounds = [0, *sorted(min(c, len(wire)) for c in cuts), len(wire)]
+    proto = protocol()
+    events = [e for a, b in itertools.pairwise(bounds) for e in proto.receive_data(wire[a:b])]
+    assert events[:2] == [
+        Connected(request_id="r1", sequence_id=0),
+        Update(turn_index=0, transcript="h\u00e9llo"),
+    ]
+    (failed,) = events[2:]
+    assert isinstance(failed, StreamFailed)
+    assert isinstance(failed.error, FrameError)
+    assert "message CRC mismatch" in failed.error.message
+    assert proto.receive_eof() == []
