@@ -224,7 +224,9 @@ def stream_error(message: Message, *, request_id: str | None = None) -> StreamEr
     if message_type == "exception":
         exception_type = _text(headers.get(":exception-type", "")) or "(no :exception-type)"
         fields = _parse_body(message.payload)
-        text = _message(fields, exception_type)
+        # As for operation_error: a payload that is not a JSON object is the reason itself.
+        raw_text = "" if fields else message.payload.decode("utf-8", "replace").strip()
+        text = _message(fields, _truncate(raw_text or exception_type))
         error_code = _optional_str(fields.get("ErrorCode"))
         if exception_type == "ModelStreamError":
             return ModelStreamError(text, error_code=error_code, request_id=request_id)

@@ -284,6 +284,23 @@ def test_exception_with_non_json_payload_and_no_type() -> None:
     assert "(no :exception-type)" in err.message
 
 
+def test_exception_message_keeps_a_non_json_reason_and_is_truncated() -> None:
+    """A plain-text exception payload was dropped (the message was just the type), unlike the
+    same body before the stream; an unknown :exception-type went in untruncated (32 KiB)."""
+    err = stream_error(exception_message("ModelStreamError", b"upstream connection reset\n"))
+    assert type(err) is errors.ModelStreamError
+    assert err.message == "upstream connection reset"
+    assert err.error_code is None
+    assert err.retryable
+    empty = stream_error(exception_message("InternalStreamFailure", b""))
+    assert (type(empty), empty.message) == (errors.InternalStreamFailure, "InternalStreamFailure")
+    long_type = "X" * 32767
+    err = stream_error(exception_message(long_type, {"ErrorCode": "E"}))
+    assert type(err) is errors.InternalStreamFailure
+    assert err.error_code == "E"
+    assert len(err.message) < 2 * MAX_MESSAGE_CHARS + 200
+
+
 def test_error_message_type() -> None:
     frame = encode_message(
         {
@@ -347,7 +364,8 @@ def test_deeply_nested_body_is_not_json_to_us() -> None:
     assert err.message.startswith("[[[")
     failure = stream_error(exception_message("ModelStreamError", nested))
     assert type(failure) is errors.ModelStreamError
-    assert failure.message == "ModelStreamError"
+    assert failure.message.startswith("[[[")
+    assert len(failure.message) < MAX_MESSAGE_CHARS + 100
 
 
 @pytest.mark.parametrize(
