@@ -397,7 +397,18 @@ class FluxSettings:
         return self._query_string
 
     def with_changes(self, **changes: Any) -> FluxSettings:
-        """Return a validated copy with ``changes`` applied."""
+        """Return a validated copy with ``changes`` applied.
+
+        Raises:
+            ValidationError: a name is not a setting (a typo such as ``eot_treshold``), or a
+                value is invalid.
+        """
+        names = {a.alias for a in attrs.fields(type(self)) if a.init}
+        unknown = sorted(set(changes) - names)
+        if unknown:
+            raise ValidationError(
+                f"not a Flux setting: {', '.join(unknown)} (settings: {', '.join(sorted(names))})"
+            )
         return attrs.evolve(self, **changes)
 
     def check_capabilities(self, caps: BundleCapabilities) -> None:

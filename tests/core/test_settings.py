@@ -187,6 +187,15 @@ def test_with_changes_validates() -> None:
         s.with_changes(eot_threshold=0.5)
 
 
+def test_with_changes_refuses_a_name_that_is_not_a_setting() -> None:
+    # A typo in update_settings(eot_treshold=...) raised attrs' TypeError, past `except
+    # ValidationError` and `except FluxError`.
+    with pytest.raises(
+        ValidationError, match=r"not a Flux setting: eot_treshold \(settings: .*eot_threshold"
+    ):
+        FluxSettings().with_changes(eot_treshold=0.7)
+
+
 def test_unknown_model_with_override() -> None:
     s = FluxSettings(model="flux-general-xx.2", allow_unknown_model=True, language_hints=["fr"])
     assert s.query_string().startswith("model=flux-general-xx.2&")
