@@ -23,7 +23,7 @@ from botocore.credentials import Credentials
 
 from ..core.request import DEFAULT_INVOCATION_PATH
 from ..core.settings import FluxSettings
-from ..errors import ValidationError
+from ..errors import UsageError, ValidationError
 from ..h2core import DEFAULT_RECEIVE_WINDOW, header_fields
 from .bundle import NEWEST, BundleProfile
 from .certs import TestCA
@@ -168,6 +168,7 @@ class MockFluxEndpoint:
         )
         self._stream_counter = itertools.count()
         self._turns_done = 0
+        self._entered = False
         self.streams: list[RecordedStream] = []
         """Every stream the endpoint accepted or refused, in order."""
 
@@ -254,6 +255,11 @@ class MockFluxEndpoint:
     # -- lifecycle ----------------------------------------------------------------------------
 
     async def __aenter__(self) -> MockFluxEndpoint:
+        # Again while running, it would start a second server whose exit breaks anyio's task
+        # groups; after it stopped, the TLS CA file is gone.
+        if self._entered:
+            raise UsageError("a MockFluxEndpoint can be entered only once: make a new one")
+        self._entered = True
         await self._server.__aenter__()
         return self
 

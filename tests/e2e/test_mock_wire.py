@@ -14,7 +14,7 @@ import h2.events
 import pytest
 from botocore.credentials import ReadOnlyCredentials
 
-from flux_sagemaker import AccessDeniedError, FluxClient, ValidationError
+from flux_sagemaker import AccessDeniedError, FluxClient, UsageError, ValidationError
 from flux_sagemaker.core.eventstream import EventStreamDecoder, encode_message
 from flux_sagemaker.core.request import Endpoint, InvokeRequest
 from flux_sagemaker.core.signing import EventSigner, sign_request
@@ -252,3 +252,22 @@ async def test_a_goaway_request_leaves_the_requests_after_it_unprocessed() -> No
     assert goaway.last_stream_id == 0
     assert not [e for e in seen if isinstance(e, h2.events.ResponseReceived)]
     assert [s.status for s in ep.streams] == [0]
+
+
+async def test_an_endpoint_can_be_entered_only_once() -> None:
+    # Entered again while running, it started a second server and its exit then failed
+    # inside anyio ('TaskGroup' has no '_exceptions'; trio: "Nursery misnesting"); entered
+    # again after it stopped, its TLS CA file (ca_pem_path) was already deleted.
+    with anyio.fail_after(TEST_TIMEOUT):
+        ep = MockFluxEndpoint(tls=True)
+        async with ep:
+            url = ep.url
+            with pytest.raises(UsageError, match="entered only once"):
+                async with ep:
+                    pass
+            assert ep.url == url
+            async with FluxClient("any", **ep.client_kwargs()) as flux:
+                await flux.close()
+        with pytest.raises(UsageError, match="entered only once"):
+            async with ep:
+                pass
