@@ -53,6 +53,18 @@ def _fault_kind(value: object) -> FaultKind:
         raise ValidationError(f"Fault kind {value!r} is not one of: {kinds}") from None
 
 
+def _check_index(_: object, attribute: attrs.Attribute[int], value: object) -> None:
+    # Any other value names no stream: the fault would silently never strike.
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValidationError(f"Fault {attribute.name} must be an int >= 0, got {value!r}")
+
+
+def _check_seconds(_: object, attribute: attrs.Attribute[float], value: object) -> None:
+    # A string would fail only mid-stream, reported as a bug of the mock.
+    if not isinstance(value, int | float) or isinstance(value, bool) or not value >= 0:
+        raise ValidationError(f"Fault {attribute.name} must be seconds >= 0, got {value!r}")
+
+
 @attrs.frozen(kw_only=True)
 class Fault:
     """A fault that strikes one stream once it has received ``after_audio_s`` of audio.
@@ -66,9 +78,9 @@ class Fault:
     """
 
     kind: FaultKind = attrs.field(converter=_fault_kind)
-    after_audio_s: float = 0.0
-    stream_index: int = 0
-    latency: float = 0.0
+    after_audio_s: float = attrs.field(default=0.0, validator=_check_seconds)
+    stream_index: int = attrs.field(default=0, validator=_check_index)
+    latency: float = attrs.field(default=0.0, validator=_check_seconds)
     error_code: str = ""
 
 

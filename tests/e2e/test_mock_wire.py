@@ -175,6 +175,25 @@ def test_mock_arguments_of_the_wrong_type_are_refused(kwargs: dict[str, Any]) ->
         MockFluxEndpoint(**kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"after_audio_s": "1.0"},  # failed mid-stream, reported as a bug of the mock
+        {"after_audio_s": float("nan")},  # never due
+        {"latency": "0.5"},
+        {"latency": -1.0},
+        {"stream_index": -1},  # names no stream: never struck
+        {"stream_index": 1.0},
+        {"stream_index": "1"},
+    ],
+)
+def test_fault_fields_of_the_wrong_type_or_range_are_refused(kwargs: dict[str, Any]) -> None:
+    # A Fault that could never strike, or would fail only in the middle of a stream, would
+    # leave a test meant to exercise it passing without it (or blaming the mock).
+    with pytest.raises(ValidationError, match="Fault "):
+        Fault(kind=FaultKind.RESET_STREAM, **kwargs)
+
+
 def test_inject_refuses_what_is_not_a_fault() -> None:
     with pytest.raises(ValidationError, match="Fault instances"):
         MockFluxEndpoint().inject("reset_stream")  # type: ignore[arg-type]
