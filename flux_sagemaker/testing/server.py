@@ -182,7 +182,9 @@ class MockFluxEndpoint:
 
     def fail_requests(self, failure: RequestFailure, count: int = 1) -> None:
         """Answer the next ``count`` requests with ``failure`` instead of opening a stream."""
-        self._request_failures.extend([failure] * count)
+        if not isinstance(failure, RequestFailure):
+            raise ValidationError(f"failure must be a RequestFailure, got {failure!r}")
+        self._request_failures.extend([failure] * _check_count(count))
 
     def goaway_requests(self, count: int = 1) -> None:
         """Answer the next ``count`` requests with a GOAWAY that leaves them unprocessed.
@@ -190,7 +192,7 @@ class MockFluxEndpoint:
         As a server going away between receiving a request and handling it: the GOAWAY's last
         stream id is below the request's, and the connection takes no new streams.
         """
-        self._goaway_requests += count
+        self._goaway_requests += _check_count(count)
 
     def rotate_credentials(
         self, access_key: str, secret_key: str, token: str | None = None
@@ -408,6 +410,13 @@ def _engine_params(settings: FluxSettings) -> EngineParams:
         "language_hints": settings.language_hints,
     }
     return attrs.evolve(params, **lists)
+
+
+def _check_count(count: object) -> int:
+    # A negative count would make goaway_requests refuse every later request.
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ValidationError(f"count must be an int >= 0, got {count!r}")
+    return count
 
 
 def _check_fault(fault: object) -> None:

@@ -194,6 +194,22 @@ def test_fault_fields_of_the_wrong_type_or_range_are_refused(kwargs: dict[str, A
         Fault(kind=FaultKind.RESET_STREAM, **kwargs)
 
 
+async def test_request_failure_counts_and_kinds_are_checked() -> None:
+    # goaway_requests(-1) left every later request unprocessed, for ever; a failure that is
+    # not a RequestFailure failed only when a request came, as a bug of the mock.
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with MockFluxEndpoint() as ep:
+            with pytest.raises(ValidationError, match="count must be an int >= 0, got -1"):
+                ep.goaway_requests(-1)
+            with pytest.raises(ValidationError, match="count must be an int >= 0"):
+                ep.fail_requests(RequestFailure.throttling(), count=-1)
+            with pytest.raises(ValidationError, match="must be a RequestFailure"):
+                ep.fail_requests("throttling")  # type: ignore[arg-type]
+            async with FluxClient("any", **ep.client_kwargs()) as flux:
+                await flux.close()
+    assert [s.status for s in ep.streams] == [200]
+
+
 def test_inject_refuses_what_is_not_a_fault() -> None:
     with pytest.raises(ValidationError, match="Fault instances"):
         MockFluxEndpoint().inject("reset_stream")  # type: ignore[arg-type]
