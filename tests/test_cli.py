@@ -178,6 +178,42 @@ def test_read_wav_refuses(tmp_path: Path, make: Any, expected: str) -> None:
     assert "mono" in str(info.value).split("Flux needs")[1]
 
 
+def unfinished_wav(path: Path, pcm: bytes, *, riff_size: int = 36) -> Path:
+    """A 16 kHz linear16 WAV whose writer never went back to fill in its sizes (killed while
+    recording, or writing to a pipe): the data chunk says 0 bytes, the samples follow it."""
+    fmt_chunk = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
+    header = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt_chunk)) + fmt_chunk + b"data\0\0\0\0"
+    path.write_bytes(b"RIFF" + struct.pack("<I", riff_size) + header + pcm)
+    return path
+
+
+@pytest.mark.parametrize("riff_size", [36, 0])
+def test_read_wav_whose_sizes_were_never_written(tmp_path: Path, riff_size: int) -> None:
+    pcm, _, _ = load_sample()
+    audio = read_wav(unfinished_wav(tmp_path / "rec.wav", pcm, riff_size=riff_size))
+    assert (audio.encoding, audio.sample_rate, audio.data) == ("linear16", 16000, pcm)
+
+
+def test_read_wav_empty_data_chunk_before_another_chunk(tmp_path: Path) -> None:
+    """A data chunk that is really empty, followed by a chunk the RIFF size covers."""
+    fmt_chunk = struct.pack("<HHIIHH", 1, 1, 16000, 32000, 2, 16)
+    body = b"WAVE" + b"fmt " + struct.pack("<I", 16) + fmt_chunk + b"data\0\0\0\0"
+    body += b"LIST" + struct.pack("<I", 8) + b"INFOabcd"
+    path = tmp_path / "empty.wav"
+    path.write_bytes(b"RIFF" + struct.pack("<I", len(body)) + body)
+    assert read_wav(path).data == b""
+
+
+def test_transcribe_a_recording_whose_sizes_were_never_written(tmp_path: Path) -> None:
+    pcm, _, _ = load_sample()
+    path = unfinished_wav(tmp_path / "rec.wav", pcm)
+    script = [arg for turn in TURNS for arg in ("--mock-script", turn)]
+    result = run_cli("transcribe", str(path), "--mock", "--fast", *script)
+    assert result.returncode == 0, result.stderr
+    assert "mono 16-bit PCM, 16000 Hz, 6.1 s" in result.stderr
+    assert final_transcripts(result.stdout) == TURNS
+
+
 def test_transcribe_unsupported_wav_exit_1(tmp_path: Path) -> None:
     path = write_pcm_wav(tmp_path / "stereo.wav", b"\0" * 6400, channels=2, rate=22050)
     result = run_cli("transcribe", str(path), "--mock", "--fast")

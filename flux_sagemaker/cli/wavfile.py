@@ -80,9 +80,15 @@ def _chunks(blob: bytes, name: str) -> dict[bytes, bytes]:
     if len(blob) < 12 or blob[:4] != b"RIFF" or blob[8:12] != b"WAVE":
         raise ValidationError(f"{name} is not a WAV file (no RIFF/WAVE header). {_NEEDED}")
     chunks: dict[bytes, bytes] = {}
+    riff_end = 8 + struct.unpack_from("<I", blob, 4)[0]
     offset = 12
     while offset + 8 <= len(blob):
         chunk_id, size = struct.unpack_from("<4sI", blob, offset)
+        if chunk_id == b"data" and size == 0 and riff_end <= offset + 8:
+            # A writer that never went back to fill in the sizes (killed while recording, or
+            # writing to a pipe) leaves 0 there, and a RIFF size that ends with this chunk:
+            # the samples run to the end of the file (as ffmpeg reads it).
+            size = len(blob) - offset - 8
         body = blob[offset + 8 : offset + 8 + size]  # a truncated data chunk keeps what is there
         chunks.setdefault(chunk_id, body)
         offset += 8 + size + (size & 1)  # chunks are padded to an even size
