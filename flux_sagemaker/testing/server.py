@@ -10,6 +10,7 @@ This module accepts or refuses each request; :mod:`.session` serves the streams 
 from __future__ import annotations
 
 import itertools
+import math
 import ssl
 import uuid
 from collections import deque
@@ -24,7 +25,7 @@ from botocore.credentials import Credentials
 from ..core.request import DEFAULT_INVOCATION_PATH
 from ..core.settings import FluxSettings
 from ..errors import UsageError, ValidationError
-from ..h2core import DEFAULT_RECEIVE_WINDOW, header_fields
+from ..h2core import DEFAULT_RECEIVE_WINDOW, MAX_WINDOW, header_fields
 from .bundle import NEWEST, BundleProfile
 from .certs import TestCA
 from .engine import ENGINE_ENCODINGS, EngineParams, FluxEngine, ScriptedTurn
@@ -142,6 +143,25 @@ class MockFluxEndpoint:
             )
         for fault in faults:
             _check_fault(fault)
+        if not (isinstance(region, str) and region):
+            raise ValidationError(f"region must be a non-empty string, got {region!r}")
+        if max_stream_duration is not None and not (
+            isinstance(max_stream_duration, int | float)
+            and not isinstance(max_stream_duration, bool)
+            and 0 < max_stream_duration < math.inf
+        ):
+            raise ValidationError(
+                f"max_stream_duration must be seconds > 0 or None, got {max_stream_duration!r}"
+            )
+        # 0 would let the client send no audio at all; over 2**31 - 1 is not HTTP/2.
+        if not (
+            isinstance(receive_window, int)
+            and not isinstance(receive_window, bool)
+            and 0 < receive_window <= MAX_WINDOW
+        ):
+            raise ValidationError(
+                f"receive_window must be an int from 1 to {MAX_WINDOW}, got {receive_window!r}"
+            )
         self.bundle = bundle
         self.region = region
         self.endpoint_name = endpoint_name
@@ -205,13 +225,31 @@ class MockFluxEndpoint:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT`` or ``https://127.0.0.1:PORT``."""
+        """``http://127.0.0.1:PORT`` or ``https://127.0.0.1:PORT``.
+
+        Raises:
+            UsageError: the endpoint was not entered yet (it listens from ``async with``).
+        """
+        self._check_listening()
         return self._server.url
 
     @property
     def port(self) -> int:
-        """The listening port."""
+        """The listening port.
+
+        Raises:
+            UsageError: the endpoint was not entered yet (it listens from ``async with``).
+        """
+        self._check_listening()
         return self._server.port
+
+    def _check_listening(self) -> None:
+        # Port 0 until entered: a client pointed there would fail with a connection error.
+        if not self._entered:
+            raise UsageError(
+                "the endpoint listens once entered: use its url and client_kwargs() inside "
+                "`async with MockFluxEndpoint(...)`"
+            )
 
     @property
     def ca_pem_path(self) -> str | None:

@@ -194,6 +194,35 @@ def test_fault_fields_of_the_wrong_type_or_range_are_refused(kwargs: dict[str, A
         Fault(kind=FaultKind.RESET_STREAM, **kwargs)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"region": ""},  # signed with an empty scope: every request refused
+        {"max_stream_duration": -1.0},  # every stream ended at once
+        {"max_stream_duration": "30"},  # failed mid-stream
+        {"receive_window": 0},  # the client could never send audio
+        {"receive_window": 2**31},  # not HTTP/2
+    ],
+)
+def test_endpoint_arguments_that_could_not_work_are_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValidationError, match=next(iter(kwargs))):
+        MockFluxEndpoint(**kwargs)
+
+
+async def test_the_url_of_an_endpoint_not_entered_yet_is_a_usage_error() -> None:
+    # It was http://127.0.0.1:0 until entered: a client pointed there got a connection error.
+    ep = MockFluxEndpoint()
+    for attribute in ("url", "port"):
+        with pytest.raises(UsageError, match="listens once entered"):
+            getattr(ep, attribute)
+    with pytest.raises(UsageError, match="listens once entered"):
+        ep.client_kwargs()
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with ep, FluxClient("any", **ep.client_kwargs()) as flux:
+            await flux.close()
+    assert ep.port > 0  # still known after it stopped, for the records
+
+
 async def test_request_failure_counts_and_kinds_are_checked() -> None:
     # goaway_requests(-1) left every later request unprocessed, for ever; a failure that is
     # not a RequestFailure failed only when a request came, as a bug of the mock.
