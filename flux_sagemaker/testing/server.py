@@ -10,7 +10,6 @@ This module accepts or refuses each request; :mod:`.session` serves the streams 
 from __future__ import annotations
 
 import itertools
-import math
 import ssl
 import uuid
 from collections import deque
@@ -24,6 +23,7 @@ from botocore.credentials import Credentials
 
 from ..core.request import DEFAULT_INVOCATION_PATH
 from ..core.settings import FluxSettings
+from ..core.validators import check_number
 from ..errors import UsageError, ValidationError
 from ..h2core import DEFAULT_RECEIVE_WINDOW, MAX_WINDOW, header_fields
 from .bundle import NEWEST, BundleProfile
@@ -145,23 +145,10 @@ class MockFluxEndpoint:
             _check_fault(fault)
         if not (isinstance(region, str) and region):
             raise ValidationError(f"region must be a non-empty string, got {region!r}")
-        if max_stream_duration is not None and not (
-            isinstance(max_stream_duration, int | float)
-            and not isinstance(max_stream_duration, bool)
-            and 0 < max_stream_duration < math.inf
-        ):
-            raise ValidationError(
-                f"max_stream_duration must be seconds > 0 or None, got {max_stream_duration!r}"
-            )
+        if max_stream_duration is not None:
+            check_number("max_stream_duration", max_stream_duration, 0, above_low=True)
         # 0 would let the client send no audio at all; over 2**31 - 1 is not HTTP/2.
-        if not (
-            isinstance(receive_window, int)
-            and not isinstance(receive_window, bool)
-            and 0 < receive_window <= MAX_WINDOW
-        ):
-            raise ValidationError(
-                f"receive_window must be an int from 1 to {MAX_WINDOW}, got {receive_window!r}"
-            )
+        check_number("receive_window", receive_window, 1, MAX_WINDOW, integer=True)
         self.bundle = bundle
         self.region = region
         self.endpoint_name = endpoint_name
