@@ -197,6 +197,25 @@ class AsyncioStream(anyio.abc.ByteStream):
             self._check_usable()
             raise anyio.BrokenResourceError
 
+    async def start_tls(self, ssl_context: ssl.SSLContext, server_hostname: str) -> AsyncioStream:
+        """Run TLS over this connection (a proxy's tunnel); use the returned stream from now on.
+
+        Raises:
+            anyio.BrokenResourceError: bytes came before the handshake (they would be lost).
+        """
+        protocol = self._protocol
+        if protocol.chunks:
+            raise anyio.BrokenResourceError("bytes arrived before the TLS handshake")
+        transport = await asyncio.get_running_loop().start_tls(
+            self._transport, protocol, ssl_context, server_hostname=server_hostname
+        )
+        assert transport is not None
+        # start_tls does not call connection_made again: back-pressure must pause and resume
+        # the TLS transport, the one the new stream reads through.
+        protocol.transport = transport
+        self._closed = True
+        return AsyncioStream(transport, protocol)
+
     async def send_eof(self) -> None:
         if self._transport.can_write_eof():
             self._transport.write_eof()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import ssl
 import struct
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -13,6 +14,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 import pytest
+import trustme
 from anyio.streams.tls import TLSAttribute
 
 from flux_sagemaker.asyncio_stream import (
@@ -249,3 +251,42 @@ async def test_send_eof_ends_our_side_and_a_plain_stream_has_no_alpn() -> None:
             await stream.send(b"after eof")
         peer.sendall(b"still readable")
         assert await stream.receive() == b"still readable"
+
+
+async def test_start_tls_runs_tls_over_the_connection_with_back_pressure_on_the_tls_side() -> None:
+    """A proxy's tunnel: plain TCP first, then TLS over it. Reading pauses and resumes as on a
+    direct TLS connection (the protocol must pause the TLS transport, not the socket under it).
+    """
+    ca = trustme.CA()
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    ca.issue_cert("127.0.0.1").configure_cert(server_context)
+    server_context.set_alpn_protocols(["h2"])
+    client_context = ssl.create_default_context()
+    ca.configure_trust(client_context)
+    client_context.set_alpn_protocols(["h2"])
+    total = 3 * READ_HIGH_WATER
+    data = bytes(range(256)) * (total // 256)
+    async with peer_and_stream() as (peer, plain):
+        peer.sendall(b"tunnel open")
+        assert await plain.receive() == b"tunnel open"
+
+        def serve_tls() -> None:
+            peer.settimeout(10)  # a client that stops reading fails the test, not hangs it
+            with server_context.wrap_socket(peer, server_side=True) as tls:
+                tls.sendall(data)
+                tls.recv(1)  # until the client closes
+
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(in_thread, serve_tls)
+            stream = await plain.start_tls(client_context, server_hostname="127.0.0.1")
+            assert stream.extra(TLSAttribute.alpn_protocol) == "h2"
+            with pytest.raises(anyio.ClosedResourceError):
+                await plain.receive()  # spent: the TLS stream reads from now on
+            await until(lambda: stream._protocol.reading_paused, "reading paused")
+            received = bytearray()
+            with anyio.fail_after(10):
+                while len(received) < total:
+                    received += await stream.receive()
+            assert not stream._protocol.reading_paused
+            await stream.aclose()
+        assert received == data
