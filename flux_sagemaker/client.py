@@ -171,6 +171,8 @@ class FluxClient:
         profile: An AWS profile name (instead of ``session``).
         credentials: botocore credentials; default: botocore's default chain.
         ssl_context: TLS context; default verifies against ``AWS_CA_BUNDLE`` or the system store.
+        proxy: An ``http://[user:password@]host:port`` proxy that tunnels the connections
+            (``CONNECT``); default: ``HTTPS_PROXY`` unless ``NO_PROXY`` names the endpoint's host.
         timeouts: Connect, ``Connected``, close and PING timeouts.
         retry: How failed streams are retried; ``RetryPolicy(enabled=False)`` raises at once.
         keepalive: Silence keepalive and stall watchdog.
@@ -198,6 +200,7 @@ class FluxClient:
         profile: str | None = None,
         credentials: Credentials | None = None,
         ssl_context: ssl.SSLContext | None = None,
+        proxy: str | None = None,
         timeouts: Timeouts | None = None,
         retry: RetryPolicy | None = None,
         keepalive: KeepalivePolicy | None = None,
@@ -234,6 +237,7 @@ class FluxClient:
             profile=profile,
             credentials=credentials,
             ssl_context=ssl_context,
+            proxy=proxy,
         )
         self._endpoint_name = endpoint_name
         self._target_variant = target_variant

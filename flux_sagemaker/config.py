@@ -14,6 +14,8 @@ pointed at a VPC endpoint or at the mock endpoint without code changes:
   ``AWS_USE_DUALSTACK_ENDPOINT`` / ``use_dualstack_endpoint``;
 - CA bundle: the ``ssl_context`` argument, else ``AWS_CA_BUNDLE`` / ``ca_bundle``, else the
   system store;
+- proxy (``https`` endpoints): the argument, else ``https_proxy`` / ``HTTPS_PROXY``, except for
+  hosts ``no_proxy`` / ``NO_PROXY`` names and loopback hosts (see :mod:`.core.proxy`);
 - credentials: the argument, else botocore's default chain (environment, shared files and
   profiles, SSO, assume-role, container and instance metadata), refreshed as it expires.
 """
@@ -31,6 +33,7 @@ from botocore.configprovider import ConfiguredEndpointProvider
 from botocore.credentials import Credentials
 from botocore.exceptions import BotoCoreError
 
+from .core.proxy import Proxy, proxy_from_environment
 from .core.request import Endpoint, resolve_endpoint
 from .errors import ValidationError
 
@@ -88,6 +91,8 @@ class ResolvedConfig:
     endpoint: Endpoint
     ssl_context: ssl.SSLContext | None = attrs.field(repr=False)
     credentials: CredentialSource = attrs.field(repr=False)
+    #: The HTTP proxy that tunnels the connections, if any.
+    proxy: Proxy | None = None
 
 
 def default_ssl_context(ca_bundle: str | None = None) -> ssl.SSLContext:
@@ -150,6 +155,7 @@ def resolve_config(
     profile: str | None = None,
     credentials: Credentials | None = None,
     ssl_context: ssl.SSLContext | None = None,
+    proxy: str | None = None,
 ) -> ResolvedConfig:
     """Resolve region, endpoint, TLS and credentials from the arguments and the AWS config.
 
@@ -195,11 +201,25 @@ def resolve_config(
         ssl_context = default_ssl_context(ca_bundle)
     elif endpoint.scheme == "http":
         ssl_context = None
+    if endpoint.scheme != "https":
+        # An h2c endpoint (a local mock) speaks HTTP/2 in the clear, which forward proxies
+        # do not carry; a proxy named for it is refused.
+        if proxy is not None:
+            raise ValidationError(f"a proxy tunnels only https:// endpoints, not {endpoint.url}")
+        tunnel = None
+    elif proxy is not None:
+        tunnel = Proxy.from_url(proxy)
+    else:
+        tunnel = proxy_from_environment(endpoint.host, os.environ)
     source = (
         CredentialSource.given(credentials)
         if credentials is not None
         else CredentialSource.chain(session)
     )
     return ResolvedConfig(
-        region=region, endpoint=endpoint, ssl_context=ssl_context, credentials=source
+        region=region,
+        endpoint=endpoint,
+        ssl_context=ssl_context,
+        credentials=source,
+        proxy=tunnel,
     )

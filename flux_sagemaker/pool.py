@@ -32,6 +32,7 @@ import anyio.abc
 import attrs
 
 from flux_sagemaker import errors
+from flux_sagemaker.core.proxy import Proxy
 from flux_sagemaker.core.validators import check_number
 from flux_sagemaker.h2core import DEFAULT_RECEIVE_WINDOW, MAX_WINDOW, fresh_error
 from flux_sagemaker.transport import H2Connection, H2Stream, Timeouts, connect
@@ -46,7 +47,7 @@ _TransportLimits = tuple[float | None, float | None, float | None, float | None,
 # and the transport's limits. A caller with other trust settings (a stricter CA bundle, say)
 # must not ride on a connection verified under someone else's, nor be handed their TLS
 # failure; one with another read limit or PING setting must not get the first caller's.
-_ConnectionKey = tuple[str, str, int, ssl.SSLContext | None, _TransportLimits]
+_ConnectionKey = tuple[str, str, int, ssl.SSLContext | None, _TransportLimits, Proxy | None]
 
 _OPEN_ATTEMPTS = 3  # a connection may die between being picked and sending the headers
 
@@ -169,6 +170,7 @@ class ConnectionPool:
         headers: Sequence[tuple[str, str]],
         ssl_context: ssl.SSLContext | None,
         timeouts: Timeouts | None = None,
+        proxy: Proxy | None = None,
     ) -> H2Stream:
         """Open a stream to ``endpoint`` (``(scheme, host, port)`` or an object with those).
 
@@ -176,8 +178,10 @@ class ConnectionPool:
         callers). Only callers with the same ``ssl_context`` object share an https connection:
         pass the same context to share. Likewise only callers with the same transport limits of
         ``timeouts`` (``connect``, ``read``, ``write``, ``ping_interval``, ``ping_timeout``):
-        a connection applies them to all its streams. Raises ``ConnectError``/``TimeoutError`` when
-        connecting fails, and ``UsageError`` when the pool is not running.
+        a connection applies them to all its streams. With ``proxy``, connections are tunnelled
+        through that HTTP proxy (and shared only among callers naming the same one). Raises
+        ``ConnectError``/``TimeoutError`` when connecting fails, and ``UsageError`` when the pool
+        is not running.
         """
         if isinstance(endpoint, tuple):
             scheme, host, port = endpoint
@@ -191,7 +195,7 @@ class ConnectionPool:
             timeouts.ping_interval,
             timeouts.ping_timeout,
         )
-        key = (scheme, host, port, ssl_context if scheme == "https" else None, limits)
+        key = (scheme, host, port, ssl_context if scheme == "https" else None, limits, proxy)
         for attempt in range(_OPEN_ATTEMPTS):
             conn = await self._acquire(key, timeouts)
             try:
@@ -236,7 +240,7 @@ class ConnectionPool:
         assert self._tg is not None
         pending = self._connecting[key] = _Connecting()
         try:
-            scheme, host, port, ssl_context, _ = key
+            scheme, host, port, ssl_context, _, proxy = key
             if scheme == "https" and ssl_context is None:
                 ssl_context = ssl.create_default_context()
             conn = await connect(
@@ -246,6 +250,7 @@ class ConnectionPool:
                 timeouts=timeouts,
                 receive_window=self.receive_window,
                 max_streams=self.max_streams_per_connection,
+                proxy=proxy,
             )
             try:
                 if self._closed:  # while we connected: its task group takes no reader now

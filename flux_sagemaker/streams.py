@@ -172,6 +172,7 @@ async def _open_once(
         headers=signed.headers,
         ssl_context=config.ssl_context,
         timeouts=timeouts,
+        proxy=config.proxy,
     )
     request_id: str | None = None
     try:

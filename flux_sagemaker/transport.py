@@ -35,10 +35,11 @@ import h2.errors
 import h2.events
 import h2.exceptions
 import h2.settings
-from anyio.streams.tls import TLSAttribute
+from anyio.streams.tls import TLSAttribute, TLSStream
 
 from flux_sagemaker import errors
-from flux_sagemaker.asyncio_stream import connect_asyncio, on_stdlib_asyncio_loop
+from flux_sagemaker.asyncio_stream import AsyncioStream, connect_asyncio, on_stdlib_asyncio_loop
+from flux_sagemaker.core.proxy import Proxy, parse_connect_response
 from flux_sagemaker.core.validators import number_in_range
 from flux_sagemaker.h2core import (
     CLOSE_TIMEOUT,
@@ -605,29 +606,34 @@ async def connect(
     timeouts: Timeouts | None = None,
     receive_window: int = DEFAULT_RECEIVE_WINDOW,
     max_streams: int | None = None,
+    proxy: Proxy | None = None,
 ) -> H2Connection:
     """Open an HTTP/2 connection: TCP, then TLS with ALPN ``h2`` (or plaintext prior knowledge).
 
     ``ssl_context`` decides certificate verification; its ALPN protocols are set to ``["h2"]``.
     ``None`` means plaintext HTTP/2 with prior knowledge (only for explicit ``http://`` endpoints).
+    With ``proxy``, the TCP connection goes to the proxy, which tunnels it (``CONNECT``).
     The whole connect, TLS handshake and SETTINGS exchange is bounded by ``timeouts.connect``.
     The returned connection's reader is not running yet: start :meth:`H2Connection.run`.
 
     Raises:
         ConnectError: refused, unreachable, TLS failure, or the server does not speak HTTP/2;
             not retryable for a host name DNS cannot carry (an empty or too long label, a
-            code point IDNA forbids).
+            code point IDNA forbids); not retryable for a proxy that refuses the tunnel with
+            a 4xx answer (407: its credentials).
         TimeoutError: it took longer than ``timeouts.connect``.
     """
     timeouts = timeouts or Timeouts()
-    target = f"{host}:{port}"
+    target = f"{host}:{port}" if proxy is None else f"{host}:{port} through proxy {proxy.address}"
     if ssl_context is not None:
         ssl_context.set_alpn_protocols(["h2"])
     deadline = anyio.CancelScope()  # replaced by the connect's own deadline below
     try:
         with anyio.fail_after(timeouts.connect) as deadline:
             stream: anyio.abc.ByteStream
-            if on_stdlib_asyncio_loop():
+            if proxy is not None:
+                stream = await _connect_through(proxy, host, port, ssl_context)
+            elif on_stdlib_asyncio_loop():
                 stream = await connect_asyncio(host, port, ssl_context=ssl_context)
             elif ssl_context is None:
                 stream = await anyio.connect_tcp(host, port)
@@ -672,6 +678,57 @@ async def connect(
         msg = f"{host!r} is not a valid host name: {exc}"
         raise errors.ConnectError(msg, retryable=False) from exc
     return conn
+
+
+async def _connect_through(
+    proxy: Proxy, host: str, port: int, ssl_context: ssl.SSLContext | None
+) -> anyio.abc.ByteStream:
+    """A connection to ``host:port`` tunnelled by ``proxy`` (``CONNECT``), then TLS."""
+    on_asyncio = on_stdlib_asyncio_loop()
+    tunnel: anyio.abc.ByteStream
+    if on_asyncio:
+        tunnel = await connect_asyncio(proxy.host, proxy.port, ssl_context=None)
+    else:
+        tunnel = await anyio.connect_tcp(proxy.host, proxy.port)
+    try:
+        await _open_tunnel(tunnel, proxy, host, port)
+        if ssl_context is None:
+            return tunnel
+        if isinstance(tunnel, AsyncioStream):
+            return await tunnel.start_tls(ssl_context, server_hostname=host)
+        return await TLSStream.wrap(
+            tunnel, hostname=host, ssl_context=ssl_context, standard_compatible=False
+        )
+    except BaseException:
+        with anyio.CancelScope(shield=True):
+            await anyio.aclose_forcefully(tunnel)
+        raise
+
+
+async def _open_tunnel(stream: anyio.abc.ByteStream, proxy: Proxy, host: str, port: int) -> None:
+    """Ask ``proxy`` for a tunnel to ``host:port`` and read its answer."""
+    where = f"proxy {proxy.address}"
+    await stream.send(proxy.connect_request(host, port))
+    received = b""
+    try:
+        while (answer := parse_connect_response(received)) is None:
+            try:
+                received += await stream.receive()
+            except anyio.EndOfStream:
+                raise errors.ConnectError(
+                    f"{where} closed the connection before answering CONNECT {host}:{port}"
+                ) from None
+    except errors.ProtocolError as exc:
+        raise errors.ConnectError(f"{where}: {exc.message}") from None
+    if not answer.ok:
+        # 407 and 403 are the proxy's policy, and 4xx the request: another try gets the same.
+        # 5xx (502: the proxy could not reach the endpoint, 503, 504) may pass later.
+        raise errors.ConnectError(
+            f"{where} refused the tunnel to {host}:{port}: {answer.status} {answer.reason}",
+            retryable=answer.status >= 500,
+        )
+    if answer.end != len(received):
+        raise errors.ConnectError(f"{where} sent bytes after its answer, before TLS began")
 
 
 def _check_alpn(stream: anyio.abc.ByteStream, target: str) -> None:

@@ -7,11 +7,15 @@ off unless a test asks for it, so the audio the mock records is exactly the audi
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from typing import Any, TypeVar
 
 import anyio
+import anyio.abc
+import attrs
+from anyio.abc import SocketAttribute
 from botocore.credentials import RefreshableCredentials
 
 from flux_sagemaker import (
@@ -187,3 +191,71 @@ def credentials_going_stale(valid: int) -> tuple[RefreshableCredentials, list[No
         )
 
     return refreshable_credentials(issue)
+
+
+@attrs.define(eq=False)
+class TunnelProxy:
+    """A forward proxy on 127.0.0.1 that tunnels ``CONNECT`` requests, as squid does.
+
+    ``requests`` holds the head of every ``CONNECT`` it got. With ``answer`` set it sends
+    that instead of tunnelling and closes the connection. ``hosts`` resolves names as the
+    proxy's own DNS would.
+    """
+
+    port: int = 0
+    answer: bytes | None = None
+    hosts: dict[str, str] = attrs.field(factory=dict)
+    requests: list[bytes] = attrs.field(factory=list)
+
+    @property
+    def url(self) -> str:
+        """The proxy's ``http://`` URL."""
+        return f"http://127.0.0.1:{self.port}"
+
+
+async def _pipe(source: anyio.abc.ByteStream, sink: anyio.abc.ByteStream) -> None:
+    with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+        while True:
+            await sink.send(await source.receive())
+
+
+@contextlib.asynccontextmanager
+async def tunnel_proxy(
+    answer: bytes | None = None, hosts: dict[str, str] | None = None
+) -> AsyncIterator[TunnelProxy]:
+    """Run a :class:`TunnelProxy` for the block."""
+    listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
+    proxy = TunnelProxy(listener.extra(SocketAttribute.local_port), answer, hosts or {})
+
+    async def handle(client: anyio.abc.SocketStream) -> None:
+        async with client:
+            received = b""
+            with contextlib.suppress(anyio.EndOfStream, anyio.BrokenResourceError, OSError):
+                while b"\r\n\r\n" not in received:
+                    received += await client.receive()
+                head, _, early = received.partition(b"\r\n\r\n")
+                proxy.requests.append(head)
+                if proxy.answer is not None:
+                    await client.send(proxy.answer)
+                    return
+                host, _, port = head.split()[1].decode().rpartition(":")
+                host = proxy.hosts.get(host, host.strip("[]"))
+                async with await anyio.connect_tcp(host, int(port)) as upstream:
+                    await client.send(b"HTTP/1.1 200 Connection established\r\n\r\n")
+                    if early:
+                        await upstream.send(early)
+                    async with anyio.create_task_group() as pipes:
+                        # Either side ending ends the tunnel.
+                        async def one_way(a: anyio.abc.ByteStream, b: anyio.abc.ByteStream) -> None:
+                            await _pipe(a, b)
+                            pipes.cancel_scope.cancel()
+
+                        pipes.start_soon(one_way, client, upstream)
+                        pipes.start_soon(one_way, upstream, client)
+
+    async with listener, anyio.create_task_group() as tg:
+        tg.start_soon(listener.serve, handle)
+        try:
+            yield proxy
+        finally:
+            tg.cancel_scope.cancel()

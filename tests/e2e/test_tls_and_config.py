@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import base64
+import ssl
 import threading
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -21,12 +23,14 @@ from flux_sagemaker import (
     KeepalivePolicy,
     ValidationError,
 )
+from flux_sagemaker.core.proxy import Proxy
 from flux_sagemaker.testing import MockFluxEndpoint
 from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
 
 from .helpers import (
     FAST_TIMEOUTS,
     NO_RETRY,
+    QUICK_RETRY,
     SAMPLE,
     TEST_TIMEOUT,
     EndpointFactory,
@@ -34,6 +38,7 @@ from .helpers import (
     ms,
     of_type,
     run_session,
+    tunnel_proxy,
 )
 
 pytestmark = pytest.mark.anyio
@@ -224,3 +229,125 @@ async def test_the_credential_chain_is_walked_on_first_use_off_the_event_loop(
     _assert_first_turn(events, ep)
     assert len(walked_on) == 1
     assert len(ep.streams) == 2
+
+
+async def test_a_session_through_an_http_proxy_tunnel(
+    endpoint: EndpointFactory, aws_env: pytest.MonkeyPatch
+) -> None:
+    """The connection goes to the proxy, which tunnels it; TLS and HTTP/2 run inside."""
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(tls=True) as ep, tunnel_proxy() as proxy:
+            url = f"http://user:p%40ss@127.0.0.1:{proxy.port}"
+            async with client_for(ep, proxy=url) as flux:
+                events = await run_session(flux, FIRST_TURN_DONE)
+    _assert_first_turn(events, ep)
+    target = ep.url.removeprefix("https://")
+    token = base64.b64encode(b"user:p@ss").decode()
+    head = f"CONNECT {target} HTTP/1.1\r\nHost: {target}\r\nProxy-Authorization: Basic {token}"
+    assert proxy.requests == [head.encode()]
+    assert ep.connections_accepted == 1  # the proxy's, not a direct one
+
+
+async def test_https_proxy_from_the_environment(
+    endpoint: EndpointFactory, aws_env: pytest.MonkeyPatch
+) -> None:
+    """HTTPS_PROXY tunnels a remote endpoint; NO_PROXY and loopback hosts go direct."""
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with (
+            endpoint(tls=True) as ep,
+            tunnel_proxy(hosts={"flux.test": "127.0.0.1"}) as proxy,
+        ):
+            aws_env.setenv("HTTPS_PROXY", f"127.0.0.1:{proxy.port}")  # no scheme, as curl takes it
+            assert ep.ca_pem_path is not None
+            context = ssl.create_default_context(cafile=ep.ca_pem_path)
+            context.check_hostname = False  # the mock's certificate names 127.0.0.1 only
+            remote = f"https://flux.test:{ep.port}"
+            async with client_for(ep, endpoint_url=remote, ssl_context=context) as flux:
+                events = await run_session(flux, FIRST_TURN_DONE)
+            assert proxy.requests == [
+                f"CONNECT flux.test:{ep.port} HTTP/1.1\r\nHost: flux.test:{ep.port}".encode()
+            ]
+            # A loopback host goes direct; so does one NO_PROXY names, which this machine's
+            # DNS does not know.
+            async with client_for(ep, endpoint_url=ep.url, ssl_context=context) as flux:
+                await flux.close()
+            aws_env.setenv("NO_PROXY", "example.com, .test")
+            with pytest.raises(ConnectError, match=r"could not connect to flux\.test:"):
+                async with client_for(ep, endpoint_url=remote, ssl_context=context):
+                    pass
+            assert len(proxy.requests) == 1
+            assert len(proxy.requests) == 1
+    _assert_first_turn(events, ep)
+
+
+@pytest.mark.parametrize(
+    ("answer", "retryable"),
+    [
+        (b"HTTP/1.1 407 Proxy Authentication Required\r\nProxy-Authenticate: Basic\r\n\r\n", False),
+        (b"HTTP/1.0 403 Forbidden\r\n\r\n", False),
+        (b"HTTP/1.1 502 Bad Gateway\r\nContent-Length: 0\r\n\r\n", True),
+    ],
+    ids=["407", "403", "502"],
+)
+async def test_a_proxy_that_refuses_the_tunnel(
+    endpoint: EndpointFactory, aws_env: pytest.MonkeyPatch, answer: bytes, retryable: bool
+) -> None:
+    """Its answer is the error, and a 4xx (the proxy's policy) is not tried again."""
+    status = answer.split()[1].decode()
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(tls=True) as ep, tunnel_proxy(answer=answer) as proxy:
+            with pytest.raises(ConnectError, match=f"refused the tunnel .*: {status}") as info:
+                async with client_for(ep, proxy=proxy.url, retry=QUICK_RETRY):
+                    pass
+    assert info.value.retryable is retryable
+    assert f"proxy 127.0.0.1:{proxy.port}" in str(info.value)
+    if not retryable:
+        assert len(proxy.requests) == 1
+    assert ep.streams == []
+
+
+@pytest.mark.parametrize(
+    "answer",
+    [b"", b"SSH-2.0-OpenSSH_9.6\r\n", b"HTTP/1.1 200 OK\r\n\r\nearly"],
+    ids=["closed", "not-http", "bytes-after-the-answer"],
+)
+async def test_a_proxy_that_does_not_tunnel_is_a_connect_error(
+    endpoint: EndpointFactory, aws_env: pytest.MonkeyPatch, answer: bytes
+) -> None:
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint(tls=True) as ep, tunnel_proxy(answer=answer) as proxy:
+            with pytest.raises(ConnectError, match=f"proxy 127.0.0.1:{proxy.port}"):
+                async with client_for(ep, proxy=proxy.url):
+                    pass
+    assert ep.streams == []
+
+
+async def test_an_unreachable_proxy_is_a_retryable_connect_error(
+    endpoint: EndpointFactory, aws_env: pytest.MonkeyPatch
+) -> None:
+    async with endpoint(tls=True) as ep:
+        async with tunnel_proxy() as proxy:
+            url = proxy.url  # closed below: nothing listens there any more
+        with anyio.fail_after(TEST_TIMEOUT), pytest.raises(ConnectError) as info:
+            async with client_for(ep, proxy=url):
+                pass
+    assert info.value.retryable
+    assert "through proxy 127.0.0.1" in str(info.value)
+
+
+def test_proxy_settings_are_checked_before_connecting(aws_env: pytest.MonkeyPatch) -> None:
+    with pytest.raises(ValidationError, match="only http:// proxies"):
+        FluxClient("flux-e2e", region="us-east-1", proxy="https://proxy:3128")
+    with pytest.raises(ValidationError, match="tunnels only https:// endpoints"):
+        FluxClient(
+            "flux-e2e", region="us-east-1", endpoint_url="http://127.0.0.1:1", proxy="http://p"
+        )
+    aws_env.setenv("HTTPS_PROXY", "socks5://proxy:1080")
+    with pytest.raises(ValidationError, match="HTTPS_PROXY"):
+        FluxClient("flux-e2e", region="us-east-1")
+    # An h2c endpoint never goes through the environment's proxy (no proxy carries h2c).
+    FluxClient("flux-e2e", region="us-east-1", endpoint_url="http://mock.internal:8080")
+    aws_env.setenv("HTTPS_PROXY", "http://user:hunter2@proxy:3128")
+    flux = FluxClient("flux-e2e", region="us-east-1")
+    assert flux._config.proxy == Proxy("proxy", 3128, "user", "hunter2")
+    assert "hunter2" not in repr(flux._config)
