@@ -9,6 +9,7 @@ import ssl
 import struct
 import subprocess
 import sys
+import tempfile
 import threading
 import wave
 from collections.abc import Iterator
@@ -24,7 +25,7 @@ from hypothesis import strategies as st
 from flux_sagemaker import Reconnected, StreamRolledOver, TransportError, ValidationError
 from flux_sagemaker.cli.main import build_parser, main
 from flux_sagemaker.cli.render import EventTiming, event_record
-from flux_sagemaker.cli.wavfile import read_wav
+from flux_sagemaker.cli.wavfile import WavStreamParser, read_wav
 from flux_sagemaker.samples import load_sample, sample_path
 from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
 
@@ -212,6 +213,163 @@ def test_transcribe_a_recording_whose_sizes_were_never_written(tmp_path: Path) -
     assert result.returncode == 0, result.stderr
     assert "mono 16-bit PCM, 16000 Hz, 6.1 s" in result.stderr
     assert final_transcripts(result.stdout) == TURNS
+
+
+def wav_bytes(
+    data: bytes,
+    *,
+    fmt: int = 1,
+    bits: int = 16,
+    data_size: int | None = None,
+    before_data: bytes = b"",
+    after_data: bytes = b"",
+) -> bytes:
+    """A mono 16 kHz WAV as bytes, with chunks of our choosing around its data."""
+    block = bits // 8
+    fmt_chunk = struct.pack("<HHIIHH", fmt, 1, 16000, 16000 * block, block, bits)
+    size = len(data) if data_size is None else data_size
+    body = b"WAVE" + b"fmt " + struct.pack("<I", len(fmt_chunk)) + fmt_chunk + before_data
+    body += b"data" + struct.pack("<I", size) + data + after_data
+    return b"RIFF" + struct.pack("<I", len(body)) + body
+
+
+def feed_in_pieces(parser: WavStreamParser, blob: bytes, cuts: list[int]) -> bytes:
+    out = b""
+    for start, end in zip([0, *cuts], [*cuts, len(blob)], strict=True):
+        out += parser.feed(blob[start:end])
+    return out
+
+
+@given(
+    data=st.binary(max_size=300).map(lambda b: b[: len(b) // 2 * 2]),
+    cuts=st.lists(st.integers(0, 400), max_size=8).map(sorted),
+    size_known=st.booleans(),
+    eight_bit=st.booleans(),
+)
+def test_a_piped_wav_gives_the_files_samples_however_the_reads_cut_it(
+    data: bytes, cuts: list[int], size_known: bool, eight_bit: bool
+) -> None:
+    """The same samples as the file read whole, for any cut of the bytes into reads; a
+    `data` size the writer could not fill in (0 or 0xFFFFFFFF) runs to the end."""
+    listing = b"LIST" + struct.pack("<I", 5) + b"INFO!" + b"\0"  # odd size: padded
+    blob = wav_bytes(
+        data,
+        bits=8 if eight_bit else 16,
+        data_size=None if size_known else 0xFFFFFFFF,
+        before_data=listing,
+        after_data=b"",
+    )
+    parser = WavStreamParser("stdin")
+    samples = feed_in_pieces(parser, blob, [min(c, len(blob)) for c in cuts])
+    assert parser.header_read
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "a.wav"
+        path.write_bytes(blob)
+        expected = read_wav(path)
+    assert samples == expected.data
+    assert parser.format is not None
+    assert parser.format.encoding == expected.encoding == "linear16"
+
+
+def test_a_piped_wav_ends_where_its_data_size_says() -> None:
+    blob = wav_bytes(b"\1\0" * 10, data_size=8, after_data=b"LIST" + b"\0" * 4)
+    parser = WavStreamParser("stdin")
+    assert parser.feed(blob) == b"\1\0" * 4
+    assert parser.finished
+    unfinished = WavStreamParser("stdin")
+    assert unfinished.feed(wav_bytes(b"\1\0" * 3, data_size=0)) == b"\1\0" * 3
+    assert not unfinished.finished  # 0: until the pipe closes
+
+
+@pytest.mark.parametrize(
+    ("blob", "message"),
+    [
+        (b"OggS" + b"\0" * 40, "not a WAV file"),
+        (b"RIFF\0\0\0\0WAVEdata\0\0\0\0", "data comes before its fmt chunk"),
+        (wav_bytes(b"", fmt=3, bits=32), "mono 32-bit IEEE float, 16000 Hz: not supported"),
+        (
+            wav_bytes(b"", before_data=b"LIST" + struct.pack("<I", 1 << 20)),
+            "no WAV data in its first 1 MiB",
+        ),
+    ],
+    ids=["ogg", "data-first", "float", "huge-header"],
+)
+def test_a_piped_stream_that_is_not_a_wav_flux_takes(blob: bytes, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        WavStreamParser("stdin").feed(blob)
+
+
+@pytest.mark.parametrize("blob", [b"", b"RIFF", wav_bytes(b"")[:30]], ids=["empty", "4", "30"])
+def test_a_pipe_that_closes_inside_the_header(blob: bytes) -> None:
+    parser = WavStreamParser("stdin")
+    assert parser.feed(blob) == b""
+    with pytest.raises(ValidationError, match="stdin"):
+        parser.end()
+
+
+def test_transcribe_stdin() -> None:
+    script = [arg for turn in TURNS for arg in ("--mock-script", turn)]
+    result = subprocess.run(
+        [sys.executable, "-m", "flux_sagemaker", "transcribe", "-", "--mock", "--json", *script],
+        input=sample_path().read_bytes(),
+        capture_output=True,
+        env=_env(),
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    ends = [json.loads(line) for line in result.stdout.decode().splitlines()]
+    assert [r["transcript"] for r in ends if r.get("event") == "EndOfTurn"] == TURNS
+    assert "stdin: mono 16-bit PCM, 16000 Hz; streaming until it closes" in result.stderr.decode()
+    assert "2 turn(s), 6.1 s of audio" in result.stderr.decode()
+
+
+def test_transcribe_stdin_streams_as_the_audio_arrives() -> None:
+    """The first turn is transcribed while the pipe is still open: nothing waits for its end."""
+    pcm, _, _ = load_sample()
+    first_turn = pcm[: len(pcm) // 2]  # the first turn and the pause after it
+    script = [arg for turn in TURNS for arg in ("--mock-script", turn)]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flux_sagemaker", "transcribe", "-", "--mock", "--json", *script],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    )
+    assert proc.stdin is not None
+    assert proc.stdout is not None
+    hang_guard = threading.Timer(30, proc.kill)  # a CLI that waits for the pipe's end
+    hang_guard.start()
+    try:
+        proc.stdin.write(wav_bytes(first_turn, data_size=0))
+        proc.stdin.flush()
+        records = []
+        while not any(r.get("event") == "EndOfTurn" for r in records):
+            line = proc.stdout.readline()
+            assert line, proc.stderr.read() if proc.stderr else ""
+            records.append(json.loads(line))
+        out, err = proc.communicate(pcm[len(first_turn) :], timeout=30)
+    finally:
+        hang_guard.cancel()
+        proc.kill()
+    assert proc.returncode == 0, err
+    records += [json.loads(line) for line in out.decode().splitlines()]
+    assert [r["transcript"] for r in records if r.get("event") == "EndOfTurn"] == TURNS
+    ends = [r for r in records if r.get("event") == "EndOfTurn"]
+    assert ends[0]["latency"] is not None  # measured: the audio came at the pipe's pace
+
+
+def test_transcribe_stdin_that_is_not_a_wav_exit_1() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "flux_sagemaker", "transcribe", "-", "--mock"],
+        input=b"ID3\x04" + b"\0" * 100,
+        capture_output=True,
+        env=_env(),
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 1
+    assert "stdin is not a WAV file" in result.stderr.decode()
 
 
 def test_transcribe_unsupported_wav_exit_1(tmp_path: Path) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import AsyncIterable
 from typing import Any
 
 import anyio
@@ -21,8 +22,8 @@ from .check import (
     require_in_service,
 )
 from .render import JsonRenderer, LineRenderer, LiveRenderer, Renderer
-from .session import SessionResult, stderr_progress, stream_audio
-from .wavfile import read_wav
+from .session import PipedWav, SessionResult, file_chunks, stderr_progress, stream_audio
+from .wavfile import WavFormat, read_wav
 
 __all__ = ["CAPABILITIES", "run_check", "run_demo", "run_transcribe", "settings_from_args"]
 
@@ -110,12 +111,12 @@ async def run_demo(args: argparse.Namespace) -> int:
         start = anyio.current_time()
         async with FluxClient("flux-demo", settings=settings, **endpoint.client_kwargs()) as flux:
             info(f"Connected in {(anyio.current_time() - start) * 1000:.0f} ms")
+            chunks = file_chunks(pcm, sample_width=2, sample_rate=sample_rate, realtime=realtime)
             result = await stream_audio(
                 flux,
-                pcm,
-                sample_width=2,
-                sample_rate=sample_rate,
-                realtime=realtime,
+                chunks,
+                bytes_per_second=2 * sample_rate,
+                live=realtime,
                 renderer=_renderer(args),
             )
     info(_summary(result, realtime))
@@ -123,24 +124,41 @@ async def run_demo(args: argparse.Namespace) -> int:
 
 
 async def run_transcribe(args: argparse.Namespace) -> int:
-    """Transcribe a WAV file on a SageMaker endpoint (or the embedded mock with ``--mock``)."""
-    audio = read_wav(args.file)
-    settings = settings_from_args(args, encoding=audio.encoding, sample_rate=audio.sample_rate)
-    realtime = not args.fast
-    conversion = ", widened to linear16" if audio.converted else ""
-    info(f"{args.file}: {audio.description}, {audio.duration:.1f} s{conversion}")
+    """Transcribe a WAV file, or a WAV stream piped to stdin (``-``), on a SageMaker endpoint
+    (or the embedded mock with ``--mock``)."""
+    chunks: AsyncIterable[bytes]
+    progress = None
+    if args.file == "-":
+        if sys.stdin.isatty():
+            raise UsageError("pipe a WAV stream to stdin (e.g. from arecord or ffmpeg -f wav -)")
+        piped = PipedWav(sys.stdin.fileno(), "stdin")
+        wav: WavFormat = await piped.read_format()
+        chunks = piped.chunks()
+        live = True  # the pipe delivers the audio at the pace it is captured
+        info(f"stdin: {wav.description}; streaming until it closes")
+    else:
+        audio = read_wav(args.file)
+        wav, live = audio, not args.fast
+        chunks = file_chunks(
+            audio.data,
+            sample_width=audio.sample_width,
+            sample_rate=audio.sample_rate,
+            realtime=live,
+        )
+        conversion = ", widened to linear16" if audio.converted else ""
+        info(f"{args.file}: {audio.description}, {audio.duration:.1f} s{conversion}")
+        progress = stderr_progress(audio.duration)
+    settings = settings_from_args(args, encoding=wav.encoding, sample_rate=wav.sample_rate)
     renderer = _renderer(args)
-    progress = stderr_progress(audio.duration)
 
     async def run(client_kwargs: dict[str, Any]) -> SessionResult:
         name = "mock" if args.mock else args.endpoint  # --mock or --endpoint: the parser's rule
         async with FluxClient(name, settings=settings, **client_kwargs) as flux:
             return await stream_audio(
                 flux,
-                audio.data,
-                sample_width=audio.sample_width,
-                sample_rate=audio.sample_rate,
-                realtime=realtime,
+                chunks,
+                bytes_per_second=wav.sample_width * wav.sample_rate,
+                live=live,
                 renderer=renderer,
                 progress=progress,
             )
@@ -154,7 +172,7 @@ async def run_transcribe(args: argparse.Namespace) -> int:
             result = await run(kwargs)
     else:
         result = await run(_client_kwargs(args))
-    info(_summary(result, realtime))
+    info(_summary(result, live))
     return 0
 
 

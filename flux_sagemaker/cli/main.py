@@ -139,11 +139,15 @@ def build_parser() -> argparse.ArgumentParser:
 
     transcribe = commands.add_parser(
         "transcribe",
-        help="transcribe a WAV file",
+        help="transcribe a WAV file, or a WAV stream on stdin",
         description="Stream a WAV file (mono PCM 8/16/32-bit, mu-law or A-law) to a Flux "
-        "endpoint and print the turns.",
+        "endpoint and print the turns. With - the WAV stream on stdin is sent as it arrives "
+        "(e.g. arecord -f S16_LE -r 16000 | flux-sagemaker transcribe - ...): the pipe sets "
+        "the pace.",
     )
-    transcribe.add_argument("file", metavar="FILE.wav")
+    transcribe.add_argument(
+        "file", metavar="FILE.wav", help="the WAV file, or - for a WAV stream on stdin"
+    )
     _add_pacing(transcribe)
     transcribe.add_argument("--json", action="store_true", help="one JSON object per event")
     transcribe.add_argument(

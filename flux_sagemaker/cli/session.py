@@ -10,19 +10,31 @@ the moment its ``EndOfTurn`` arrived.
 from __future__ import annotations
 
 import bisect
+import os
 import sys
+from collections.abc import AsyncIterable, AsyncIterator
 from typing import TextIO
 
 import anyio
 import anyio.lowlevel
+import anyio.to_thread
 import attrs
 
 from ..client import FluxClient
 from ..core.events import EndOfTurn
 from ..errors import FluxError
 from .render import CLEAR_LINE, EventTiming, Renderer
+from .wavfile import WavFormat, WavStreamParser
 
-__all__ = ["Progress", "SendLog", "SessionResult", "speech_end", "stream_audio"]
+__all__ = [
+    "PipedWav",
+    "Progress",
+    "SendLog",
+    "SessionResult",
+    "file_chunks",
+    "speech_end",
+    "stream_audio",
+]
 
 #: Chunk length when paced in real time: a typical capture buffer.
 REALTIME_CHUNK_S = 0.02
@@ -97,49 +109,114 @@ class SessionResult:
     """Seconds from the first audio sent to the end of the session."""
 
 
+async def file_chunks(
+    audio: bytes, *, sample_width: int, sample_rate: int, realtime: bool
+) -> AsyncIterator[bytes]:
+    """``audio`` in chunks: 20 ms each spoken in real time, like a microphone, or 80 ms chunks
+    as fast as they are taken."""
+    chunk_s = REALTIME_CHUNK_S if realtime else FAST_CHUNK_S
+    step = max(sample_width, int(sample_rate * chunk_s) * sample_width)
+    bytes_per_second = sample_width * sample_rate
+    start = anyio.current_time()
+    for offset in range(0, len(audio), step):
+        end = min(len(audio), offset + step)
+        if realtime:
+            # A microphone delivers this chunk once its last sample has been spoken.
+            due = start + end / bytes_per_second
+            await anyio.sleep(max(0.0, due - anyio.current_time()))
+        else:
+            await anyio.lowlevel.checkpoint()
+        yield audio[offset:end]
+
+
+#: Bytes asked of a pipe per read: whatever has arrived, up to this.
+PIPE_READ_BYTES = 64 * 1024
+
+
+class PipedWav:
+    """A WAV stream read from a pipe's file descriptor (stdin's) as it arrives, in worker
+    threads."""
+
+    def __init__(self, fd: int, name: str) -> None:
+        self._fd = fd
+        self._parser = WavStreamParser(name)
+        self._first = b""
+
+    async def _read(self) -> bytes:
+        # Abandoned on cancellation (Ctrl-C): a thread blocked on an idle pipe cannot be woken.
+        return await anyio.to_thread.run_sync(
+            os.read, self._fd, PIPE_READ_BYTES, abandon_on_cancel=True
+        )
+
+    async def read_format(self) -> WavFormat:
+        """Read up to the start of the samples; return their format.
+
+        Raises:
+            ValidationError: Not a WAV stream, or audio Flux does not take.
+        """
+        parser = self._parser
+        while not parser.header_read:
+            data = await self._read()
+            if not data:
+                parser.end()
+            self._first = parser.feed(data)
+        assert parser.format is not None
+        return parser.format
+
+    async def chunks(self) -> AsyncIterator[bytes]:
+        """The samples as they arrive, until the pipe closes or the data chunk ends."""
+        if self._first:
+            yield self._first
+        parser = self._parser
+        while not parser.finished:
+            data = await self._read()
+            if not data:
+                return
+            samples = parser.feed(data)
+            if samples:
+                yield samples
+
+
 async def stream_audio(
     client: FluxClient,
-    audio: bytes,
+    chunks: AsyncIterable[bytes],
     *,
-    sample_width: int,
-    sample_rate: int,
-    realtime: bool,
+    bytes_per_second: int,
+    live: bool,
     renderer: Renderer,
     progress: Progress | None = None,
 ) -> SessionResult:
-    """Send ``audio`` through an open ``client``, close it, and render every event.
+    """Send ``chunks`` through an open ``client`` as they come, close it, and render every event.
+
+    ``live``: the chunks come at the speed they were spoken (a microphone, a paced file, a
+    pipe), so end-of-turn latencies are measured.
 
     Raises:
         FluxError: The session failed (raised from the client's event iterator).
     """
-    chunk_s = REALTIME_CHUNK_S if realtime else FAST_CHUNK_S
-    step = max(sample_width, int(sample_rate * chunk_s) * sample_width)
-    bytes_per_second = sample_width * sample_rate
     log = SendLog()
-    result = SessionResult(audio_seconds=len(audio) / bytes_per_second)
+    result = SessionResult()
     start = anyio.current_time()
 
     async def send() -> None:
+        sent = 0
         try:
-            for offset in range(0, len(audio), step):
-                end = min(len(audio), offset + step)
-                if realtime:
-                    # A microphone delivers this chunk once its last sample has been spoken.
-                    due = start + end / bytes_per_second
-                    await anyio.sleep(max(0.0, due - anyio.current_time()))
-                else:
-                    await anyio.lowlevel.checkpoint()
-                await client.send_audio(audio[offset:end])
+            async for chunk in chunks:
+                await client.send_audio(chunk)
+                sent += len(chunk)
                 now = anyio.current_time()
-                log.record(end / bytes_per_second, now)
+                log.record(sent / bytes_per_second, now)
                 if progress is not None:
-                    progress.update(end / bytes_per_second, now, force=end == len(audio))
+                    progress.update(sent / bytes_per_second, now)
+            if progress is not None:
+                progress.update(sent / bytes_per_second, anyio.current_time(), force=True)
             await client.close()
         except FluxError:
             if not client.is_closed:
                 raise
             # The session failed: the event iterator raises the reason.
         finally:
+            result.audio_seconds = sent / bytes_per_second
             if progress is not None:
                 progress.finish()
 
@@ -151,7 +228,7 @@ async def stream_audio(
             if isinstance(event, EndOfTurn):
                 result.turns.append(event.transcript)
                 sent_at = log.wall_time_of(speech_end(event))
-                if realtime and sent_at is not None and not event.synthetic:
+                if live and sent_at is not None and not event.synthetic:
                     latency = max(0.0, now - sent_at)
                     result.latencies.append(latency)
             renderer.event(event, EventTiming(received=now - start, latency=latency))

@@ -16,7 +16,7 @@ import attrs
 from ..core.settings import SAMPLE_RATES
 from ..errors import ValidationError
 
-__all__ = ["WavAudio", "read_wav"]
+__all__ = ["MAX_PIPED_HEADER", "WavAudio", "WavFormat", "WavStreamParser", "read_wav"]
 
 _PCM: Final = 0x0001
 _FLOAT: Final = 0x0003
@@ -51,24 +51,43 @@ _FLIP_SIGN: Final = bytes(b ^ 0x80 for b in range(256))
 
 
 @attrs.frozen
-class WavAudio:
-    """The samples of a WAV file, ready to stream, and how Flux must be told about them."""
+class WavFormat:
+    """What a WAV file's samples are, and how Flux must be told about them."""
 
     encoding: str
     """The Flux ``encoding``: ``linear16``, ``linear32``, ``mulaw`` or ``alaw``."""
     sample_rate: int
     """Samples per second."""
-    data: bytes = attrs.field(repr=lambda data: f"<{len(data)} bytes>")
-    """The raw samples (no header), little-endian."""
     description: str
     """What the file holds, in words (``mono 16-bit PCM, 16000 Hz``)."""
     converted: bool = False
-    """The samples were widened from 8-bit unsigned PCM to linear16."""
+    """The samples are 8-bit unsigned PCM, widened to linear16 by :meth:`samples`."""
 
     @property
     def sample_width(self) -> int:
-        """Bytes per sample of :attr:`data`."""
+        """Bytes per sample sent (after any widening)."""
         return {"linear16": 2, "linear32": 4}.get(self.encoding, 1)
+
+    @property
+    def file_sample_width(self) -> int:
+        """Bytes per sample in the file."""
+        return 1 if self.converted else self.sample_width
+
+    def samples(self, data: bytes) -> bytes:
+        """The samples to send for the file's ``data`` (whole samples)."""
+        if not self.converted:
+            return data
+        widened = bytearray(2 * len(data))
+        widened[1::2] = data.translate(_FLIP_SIGN)
+        return bytes(widened)
+
+
+@attrs.frozen
+class WavAudio(WavFormat):
+    """The samples of a WAV file, ready to stream, and their format."""
+
+    data: bytes = attrs.field(kw_only=True, repr=lambda data: f"<{len(data)} bytes>")
+    """The samples to send (no header), little-endian."""
 
     @property
     def duration(self) -> float:
@@ -101,6 +120,19 @@ def _describe(fmt: int, channels: int, bits: int, rate: int) -> str:
     return f"{layout} {bits}-bit {name}, {rate} Hz"
 
 
+def _format(fmt_chunk: bytes | None, name: str) -> WavFormat:
+    if fmt_chunk is None or len(fmt_chunk) < 16:
+        raise ValidationError(f"{name} is a damaged WAV file (no fmt or data chunk). {_NEEDED}")
+    fmt, channels, rate, _byte_rate, _align, bits = struct.unpack_from("<HHIIHH", fmt_chunk)
+    if fmt == _EXTENSIBLE and len(fmt_chunk) >= 26:
+        fmt = struct.unpack_from("<H", fmt_chunk, 24)[0]  # the sub-format GUID's first field
+    description = _describe(fmt, channels, bits, rate)
+    encoding = _ENCODINGS.get((fmt, bits))
+    if channels != 1 or encoding is None or rate not in SAMPLE_RATES:
+        raise ValidationError(f"{name} has {description}: not supported. {_NEEDED}")
+    return WavFormat(encoding, rate, description, converted=fmt == _PCM and bits == 8)
+
+
 def read_wav(path: str | Path) -> WavAudio:
     """Read a WAV file that Flux can take as raw audio.
 
@@ -114,28 +146,103 @@ def read_wav(path: str | Path) -> WavAudio:
     except OSError as exc:
         raise ValidationError(f"cannot read {name}: {exc.strerror or exc}") from exc
     chunks = _chunks(blob, name)
-    fmt_chunk = chunks.get(b"fmt ")
-    if fmt_chunk is None or len(fmt_chunk) < 16 or b"data" not in chunks:
-        raise ValidationError(f"{name} is a damaged WAV file (no fmt or data chunk). {_NEEDED}")
-    fmt, channels, rate, _byte_rate, _align, bits = struct.unpack_from("<HHIIHH", fmt_chunk)
-    if fmt == _EXTENSIBLE and len(fmt_chunk) >= 26:
-        fmt = struct.unpack_from("<H", fmt_chunk, 24)[0]  # the sub-format GUID's first field
-    description = _describe(fmt, channels, bits, rate)
-    encoding = _ENCODINGS.get((fmt, bits))
-    if channels != 1 or encoding is None or rate not in SAMPLE_RATES:
-        raise ValidationError(f"{name} has {description}: not supported. {_NEEDED}")
+    fmt = _format(chunks.get(b"fmt ") if b"data" in chunks else None, name)
     data = chunks[b"data"]
-    width = bits // 8
-    data = data[: len(data) - len(data) % width]
-    converted = fmt == _PCM and bits == 8
-    if converted:
-        widened = bytearray(2 * len(data))
-        widened[1::2] = data.translate(_FLIP_SIGN)
-        data = bytes(widened)
+    data = data[: len(data) - len(data) % fmt.file_sample_width]
     return WavAudio(
-        encoding=encoding,
-        sample_rate=rate,
-        data=data,
-        description=description,
-        converted=converted,
+        fmt.encoding, fmt.sample_rate, fmt.description, fmt.converted, data=fmt.samples(data)
     )
+
+
+#: Bytes of header (the chunks before ``data``) a piped WAV may have: more is not a WAV stream.
+MAX_PIPED_HEADER = 1 << 20
+
+
+class WavStreamParser:
+    """A WAV file that arrives in pieces (from a pipe): its header, then its samples as they come.
+
+    A writer to a pipe cannot go back to fill in the sizes, so a ``data`` size of 0 or
+    0xFFFFFFFF means "until the end"; any other size ends the samples there. The ``fmt ``
+    chunk must come before ``data``, as every writer puts it.
+    """
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._header = bytearray()
+        self._next_chunk = 12  # where the next chunk header starts in _header
+        self._in_data = False
+        self._remaining: int | None = None  # data bytes still to come; None: until the end
+        self._partial = b""  # the start of a sample cut by a read
+        self.format: WavFormat | None = None
+        """The samples' format, once the header has been read."""
+
+    @property
+    def header_read(self) -> bool:
+        """Whether the samples have begun (the format is known)."""
+        return self._in_data
+
+    @property
+    def finished(self) -> bool:
+        """Whether the ``data`` chunk has ended (nothing more to read)."""
+        return self._remaining == 0
+
+    def feed(self, data: bytes) -> bytes:
+        """Take bytes from the pipe; return the whole samples they complete (maybe none).
+
+        Raises:
+            ValidationError: Not a WAV stream, or audio Flux does not take.
+        """
+        if not self._in_data:
+            self._header += data
+            if not self._read_header():
+                return b""
+            data = bytes(self._header)
+            self._header.clear()
+        assert self.format is not None
+        if self._remaining is not None:
+            data = data[: self._remaining]
+            self._remaining -= len(data)
+        data = self._partial + data
+        whole = len(data) - len(data) % self.format.file_sample_width
+        self._partial = data[whole:]
+        return self.format.samples(data[:whole])
+
+    def end(self) -> None:
+        """The pipe closed.
+
+        Raises:
+            ValidationError: It closed before the samples began.
+        """
+        if not self._in_data:
+            if len(self._header) < 12:
+                raise ValidationError(f"{self._name} is not a WAV file (no RIFF/WAVE header).")
+            raise ValidationError(f"{self._name} ended inside its WAV header. {_NEEDED}")
+
+    def _read_header(self) -> bool:
+        """Parse what has come of the header; return whether the samples have begun."""
+        header = self._header
+        if len(header) >= 12 and (header[:4] != b"RIFF" or header[8:12] != b"WAVE"):
+            raise ValidationError(
+                f"{self._name} is not a WAV file (no RIFF/WAVE header). {_NEEDED}"
+            )
+        offset = self._next_chunk
+        while len(header) >= offset + 8:
+            chunk_id, size = struct.unpack_from("<4sI", header, offset)
+            if chunk_id == b"data":
+                if self.format is None:
+                    raise ValidationError(
+                        f"{self._name}: the WAV stream's data comes before its fmt chunk"
+                    )
+                self._in_data = True
+                self._remaining = None if size in (0, 0xFFFFFFFF) else size
+                del header[: offset + 8]
+                return True
+            end = offset + 8 + size + (size & 1)  # chunks are padded to an even size
+            if end > MAX_PIPED_HEADER:
+                raise ValidationError(f"{self._name}: no WAV data in its first 1 MiB. {_NEEDED}")
+            if len(header) < end:
+                return False
+            if chunk_id == b"fmt ":
+                self.format = _format(bytes(header[offset + 8 : offset + 8 + size]), self._name)
+            offset = self._next_chunk = end
+        return False
