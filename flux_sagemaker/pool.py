@@ -23,7 +23,7 @@ from __future__ import annotations
 import ssl
 import sys
 import weakref
-from collections.abc import Callable, Coroutine, Sequence
+from collections.abc import Callable, Collection, Coroutine
 from types import TracebackType
 from typing import Any, Protocol
 
@@ -167,7 +167,7 @@ class ConnectionPool:
         method: str = "POST",
         authority: str,
         path: str,
-        headers: Sequence[tuple[str, str]],
+        headers: Collection[tuple[str, str]],
         ssl_context: ssl.SSLContext | None,
         timeouts: Timeouts | None = None,
         proxy: Proxy | None = None,

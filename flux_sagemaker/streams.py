@@ -26,7 +26,7 @@ from .core.error_mapping import operation_error
 from .core.events import ServerMessage
 from .core.protocol import StreamEnded, StreamFailed, StreamProtocol
 from .core.request import InvokeRequest
-from .core.signing import EventSigner, sign_request
+from .core.signing import EventSigner, RedactedHeaders, sign_request
 from .errors import (
     ConnectError,
     ExpiredTokenError,
@@ -162,14 +162,15 @@ async def _open_once(
     signed = sign_request(request, frozen, config.region)
     signer = EventSigner(credentials=frozen, region=config.region, seed_signature=signed.signature)
     # Error trackers record a failed frame's locals by their repr, which for botocore's frozen
-    # credentials shows the secret key; the signer's and the signed request's repr hide it.
+    # credentials shows the secret key; the signer's and the signed request's repr hide it, and
+    # the pool's frames get the headers in a wrapper that hides the token and the signature.
     del frozen
     h2 = await pool.open_stream(
         config.endpoint,
         method=signed.method,
         authority=signed.authority,
         path=signed.path,
-        headers=signed.headers,
+        headers=RedactedHeaders(signed.headers),
         ssl_context=config.ssl_context,
         timeouts=timeouts,
         proxy=config.proxy,

@@ -23,7 +23,7 @@ from __future__ import annotations
 import contextlib
 import math
 import ssl
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Collection
 from typing import Any
 
 import anyio
@@ -283,7 +283,7 @@ class H2Connection(H2ConnectionBase):
         scheme: str,
         authority: str,
         path: str,
-        headers: Sequence[tuple[str, str]],
+        headers: Collection[tuple[str, str]],
     ) -> H2Stream:
         """Send a request's headers (without END_STREAM) and return its stream.
 

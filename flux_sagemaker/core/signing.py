@@ -21,7 +21,7 @@ import hmac
 import re
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from datetime import UTC, datetime
 from typing import Final
 
@@ -38,6 +38,7 @@ __all__ = [
     "ALGORITHM",
     "SERVICE",
     "EventSigner",
+    "RedactedHeaders",
     "SignatureChain",
     "SignedRequest",
     "encode_date_header",
@@ -127,6 +128,33 @@ def _date_record_and_hash(date_ms: int) -> tuple[bytes, bytes]:
 def _redact(headers: tuple[tuple[str, str], ...]) -> str:
     shown = tuple((k, "<redacted>" if k in _REDACTED_HEADERS else v) for k, v in headers)
     return repr(shown)
+
+
+class RedactedHeaders:
+    """Request headers as ``(name, value)`` pairs whose repr hides the authorization and the
+    token: what the connection pool and the connection get to send.
+
+    Error trackers record the locals of every frame of a traceback, those of a failed connect
+    included. They show objects by their repr but walk sequences item by item: so this is
+    only iterable (and sized), not a sequence.
+    """
+
+    __slots__ = ("_fields",)
+
+    def __init__(self, fields: Iterable[tuple[str, str]]) -> None:
+        self._fields = tuple(fields)
+
+    def __iter__(self) -> Iterator[tuple[str, str]]:
+        return iter(self._fields)
+
+    def __len__(self) -> int:
+        return len(self._fields)
+
+    def __contains__(self, field: object) -> bool:
+        return field in self._fields
+
+    def __repr__(self) -> str:
+        return f"RedactedHeaders({_redact(self._fields)})"
 
 
 @attrs.frozen

@@ -47,6 +47,7 @@ from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
 
 from .helpers import (
     FAST_TIMEOUTS,
+    NO_RETRY,
     QUICK_RETRY,
     SAMPLE,
     TEST_TIMEOUT,
@@ -128,6 +129,40 @@ async def test_no_frame_of_a_failed_open_holds_the_secret_in_its_locals(
         for name, value in frame.f_locals.items():
             if name != "credentials":
                 assert DEFAULT_SECRET_KEY not in repr(value), (frame.f_code.co_name, name)
+
+
+async def test_no_frame_of_a_failed_connect_holds_the_token_or_signature_in_its_locals() -> None:
+    """The same for a failure inside the connection pool (here a refused connection, as while
+    an endpoint is down): its frames hold the signed headers, session token and all."""
+    token = "the-session-token"
+    with anyio.fail_after(TEST_TIMEOUT):
+        listener = await anyio.create_tcp_listener(local_host="127.0.0.1", local_port=0)
+        port = listener.extra(SocketAttribute.local_port)
+        await listener.aclose()  # nothing listens there any more
+        from flux_sagemaker import FluxClient
+
+        with pytest.raises(ConnectError) as info:
+            async with FluxClient(
+                "flux-e2e",
+                endpoint_url=f"http://127.0.0.1:{port}",
+                region="us-east-1",
+                credentials=Credentials(DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY, token),
+                timeouts=FAST_TIMEOUTS,
+                retry=NO_RETRY,
+            ):
+                raise AssertionError("connected to nothing")
+    ours = [
+        frame
+        for frame, _ in traceback.walk_tb(info.value.__traceback__)
+        if "flux_sagemaker" in frame.f_code.co_filename
+    ]
+    assert "open_stream" in [frame.f_code.co_name for frame in ours]
+    for frame in ours:
+        for name, value in frame.f_locals.items():
+            if name != "credentials":
+                shown = repr(value)
+                for secret in (DEFAULT_SECRET_KEY, token, "Signature="):
+                    assert secret not in shown, (frame.f_code.co_name, name)
 
 
 async def test_an_expired_token_of_fixed_credentials_is_not_retried(
