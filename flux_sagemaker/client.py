@@ -282,6 +282,9 @@ class FluxClient:
         self._error: FluxError | None = None
         self._connected_delivered = False
         self._attempts = 0
+        # The stream the last recovery opened, and that recovery's run of failures: it goes on
+        # if the stream breaks before Flux answers anything (see _reconnect).
+        self._recovered: tuple[LiveStream, Backoff] | None = None
         self._request_id: str | None = None
         self._switching = False
         self._switch_finished = anyio.Event()
@@ -927,13 +930,17 @@ class FluxClient:
         return stream
 
     async def _open_with_retry(
-        self, first_error: FluxError | None, settings: FluxSettings | None = None
+        self,
+        first_error: FluxError | None,
+        settings: FluxSettings | None = None,
+        backoff: Backoff | None = None,
     ) -> LiveStream:
         """Open a stream, retrying retryable failures under the retry policy.
 
-        ``self._attempts`` counts the streams tried, for the ``Reconnected`` event.
+        ``backoff`` continues a run of failures; by default one starts. ``self._attempts``
+        counts the streams tried, for the ``Reconnected`` event.
         """
-        backoff = Backoff(self._retry, random.random)
+        backoff = backoff if backoff is not None else Backoff(self._retry, random.random)
         error = first_error
         self._attempts = 0
         while True:
@@ -1047,7 +1054,9 @@ class FluxClient:
             if self._connected_delivered:
                 return None
             self._connected_delivered = True
-        elif isinstance(event, ConfigureSuccess | ConfigureFailure):
+            return event
+        stream.answered = True
+        if isinstance(event, ConfigureSuccess | ConfigureFailure):
             # Answers match Configures in order (Flux has no correlation id).
             if self._pending_configures:
                 waiter = self._pending_configures.popleft()
@@ -1176,11 +1185,21 @@ class FluxClient:
                 return
             self._current = None
             await self._retire(failed, end_input=False)
-            await self._reconnect(error)
+            await self._reconnect(failed, error)
 
-    async def _reconnect(self, error: FluxError) -> None:
+    async def _reconnect(self, failed: LiveStream, error: FluxError) -> None:
+        backoff = Backoff(self._retry, random.random)
+        if self._recovered is not None and self._recovered[0] is failed and not failed.answered:
+            # The stream this recovery opened broke before Flux answered anything (an endpoint
+            # that accepts each stream and breaks it at once): the failures go on, under the
+            # backoff and limits of their run while its budget lasts, or the session would
+            # reconnect at the first backoff, with a warning each time, for ever.
+            started = self._recovered[1].started
+            if started is not None and _now() - started < self._retry.budget:
+                backoff = self._recovered[1]
+        self._recovered = None
         try:
-            stream = await self._open_with_retry(first_error=error)
+            stream = await self._open_with_retry(first_error=error, backoff=backoff)
         except FluxError as final:
             await self._fail(final)
             return
@@ -1190,6 +1209,7 @@ class FluxClient:
             await self._retire(stream, end_input=False)
             return
         self._stats.reconnects += 1
+        self._recovered = (stream, backoff)
         attempts = self._attempts
         await self._take_over(
             stream,

@@ -65,6 +65,8 @@ class LiveStream:
     behind: bool = False
     """Its reader waits for room in the event queue: the events after the one it holds are
     not yet seen by the session's turn tracker."""
+    answered: bool = False
+    """Flux sent something past ``Connected`` on it."""
     switch_failures: int = 0
     """Planned switches away from it in a row that could not open the next stream."""
     switch_held_until: float = -math.inf

@@ -104,6 +104,11 @@ class Backoff:
         """Delays handed out since the last reset."""
         return self._attempts
 
+    @property
+    def started(self) -> float | None:
+        """The ``now`` of the first delay since the last reset (the budget counts from it)."""
+        return self._started
+
     def next_delay(self, now: float) -> float | None:
         """Seconds to wait before the next attempt, or ``None`` to give up.
 

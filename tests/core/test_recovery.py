@@ -77,12 +77,14 @@ def test_budget_caps_and_stops() -> None:
         jitter="none", max_attempts=100, initial_backoff=4, max_backoff=4, budget=10
     )
     backoff = Backoff(policy, random=constant(0.0))
+    assert backoff.started is None
     assert backoff.next_delay(now=50.0) == 4  # the run starts at 50
+    assert backoff.started == 50.0
     assert backoff.next_delay(now=54.5) == 4
     assert backoff.next_delay(now=58.0) == 2.0  # shortened to end on the budget (60)
     assert backoff.next_delay(now=60.0) is None
     backoff.reset()
-    assert backoff.attempts == 0
+    assert (backoff.attempts, backoff.started) == (0, None)
     assert backoff.next_delay(now=60.0) == 4  # a new run, a new budget
 
 

@@ -686,6 +686,29 @@ async def test_retry_budget_exhausted_raises_the_last_error() -> None:
     assert [s.status for s in endpoint.streams] == [200, 400, 400]
 
 
+async def test_streams_broken_before_flux_answers_count_as_one_run_of_failures(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """An endpoint that accepts every stream and breaks it at once (a container failing on
+    its first audio): each new stream reached Connected, but that is no recovery. The retry
+    policy bounds the run, instead of a reconnect and a warning at the first backoff, for ever."""
+    caplog.set_level(logging.INFO, logger="flux_sagemaker")
+    broken = [
+        Fault(kind=FaultKind.RESET_STREAM, after_audio_s=0.0, stream_index=i) for i in range(1, 30)
+    ]
+    async with MockFluxEndpoint(
+        script=SAMPLE.turns,
+        faults=[Fault(kind=FaultKind.RESET_STREAM, after_audio_s=MID_TURN), *broken],
+    ) as endpoint:
+        with pytest.raises(StreamReset):
+            await run_session(
+                endpoint, retry=RetryPolicy(max_attempts=3, initial_backoff=0.01, max_backoff=0.02)
+            )
+    assert len(endpoint.streams) == 4  # the first, then max_attempts
+    warnings = [r for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len(warnings) == 4  # one per failure
+
+
 async def test_turn_silence_keepalive_brings_end_of_turn() -> None:
     # Stop sending right after the first turn's speech: Flux needs audio to finish the turn.
     cut = int(2.35 * BYTES_PER_SECOND) // FRAME * FRAME
