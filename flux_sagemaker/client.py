@@ -1109,6 +1109,10 @@ class FluxClient:
         if stream.retired or self._state == "closed" or stream is not self._current:
             return
         self._stop_using(stream, failed=True)
+        if error.request_id is None:
+            # The transport's errors (a reset, a lost connection, a GOAWAY) know no request:
+            # the log line, the Reconnected event and the raised error name the stream's.
+            error.request_id = stream.request_id
         # Also while closing: the new stream replays the open turn and drains it.
         if not (self._retry.enabled and error.retryable):
             self._task_group_start(self._fail, error)

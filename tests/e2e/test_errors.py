@@ -19,6 +19,7 @@ from flux_sagemaker import (
     FluxEvent,
     FluxServerError,
     FluxSettings,
+    GoAway,
     InputValidationError,
     InternalServerError,
     InternalStreamFailure,
@@ -366,6 +367,7 @@ MID_STREAM_FAULTS = {
     "internal-stream-failure": (FaultKind.INTERNAL_STREAM_FAILURE, InternalStreamFailure),
     "reset": (FaultKind.RESET_STREAM, StreamReset),
     "dropped-connection": (FaultKind.DROP_CONNECTION, TransportError),
+    "goaway": (FaultKind.GOAWAY, GoAway),
     "server-ended": (FaultKind.END_STREAM, TransportError),
 }
 
@@ -396,6 +398,9 @@ async def test_mid_stream_failure_after_the_earlier_events(
             with pytest.raises(UsageError):
                 await flux.send_audio(b"\x00\x00")
     assert isinstance(error, error_class), repr(error)
+    # Whatever broke the stream, the error names its request, for logs and support cases.
+    assert _is_request_id(error.request_id)
+    assert error.request_id == flux.request_id
     # Everything before the fault was delivered first: the first turn, complete.
     assert [e.transcript for e in of_type(events, EndOfTurn)] == [SAMPLE.turns[0]]
     assert ep.streams[0].error == f"fault: {kind.value}"
