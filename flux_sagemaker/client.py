@@ -321,6 +321,9 @@ class FluxClient:
         # Whether the caller's event loop is asyncio's, whose own cancellation (Task.cancel())
         # goes through anyio's shields; set on entering.
         self._on_asyncio = False
+        # send_audio calls waiting to write (for the send lock or the stream's window): the
+        # application is not quiet then, only held back, and is due no keepalive silence.
+        self._sends_waiting = 0
 
     # -- public properties --------------------------------------------------------------------
 
@@ -551,15 +554,21 @@ class FluxClient:
                 if current.h2.send_nowait(data):
                     return
                 lock.acquire_nowait()  # still free: nothing was awaited since locked()
+                self._sends_waiting += 1
                 try:
                     await self._uncancelled(self._write_signed_audio, current, data, len(event))
                 finally:
+                    self._sends_waiting -= 1
                     lock.release()
             else:
                 # The events have left the coalescer: a caller cancelled now (its own timeout)
                 # would leave a gap in the stream's audio. They are written first.
                 self._outbox.extend(events)
-                await self._uncancelled(self._send_events, self._epoch)
+                self._sends_waiting += 1
+                try:
+                    await self._uncancelled(self._send_events, self._epoch)
+                finally:
+                    self._sends_waiting -= 1
             # A cancellation that came while the audio was written is raised now: a cancelled
             # sending loop must stop, not go on through calls that never reach a checkpoint.
             await anyio.lowlevel.checkpoint_if_cancelled()
@@ -1569,10 +1578,14 @@ class FluxClient:
         width = self._format.sample_width
         if width is None:
             return  # compressed audio: silence cannot be synthesised
+        if self._sends_waiting:
+            # The application's audio is held back (a slow server, or one a slow consumer
+            # holds back): silence would go in between its chunks, inside the user's speech.
+            return
         silence = self._format.silence(duration) if duration else self._format.silence(1.0)[:width]
         async with self._send_lock:
-            if self._current is not stream or self._state != "open":
-                return
+            if self._current is not stream or self._state != "open" or self._sends_waiting:
+                return  # replaced, closing, or audio came while we waited for the lock
             if not await self._flush_audio(stream):
                 return  # it failed meanwhile
             self._replay.append(silence)

@@ -66,7 +66,7 @@ class KeepalivePolicy:
     )
     """While a turn is open and the application sends nothing for this long (or twice its
     last chunk, if longer), send silence in real time so that ``EndOfTurn`` still arrives.
-    ``None`` disables it."""
+    A ``send_audio()`` call waiting for flow control counts as sending. ``None`` disables it."""
     idle_interval: float | None = attrs.field(
         default=10.0, validator=number_in_range(0.1, 3600, optional=True, unit="seconds")
     )

@@ -5,12 +5,21 @@ from __future__ import annotations
 import asyncio
 import json
 import math
+import time
 
 import anyio
 import pytest
 
-from flux_sagemaker import EndOfTurn, FluxClient, KeepalivePolicy, Reconnected, RetryPolicy
-from flux_sagemaker.core.timers import FLUSH_SLACK
+from flux_sagemaker import (
+    ConnectionPool,
+    EndOfTurn,
+    FluxClient,
+    KeepalivePolicy,
+    Reconnected,
+    RetryPolicy,
+    StartOfTurn,
+)
+from flux_sagemaker.core.timers import FLUSH_SLACK, SILENCE_STEP
 from flux_sagemaker.testing import Fault, FaultKind
 from flux_sagemaker.transport import H2Stream
 
@@ -427,6 +436,58 @@ async def test_sends_cut_short_by_a_timeout_under_back_pressure_lose_no_audio(
     assert stream.error == "fault: latency"  # the injected slowness, and nothing went wrong
     assert bytes(stream.audio) == pcm
     assert of_type(events, EndOfTurn)[0].transcript == SAMPLE.turns[0]
+
+
+async def test_no_keepalive_silence_goes_into_audio_a_slow_consumer_holds_back(
+    endpoint: EndpointFactory,
+) -> None:
+    """The consumer stops iterating in the middle of a turn (an LLM call): the client stops
+    reading the stream, the server (which, like the mock, answers and reads in one task) stops
+    taking audio, and ``send_audio`` waits for the window. The application is not quiet, so
+    no keepalive silence is due: sent once the window opened, it went in between two of the
+    application's chunks, in the middle of the user's speech."""
+    keepalive = KeepalivePolicy(turn_silence_after=0.1, idle_interval=None, stall_timeout=None)
+    resume = anyio.Event()
+    in_call_since: float | None = None  # the sender's call under way, by the timers' clock
+    events: list[object] = []
+
+    async def consume() -> None:
+        async for event in flux:
+            events.append(event)
+            if isinstance(event, StartOfTurn):
+                await resume.wait()  # stops iterating, the turn open
+
+    async def send() -> None:
+        nonlocal in_call_since
+        for offset in range(0, len(SAMPLE.pcm), ms(20)):
+            in_call_since = time.monotonic()
+            await flux.send_audio(SAMPLE.pcm[offset : offset + ms(20)])
+            in_call_since = None
+        await flux.close()
+
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with (
+            endpoint(receive_window=4096) as ep,
+            ConnectionPool(receive_window=512) as pool,
+            client_for(ep, pool=pool, keepalive=keepalive, max_buffered_events=1) as flux,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(consume)
+            tg.start_soon(send)
+            # Until a call is held back and the timers, finding no audio from the application
+            # for a while, made keepalive silence due (they moved its last audio on by a step).
+            while not (  # noqa: ASYNC110 - polling the timers' state
+                in_call_since is not None
+                and flux._timers.last_app_audio >= in_call_since + SILENCE_STEP
+            ):
+                await anyio.sleep(0.01)
+            held_back_in_turn = flux.turn_open
+            resume.set()
+    assert held_back_in_turn
+    (stream,) = ep.streams
+    assert bytes(stream.audio) == SAMPLE.pcm
+    assert flux.stats.silence_bytes_sent == 0
+    assert [e.transcript for e in of_type(events, EndOfTurn)] == list(SAMPLE.turns)
 
 
 async def _cancel_a_sender_held_back(
