@@ -336,16 +336,17 @@ class H2ConnectionBase:
         if self._take_h2_output():
             await self._flush_soon()
 
-    async def _wait_window(self, event: anyio.Event, stream_id: int, since: float) -> None:
+    async def _wait_window(self, event: anyio.Event, stream_id: int, since: float | None) -> None:
         """Wait for the peer to open ``stream_id``'s flow-control window (``event``).
 
         ``since``: when the stream found the window shut. The write limit runs from then, so a
         peer that keeps waking the sender without opening the window cannot hold it for ever.
+        ``None``: no limit (the peer's data waits unread here, so the peer may wait for us).
         """
         if event.is_set():
             return
         limit = self._write_timeout
-        left = None if limit is None else since + limit - anyio.current_time()
+        left = None if limit is None or since is None else since + limit - anyio.current_time()
         msg = f"the {self._peer} kept stream {stream_id}'s flow-control window closed for {limit} s"
         await wait_event(event, left, msg)
 
@@ -415,6 +416,7 @@ class H2ConnectionBase:
             stream._chunks.append(data)
             stream._buffered += len(data)
             stream._wake_recv()
+            stream._wake_send()  # a sender waiting for the window drops its write limit
 
     def _dispatch(self, event: h2.events.Event) -> None:
         streams = self._streams

@@ -99,6 +99,8 @@ class H2StreamBase:
             await wait_event(self._recv_event, limit, msg)
         chunk = self._chunks.popleft()
         self._buffered -= len(chunk)
+        if not self._buffered:
+            self._wake_send()  # a sender waiting with no write limit (see _send) starts one
         await self._conn._acknowledge(self.stream_id, len(chunk))
         return chunk
 
@@ -175,7 +177,14 @@ class H2StreamBase:
             if done:
                 return
             if event is not None:
-                if shut_since is None:
+                if self._buffered:
+                    # The peer's data waits here unread: a peer that answers and reads in one
+                    # task (as the mock does) stops reading until we read it, so this shut
+                    # window is our reader's doing (a consumer behind), not the peer's fault.
+                    # No write limit until we have read it all; a silent peer still fails by
+                    # PING.
+                    shut_since = None
+                elif shut_since is None:
                     shut_since = anyio.current_time()
                 await conn._wait_window(event, sid, shut_since)
 

@@ -106,7 +106,9 @@ class Timeouts:
     """Longest wait in ``H2Stream.receive()`` for the next chunk (PING still detects dead peers)."""
     write: float | None = attrs.field(default=10.0, validator=_SECONDS_OR_NONE)
     """Longest socket write, and longest wait for the peer's flow-control window to open (a
-    wait past ``WINDOW_PROBE_AFTER`` also checks the peer is alive with a PING)."""
+    wait past ``WINDOW_PROBE_AFTER`` also checks the peer is alive with a PING). That wait has
+    no limit while the stream's response data waits unread (a consumer behind): a peer that
+    answers and reads in one task waits for us; it runs once the data is read."""
     ping_interval: float | None = attrs.field(default=20.0, validator=_SECONDS_OR_NONE)
     """Send a PING after this much silence from the peer; ``None`` disables keepalive."""
     ping_timeout: float = attrs.field(default=10.0, validator=_SECONDS)
@@ -489,12 +491,12 @@ class H2Connection(H2ConnectionBase):
         self._ping_deadline = anyio.current_time() + wait
         await self._flush_soon()
 
-    async def _wait_window(self, event: anyio.Event, stream_id: int, since: float) -> None:
+    async def _wait_window(self, event: anyio.Event, stream_id: int, since: float | None) -> None:
         # Probe after WINDOW_PROBE_AFTER without a wake (a wake came with bytes from the
         # server), unless the write limit comes first.
         limit = self._write_timeout
         probe_at = anyio.current_time() + WINDOW_PROBE_AFTER
-        if limit is None or probe_at < since + limit:
+        if limit is None or since is None or probe_at < since + limit:
             with anyio.CancelScope(deadline=probe_at):
                 await event.wait()
             if event.is_set():

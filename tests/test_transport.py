@@ -1148,6 +1148,47 @@ async def test_a_shut_window_on_a_live_peer_still_waits_out_the_write_limit() ->
             assert conn._ping_count == 1  # probed once, answered
 
 
+async def test_no_write_limit_while_the_peers_data_waits_unread_then_it_runs() -> None:
+    """A peer that answers and reads in one task stops reading while its data waits unread
+    here: that shut window is ours to open (a consumer behind), so ``Timeouts.write`` does not
+    run; it failed the stream of a consumer that fell behind. Once the data is read, it does,
+    from then on."""
+
+    async def handler(stream: ServerStream) -> None:
+        await stream.send_headers(200)
+        await stream.send_data(bytes(1024))  # the client's whole window
+        await anyio.sleep_forever()  # and never reads
+
+    outcome: list[BaseException] = []
+
+    async def send(stream: H2Stream) -> None:
+        try:
+            await stream.send(bytes(4096))
+        except errors.FluxError as exc:
+            outcome.append(exc)
+
+    timeouts = Timeouts(ping_interval=None, write=0.3)
+    with anyio.fail_after(10):
+        async with serve_and_connect(
+            handler, timeouts=timeouts, receive_window=1024, server_receive_window=1024
+        ) as (_, conn):
+            stream = await open_post(conn)
+            await stream.response()
+            while stream.buffered < 1024:  # noqa: ASYNC110 - the server fills our window
+                await anyio.sleep(0.01)
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send, stream)
+                # The probe's PING after WINDOW_PROBE_AFTER (1 s) of waiting, past the limit.
+                while not (conn._ping_count or outcome):  # noqa: ASYNC110 - polling
+                    await anyio.sleep(0.01)
+                assert outcome == []
+                assert await stream.receive() == bytes(1024)
+            (error,) = outcome
+            assert isinstance(error, errors.TimeoutError)
+            assert "window closed for 0.3 s" in str(error)
+            assert conn.error is None
+
+
 async def wake_the_client_again_and_again(
     stream: ServerStream, frame: Callable[[], object]
 ) -> None:

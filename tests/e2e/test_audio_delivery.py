@@ -14,10 +14,12 @@ from flux_sagemaker import (
     ConnectionPool,
     EndOfTurn,
     FluxClient,
+    FluxError,
     KeepalivePolicy,
     Reconnected,
     RetryPolicy,
     StartOfTurn,
+    Timeouts,
 )
 from flux_sagemaker.core.timers import FLUSH_SLACK, SILENCE_STEP
 from flux_sagemaker.testing import Fault, FaultKind
@@ -487,6 +489,60 @@ async def test_no_keepalive_silence_goes_into_audio_a_slow_consumer_holds_back(
     (stream,) = ep.streams
     assert bytes(stream.audio) == SAMPLE.pcm
     assert flux.stats.silence_bytes_sent == 0
+    assert [e.transcript for e in of_type(events, EndOfTurn)] == list(SAMPLE.turns)
+
+
+async def test_a_consumer_behind_for_longer_than_the_write_limit_does_not_fail_the_stream(
+    endpoint: EndpointFactory,
+) -> None:
+    """The consumer stops iterating in the middle of a turn for longer than ``Timeouts.write``.
+    The client stops reading, the server (which, like the mock, answers and reads in one task)
+    stops taking audio, and ``send_audio`` waits for a window only our own consumer can open.
+    The write limit counted that wait as the server's fault: the stream failed with
+    TimeoutError ("the server kept stream 1's flow-control window closed"), which ends a
+    session without retries and costs one a reconnect."""
+    timeouts = Timeouts(connect=3.0, connected=3.0, close=3.0, write=0.5, ping_interval=None)
+    resume = anyio.Event()
+    events: list[object] = []
+    failures: list[FluxError] = []
+
+    async def consume() -> None:
+        try:
+            async for event in flux:
+                events.append(event)
+                if isinstance(event, StartOfTurn):
+                    await resume.wait()  # stops iterating, the turn open
+        except FluxError as exc:
+            failures.append(exc)
+
+    async def send() -> None:
+        try:
+            for offset in range(0, len(SAMPLE.pcm), ms(20)):
+                await flux.send_audio(SAMPLE.pcm[offset : offset + ms(20)])
+            await flux.close()
+        except FluxError:
+            assert flux.is_closed  # the iterator raises why
+
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with (
+            endpoint(receive_window=4096) as ep,
+            ConnectionPool(receive_window=512) as pool,
+            client_for(ep, pool=pool, timeouts=timeouts, max_buffered_events=1) as flux,
+            anyio.create_task_group() as tg,
+        ):
+            assert flux._current is not None
+            connection = flux._current.h2.connection
+            tg.start_soon(consume)
+            tg.start_soon(send)
+            # Until the sender has waited twice the write limit: the PING that probes the
+            # connection after WINDOW_PROBE_AFTER (1 s) of waiting (the only PING here), or
+            # the session's failure.
+            while not (connection._ping_count or flux.is_closed):  # noqa: ASYNC110 - polling
+                await anyio.sleep(0.01)
+            resume.set()
+    assert failures == []
+    (stream,) = ep.streams
+    assert bytes(stream.audio) == SAMPLE.pcm
     assert [e.transcript for e in of_type(events, EndOfTurn)] == list(SAMPLE.turns)
 
 
