@@ -196,6 +196,11 @@ class SessionTimers:
     """Duration of the application's last chunk: a turn is not quiet before two of them."""
     last_idle_ping: float = 0.0
     """When the idle keepalive last sent its one sample (too little audio to expect events)."""
+    silence_held_at: float | None = None
+    """When :meth:`due` held back the first step of an open turn's silence because it looked
+    late (see :meth:`due`), or ``None``."""
+    silence_running: bool = False
+    """Keepalive silence is being sent: no application audio since its last step."""
     stall_seen_at: float | None = None
     """When :meth:`due` first saw a stall that it has not yet reported, or ``None``."""
     checks_due_at: float = 0.0
@@ -253,6 +258,8 @@ class SessionTimers:
         """
         self.last_app_audio = now
         self.last_chunk_s = chunk_s
+        self.silence_held_at = None
+        self.silence_running = False
         if not pending:
             moved = self.pending_since is not None
             self.pending_since = None
@@ -297,10 +304,23 @@ class SessionTimers:
         policy = self.policy
         if policy.turn_silence_after is not None and turn_open:
             gap = max(policy.turn_silence_after, 2 * self.last_chunk_s)
-            if now - self.last_app_audio >= gap:
+            quiet = now - self.last_app_audio
+            if (
+                quiet >= gap + SILENCE_STEP
+                and not self.silence_running
+                and self.silence_held_at is None
+            ):
+                # A step late for the first step: the event loop may have been blocked (a
+                # consumer's synchronous call), and the application's audio held up with it
+                # may come now. Silence sent first would go in the middle of its speech.
+                self.silence_held_at = now
+                next_at = min(next_at, now + SILENCE_STEP)
+            elif quiet >= gap:
                 # Silence in real time: one step of audio per step of quiet.
                 actions.append(SendSilence(SILENCE_STEP))
                 self.last_app_audio += SILENCE_STEP
+                self.silence_held_at = None
+                self.silence_running = True
                 next_at = min(next_at, now + SILENCE_STEP)
             else:
                 self.silence_gap = gap

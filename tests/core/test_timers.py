@@ -98,6 +98,25 @@ def test_open_turn_gets_real_time_silence_after_the_gap() -> None:
     assert t.due(100.5 + SILENCE_STEP / 2, turn_open=True)[0] == []
 
 
+def test_a_late_look_holds_the_first_step_of_silence_back_for_audio_held_up() -> None:
+    """The event loop was blocked (a consumer's synchronous LLM call): the timers look long
+    past the gap, before the application's audio held up meanwhile was taken in. Silence sent
+    then went in the middle of the user's speech; it waits one step for that audio."""
+    t = timers(turn_silence_after=0.5)
+    t.on_app_audio(100.0, 0.02, pending=False)
+    actions, next_at = t.due(103.0, turn_open=True)  # blocked for 3 s
+    assert actions == []
+    assert next_at == pytest.approx(103.0 + SILENCE_STEP)
+    t.on_app_audio(103.01, 0.02, pending=False)  # the audio held up comes
+    assert t.due(103.0 + SILENCE_STEP, turn_open=True)[0] == []
+    # Really quiet: the late look's silence comes one step later, then in real time.
+    t.on_app_audio(110.0, 0.02, pending=False)
+    assert t.due(113.0, turn_open=True)[0] == []
+    assert t.due(113.0 + SILENCE_STEP, turn_open=True)[0] == [SendSilence(SILENCE_STEP)]
+    # Later steps are not held back, even when looked at late (a loaded machine).
+    assert t.due(113.0 + 3 * SILENCE_STEP, turn_open=True)[0] == [SendSilence(SILENCE_STEP)]
+
+
 def test_the_gap_is_at_least_two_chunks() -> None:
     t = timers(turn_silence_after=0.1)
     t.on_app_audio(100.0, 0.25, pending=False)
