@@ -7,6 +7,7 @@ the SageMaker bundles reject ``Finalize`` (flux.md 3.5), so neither exists here.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from typing import Any, Final
 
 import attrs
@@ -50,11 +51,11 @@ def force_end_turn() -> bytes:
     return FORCE_END_TURN
 
 
-def _keyterms(value: object) -> tuple[str, ...] | None:
+def _keyterms(value: Iterable[str] | None) -> tuple[str, ...] | None:
     return None if value is None else _s.check_keyterms(value)
 
 
-def _language_hints(value: object) -> tuple[str, ...] | None:
+def _language_hints(value: Iterable[str] | None) -> tuple[str, ...] | None:
     return None if value is None else _s.check_language_hints(value)
 
 

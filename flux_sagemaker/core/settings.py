@@ -139,19 +139,19 @@ def _number(field: str, value: object, low: float, high: float) -> float:
     return result
 
 
-def check_eot_threshold(value: object) -> float | None:
+def check_eot_threshold(value: float | None) -> float | None:
     """Validate ``eot_threshold``: ``None`` or a number in 0.5-1.0 (1.0 disables natural ends)."""
     return None if value is None else _number("eot_threshold", value, *EOT_THRESHOLD_RANGE)
 
 
-def check_eager_eot_threshold(value: object) -> float | None:
+def check_eager_eot_threshold(value: float | None) -> float | None:
     """Validate ``eager_eot_threshold``: ``None`` (eager mode off) or a number in 0.3-0.9."""
     if value is None:
         return None
     return _number("eager_eot_threshold", value, *EAGER_EOT_THRESHOLD_RANGE)
 
 
-def check_eot_timeout_ms(value: object) -> int | None:
+def check_eot_timeout_ms(value: int | None) -> int | None:
     """Validate ``eot_timeout_ms``: ``None`` or an int of milliseconds in 500-60000."""
     if value is None:
         return None
@@ -183,17 +183,17 @@ def _strings(
     return tuple(out)
 
 
-def check_keyterms(value: object) -> tuple[str, ...]:
+def check_keyterms(value: Iterable[str] | None) -> tuple[str, ...]:
     """Validate ``keyterms``: at most 100 non-empty terms of at most 100 characters, stripped."""
     return _strings("keyterms", value, max_count=MAX_KEYTERMS, max_length=MAX_KEYTERM_LENGTH)
 
 
-def check_tags(value: object) -> tuple[str, ...]:
+def check_tags(value: Iterable[str] | None) -> tuple[str, ...]:
     """Validate ``tags``: non-empty labels of at most 128 characters, stripped."""
     return _strings("tags", value, max_count=None, max_length=MAX_TAG_LENGTH)
 
 
-def check_language_hints(value: object) -> tuple[str, ...]:
+def check_language_hints(value: Iterable[str] | None) -> tuple[str, ...]:
     """Validate ``language_hints``: known codes, locales reduced to the base code, no repeats."""
     out: dict[str, None] = {}
     for item in _strings("language_hints", value, max_count=None, max_length=35):
@@ -211,16 +211,16 @@ def _flag(field: str, value: object) -> bool | None:
     return value
 
 
-def check_numerals(value: object) -> bool | None:
+def check_numerals(value: bool | None) -> bool | None:
     """Validate ``numerals``: a bool or None (strings like ``"true"`` are refused)."""
     return _flag("numerals", value)
 
 
-def _profanity_filter(value: object) -> bool | None:
+def _profanity_filter(value: bool | None) -> bool | None:
     return _flag("profanity_filter", value)
 
 
-def _mip_opt_out(value: object) -> bool | None:
+def _mip_opt_out(value: bool | None) -> bool | None:
     return _flag("mip_opt_out", value)
 
 
@@ -233,22 +233,22 @@ def _choice(field: str, value: object, choices: Iterable[str], *, optional: bool
     return str.__str__(value)  # a plain str, not the StrEnum member
 
 
-def _model(value: object) -> str:
+def _model(value: str) -> str:
     # Which names are allowed depends on allow_unknown_model, so that is checked after init.
     if not isinstance(value, str):
         raise _fail("model", value, "a model name such as " + Model.GENERAL_EN.value)
     return str.__str__(value)
 
 
-def _encoding(value: object) -> str | None:
+def _encoding(value: str | None) -> str | None:
     return _choice("encoding", value, Encoding, optional=True)
 
 
-def _redact(value: object) -> str | None:
+def _redact(value: str | None) -> str | None:
     return _choice("redact", value, Redact, optional=True)
 
 
-def _sample_rate(value: object) -> int | None:
+def _sample_rate(value: int | None) -> int | None:
     if value is None:
         return None
     if isinstance(value, bool) or not isinstance(value, int) or value not in SAMPLE_RATES:
@@ -256,7 +256,9 @@ def _sample_rate(value: object) -> int | None:
     return value
 
 
-def _extra_params(value: object) -> tuple[tuple[str, tuple[str, ...]], ...]:
+def _extra_params(
+    value: Mapping[str, str | Sequence[str]] | tuple[tuple[str, tuple[str, ...]], ...] | None,
+) -> tuple[tuple[str, tuple[str, ...]], ...]:
     # Also takes its own stored form (pairs), since attrs.evolve feeds it back in.
     if value is None:
         return ()
@@ -453,12 +455,10 @@ class FluxSettings:
                 raise ValidationError(f"unknown query parameter {key!r}")
         if "model" not in single:
             raise ValidationError("model is required in the query string")
-        kwargs: dict[str, Any] = {k: _parse_param(k, v) for k, v in single.items()}
+        kwargs: dict[str, Any] = {k: _parse_param(k, v) for k, v in single.items()} | repeated
         kwargs.setdefault("encoding", None)
         kwargs.setdefault("sample_rate", None)
-        return cls(
-            **kwargs, **repeated, extra_params=extra, allow_unknown_model=allow_unknown_model
-        )
+        return cls(**kwargs, extra_params=extra, allow_unknown_model=allow_unknown_model)
 
 
 def _render_value(value: object) -> str:

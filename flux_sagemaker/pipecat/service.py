@@ -403,18 +403,22 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
                 hints = _language_codes(s.language_hints)
             elif warn:
                 logger.warning(f"language_hints only supported on {_MULTILINGUAL_MODEL}; ignored")
+        # Pipecat types its fields loosely (NotGiven, a None model): FluxSettings checks them.
+        pipecat_fields: dict[str, Any] = {
+            "model": s.model,
+            "eot_threshold": s.eot_threshold,
+            "eager_eot_threshold": s.eager_eot_threshold,
+            "eot_timeout_ms": s.eot_timeout_ms,
+            "keyterms": s.keyterm,
+            "numerals": s.numerals,
+            "profanity_filter": s.profanity_filter,
+            "redact": s.redact,
+        }
         return FluxSettings(
-            model=s.model,
+            **pipecat_fields,
             encoding=self._encoding,
             sample_rate=self.sample_rate,
-            eot_threshold=s.eot_threshold,
-            eager_eot_threshold=s.eager_eot_threshold,
-            eot_timeout_ms=s.eot_timeout_ms,
-            keyterms=s.keyterm,
             language_hints=hints,
-            numerals=s.numerals,
-            profanity_filter=s.profanity_filter,
-            redact=s.redact,
             mip_opt_out=self._mip_opt_out,
             tags=self._tag,
             extra_params=dict(s.extra),

@@ -180,6 +180,15 @@ def test_eager_checked_against_the_default_eot() -> None:
     assert FluxSettings(eager_eot_threshold=0.85, eot_threshold=0.9).eager_eot_threshold == 0.85
 
 
+def test_the_constructor_is_typed_for_type_checkers() -> None:
+    # attrs types __init__ by its converters' parameters: typed `object`, they let mypy accept
+    # FluxSettings(sample_rate="16000") or keyterms=5 in a user's code (caught only at run time).
+    annotations = FluxSettings.__init__.__annotations__
+    assert [name for name, hint in annotations.items() if hint in ("object", object)] == []
+    assert annotations["sample_rate"] == "int | None"
+    assert annotations["keyterms"] == "Iterable[str] | None"
+
+
 def test_with_changes_validates() -> None:
     s = FluxSettings(eager_eot_threshold=0.6)
     assert s.with_changes(eot_threshold=0.9).eot_threshold == 0.9
