@@ -41,7 +41,7 @@ class FaultKind(enum.Enum):
     NO_CONNECTED = "no_connected"
 
 
-def _fault_kind(value: object) -> FaultKind:
+def _fault_kind(value: FaultKind | str) -> FaultKind:
     # A plain string would never equal an enum member: the fault would silently never strike,
     # and a test meant to exercise it would pass without it. Its value is accepted instead.
     if isinstance(value, FaultKind):

@@ -162,6 +162,12 @@ def test_a_fault_kind_given_as_its_value_is_that_kind() -> None:
         Fault(kind="reset")
 
 
+def test_a_fault_kind_is_typed_for_type_checkers() -> None:
+    # attrs types __init__ by the converter's parameter: typed `object`, mypy accepted
+    # Fault(kind=3) or kind=None in a user's test.
+    assert Fault.__init__.__annotations__["kind"] == "FaultKind | str"
+
+
 @pytest.mark.parametrize(
     "kwargs",
     [
