@@ -104,7 +104,8 @@ class StreamSession:
         try:
             while True:
                 # SageMaker's limit holds for a client that sends nothing too.
-                with anyio.move_on_at(self._deadline()) as waiting:
+                # A CancelScope, not anyio.move_on_at (new in anyio 4.15; we support 4.5).
+                with anyio.CancelScope(deadline=self._deadline()) as waiting:
                     chunk = await self.stream.receive()
                 if waiting.cancelled_caught:
                     await self._time_exceeded()
