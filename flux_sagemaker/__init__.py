@@ -62,7 +62,7 @@ from .errors import (
     UsageError,
     ValidationError,
 )
-from .pool import ConnectionPool
+from .pool import ConnectionPool, PoolStats
 from .transport import Timeouts
 
 try:
@@ -104,6 +104,7 @@ __all__ = [
     "ModelError",
     "ModelStreamError",
     "OperationError",
+    "PoolStats",
     "ProtocolError",
     "Reconnected",
     "Redact",

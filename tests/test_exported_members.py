@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import inspect
+import sys
+import typing
 from types import ModuleType
 
 import pytest
@@ -44,3 +46,34 @@ def test_errors_are_all_flux_errors_with_a_retryable_flag() -> None:
         cls = getattr(flux_sagemaker.errors, name)
         assert issubclass(cls, flux_sagemaker.FluxError)
         assert isinstance(cls.retryable, bool)
+
+
+def _flux_classes(hint: object) -> set[type]:
+    """The flux_sagemaker classes a type hint names (inside unions and generics too)."""
+    if isinstance(hint, type) and hint.__module__.startswith("flux_sagemaker"):
+        return {hint}
+    return {c for arg in typing.get_args(hint) for c in _flux_classes(arg)}
+
+
+def test_what_public_methods_and_properties_return_is_exported() -> None:
+    """A user can name (import, annotate with) every flux_sagemaker type the API hands back."""
+    exported = {
+        getattr(module, name)
+        for module in (flux_sagemaker, flux_sagemaker.testing, flux_sagemaker.errors)
+        for name in module.__all__
+    }
+    missing = set()
+    for cls in [c for c in exported if inspect.isclass(c)]:
+        for name, member in vars(cls).items():
+            if name.startswith("_"):
+                continue
+            func = member.fget if isinstance(member, property) else member
+            if not callable(func):
+                continue
+            hints = typing.get_type_hints(func, vars(sys.modules[cls.__module__]))
+            for returned in _flux_classes(hints.get("return")):
+                if returned not in exported:
+                    missing.add(f"{cls.__name__}.{name} -> {returned.__name__}")
+    # The HTTP/2 stream under a session is the client's own business; the pool hands it over
+    # for FluxClient (and for tests of the transport).
+    assert sorted(missing) == ["ConnectionPool.open_stream -> H2Stream"]

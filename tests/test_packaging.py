@@ -91,3 +91,12 @@ def test_the_anyio_api_used_exists_in_the_oldest_anyio_we_accept() -> None:
         if _version(added) > floor
     }
     assert newer == {}
+
+
+def test_the_license_text_ships_with_both_distributions() -> None:
+    # MIT asks for its text to come with every copy: hatchling puts LICENSE in the wheel's
+    # metadata on its own; the sdist takes what its include list names.
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text("utf-8"))
+    assert pyproject["project"]["license"] == "MIT"
+    assert "MIT License" in (ROOT / "LICENSE").read_text("utf-8")
+    assert "LICENSE" in pyproject["tool"]["hatch"]["build"]["targets"]["sdist"]["include"]

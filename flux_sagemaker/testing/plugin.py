@@ -17,8 +17,8 @@ keyword arguments of :class:`~flux_sagemaker.testing.MockFluxEndpoint` (``script
 ``bundle``, ``faults``, ``region``, ``endpoint_name``, ``script_scope``, ...); the closest marker
 wins (function over class over module).
 
-Loading the plugin imports nothing optional: ``trustme`` (needed only for ``tls=True``) is imported
-when an endpoint with TLS starts, and the mock server when a test first asks for the fixture.
+Loading the plugin imports the package and its mock server, but nothing optional: ``trustme``
+(needed only for ``tls=True``) is imported when an endpoint with TLS starts.
 """
 
 from __future__ import annotations
