@@ -1,9 +1,10 @@
 """Soak: many concurrent Flux sessions in real time, with random faults, and an audio audit.
 
-``python -m benchmarks.soak [--streams 100] [--duration 60] [--seed 1]`` (or ``nox -s soak -- ...``)
-runs that many :class:`~flux_sagemaker.FluxClient` sessions against one in-process
-:class:`~flux_sagemaker.testing.MockFluxEndpoint`. Each session streams the bundled sample, looped,
-as 20 ms frames in real time, then closes cleanly. Meanwhile seeded random faults strike:
+``python -m benchmarks.soak [--streams 100] [--duration 60] [--seed 1] [--processes P]`` (or
+``nox -s soak -- ...``) runs that many :class:`~flux_sagemaker.FluxClient` sessions against an
+in-process :class:`~flux_sagemaker.testing.MockFluxEndpoint`. Each session streams the bundled
+sample, looped, as 20 ms frames in real time, then closes cleanly. Meanwhile seeded random faults
+strike:
 
 * in-stream faults (the mock's :class:`~flux_sagemaker.testing.Fault`, planned for the streams
   as the endpoint numbers them): reset, stall, ``ModelStreamError``, ``InternalStreamFailure``,
@@ -13,6 +14,13 @@ as 20 ms frames in real time, then closes cleanly. Meanwhile seeded random fault
 * refused reconnects: throttling (400), 503 and 500 answers to the next request(s).
 
 No fault is started in the last ``--quiet-tail`` seconds, so every session can close cleanly.
+
+With ``--processes P`` (default: the cores this process may use) the sessions are split among P
+child processes, each with a mock of its own, its own fault RNG (derived from ``--seed``) and its
+own audit; the parent adds up their summaries. A session meets the same faults as in one process:
+stream faults per stream as before, connection faults as often per connection pool (so on the
+default pool every process keeps the full ``--conn-fault-rate``), refusals split by the sessions,
+whose reconnects they refuse. ``--processes 1`` runs everything in this process.
 
 The audit does not trust the client's own offsets. The first 8 samples of every frame are a
 marker (magic, session, frame number) at most 255 in amplitude, far below the mock VAD's
@@ -33,13 +41,18 @@ from __future__ import annotations
 import argparse
 import collections
 import contextlib
+import itertools
+import json
 import math
+import os
 import random
 import resource
 import struct
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import anyio
@@ -334,9 +347,17 @@ async def run_session(
 
 
 async def plan_stream_faults(
-    endpoint: MockFluxEndpoint, rng: random.Random, args: argparse.Namespace, until: float
+    endpoint: MockFluxEndpoint,
+    rng: random.Random,
+    args: argparse.Namespace,
+    until: float,
+    sessions: int | None = None,
 ) -> None:
-    """Give streams a random fault as the endpoint numbers them, while faults are allowed."""
+    """Give streams a random fault as the endpoint numbers them, while faults are allowed.
+
+    ``sessions`` is how many sessions use ``endpoint`` (default ``args.streams``): the first
+    stream of each is planned at once."""
+    sessions = args.streams if sessions is None else sessions
     planned = 0
     kinds = STREAM_FAULTS + (CONNECTION_FAULTS if args.sessions_per_pool == 1 else ())
     while anyio.current_time() < until:
@@ -348,9 +369,9 @@ async def plan_stream_faults(
         # its turn came (a reconnect storm opens many within one round) gets none: injected
         # now, its fault would strike at once, on audio already received, above the ratio.
         opened = len(endpoint.streams)
-        end = max(opened, args.streams) + 5
+        end = max(opened, sessions) + 5
         for index in range(max(planned, opened), end):
-            first = index < args.streams
+            first = index < sessions
             if rng.random() < (args.fault_ratio if first else args.refault_ratio):
                 low = 1.0 if first else 0.5
                 endpoint.inject(
@@ -408,12 +429,124 @@ def _rss_kib() -> int:
     return 0
 
 
-async def soak(args: argparse.Namespace) -> int:
-    """Run the soak; print the summary; return the exit status."""
-    rng = random.Random(args.seed)
+def split_sessions(streams: int, processes: int, sessions_per_pool: int) -> list[range]:
+    """The session numbers of each process: contiguous, as even as can be, and the sessions of
+    one pool (``sessions_per_pool``) in one process. Fewer ranges than ``processes`` when there
+    are fewer pools (or sessions) than that."""
+    group = sessions_per_pool or 1
+    groups = math.ceil(streams / group)
+    count = min(processes, groups)
+    bounds = [min(streams, group * (groups * k // count)) for k in range(count + 1)]
+    return [range(start, end) for start, end in itertools.pairwise(bounds)]
+
+
+def process_rates(args: argparse.Namespace, sessions: range) -> tuple[float, float]:
+    """The connection-fault and refusal rates of the process that runs ``sessions``.
+
+    Each session meets the faults it would meet with every session in one process. A connection
+    fault strikes one connection: on the default pool (``--sessions-per-pool 0``) the sessions of a
+    process share one, so each process keeps the full rate; with pools, the rate goes with the
+    pools. A refusal answers the next request(s), which the sessions' reconnects make: it goes
+    with the sessions."""
+    share = len(sessions) / args.streams
+    if args.sessions_per_pool:
+        pools = math.ceil(len(sessions) / args.sessions_per_pool)
+        conn_rate = args.conn_fault_rate * pools / math.ceil(args.streams / args.sessions_per_pool)
+    else:
+        conn_rate = args.conn_fault_rate
+    return conn_rate, args.refusal_rate * share
+
+
+def process_seed(seed: int, index: int, processes: int) -> int | str:
+    """The fault RNG's seed in process ``index`` of ``processes``: ``seed`` itself in one process,
+    else one of its own, derived from ``seed`` (a string seed is hashed the same on every run)."""
+    return seed if processes == 1 else f"soak seed {seed}, process {index} of {processes}"
+
+
+@attrs.define
+class Summary:
+    """The figures of a run, or of one process of it: plain numbers, so that they cross a pipe as
+    JSON and add up (see :func:`merge`)."""
+
+    processes: int = 1
+    streams: int = 0
+    wall_s: float = 0.0
+    max_lag_s: float = 0.0
+    cpu_s: float = 0.0
+    rss_end_kib: int = 0
+    rss_peak_kib: int = 0
+    streams_opened: int = 0
+    streams_seen: int = 0
+    struck: dict[str, int] = attrs.field(factory=dict)
+    connection_faults: dict[str, int] = attrs.field(factory=dict)
+    refused: dict[str, int] = attrs.field(factory=dict)
+    """By HTTP status (as a string: JSON keys are)."""
+    refusals_queued: int = 0
+    reconnects: int = 0
+    sessions_reconnected: int = 0
+    replayed_s: float = 0.0
+    max_replay_s: float = 0.0
+    turns: int = 0
+    failures: dict[str, int] = attrs.field(factory=dict)
+    retryable_failures: int = 0
+    other_failures: int = 0
+    cut_short: int = 0
+    """Sessions that ended early without an error: an internal task crashed and cancelled them."""
+    app_bytes: int = 0
+    accepted_bytes: int = 0
+    replayed_bytes: int = 0
+    received_bytes: int = 0
+    silence_bytes: int = 0
+    lost_bytes: int = 0
+    lost_in_failed_sessions: int = 0
+    sessions_with_loss: list[int] = attrs.field(factory=list)
+    corrupt_bytes: int = 0
+    mixed_streams: int = 0
+    out_of_order: int = 0
+
+
+# The run's figure of these is the largest of its processes'; of the others, the sum.
+_LARGEST = frozenset({"wall_s", "max_lag_s", "max_replay_s"})
+
+
+def merge(summaries: list[Summary]) -> Summary:
+    """The summary of a run made of these processes' summaries."""
+    merged = Summary(processes=0)
+    for field in attrs.fields(Summary):
+        values = [getattr(summary, field.name) for summary in summaries]
+        value: Any
+        if isinstance(getattr(merged, field.name), dict):
+            value = dict(
+                sorted(sum(map(collections.Counter, values), collections.Counter()).items())
+            )
+        elif isinstance(getattr(merged, field.name), list):
+            value = sorted(item for items in values for item in items)
+        elif field.name in _LARGEST:
+            value = max(values, default=0.0)
+        else:
+            value = sum(values)
+        setattr(merged, field.name, value)
+    return merged
+
+
+def is_bad(summary: Summary, allow_retryable_failures: bool) -> bool:
+    """Whether the run fails: audio lost, corrupt or repeated, or a session failed (with a
+    retryable error: unless ``allow_retryable_failures``) or was cut short."""
+    bad = summary.lost_bytes or summary.lost_in_failed_sessions or summary.corrupt_bytes
+    bad = bad or summary.mixed_streams or summary.out_of_order or summary.other_failures
+    bad = bad or summary.cut_short
+    return bool(bad or (summary.retryable_failures and not allow_retryable_failures))
+
+
+async def soak(args: argparse.Namespace, index: int = 0) -> Summary:
+    """Run process ``index``'s share of the soak (all of it with ``--processes 1``); return its
+    figures."""
+    sessions = split_sessions(args.streams, args.processes, args.sessions_per_pool)[index]
+    conn_fault_rate, refusal_rate = process_rates(args, sessions)
+    rng = random.Random(process_seed(args.seed, index, args.processes))
     pcm = load_sample().pcm
     frames = round(args.duration / FRAME_S)
-    results = [SessionResult(i) for i in range(args.streams)]
+    results = [SessionResult(i) for i in sessions]
     injected = Injected()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.monotonic()
@@ -423,28 +556,26 @@ async def soak(args: argparse.Namespace) -> int:
         async with contextlib.AsyncExitStack() as stack:
             pools = [
                 await stack.enter_async_context(ConnectionPool())
-                for _ in range(math.ceil(args.streams / args.sessions_per_pool) if shared else 0)
+                for _ in range(math.ceil(len(sessions) / args.sessions_per_pool) if shared else 0)
             ]
             faults = await stack.enter_async_context(anyio.create_task_group())
-            faults.start_soon(plan_stream_faults, endpoint, rng, args, fault_deadline)
             faults.start_soon(
-                inject_connection_faults,
-                endpoint,
-                rng,
-                args.conn_fault_rate,
-                fault_deadline,
-                injected,
+                plan_stream_faults, endpoint, rng, args, fault_deadline, len(sessions)
             )
             faults.start_soon(
-                refuse_requests, endpoint, rng, args.refusal_rate, fault_deadline, injected
+                inject_connection_faults, endpoint, rng, conn_fault_rate, fault_deadline, injected
             )
-            async with anyio.create_task_group() as sessions:
+            faults.start_soon(
+                refuse_requests, endpoint, rng, refusal_rate, fault_deadline, injected
+            )
+            async with anyio.create_task_group() as tasks:
                 for result in results:
-                    sessions.start_soon(
+                    pool_index = (result.session - sessions.start) // (args.sessions_per_pool or 1)
+                    tasks.start_soon(
                         run_session,
                         result,
                         endpoint,
-                        pools[result.session // args.sessions_per_pool] if shared else None,
+                        pools[pool_index] if shared else None,
                         SessionAudio(result.session, pcm),
                         frames,
                         args.ramp * result.session / args.streams,
@@ -456,121 +587,206 @@ async def soak(args: argparse.Namespace) -> int:
         records = list(endpoint.streams)
     failed = {r.session for r in results if r.error is not None}
     report = audit(records, {r.session: r.frames_sent for r in results}, failed, pcm)
-    return print_summary(
-        args, results, records, injected, report, wall, cpu0, cpu1, rss_before_audit
-    )
+    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+    summary = summarize(results, records, injected, report, frames)
+    summary.wall_s, summary.cpu_s, summary.rss_end_kib = wall, cpu, rss_before_audit
+    summary.rss_peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return summary
 
 
-def print_summary(
-    args: argparse.Namespace,
+def summarize(
     results: list[SessionResult],
     records: list[RecordedStream],
     injected: Injected,
     report: Audit,
-    wall: float,
-    cpu0: Any,
-    cpu1: Any,
-    rss_before_audit: int,
-) -> int:
-    """Print the figures; return 1 if audio was lost or corrupt, or a session failed (with a
-    retryable error: unless ``--allow-retryable-failures``)."""
-    struck = collections.Counter(
-        r.error.removeprefix("fault: ")
-        for r in records
-        if r.error and r.error.startswith("fault: ")
-    )
-    refused = collections.Counter(r.status for r in records if r.status not in (0, 200))
+    frames: int,
+) -> Summary:
+    """The figures of one process's sessions, the mock's records and the audit (without the
+    process's time and memory)."""
     replays = [e.replayed_audio_s for r in results for e in r.reconnects]
-    failures = collections.Counter(
-        f"{type(r.error).__name__} (retryable={r.error.retryable}"
-        f"{', in close()' if r.closing else ''}): {str(r.error)[:80]}"
-        for r in results
-        if r.error is not None
+    return Summary(
+        streams=len(results),
+        max_lag_s=max((r.max_lag for r in results), default=0.0),
+        streams_opened=sum(r.streams_opened for r in results),
+        streams_seen=len(records),
+        struck=dict(
+            collections.Counter(
+                r.error.removeprefix("fault: ")
+                for r in records
+                if r.error and r.error.startswith("fault: ")
+            )
+        ),
+        connection_faults=dict(injected.connection),
+        refused=dict(
+            collections.Counter(str(r.status) for r in records if r.status not in (0, 200))
+        ),
+        refusals_queued=injected.refusals_queued,
+        reconnects=len(replays),
+        sessions_reconnected=sum(1 for r in results if r.reconnects),
+        replayed_s=sum(replays),
+        max_replay_s=max(replays, default=0.0),
+        turns=sum(r.turns for r in results),
+        failures=dict(
+            collections.Counter(
+                f"{type(r.error).__name__} (retryable={r.error.retryable}"
+                f"{', in close()' if r.closing else ''}): {str(r.error)[:80]}"
+                for r in results
+                if r.error is not None
+            )
+        ),
+        retryable_failures=sum(1 for r in results if r.error is not None and r.error.retryable),
+        other_failures=sum(1 for r in results if r.error is not None and not r.error.retryable),
+        cut_short=sum(1 for r in results if r.error is None and r.frames_sent < frames),
+        app_bytes=sum(r.frames_sent for r in results) * FRAME_BYTES,
+        accepted_bytes=sum(r.accepted_bytes for r in results),
+        replayed_bytes=sum(r.replayed_bytes for r in results),
+        received_bytes=report.received_bytes,
+        silence_bytes=report.silence_bytes,
+        lost_bytes=report.lost_bytes,
+        lost_in_failed_sessions=report.lost_in_failed_sessions,
+        sessions_with_loss=report.sessions_with_loss,
+        corrupt_bytes=report.corrupt_bytes,
+        mixed_streams=report.mixed_streams,
+        out_of_order=report.out_of_order,
     )
-    retryable_failures = sum(1 for r in results if r.error is not None and r.error.retryable)
-    other_failures = sum(1 for r in results if r.error is not None and not r.error.retryable)
-    # A session cut short without an error: an internal task crashed and cancelled it.
-    frames = round(args.duration / FRAME_S)
-    cut_short = sum(1 for r in results if r.error is None and r.frames_sent < frames)
-    cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    app_bytes = sum(r.frames_sent for r in results) * FRAME_BYTES
-    lag_ms = max(r.max_lag for r in results) * 1000
-    connection_faults = dict(sorted(injected.connection.items()))
+
+
+def format_summary(args: argparse.Namespace, summary: Summary) -> str:
+    """The figures, one per line, under a title line."""
+    s = summary
+    failures = collections.Counter(s.failures)
+    refused = {int(status): count for status, count in sorted(s.refused.items())}
+    where = (
+        "client and mock in one process"
+        if s.processes == 1
+        else f"in {s.processes} processes, each with its sessions' mock"
+    )
     rows = [
-        ("wall time", f"{wall:.1f} s (max lag of a frame behind real time {lag_ms:.0f} ms)"),
+        (
+            "wall time",
+            f"{s.wall_s:.1f} s (max lag of a frame behind real time {s.max_lag_s * 1000:.0f} ms)",
+        ),
         (
             "HTTP/2 streams opened",
-            f"{sum(r.streams_opened for r in results)} by the clients, "
-            f"{len(records)} seen by the mock",
+            f"{s.streams_opened} by the clients, {s.streams_seen} seen by the mock",
         ),
-        ("faults in streams (struck)", f"{sum(struck.values())} {dict(sorted(struck.items()))}"),
-        ("faults on connections", f"{sum(connection_faults.values())} {connection_faults}"),
+        (
+            "faults in streams (struck)",
+            f"{sum(s.struck.values())} {dict(sorted(s.struck.items()))}",
+        ),
+        (
+            "faults on connections",
+            f"{sum(s.connection_faults.values())} {dict(sorted(s.connection_faults.items()))}",
+        ),
         (
             "requests refused",
-            f"{sum(refused.values())} by status {dict(sorted(refused.items()))} "
-            f"({injected.refusals_queued} queued)",
+            f"{sum(refused.values())} by status {refused} ({s.refusals_queued} queued)",
         ),
-        (
-            "reconnects",
-            f"{len(replays)} (in {sum(1 for r in results if r.reconnects)} sessions)",
-        ),
+        ("reconnects", f"{s.reconnects} (in {s.sessions_reconnected} sessions)"),
         (
             "replayed audio per reconnect",
-            f"max {max(replays, default=0):.2f} s, "
-            f"mean {sum(replays) / len(replays) if replays else 0:.2f} s",
+            f"max {s.max_replay_s:.2f} s, "
+            f"mean {s.replayed_s / s.reconnects if s.reconnects else 0:.2f} s",
         ),
-        ("turns completed (EndOfTurn)", f"{sum(r.turns for r in results)}"),
+        ("turns completed (EndOfTurn)", f"{s.turns}"),
         (
             "sessions failed",
-            f"{sum(failures.values())} ({retryable_failures} with a retryable error); "
-            f"{cut_short} more ended early without an error",
+            f"{sum(failures.values())} ({s.retryable_failures} with a retryable error); "
+            f"{s.cut_short} more ended early without an error",
         ),
         *(("", f"{count} x {why}") for why, count in failures.most_common()),
         (
             "audio sent by the application",
-            f"{app_bytes} bytes (client accepted {sum(r.accepted_bytes for r in results)})",
+            f"{s.app_bytes} bytes (client accepted {s.accepted_bytes})",
         ),
         (
             "audio received by the mock",
-            f"{report.received_bytes} bytes (client replayed "
-            f"{sum(r.replayed_bytes for r in results)}, keepalive silence {report.silence_bytes})",
+            f"{s.received_bytes} bytes (client replayed {s.replayed_bytes}, "
+            f"keepalive silence {s.silence_bytes})",
         ),
         (
             "audio bytes lost",
-            f"{report.lost_bytes} (+{report.lost_in_failed_sessions} in failed sessions; "
-            f"sessions with loss: {report.sessions_with_loss[:10]})",
+            f"{s.lost_bytes} (+{s.lost_in_failed_sessions} in failed sessions; "
+            f"sessions with loss: {s.sessions_with_loss[:10]})",
         ),
-        (
-            "corrupt audio bytes",
-            f"{report.corrupt_bytes} (streams mixing sessions: {report.mixed_streams})",
-        ),
-        ("frames repeated out of order", f"{report.out_of_order} (after the replay, in a stream)"),
-        (
-            "CPU",
-            f"{cpu:.1f} s ({cpu / wall * 100:.0f}% of one core; client and mock in one process)",
-        ),
+        ("corrupt audio bytes", f"{s.corrupt_bytes} (streams mixing sessions: {s.mixed_streams})"),
+        ("frames repeated out of order", f"{s.out_of_order} (after the replay, in a stream)"),
+        ("CPU", f"{s.cpu_s:.1f} s ({s.cpu_s / s.wall_s * 100:.0f}% of one core; {where})"),
         (
             "RSS",
-            f"{rss_before_audit / 1024:.0f} MiB at the end (with the mock's records), "
-            f"peak {peak:.0f} MiB",
+            f"{s.rss_end_kib / 1024:.0f} MiB at the end (with the mock's records), "
+            f"peak {s.rss_peak_kib / 1024:.0f} MiB" + ("" if s.processes == 1 else " (summed)"),
         ),
     ]
-    lines = [
+    title = (
         f"soak: {args.streams} sessions x {args.duration:g} s, seed {args.seed}, "
         + (
             f"{args.sessions_per_pool} session(s) per connection pool"
             if args.sessions_per_pool
             else "all sessions on the default connection pool"
-        ),
-        *(f"  {label:<30}{text}" for label, text in rows),
+        )
+        + ("" if s.processes == 1 else f", {s.processes} processes")
+    )
+    return "\n".join([title, *(f"  {label:<30}{text}" for label, text in rows)])
+
+
+def combine(
+    args: argparse.Namespace,
+    shares: list[range],
+    outputs: list[tuple[int, str]],
+) -> tuple[str, int]:
+    """The report and exit status of a run in processes, from each process's exit status and
+    output (its summary as JSON on the last line): 1 if the run failed, if a process exited with
+    an error or gave no summary (its sessions were not audited)."""
+    lines: list[str] = []
+    summaries: list[Summary] = []
+    status = 0
+    for index, (share, (returncode, output)) in enumerate(zip(shares, outputs, strict=True)):
+        head = f"process {index} (sessions {share.start}-{share.stop - 1})"
+        try:
+            summary = Summary(**json.loads(output.splitlines()[-1]))
+        except (IndexError, ValueError, TypeError):
+            lines.append(f"{head}: exited with status {returncode} and no summary")
+            status = 1
+            continue
+        summaries.append(summary)
+        failed = sum(summary.failures.values())
+        verdict = "FAIL" if is_bad(summary, args.allow_retryable_failures) else "PASS"
+        lines.append(
+            f"{head}: {verdict}, exit status {returncode}, wall {summary.wall_s:.1f} s, "
+            f"max lag {summary.max_lag_s:.1f} s, {failed} session(s) failed, "
+            f"{summary.lost_bytes} bytes lost"
+        )
+        status = status or int(returncode != 0)
+    merged = merge(summaries)
+    if summaries:
+        lines.insert(0, format_summary(args, merged))
+    bad = status or is_bad(merged, args.allow_retryable_failures)
+    return "\n".join([*lines, f"RESULT: {'FAIL' if bad else 'PASS'}"]), int(bool(bad))
+
+
+def run_processes(args: argparse.Namespace, argv: list[str]) -> int:
+    """Run the soak in ``args.processes`` child processes; print the combined report; return the
+    exit status."""
+    shares = split_sessions(args.streams, args.processes, args.sessions_per_pool)
+    # The same command line, last options winning: each child runs its share and prints JSON.
+    command = [sys.executable, "-m", "benchmarks.soak", *argv, "--processes", str(len(shares))]
+    children = [
+        subprocess.Popen(
+            [*command, "--process-index", str(index)],
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        for index in range(len(shares))
     ]
-    print("\n".join(lines))
-    bad = report.lost_bytes or report.lost_in_failed_sessions or report.corrupt_bytes
-    bad = bad or report.mixed_streams or report.out_of_order or other_failures or cut_short
-    bad = bad or (retryable_failures and not args.allow_retryable_failures)
-    print("RESULT:", "FAIL" if bad else "PASS")
-    return 1 if bad else 0
+    # Read every pipe at once, so that no child blocks on a full one.
+    with ThreadPoolExecutor(len(children)) as readers:
+        outputs = list(readers.map(lambda child: child.communicate()[0], children))
+    text, status = combine(
+        args, shares, [(c.returncode, out) for c, out in zip(children, outputs, strict=True)]
+    )
+    print(text)
+    return status
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -619,16 +835,40 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="report sessions that ran out of retries without failing the run (lost, corrupt "
         "or repeated audio and non-retryable errors still fail it)",
     )
+    parser.add_argument(
+        "--processes",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="child processes that share the sessions, each with a mock of its own (default: "
+        "the cores this process may use; 1: client and mock in this process, which falls "
+        "seconds behind real time on 2 cores)",
+    )
+    # A child of a run in processes: run this share, print the summary as JSON.
+    parser.add_argument("--process-index", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if not 1 <= args.streams <= 5000 or not 1 <= args.duration <= 3600:
         parser.error("--streams must be 1..5000 and --duration 1..3600 (bounded run)")
+    if not 1 <= args.processes <= 64:
+        parser.error("--processes must be 1..64")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of ``python -m benchmarks.soak``."""
+    argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
-    return anyio.run(soak, args, backend=args.backend)
+    if args.process_index is not None:
+        summary = anyio.run(soak, args, args.process_index, backend=args.backend)
+        print(json.dumps(attrs.asdict(summary)))
+        return int(is_bad(summary, args.allow_retryable_failures))
+    if len(split_sessions(args.streams, args.processes, args.sessions_per_pool)) > 1:
+        return run_processes(args, argv)
+    args.processes = 1  # one share: the whole run, here
+    summary = anyio.run(soak, args, backend=args.backend)
+    bad = is_bad(summary, args.allow_retryable_failures)
+    print(format_summary(args, summary))
+    print("RESULT:", "FAIL" if bad else "PASS")
+    return int(bad)
 
 
 if __name__ == "__main__":

@@ -417,6 +417,148 @@ def _planned(*, streams_open: int, sessions_per_pool: int) -> _PlanningEndpoint:
     return endpoint
 
 
+def test_soak_plans_the_first_stream_of_each_session_of_its_process() -> None:
+    # A process of a run in processes: its mock sees only its own sessions' streams.
+    args = soak.parse_args(["--streams", "100"])
+    args.fault_ratio = args.refault_ratio = 1.0
+    endpoint = _PlanningEndpoint(streams=0)
+
+    async def plan() -> None:
+        until = anyio.current_time() + 0.01
+        await soak.plan_stream_faults(endpoint, random.Random(3), args, until, 50)  # type: ignore[arg-type]
+
+    anyio.run(plan)
+    assert [fault.stream_index for fault in endpoint.faults] == list(range(55))
+
+
+@pytest.mark.parametrize(
+    ("streams", "processes", "sessions_per_pool", "starts"),
+    [
+        (100, 1, 0, [0]),
+        (100, 2, 0, [0, 50]),
+        (100, 3, 0, [0, 33, 66]),
+        (100, 3, 10, [0, 30, 60]),  # a pool's sessions stay in one process
+        (100, 2, 30, [0, 60]),  # 4 pools, the last one short
+        (5, 8, 0, [0, 1, 2, 3, 4]),  # no process without a session
+        (10, 4, 10, [0]),  # one pool: one process
+    ],
+)
+def test_soak_splits_the_sessions_among_processes(
+    streams: int, processes: int, sessions_per_pool: int, starts: list[int]
+) -> None:
+    shares = soak.split_sessions(streams, processes, sessions_per_pool)
+    assert [share.start for share in shares] == starts
+    # Contiguous, every session once: the session numbers (and markers) stay unique in the run.
+    assert [n for share in shares for n in share] == list(range(streams))
+
+
+def test_soak_processes_give_each_session_the_faults_of_a_single_process() -> None:
+    def rates(*argv: str) -> list[tuple[float, float]]:
+        args = soak.parse_args(["--streams", "100", "--processes", "2", *argv])
+        shares = soak.split_sessions(args.streams, args.processes, args.sessions_per_pool)
+        return [soak.process_rates(args, share) for share in shares]
+
+    # The default pool: each process's sessions share a connection, struck as often as the one
+    # connection of a single process; refusals follow the reconnects, half in each.
+    assert rates() == [(0.5, 0.15), (0.5, 0.15)]
+    # Pools: connection faults follow the pools (10 and 10 of 20).
+    assert rates("--sessions-per-pool", "5") == [(0.25, 0.15), (0.25, 0.15)]
+    args = soak.parse_args(["--streams", "100", "--processes", "1"])
+    assert soak.process_rates(args, range(100)) == (0.5, 0.3)
+    # One process keeps the seed itself (its run is the same as before processes); children
+    # get seeds of their own, the same on every run.
+    assert soak.process_seed(7, 0, 1) == 7
+    seeds = [random.Random(soak.process_seed(7, k, 2)).random() for k in (0, 1, 0)]
+    assert seeds[0] != seeds[1]
+    assert seeds[0] == seeds[2]
+
+
+def _process_summary(**figures: Any) -> soak.Summary:
+    """A process's summary as the parent reads it: through JSON."""
+    summary = soak.Summary(streams=50, wall_s=60.0, **figures)
+    return soak.Summary(**json.loads(json.dumps(soak.attrs.asdict(summary))))
+
+
+def test_soak_adds_up_the_summaries_of_its_processes() -> None:
+    first = _process_summary(
+        max_lag_s=0.5,
+        struck={"stall": 2, "reset_stream": 1},
+        refused={"400": 3},
+        reconnects=10,
+        replayed_s=20.0,
+        max_replay_s=4.0,
+        failures={"ConnectionLost (retryable=True): lost": 1},
+        retryable_failures=1,
+        sessions_with_loss=[7],
+        lost_in_failed_sessions=640,
+        cpu_s=30.0,
+    )
+    second = _process_summary(
+        max_lag_s=1.5,
+        struck={"stall": 1},
+        refused={"400": 1, "503": 2},
+        reconnects=5,
+        replayed_s=5.0,
+        max_replay_s=2.0,
+        failures={"ConnectionLost (retryable=True): lost": 2},
+        retryable_failures=2,
+        sessions_with_loss=[60, 52],
+        lost_in_failed_sessions=1280,
+        cpu_s=40.0,
+    )
+    merged = soak.merge([first, second])
+    assert (merged.processes, merged.streams, merged.wall_s, merged.max_lag_s) == (
+        2,
+        100,
+        60.0,
+        1.5,
+    )
+    assert merged.struck == {"reset_stream": 1, "stall": 3}
+    assert merged.refused == {"400": 4, "503": 2}
+    assert (merged.reconnects, merged.replayed_s, merged.max_replay_s) == (15, 25.0, 4.0)
+    assert merged.failures == {"ConnectionLost (retryable=True): lost": 3}
+    assert (merged.retryable_failures, merged.lost_in_failed_sessions) == (3, 1920)
+    assert merged.sessions_with_loss == [7, 52, 60]
+    assert merged.cpu_s == 70.0
+    # Audio lost in the failed sessions fails the run even when their failures are allowed.
+    assert soak.is_bad(merged, allow_retryable_failures=True)
+    out_of_retries = soak.merge([first, _process_summary(retryable_failures=1)])
+    out_of_retries.lost_in_failed_sessions = 0
+    assert soak.is_bad(out_of_retries, allow_retryable_failures=False)
+    assert not soak.is_bad(out_of_retries, allow_retryable_failures=True)
+    text = soak.format_summary(soak.parse_args(["--processes", "2"]), merged)
+    assert "{400: 4, 503: 2}" in text
+    assert "in 2 processes" in text
+
+
+@pytest.mark.parametrize(
+    ("outputs", "status", "note"),
+    [
+        ([(0, "pass"), (0, "pass")], 0, ""),
+        ([(0, "pass"), (1, "lost")], 1, "process 1 (sessions 50-99): FAIL, exit status 1"),
+        # A process that crashed: its sessions were never audited.
+        ([(0, "pass"), (1, "Traceback (most recent call last):")], 1, "and no summary"),
+        ([(0, "pass"), (0, "")], 1, "process 1 (sessions 50-99): exited with status 0 and no"),
+        # A process whose exit status says it failed, whatever its summary says.
+        ([(-9, "pass"), (0, "pass")], 1, "process 0 (sessions 0-49): PASS, exit status -9"),
+    ],
+)
+def test_soak_in_processes_fails_if_any_process_failed_or_gave_no_summary(
+    outputs: list[tuple[int, str]], status: int, note: str
+) -> None:
+    args = soak.parse_args(["--streams", "100", "--processes", "2"])
+    shares = soak.split_sessions(100, 2, 0)
+    summaries = {
+        "pass": json.dumps(soak.attrs.asdict(_process_summary())),
+        "lost": json.dumps(soak.attrs.asdict(_process_summary(lost_bytes=640))),
+    }
+    lines = [(code, "some output\n" + summaries.get(out, out)) for code, out in outputs]
+    text, got = soak.combine(args, shares, lines)
+    assert got == status
+    assert text.endswith("RESULT: FAIL" if status else "RESULT: PASS")
+    assert note in text
+
+
 def test_a_target_below_the_harness_floor_is_called_out_of_reach() -> None:
     # The AWS SDK at 50 ms/stream-s; the harness alone at 12.5 (1/4 of it), so a 5x or 10x
     # ratio cannot show at N=1, while at N=10 (harness 1/20 of the SDK) it could.
