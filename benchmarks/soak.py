@@ -421,6 +421,25 @@ async def refuse_requests(
         injected.refusals_queued += count
 
 
+@attrs.define
+class LoopLag:
+    """How late the event loop woke a sleeper: a process short of CPU wakes it late, while a
+    session held back by the client (flow control, a reconnect) does not."""
+
+    max_s: float = 0.0
+    total_s: float = 0.0
+
+
+async def watch_loop(lag: LoopLag, period: float = 0.05) -> None:
+    """Sleep ``period`` again and again; add up how much later than that each sleep ended."""
+    while True:
+        start = anyio.current_time()
+        await anyio.sleep(period)
+        late = max(0.0, anyio.current_time() - start - period)
+        lag.max_s = max(lag.max_s, late)
+        lag.total_s += late
+
+
 def _rss_kib() -> int:
     with open("/proc/self/status") as status:
         for line in status:
@@ -472,6 +491,8 @@ class Summary:
     streams: int = 0
     wall_s: float = 0.0
     max_lag_s: float = 0.0
+    loop_lag_max_s: float = 0.0
+    loop_lag_total_s: float = 0.0
     cpu_s: float = 0.0
     rss_end_kib: int = 0
     rss_peak_kib: int = 0
@@ -506,7 +527,7 @@ class Summary:
 
 
 # The run's figure of these is the largest of its processes'; of the others, the sum.
-_LARGEST = frozenset({"wall_s", "max_lag_s", "max_replay_s"})
+_LARGEST = frozenset({"wall_s", "max_lag_s", "loop_lag_max_s", "max_replay_s"})
 
 
 def merge(summaries: list[Summary]) -> Summary:
@@ -548,6 +569,7 @@ async def soak(args: argparse.Namespace, index: int = 0) -> Summary:
     frames = round(args.duration / FRAME_S)
     results = [SessionResult(i) for i in sessions]
     injected = Injected()
+    loop_lag = LoopLag()
     cpu0 = resource.getrusage(resource.RUSAGE_SELF)
     wall0 = time.monotonic()
     async with MockFluxEndpoint(script=load_sample().turns, script_scope="stream") as endpoint:
@@ -559,6 +581,7 @@ async def soak(args: argparse.Namespace, index: int = 0) -> Summary:
                 for _ in range(math.ceil(len(sessions) / args.sessions_per_pool) if shared else 0)
             ]
             faults = await stack.enter_async_context(anyio.create_task_group())
+            faults.start_soon(watch_loop, loop_lag)
             faults.start_soon(
                 plan_stream_faults, endpoint, rng, args, fault_deadline, len(sessions)
             )
@@ -591,6 +614,7 @@ async def soak(args: argparse.Namespace, index: int = 0) -> Summary:
     summary = summarize(results, records, injected, report, frames)
     summary.wall_s, summary.cpu_s, summary.rss_end_kib = wall, cpu, rss_before_audit
     summary.rss_peak_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    summary.loop_lag_max_s, summary.loop_lag_total_s = loop_lag.max_s, loop_lag.total_s
     return summary
 
 
@@ -665,6 +689,12 @@ def format_summary(args: argparse.Namespace, summary: Summary) -> str:
         (
             "wall time",
             f"{s.wall_s:.1f} s (max lag of a frame behind real time {s.max_lag_s * 1000:.0f} ms)",
+        ),
+        (
+            "event loop woken late",
+            f"max {s.loop_lag_max_s * 1000:.0f} ms, {s.loop_lag_total_s:.1f} s in all"
+            + ("" if s.processes == 1 else " (added up over the processes)")
+            + " (short of CPU, or busy in one step)",
         ),
         (
             "HTTP/2 streams opened",
@@ -754,7 +784,8 @@ def combine(
         verdict = "FAIL" if is_bad(summary, args.allow_retryable_failures) else "PASS"
         lines.append(
             f"{head}: {verdict}, exit status {returncode}, wall {summary.wall_s:.1f} s, "
-            f"max lag {summary.max_lag_s:.1f} s, {failed} session(s) failed, "
+            f"max lag {summary.max_lag_s:.1f} s, loop late {summary.loop_lag_total_s:.1f} s, "
+            f"{failed} session(s) failed, "
             f"{summary.lost_bytes} bytes lost"
         )
         status = status or int(returncode != 0)

@@ -482,6 +482,8 @@ def _process_summary(**figures: Any) -> soak.Summary:
 def test_soak_adds_up_the_summaries_of_its_processes() -> None:
     first = _process_summary(
         max_lag_s=0.5,
+        loop_lag_max_s=0.4,
+        loop_lag_total_s=2.0,
         struck={"stall": 2, "reset_stream": 1},
         refused={"400": 3},
         reconnects=10,
@@ -495,6 +497,8 @@ def test_soak_adds_up_the_summaries_of_its_processes() -> None:
     )
     second = _process_summary(
         max_lag_s=1.5,
+        loop_lag_max_s=0.2,
+        loop_lag_total_s=1.0,
         struck={"stall": 1},
         refused={"400": 1, "503": 2},
         reconnects=5,
@@ -513,6 +517,7 @@ def test_soak_adds_up_the_summaries_of_its_processes() -> None:
         60.0,
         1.5,
     )
+    assert (merged.loop_lag_max_s, merged.loop_lag_total_s) == (0.4, 3.0)
     assert merged.struck == {"reset_stream": 1, "stall": 3}
     assert merged.refused == {"400": 4, "503": 2}
     assert (merged.reconnects, merged.replayed_s, merged.max_replay_s) == (15, 25.0, 4.0)
