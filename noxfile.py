@@ -139,7 +139,8 @@ def bench(session: nox.Session) -> None:
 
 @nox.session(python="3.11")
 def soak(session: nox.Session) -> None:
-    """Concurrent sessions (100 by default) with random faults for a bounded time (not in CI)."""
+    """Concurrent sessions (100 by default) with random faults for a bounded time (not in CI),
+    split among a process per core (`--processes 1`: one process)."""
     _install(session, "testing", groups=("test",))
     session.run("python", "-m", "benchmarks.soak", *session.posargs)
 

@@ -796,9 +796,19 @@ def combine(
     return "\n".join([*lines, f"RESULT: {'FAIL' if bad else 'PASS'}"]), int(bool(bad))
 
 
+def load_note(before: float) -> str:
+    """The machine's load average over a minute, at the start (``before``) and now: other work on
+    the cores makes the soak's processes short of CPU (see "event loop woken late")."""
+    return (
+        f"  {'machine load (1 min average)':<30}{before:.2f} at the start, "
+        f"{os.getloadavg()[0]:.2f} at the end (this run's processes included)"
+    )
+
+
 def run_processes(args: argparse.Namespace, argv: list[str]) -> int:
     """Run the soak in ``args.processes`` child processes; print the combined report; return the
     exit status."""
+    load = os.getloadavg()[0]
     shares = split_sessions(args.streams, args.processes, args.sessions_per_pool)
     # The same command line, last options winning: each child runs its share and prints JSON.
     command = [sys.executable, "-m", "benchmarks.soak", *argv, "--processes", str(len(shares))]
@@ -816,7 +826,8 @@ def run_processes(args: argparse.Namespace, argv: list[str]) -> int:
     text, status = combine(
         args, shares, [(c.returncode, out) for c, out in zip(children, outputs, strict=True)]
     )
-    print(text)
+    report, _, result = text.rpartition("\n")
+    print(report, load_note(load), result, sep="\n")
     return status
 
 
@@ -895,9 +906,10 @@ def main(argv: list[str] | None = None) -> int:
     if len(split_sessions(args.streams, args.processes, args.sessions_per_pool)) > 1:
         return run_processes(args, argv)
     args.processes = 1  # one share: the whole run, here
+    load = os.getloadavg()[0]
     summary = anyio.run(soak, args, backend=args.backend)
     bad = is_bad(summary, args.allow_retryable_failures)
-    print(format_summary(args, summary))
+    print(format_summary(args, summary), load_note(load), sep="\n")
     print("RESULT:", "FAIL" if bad else "PASS")
     return int(bad)
 
