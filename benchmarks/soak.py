@@ -26,8 +26,10 @@ The audit does not trust the client's own offsets. The first 8 samples of every 
 marker (magic, session, frame number) at most 255 in amplitude, far below the mock VAD's
 -40 dBFS, so every byte of application audio is unique and the mock's per-stream records say
 which session and which frame they hold. Every stream's audio is matched against what its session
-sent; the bytes no stream received are **lost**. Received bytes that match nothing must be the
-client's keepalive silence (zeros); anything else is reported as corrupt.
+sent; the bytes no stream received are **lost**, except the end of a session that failed: from
+the last byte any stream got, that audio never left the client, and the session's error says
+so. Received bytes that match nothing must be the client's keepalive silence (zeros); anything
+else is reported as corrupt.
 
 Exit status: 1 if any byte was lost or corrupt, or any session failed. Every fault injected is
 one the client recovers from, so a session that ends with a non-retryable error has met a bug
@@ -215,10 +217,11 @@ def audit(
         result.matched_bytes += len(sent) - lost
         if lost:
             result.sessions_with_loss.append(session)
-            if session in failed:
-                result.lost_in_failed_sessions += lost
-            else:
-                result.lost_bytes += lost
+        # A failed session's audio after the last byte a stream got never left the client, and
+        # its error said so; a hole before that byte is lost all the same.
+        tail = len(sent) - covered.rfind(1) - 1 if session in failed else 0
+        result.lost_in_failed_sessions += tail
+        result.lost_bytes += lost - tail
     for streams in by_session.values():  # audio of sessions that sent nothing: cannot be
         for audio, _ in streams:
             result.corrupt_bytes += len(audio)
@@ -551,9 +554,11 @@ def merge(summaries: list[Summary]) -> Summary:
 
 
 def is_bad(summary: Summary, allow_retryable_failures: bool) -> bool:
-    """Whether the run fails: audio lost, corrupt or repeated, or a session failed (with a
-    retryable error: unless ``allow_retryable_failures``) or was cut short."""
-    bad = summary.lost_bytes or summary.lost_in_failed_sessions or summary.corrupt_bytes
+    """Whether the run fails: audio lost (short of a failed session's undelivered end), corrupt
+    or repeated, or a session failed (with a retryable error: unless
+    ``allow_retryable_failures``) or was cut short."""
+    # Audio a failed session never delivered fails the run as the session's failure does.
+    bad = summary.lost_bytes or summary.corrupt_bytes
     bad = bad or summary.mixed_streams or summary.out_of_order or summary.other_failures
     bad = bad or summary.cut_short
     return bool(bad or (summary.retryable_failures and not allow_retryable_failures))
