@@ -426,8 +426,9 @@ async def refuse_requests(
 
 @attrs.define
 class LoopLag:
-    """How late the event loop woke a sleeper: a process short of CPU wakes it late, while a
-    session held back by the client (flow control, a reconnect) does not."""
+    """How late the event loop woke a sleeper: a loop busy with long steps, or a process short of
+    CPU, wakes it late, while a session held back by the client (flow control, a reconnect) does
+    not."""
 
     max_s: float = 0.0
     total_s: float = 0.0
@@ -699,7 +700,7 @@ def format_summary(args: argparse.Namespace, summary: Summary) -> str:
             "event loop woken late",
             f"max {s.loop_lag_max_s * 1000:.0f} ms, {s.loop_lag_total_s:.1f} s in all"
             + ("" if s.processes == 1 else " (added up over the processes)")
-            + " (short of CPU, or busy in one step)",
+            + " (a busy loop, or one short of CPU)",
         ),
         (
             "HTTP/2 streams opened",
