@@ -63,6 +63,10 @@ class Proxy:
         shown = _without_credentials(url)
         try:
             parts = urllib.parse.urlsplit(url)
+            if "@" in url.partition("://")[2] and "@" not in parts.netloc:
+                # A '/', '?' or '#' in the credentials ended the host part there: the parser's
+                # own message would quote a piece of the password as the port.
+                raise ValueError("percent-encode '/', '?' and '#' in its user name or password")
             port = parts.port
         except ValueError as exc:
             raise ValidationError(f"proxy {shown!r} is not a valid URL: {exc}") from None
@@ -213,11 +217,14 @@ def _authority(host: str, port: int) -> str:
 
 
 def _without_credentials(url: str) -> str:
-    """``url`` with any ``user:password@`` replaced, for messages."""
+    """``url`` with any ``user:password@`` replaced, for messages.
+
+    Everything before the last ``@`` goes: a password may hold a ``/``, ``?`` or ``#`` that
+    was not percent-encoded, and a proxy URL has no path that could hold an ``@``.
+    """
     scheme, sep, rest = url.partition("://")
-    if not sep:
+    if not sep:  # no scheme: refused, and the message must not show the rest either
+        scheme, rest = "", url
+    if "@" not in rest:
         return url
-    netloc, slash, tail = rest.partition("/")
-    if "@" in netloc:
-        netloc = "***@" + netloc.rpartition("@")[2]
-    return f"{scheme}://{netloc}{slash}{tail}"
+    return f"{scheme}{sep}***@{rest.rpartition('@')[2]}"

@@ -180,3 +180,31 @@ def test_the_environments_proxy() -> None:
 def test_an_unusable_https_proxy_variable_is_named() -> None:
     with pytest.raises(ValidationError, match="HTTPS_PROXY: proxy 'socks5://\\*\\*\\*@p:1'"):
         proxy_from_environment("example.com", {"HTTPS_PROXY": "socks5://u:hunter2@p:1"})
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://user:hun/ter2@proxy:3128",
+        "http://user:hun#ter2@proxy:3128",
+        "http://user:hun?ter2@proxy:3128",
+        "http://us/er:hunter2@proxy:3128",
+        "http://user:hunter2@proxy:99999",
+        "user:hunter2@proxy:3128",
+    ],
+    ids=["slash", "hash", "question-mark", "slash-in-user", "bad-port", "no-scheme"],
+)
+def test_a_proxy_url_that_does_not_parse_shows_no_piece_of_its_password(url: str) -> None:
+    """A password with a '/', '?' or '#' that was not percent-encoded ends the URL's host part
+    early: neither the URL shown nor the parser's reason may quote a piece of it."""
+    with pytest.raises(ValidationError) as info:
+        Proxy.from_url(url)
+    assert "hun" not in str(info.value)
+    assert "ter2" not in str(info.value)
+    assert "***@proxy:" in str(info.value)
+    if "://" not in url:
+        return  # HTTPS_PROXY takes host:port without a scheme
+    with pytest.raises(ValidationError) as from_env:
+        proxy_from_environment("example.com", {"HTTPS_PROXY": url})
+    assert "hun" not in str(from_env.value)
+    assert "ter2" not in str(from_env.value)
