@@ -359,6 +359,40 @@ def test_transcribe_stdin_streams_as_the_audio_arrives() -> None:
     assert ends[0]["latency"] is not None  # measured: the audio came at the pipe's pace
 
 
+def test_transcribe_stdin_ctrl_c_while_the_pipe_is_idle_exits_130() -> None:
+    """Ctrl-C while the producer writes nothing (stalled, or not in the terminal's process
+    group) ends the CLI at once: the read waiting on the idle pipe does not hold it."""
+    pcm, _, _ = load_sample()
+    script = [arg for turn in TURNS for arg in ("--mock-script", turn)]
+    with subprocess.Popen(
+        interruptible("flux_sagemaker", "transcribe", "-", "--mock", "--json", *script),
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=_env(),
+    ) as proc:
+        assert proc.stdin is not None
+        assert proc.stdout is not None
+        assert proc.stderr is not None
+        hang_guard = threading.Timer(30, proc.kill)  # a CLI that never shows the turn
+        hang_guard.start()
+        try:
+            proc.stdin.write(wav_bytes(pcm[: len(pcm) // 2], data_size=0))  # the first turn
+            proc.stdin.flush()
+            # Its EndOfTurn comes once all of it was sent: the CLI waits on the pipe by then.
+            while b'"EndOfTurn"' not in (line := proc.stdout.readline()):
+                assert line, proc.stderr.read()
+            proc.send_signal(signal.SIGINT)
+            status = proc.wait(timeout=20)  # the pipe stays open
+        finally:
+            hang_guard.cancel()
+            proc.kill()
+        stderr = proc.stderr.read().decode()
+    assert status == 130, stderr
+    assert "interrupted" in stderr
+    assert "Traceback" not in stderr
+
+
 def test_transcribe_stdin_that_is_not_a_wav_exit_1() -> None:
     result = subprocess.run(
         [sys.executable, "-m", "flux_sagemaker", "transcribe", "-", "--mock"],

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import bisect
 import os
+import select
 import sys
+import threading
 from collections.abc import AsyncIterable, AsyncIterator
 from typing import TextIO
 
@@ -131,6 +133,8 @@ async def file_chunks(
 
 #: Bytes asked of a pipe per read: whatever has arrived, up to this.
 PIPE_READ_BYTES = 64 * 1024
+#: Seconds a read waits on an idle pipe before it looks whether it was abandoned (Ctrl-C).
+PIPE_POLL_S = 0.1
 
 
 class PipedWav:
@@ -143,10 +147,24 @@ class PipedWav:
         self._first = b""
 
     async def _read(self) -> bytes:
-        # Abandoned on cancellation (Ctrl-C): a thread blocked on an idle pipe cannot be woken.
-        return await anyio.to_thread.run_sync(
-            os.read, self._fd, PIPE_READ_BYTES, abandon_on_cancel=True
-        )
+        # Abandoned on cancellation (Ctrl-C). A thread blocked in read() on an idle pipe cannot
+        # be woken, and the interpreter joins anyio's asyncio worker threads at exit: the CLI
+        # would hang until the producer wrote or closed. So the thread waits in short polls
+        # and gives up once its read was abandoned.
+        abandoned = threading.Event()
+        try:
+            return await anyio.to_thread.run_sync(
+                self._read_when_ready, abandoned, abandon_on_cancel=True
+            )
+        finally:
+            abandoned.set()
+
+    def _read_when_ready(self, abandoned: threading.Event) -> bytes:
+        while not abandoned.is_set():
+            # Windows' select() takes sockets only: there the read blocks as before.
+            if sys.platform == "win32" or select.select([self._fd], [], [], PIPE_POLL_S)[0]:
+                return os.read(self._fd, PIPE_READ_BYTES)
+        return b""
 
     async def read_format(self) -> WavFormat:
         """Read up to the start of the samples; return their format.
