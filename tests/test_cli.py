@@ -324,6 +324,29 @@ def test_transcribe_stdin() -> None:
     assert "2 turn(s), 6.1 s of audio" in result.stderr.decode()
 
 
+def test_transcribe_a_file_on_stdin_as_that_file() -> None:
+    """`transcribe - < call.wav`: a file on stdin arrives all at once, not at the pace it was
+    spoken, so it is taken as `transcribe call.wav` takes it: --fast, its length, and no
+    end-of-turn latency measured on audio that was all sent at the start."""
+    script = [arg for turn in TURNS for arg in ("--mock-script", turn)]
+    command = [sys.executable, "-m", "flux_sagemaker", "transcribe", "-", "--mock", "--fast"]
+    with sample_path().open("rb") as stdin:
+        result = subprocess.run(
+            [*command, *script],
+            stdin=stdin,
+            capture_output=True,
+            text=True,
+            env=_env(),
+            timeout=30,
+            check=False,
+        )
+    assert result.returncode == 0, result.stderr
+    assert final_transcripts(result.stdout) == TURNS
+    assert "stdin: mono 16-bit PCM, 16000 Hz, 6.1 s" in result.stderr
+    assert "2 turn(s), 6.1 s of audio" in result.stderr
+    assert "latency" not in result.stderr
+
+
 def test_transcribe_stdin_streams_as_the_audio_arrives() -> None:
     """The first turn is transcribed while the pipe is still open: nothing waits for its end."""
     pcm, _, _ = load_sample()

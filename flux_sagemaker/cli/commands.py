@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import os
+import stat
 import sys
 from collections.abc import AsyncIterable
 from typing import Any
@@ -23,7 +25,7 @@ from .check import (
 )
 from .render import JsonRenderer, LineRenderer, LiveRenderer, Renderer
 from .session import PipedWav, SessionResult, file_chunks, stderr_progress, stream_audio
-from .wavfile import WavFormat, read_wav
+from .wavfile import WavFormat, parse_wav, read_wav
 
 __all__ = ["CAPABILITIES", "run_check", "run_demo", "run_transcribe", "settings_from_args"]
 
@@ -128,16 +130,21 @@ async def run_transcribe(args: argparse.Namespace) -> int:
     (or the embedded mock with ``--mock``)."""
     chunks: AsyncIterable[bytes]
     progress = None
-    if args.file == "-":
-        if sys.stdin.isatty():
-            raise UsageError("pipe a WAV stream to stdin (e.g. from arecord or ffmpeg -f wav -)")
+    name = "stdin" if args.file == "-" else args.file
+    if args.file == "-" and sys.stdin.isatty():
+        raise UsageError("pipe a WAV stream to stdin (e.g. from arecord or ffmpeg -f wav -)")
+    if args.file == "-" and not stat.S_ISREG(os.fstat(sys.stdin.fileno()).st_mode):
         piped = PipedWav(sys.stdin.fileno(), "stdin")
         wav: WavFormat = await piped.read_format()
         chunks = piped.chunks()
         live = True  # the pipe delivers the audio at the pace it is captured
         info(f"stdin: {wav.description}; streaming until it closes")
     else:
-        audio = read_wav(args.file)
+        # A file on stdin (< call.wav) arrives all at once: it is paced (or --fast) as a file.
+        if args.file == "-":
+            audio = parse_wav(await anyio.to_thread.run_sync(sys.stdin.buffer.read), name)
+        else:
+            audio = read_wav(args.file)
         wav, live = audio, not args.fast
         chunks = file_chunks(
             audio.data,
@@ -146,7 +153,7 @@ async def run_transcribe(args: argparse.Namespace) -> int:
             realtime=live,
         )
         conversion = ", widened to linear16" if audio.converted else ""
-        info(f"{args.file}: {audio.description}, {audio.duration:.1f} s{conversion}")
+        info(f"{name}: {audio.description}, {audio.duration:.1f} s{conversion}")
         progress = stderr_progress(audio.duration)
     settings = settings_from_args(args, encoding=wav.encoding, sample_rate=wav.sample_rate)
     renderer = _renderer(args)

@@ -16,7 +16,14 @@ import attrs
 from ..core.settings import SAMPLE_RATES
 from ..errors import ValidationError
 
-__all__ = ["MAX_PIPED_HEADER", "WavAudio", "WavFormat", "WavStreamParser", "read_wav"]
+__all__ = [
+    "MAX_PIPED_HEADER",
+    "WavAudio",
+    "WavFormat",
+    "WavStreamParser",
+    "parse_wav",
+    "read_wav",
+]
 
 _PCM: Final = 0x0001
 _FLOAT: Final = 0x0003
@@ -145,6 +152,15 @@ def read_wav(path: str | Path) -> WavAudio:
         blob = Path(path).read_bytes()
     except OSError as exc:
         raise ValidationError(f"cannot read {name}: {exc.strerror or exc}") from exc
+    return parse_wav(blob, name)
+
+
+def parse_wav(blob: bytes, name: str) -> WavAudio:
+    """A whole WAV file's bytes, as :func:`read_wav` takes them (``name`` for messages).
+
+    Raises:
+        ValidationError: Not a WAV file, or audio Flux does not take.
+    """
     chunks = _chunks(blob, name)
     fmt = _format(chunks.get(b"fmt ") if b"data" in chunks else None, name)
     data = chunks[b"data"]
