@@ -12,21 +12,34 @@ import sys
 import tempfile
 import threading
 import wave
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any, ClassVar
 
+import anyio
 import pytest
 import trustme
 from hypothesis import given
 from hypothesis import strategies as st
 
-from flux_sagemaker import Reconnected, StreamRolledOver, TransportError, ValidationError
+from flux_sagemaker import (
+    FluxClient,
+    FluxEvent,
+    KeepalivePolicy,
+    Reconnected,
+    StreamRolledOver,
+    TransportError,
+    ValidationError,
+)
 from flux_sagemaker.cli.main import build_parser, main
 from flux_sagemaker.cli.render import EventTiming, event_record
+from flux_sagemaker.cli.session import stream_audio
 from flux_sagemaker.cli.wavfile import WavStreamParser, read_wav
+from flux_sagemaker.core.events import EndOfTurn
+from flux_sagemaker.core.settings import FluxSettings
 from flux_sagemaker.samples import load_sample, sample_path
+from flux_sagemaker.testing import MockFluxEndpoint
 from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
 
 TURNS = list(load_sample().turns)
@@ -414,6 +427,55 @@ def test_transcribe_stdin_ctrl_c_while_the_pipe_is_idle_exits_130() -> None:
     assert status == 130, stderr
     assert "interrupted" in stderr
     assert "Traceback" not in stderr
+
+
+class _Turns:
+    """A renderer that keeps the EndOfTurn events and their latencies, and signals each."""
+
+    def __init__(self) -> None:
+        self.ends: list[tuple[EndOfTurn, float | None]] = []
+        self.ended = anyio.Event()
+
+    def event(self, event: FluxEvent, timing: EventTiming) -> None:
+        if isinstance(event, EndOfTurn):
+            self.ends.append((event, timing.latency))
+            self.ended.set()
+
+    def finish(self) -> None:
+        pass
+
+
+@pytest.mark.anyio
+async def test_latencies_count_the_silence_the_client_added_while_the_pipe_stalled() -> None:
+    """A source that stalls in the middle of a turn: the client's keepalive silence ends the
+    turn, and Flux's times count that silence. The turn still gets its latency (from the
+    last audio the source sent), and so do the turns after it."""
+    pcm, rate, turns = load_sample()
+    half = len(pcm) // 4 * 2  # the first turn and its pause
+    stall = half + (len(pcm) - half) // 4 * 2  # inside the second turn's speech
+    renderer = _Turns()
+
+    async def chunks() -> AsyncIterator[bytes]:
+        yield pcm[:half]
+        await renderer.ended.wait()
+        renderer.ended = anyio.Event()
+        yield pcm[half:stall]
+        await renderer.ended.wait()  # the stalled turn ended on the client's silence
+        yield pcm[stall:]
+
+    with anyio.fail_after(30):
+        async with MockFluxEndpoint(script=turns) as endpoint:
+            keepalive = KeepalivePolicy(turn_silence_after=0.1)
+            settings = FluxSettings(sample_rate=rate)
+            kwargs = endpoint.client_kwargs()
+            async with FluxClient("flux", settings=settings, keepalive=keepalive, **kwargs) as flux:
+                result = await stream_audio(
+                    flux, chunks(), bytes_per_second=2 * rate, live=True, renderer=renderer
+                )
+                assert flux.stats.silence_bytes_sent > 0
+    assert len(renderer.ends) == 3
+    assert [latency is not None for _, latency in renderer.ends] == [True, True, True]
+    assert len(result.latencies) == 3
 
 
 def test_transcribe_stdin_that_is_not_a_wav_exit_1() -> None:

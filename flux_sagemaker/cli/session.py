@@ -46,20 +46,36 @@ FAST_CHUNK_S = 0.08
 
 @attrs.define(eq=False)
 class SendLog:
-    """When audio was handed to the client: maps audio seconds to monotonic wall-clock time."""
+    """When audio was handed to the client: maps audio seconds to monotonic wall-clock time.
 
+    Audio seconds are on the session's timeline, the one Flux's times are on: the application's
+    audio and the keepalive silence the client added while the source was quiet.
+    """
+
+    _audio_starts: list[float] = attrs.field(factory=list)
     _audio_ends: list[float] = attrs.field(factory=list)
     _walls: list[float] = attrs.field(factory=list)
 
-    def record(self, audio_end: float, wall: float) -> None:
-        """Audio up to ``audio_end`` seconds had been sent at ``wall``."""
+    def record(self, audio_end: float, wall: float, *, duration: float = 0.0) -> None:
+        """Audio from ``audio_end - duration`` to ``audio_end`` seconds was sent by ``wall``."""
+        self._audio_starts.append(audio_end - duration)
         self._audio_ends.append(audio_end)
         self._walls.append(wall)
 
     def wall_time_of(self, audio_time: float) -> float | None:
-        """When the audio at ``audio_time`` had been sent, or ``None`` if it never was."""
+        """When the audio at ``audio_time`` had been sent, or ``None`` if none was.
+
+        A time in the client's silence (which only follows the application's audio) maps to
+        the audio before it: speech that ends there was all in that audio.
+        """
+        if not self._walls:
+            return None
         index = bisect.bisect_left(self._audio_ends, audio_time - 1e-9)
-        return self._walls[index] if index < len(self._walls) else None
+        if index == len(self._walls) or (
+            index > 0 and audio_time < self._audio_starts[index] - 1e-9
+        ):
+            index -= 1
+        return self._walls[index]
 
 
 def speech_end(event: EndOfTurn) -> float:
@@ -223,7 +239,10 @@ async def stream_audio(
                 await client.send_audio(chunk)
                 sent += len(chunk)
                 now = anyio.current_time()
-                log.record(sent / bytes_per_second, now)
+                # Flux's times count the silence the client added while the source was quiet (a
+                # stalled pipe): all of it went out before this chunk.
+                timeline = sent + client.stats.silence_bytes_sent
+                log.record(timeline / bytes_per_second, now, duration=len(chunk) / bytes_per_second)
                 if progress is not None:
                     progress.update(sent / bytes_per_second, now)
             if progress is not None:
