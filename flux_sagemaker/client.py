@@ -98,7 +98,7 @@ FluxEvent = ServerMessage | ClientEvent
 _CONFIGURE_ACK_TIMEOUT = 5.0
 # With no turn open, a new stream gets only this much of the audio since the last EndOfTurn:
 # speech Flux had not yet called a turn is in it, and the new stream does not first wade
-# through every quiet minute since (the replay buffer holds up to 8 MiB).
+# through every quiet minute since. Between turns the replay buffer keeps little more than that.
 _IDLE_REPLAY_S = 3.0
 
 
@@ -1093,7 +1093,21 @@ class FluxClient:
                 end = min(max(event.audio_window_end, 0.0), accepted)
                 self._replay.trim_to(self._format.byte_offset(end))
                 self._wake_supervisor()  # a turn boundary: the moment for a due rollover
+            elif not self._tracker.turn_open and self._format.bytes_per_second:
+                self._trim_idle_replay()
         return event
+
+    def _trim_idle_replay(self) -> None:
+        """Between turns, forget the audio no replay would send: all but the last
+        ``_IDLE_REPLAY_S`` of what the server confirmed hearing (``_prepare_replay``'s rule).
+
+        Otherwise a long quiet (an agent talking, a caller on hold) filled the buffer up to
+        its bound, megabytes per session, and a failure in the next turn replayed all of it.
+        """
+        sent = self._stream_start + self._stats.audio_bytes_sent - self._sent_at_stream_start
+        heard = min(self._tracker.audio_heard_until, self._seconds(sent))
+        if heard > _IDLE_REPLAY_S:
+            self._replay.trim_to(self._format.byte_offset(heard - _IDLE_REPLAY_S))
 
     async def _on_stream_ended(self, stream: LiveStream) -> None:
         if stream.retired:

@@ -260,6 +260,41 @@ async def test_a_switch_between_turns_replays_only_the_tail_of_a_long_quiet() ->
     assert_turns_complete(events)
 
 
+async def test_a_long_quiet_between_turns_is_not_kept_for_replay() -> None:
+    """A minute with no turn (an agent talking, a caller on hold): the replay buffer keeps the
+    tail a replay would send, not the whole quiet (it filled up to its 8 MiB bound, per
+    session), and a failure in the next turn replays that turn, not the minute before it."""
+    quiet_s = 60
+    quiet = bytes(quiet_s * BYTES_PER_SECOND)
+    fault = Fault(kind=FaultKind.DROP_CONNECTION, after_audio_s=quiet_s + MID_TURN)
+    events: list[Any] = []
+    with anyio.fail_after(30):
+        async with (
+            MockFluxEndpoint(script=SAMPLE.turns, faults=[fault]) as endpoint,
+            FluxClient(
+                "flux-ep",
+                **endpoint.client_kwargs(),
+                timeouts=FAST_TIMEOUTS,
+                keepalive=KeepalivePolicy.disabled(),
+            ) as flux,
+        ):
+            await flux.send_audio(quiet)
+            async for event in flux:  # until the server reported hearing all of the quiet
+                events.append(event)
+                if isinstance(event, TurnInfo) and event.audio_window_end >= quiet_s - 0.25:
+                    break
+            assert not flux.turn_open
+            assert flux._replay.held_bytes < 4 * BYTES_PER_SECOND
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(stream_sample, flux)
+                events.extend([event async for event in flux])
+    (reconnect,) = [e for e in events if isinstance(e, Reconnected)]
+    assert reconnect.resumed_at_s >= quiet_s - 4
+    assert reconnect.dropped_audio_s == 0
+    assert_audio_delivered(endpoint, events, quiet + SAMPLE.pcm)
+    assert_turns_complete(events)
+
+
 async def test_a_switch_between_turns_replays_all_the_audio_the_old_stream_was_not_sent() -> None:
     """No turn open at a settings change, with seconds of audio still waiting to be coalesced
     (a long coalesce_ms): the old stream never got that audio, so the new stream gets all of
