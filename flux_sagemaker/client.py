@@ -14,7 +14,6 @@ task under one lock, so signing order equals wire order.
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import functools
 import logging
@@ -314,16 +313,15 @@ class FluxClient:
         # Counts stream take-overs: audio events made before one must not be sent after it.
         self._epoch = 0
         # Audio events out of the coalescer and not written yet, in its order. Whoever holds the
-        # send lock writes them before anything else: on asyncio a call's events are written
-        # by a task of its own, which another writer (a flush, a control message) may beat to
-        # the lock.
+        # send lock writes them before anything else: a call's events are written by a task
+        # of its own (see _uncancelled), which another writer (a flush, a control message) may
+        # beat to the lock.
         self._outbox: deque[bytes] = deque()
-        # Whether the caller's event loop is asyncio's, whose own cancellation (Task.cancel())
-        # goes through anyio's shields; set on entering.
-        self._on_asyncio = False
         # send_audio calls waiting to write (for the send lock or the stream's window): the
         # application is not quiet then, only held back, and is due no keepalive silence.
         self._sends_waiting = 0
+        # send_audio and control calls cancelled while their writes went on (see _uncancelled).
+        self._cancelled_writers = 0
 
     # -- public properties --------------------------------------------------------------------
 
@@ -369,7 +367,6 @@ class FluxClient:
         if self._state != "new":
             raise UsageError("a FluxClient can be entered only once")
         self._state = "opening"
-        self._on_asyncio = _running_asyncio()
         self._timers.start(_now())
         task_group = anyio.create_task_group()
         await task_group.__aenter__()
@@ -577,35 +574,61 @@ class FluxClient:
         """Run ``func(*args)`` to its end even if the caller is cancelled meanwhile, and return
         its result; the cancellation goes through afterwards.
 
-        anyio's shield holds off anyio's and trio's cancellation, not asyncio's own
-        (``Task.cancel()``: ``asyncio.timeout``, ``wait_for``, asyncio's TaskGroup), which is
-        delivered once, shield or not, and would cut a write in half. On asyncio the work runs
-        in a task of its own, which that cancellation cannot reach, and the caller waits it out.
-        A ``FluxError`` of ``func`` (the session closed under it) gives way to the caller's
-        cancellation, which is what a cancelled caller raises.
+        The work runs in a task of the session's, shielded: anyio's shield holds off anyio's
+        and trio's cancellation, not asyncio's own (``Task.cancel()``: ``asyncio.timeout``,
+        ``wait_for``, asyncio's TaskGroup), which would cut a write in half. The caller waits
+        for it unshielded, so it sees its cancellation: its writes then keep to
+        ``Timeouts.write`` even while a window waits for our own consumer, who may never read
+        again (a task group ending the call cancels it too). A ``FluxError`` of ``func`` (the
+        session closed under it) gives way to the caller's cancellation, which is what a
+        cancelled caller raises.
         """
+        done = anyio.Event()
+        result: list[_T] = []
+        failure: list[Exception] = []
+
+        async def work() -> None:
+            try:
+                with anyio.CancelScope(shield=True):  # nor does the session's shutdown
+                    result.append(await func(*args))
+            except Exception as exc:
+                failure.append(exc)
+            finally:
+                done.set()
+
+        task_group = self._task_group
+        if task_group is None:
+            await work()  # shutting down: no task to hand it to; shielded all the same
+        else:
+            task_group.start_soon(work)
         cancelled: BaseException | None = None
         try:
-            with anyio.CancelScope(shield=True):
-                if not self._on_asyncio:
-                    return await func(*args)
-                task = asyncio.ensure_future(func(*args))
-                while not task.done():
+            await done.wait()
+        except anyio.get_cancelled_exc_class() as exc:
+            cancelled = exc
+            self._hold_writes_to_limit(1)
+            try:
+                while not done.is_set():
                     try:
-                        await asyncio.wait((task,))
-                    except asyncio.CancelledError as exc:
-                        cancelled = exc
-            if cancelled is None:
-                return task.result()
-        except FluxError:
-            # A task group cancelled with the session in it: the session's shutdown ends the
-            # work with UsageError, which would replace the cancellation (and escape the scope
-            # that cancelled, in an ExceptionGroup).
-            await anyio.lowlevel.checkpoint_if_cancelled()
-            raise
-        if not task.cancelled():
-            task.exception()  # retrieved: the caller's cancellation is what it raises
-        raise cancelled
+                        with anyio.CancelScope(shield=True):
+                            await done.wait()
+                    except anyio.get_cancelled_exc_class() as again:  # asyncio's own, again
+                        cancelled = again
+            finally:
+                self._hold_writes_to_limit(-1)
+        if cancelled is not None:
+            raise cancelled
+        if failure:
+            raise failure[0]
+        return result[0]
+
+    def _hold_writes_to_limit(self, change: int) -> None:
+        """Count a cancelled caller waiting for its writes (``change``: 1 or -1); while any
+        does, the streams' writes keep to ``Timeouts.write`` even while their data waits for
+        our consumer."""
+        self._cancelled_writers += change
+        for stream in self._streams:
+            stream.h2.hold_writes_to_limit(self._cancelled_writers > 0)
 
     async def _send_events(self, epoch: int) -> None:
         """Write the outbox: the caller's events, unless another writer has written them."""
@@ -682,8 +705,10 @@ class FluxClient:
         With ``whole`` (all but ``close()``, which ends the stream on its own deadline), a
         cancelled caller still waits for the event's last byte: half an event would corrupt
         the stream, and an event never sent would break the signature chain. The wait is
-        bounded: by ``Timeouts.write`` for a window that does not open, and by the stream's
-        failure otherwise. Returns whether the event was written (``False``: the stream failed).
+        bounded: by ``Timeouts.write`` for a window that does not open (not while the stream's
+        data waits for our consumer, unless the caller was cancelled: see ``_uncancelled``),
+        and by the stream's failure otherwise. Returns whether the event was written
+        (``False``: the stream failed).
         """
         if not data:
             return True
@@ -1628,15 +1653,6 @@ def _check_types(**arguments: tuple[object, type]) -> None:
             raise ValidationError(
                 f"{name} must be {_type_name(expected)} or None, got {_type_name(type(value))}"
             )
-
-
-def _running_asyncio() -> bool:
-    """Whether the caller runs on an asyncio event loop (any: asyncio's own, uvloop)."""
-    try:
-        asyncio.current_task()
-    except RuntimeError:  # no asyncio loop running in this thread: trio
-        return False
-    return True
 
 
 def _type_name(kind: type) -> str:

@@ -44,6 +44,8 @@ class H2StreamBase:
     _receiving: bool = attrs.field(init=False, default=False, repr=False)
     _data_hook: Callable[[bytes], bool] | None = attrs.field(init=False, default=None, repr=False)
     _send_event: anyio.Event | None = attrs.field(init=False, default=None, repr=False)
+    # Whether a send keeps to the write limit even while our data waits unread (see _send).
+    _held_to_limit: bool = attrs.field(init=False, default=False, repr=False)
 
     def set_data_hook(self, hook: Callable[[bytes], bool] | None) -> None:
         """Have the connection's reader offer data to ``hook`` while a receive() waits idle.
@@ -60,6 +62,16 @@ class H2StreamBase:
     def buffered(self) -> int:
         """Bytes received and not yet read; never more than the stream's receive window."""
         return self._buffered
+
+    def hold_writes_to_limit(self, hold: bool) -> None:
+        """Have a send waiting for the peer's window keep to the write limit even while this
+        stream's data waits unread (``hold``), or wait for our reader again.
+
+        Without it, that wait has no limit: the peer may wait for us to read. A writer whose
+        caller gave up must end in time all the same; the reader may never read again.
+        """
+        self._held_to_limit = hold
+        self._wake_send()  # a send waiting with no limit starts one now
 
     def _wake_recv(self) -> None:
         if self._recv_event is not None:
@@ -177,12 +189,12 @@ class H2StreamBase:
             if done:
                 return
             if event is not None:
-                if self._buffered:
+                if self._buffered and not self._held_to_limit:
                     # The peer's data waits here unread: a peer that answers and reads in one
                     # task (as the mock does) stops reading until we read it, so this shut
                     # window is our reader's doing (a consumer behind), not the peer's fault.
-                    # No write limit until we have read it all; a silent peer still fails by
-                    # PING.
+                    # No write limit until we have read it all (unless held to it); a silent
+                    # peer still fails by PING.
                     shut_since = None
                 elif shut_since is None:
                     shut_since = anyio.current_time()

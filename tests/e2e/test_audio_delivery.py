@@ -546,6 +546,46 @@ async def test_a_consumer_behind_for_longer_than_the_write_limit_does_not_fail_t
     assert [e.transcript for e in of_type(events, EndOfTurn)] == list(SAMPLE.turns)
 
 
+async def test_a_sender_cancelled_while_its_own_consumer_holds_it_back_still_ends(
+    endpoint: EndpointFactory,
+) -> None:
+    """The consumer stops reading events for good (it left its loop, or is cancelled with the
+    sender) while ``send_audio`` waits for a window only that consumer could open; then the
+    sender is cancelled, as a task group ending the call cancels it. The call must end within
+    ``Timeouts.write``, as ``send_audio`` says: it waited for ever, holding up the task group
+    (and the ``async with`` block around it) that cancelled it."""
+    timeouts = Timeouts(connect=3.0, connected=3.0, close=3.0, write=0.5, ping_interval=None)
+    quick = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, jitter="none")
+    held_back = anyio.Event()
+
+    async def send(flux: FluxClient) -> None:
+        for offset in range(0, len(SAMPLE.pcm), ms(20)):
+            await flux.send_audio(SAMPLE.pcm[offset : offset + ms(20)])
+        raise AssertionError("the sender was never held back")
+
+    async def watch(flux: FluxClient) -> None:
+        # The sender waits to write while the stream's data waits unread (nobody iterates).
+        while not (flux._sends_waiting and flux._current and flux._current.h2.buffered):  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()
+        held_back.set()
+
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with (
+            endpoint(receive_window=4096) as ep,
+            ConnectionPool(receive_window=512) as pool,
+            client_for(
+                ep, pool=pool, timeouts=timeouts, retry=quick, max_buffered_events=1
+            ) as flux,
+        ):
+            async with anyio.create_task_group() as tg:
+                tg.start_soon(send, flux)
+                tg.start_soon(watch, flux)
+                await held_back.wait()
+                tg.cancel_scope.cancel()
+            assert flux.stats.audio_bytes_sent < len(SAMPLE.pcm)
+
+
 async def _cancel_a_sender_held_back(
     endpoint: EndpointFactory, *, natively: str | None = None
 ) -> None:
