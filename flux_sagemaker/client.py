@@ -622,13 +622,14 @@ class FluxClient:
             raise failure[0]
         return result[0]
 
-    def _hold_writes_to_limit(self, change: int) -> None:
-        """Count a cancelled caller waiting for its writes (``change``: 1 or -1); while any
-        does, the streams' writes keep to ``Timeouts.write`` even while their data waits for
-        our consumer."""
+    def _hold_writes_to_limit(self, change: int = 0) -> None:
+        """Count a cancelled caller waiting for its writes (``change``: 1 or -1). While any
+        does, or once the session is over (nobody will read its events), the streams' writes
+        keep to ``Timeouts.write`` even while their data waits for our consumer."""
         self._cancelled_writers += change
+        hold = self._cancelled_writers > 0 or self._state == "closed"
         for stream in self._streams:
-            stream.h2.hold_writes_to_limit(self._cancelled_writers > 0)
+            stream.h2.hold_writes_to_limit(hold)
 
     async def _send_events(self, epoch: int) -> None:
         """Write the outbox: the caller's events, unless another writer has written them."""
@@ -1216,10 +1217,12 @@ class FluxClient:
 
     def _mark_closed(self) -> None:
         """The session is over: wake close() callers and control messages waiting for a
-        stream (they find the session closed)."""
+        stream (they find the session closed), and end the writes waiting for our consumer
+        within ``Timeouts.write``."""
         self._state = "closed"
         self._closed_event.set()
         self._stream_installed.set()
+        self._hold_writes_to_limit()  # a write waiting for our consumer would wait for ever
 
     async def _deliver_then_close(self, error: FluxError) -> None:
         await self._deliver(error)

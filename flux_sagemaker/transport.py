@@ -108,8 +108,8 @@ class Timeouts:
     """Longest socket write, and longest wait for the peer's flow-control window to open (a
     wait past ``WINDOW_PROBE_AFTER`` also checks the peer is alive with a PING). That wait has
     no limit while the stream's response data waits unread (a consumer behind): a peer that
-    answers and reads in one task waits for us; it runs once the data is read, or once the
-    ``send_audio()`` call waiting was cancelled."""
+    answers and reads in one task waits for us; it runs once the data is read, once the
+    ``send_audio()`` call waiting was cancelled, or once the session is over."""
     ping_interval: float | None = attrs.field(default=20.0, validator=_SECONDS_OR_NONE)
     """Send a PING after this much silence from the peer; ``None`` disables keepalive."""
     ping_timeout: float = attrs.field(default=10.0, validator=_SECONDS)

@@ -20,6 +20,7 @@ from flux_sagemaker import (
     RetryPolicy,
     StartOfTurn,
     Timeouts,
+    UsageError,
 )
 from flux_sagemaker.core.timers import FLUSH_SLACK, SILENCE_STEP
 from flux_sagemaker.testing import Fault, FaultKind
@@ -584,6 +585,49 @@ async def test_a_sender_cancelled_while_its_own_consumer_holds_it_back_still_end
                 await held_back.wait()
                 tg.cancel_scope.cancel()
             assert flux.stats.audio_bytes_sent < len(SAMPLE.pcm)
+
+
+async def test_a_sender_its_own_consumer_holds_back_ends_once_the_session_closed(
+    endpoint: EndpointFactory,
+) -> None:
+    """The consumer stops reading events for good while ``send_audio`` waits for a window
+    only that consumer could open, and the application closes the session: ``close()`` gives
+    up after ``Timeouts.close`` and the session is over, so the waiting call must end too. It
+    waited for ever (until the ``async with`` block ended, which waited for the sender)."""
+    timeouts = Timeouts(connect=3.0, connected=3.0, close=1.0, write=0.5, ping_interval=None)
+    held_back = anyio.Event()
+    ended: list[BaseException | None] = []
+
+    async def send(flux: FluxClient) -> None:
+        try:
+            for offset in range(0, len(SAMPLE.pcm), ms(20)):
+                await flux.send_audio(SAMPLE.pcm[offset : offset + ms(20)])
+        except FluxError as exc:
+            ended.append(exc)
+        else:
+            ended.append(None)
+
+    async def watch(flux: FluxClient) -> None:
+        # The sender waits to write while the stream's data waits unread (nobody iterates).
+        while not (flux._sends_waiting and flux._current and flux._current.h2.buffered):  # noqa: ASYNC110
+            await anyio.sleep(0.01)
+        await anyio.wait_all_tasks_blocked()
+        held_back.set()
+
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with (
+            endpoint(receive_window=4096) as ep,
+            ConnectionPool(receive_window=512) as pool,
+            client_for(ep, pool=pool, timeouts=timeouts, max_buffered_events=1) as flux,
+            anyio.create_task_group() as tg,
+        ):
+            tg.start_soon(send, flux)
+            tg.start_soon(watch, flux)
+            await held_back.wait()
+            await flux.close()
+            assert flux.is_closed
+    (error,) = ended  # the sender's call ended: the session is over
+    assert isinstance(error, UsageError)
 
 
 async def _cancel_a_sender_held_back(
