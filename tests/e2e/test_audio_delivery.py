@@ -547,6 +547,15 @@ async def test_a_consumer_behind_for_longer_than_the_write_limit_does_not_fail_t
     assert [e.transcript for e in of_type(events, EndOfTurn)] == list(SAMPLE.turns)
 
 
+async def _set_once_held_back_by_our_consumer(flux: FluxClient, held_back: anyio.Event) -> None:
+    """Set ``held_back`` once a ``send_audio`` waits to write while the stream's data waits
+    unread (nobody iterates)."""
+    while not (flux._sends_waiting and flux._current and flux._current.h2.buffered):  # noqa: ASYNC110
+        await anyio.sleep(0.01)
+    await anyio.wait_all_tasks_blocked()
+    held_back.set()
+
+
 async def test_a_sender_cancelled_while_its_own_consumer_holds_it_back_still_ends(
     endpoint: EndpointFactory,
 ) -> None:
@@ -564,13 +573,6 @@ async def test_a_sender_cancelled_while_its_own_consumer_holds_it_back_still_end
             await flux.send_audio(SAMPLE.pcm[offset : offset + ms(20)])
         raise AssertionError("the sender was never held back")
 
-    async def watch(flux: FluxClient) -> None:
-        # The sender waits to write while the stream's data waits unread (nobody iterates).
-        while not (flux._sends_waiting and flux._current and flux._current.h2.buffered):  # noqa: ASYNC110
-            await anyio.sleep(0.01)
-        await anyio.wait_all_tasks_blocked()
-        held_back.set()
-
     with anyio.fail_after(TEST_TIMEOUT):
         async with (
             endpoint(receive_window=4096) as ep,
@@ -581,7 +583,7 @@ async def test_a_sender_cancelled_while_its_own_consumer_holds_it_back_still_end
         ):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(send, flux)
-                tg.start_soon(watch, flux)
+                tg.start_soon(_set_once_held_back_by_our_consumer, flux, held_back)
                 await held_back.wait()
                 tg.cancel_scope.cancel()
             assert flux.stats.audio_bytes_sent < len(SAMPLE.pcm)
@@ -607,13 +609,6 @@ async def test_a_sender_its_own_consumer_holds_back_ends_once_the_session_closed
         else:
             ended.append(None)
 
-    async def watch(flux: FluxClient) -> None:
-        # The sender waits to write while the stream's data waits unread (nobody iterates).
-        while not (flux._sends_waiting and flux._current and flux._current.h2.buffered):  # noqa: ASYNC110
-            await anyio.sleep(0.01)
-        await anyio.wait_all_tasks_blocked()
-        held_back.set()
-
     with anyio.fail_after(TEST_TIMEOUT):
         async with (
             endpoint(receive_window=4096) as ep,
@@ -622,7 +617,7 @@ async def test_a_sender_its_own_consumer_holds_back_ends_once_the_session_closed
             anyio.create_task_group() as tg,
         ):
             tg.start_soon(send, flux)
-            tg.start_soon(watch, flux)
+            tg.start_soon(_set_once_held_back_by_our_consumer, flux, held_back)
             await held_back.wait()
             await flux.close()
             assert flux.is_closed
