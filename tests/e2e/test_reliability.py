@@ -70,6 +70,10 @@ SPEED = 8
 #: For tests whose faults or policies run on the wall clock (the stall watchdog, the stream's
 #: age, expiring credentials): their timeouts are scaled for this pace.
 TIMED_SPEED = 4
+#: For a stall after MID_TURN: the watchdog (WATCHDOG's 0.8 s, then its 0.25 s confirmation)
+#: must fire while the rest of the sample is still being sent, or the session closes cleanly
+#: first. At TIMED_SPEED that rest took 1.2 s, a margin a loaded CI machine could eat.
+STALL_SPEED = 2
 FAST_TIMEOUTS = Timeouts(ping_interval=0.3, ping_timeout=0.5, connected=3.0, close=3.0)
 WATCHDOG = KeepalivePolicy(stall_timeout=0.8)
 NO_RETRY = RetryPolicy(enabled=False)
@@ -190,7 +194,7 @@ async def test_recovers_from_fault_without_losing_audio(kind: FaultKind) -> None
         script=SAMPLE.turns, faults=[Fault(kind=kind, after_audio_s=MID_TURN)]
     ) as endpoint:
         # A stall is noticed by the watchdog, on the wall clock.
-        speed = TIMED_SPEED if kind is FaultKind.STALL else SPEED
+        speed = STALL_SPEED if kind is FaultKind.STALL else SPEED
         events = await run_session(endpoint, speed=speed)
     assert_turns_complete(events)
     reconnects = [e for e in events if isinstance(e, Reconnected)]
@@ -686,7 +690,7 @@ async def test_without_retries_each_fault_raises_its_typed_error(
     async with MockFluxEndpoint(
         script=SAMPLE.turns, faults=[Fault(kind=kind, after_audio_s=MID_TURN)]
     ) as endpoint:
-        speed = TIMED_SPEED if kind is FaultKind.STALL else SPEED
+        speed = STALL_SPEED if kind is FaultKind.STALL else SPEED
         with pytest.raises(error) as raised:
             await run_session(endpoint, speed=speed, retry=NO_RETRY, keepalive=keepalive)
     assert raised.value.retryable
