@@ -30,6 +30,7 @@ from pipecat.transcriptions.language import Language
 from pipecat.utils.errors import ErrorCategory
 
 from ..client import FluxClient
+from ..core.audio import AudioFormat
 from ..core.commands import CONFIGURABLE_FIELDS
 from ..core.settings import BundleCapabilities, FluxSettings
 from ..core.timers import MAX_TURN_SILENCE, MIN_TURN_SILENCE, KeepalivePolicy
@@ -238,6 +239,7 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         self._session_task: asyncio.Task[None] | None = None
         self._flux: FluxClient | None = None  # while a session is connected
         self._silence_recorded = 0  # of self._flux's keepalive silence, bytes counted as usage
+        self._usage_byte_rate: int | None = None  # the session's, once the sample rate is known
         self._set_up = False
         self._accepting = True  # False once stopping: later audio is not sent
         self._reconnect_after_turn = False
@@ -252,6 +254,7 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         """Resolve the sample rate and start connecting in the background."""
         await super().setup(setup)
         self._set_up = True
+        self._usage_byte_rate = AudioFormat(self._encoding, self.sample_rate).bytes_per_second
         self._pending.set_limit(
             max_pending_bytes(self._encoding, self.sample_rate, _MAX_PENDING_AUDIO_SECONDS)
         )
@@ -569,6 +572,19 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         if sent > self._silence_recorded:
             self._record_stt_audio_usage(bytes(sent - self._silence_recorded))
             self._silence_recorded = sent
+
+    def _record_stt_audio_usage(self, audio: bytes | bytearray) -> None:
+        """Count ``audio``, in the session's encoding, toward the usage metrics (seconds).
+
+        Pipecat's STTService takes every chunk for 16-bit PCM: a phone call's mu-law or A-law
+        (one byte a sample) counted half the seconds Flux receives, linear32 twice. Audio with
+        no fixed byte rate (Opus) is counted as Pipecat counts it.
+        """
+        rate = self._usage_byte_rate
+        if rate is None:
+            super()._record_stt_audio_usage(audio)
+        else:
+            self._stt_usage_pending_seconds += len(audio) / rate
 
     async def _handle_event(self, event: object) -> None:
         self._record_keepalive_silence()  # before an EndOfTurn reports the usage

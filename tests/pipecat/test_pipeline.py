@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import array
+import bisect
 from collections.abc import Sequence
 from typing import Any
 
@@ -10,6 +12,7 @@ from pipecat.frames.frames import (
     CancelWorkerFrame,
     EndWorkerFrame,
     Frame,
+    InputAudioRawFrame,
     InterimTranscriptionFrame,
     MetricsFrame,
     ProposedUserStartedSpeakingFrame,
@@ -26,6 +29,7 @@ from flux_sagemaker.pipecat import DeepgramFluxSageMakerSTTService
 from flux_sagemaker.samples import load_sample
 from flux_sagemaker.testing import MockFluxEndpoint
 from flux_sagemaker.testing.session import StreamSession
+from flux_sagemaker.testing.vad import alaw_to_linear, mulaw_to_linear
 
 from .helpers import (
     SAMPLE_RATE,
@@ -205,3 +209,50 @@ async def test_keepalive_silence_counts_toward_usage() -> None:
     ]
     assert len(received) > len(tone(1200))  # silence was sent
     assert sum(usage) == pytest.approx(len(received) / (2 * SAMPLE_RATE))
+
+
+def _telephony(pcm: bytes, encoding: str) -> bytes:
+    """16 kHz linear16 as 8 kHz audio in ``encoding`` (G.711: the code decoding nearest)."""
+    samples = array.array("h", pcm)[::2]
+    if encoding == "linear32":
+        return array.array("i", (s << 16 for s in samples)).tobytes()
+    decode = mulaw_to_linear if encoding == "mulaw" else alaw_to_linear
+    table = sorted((decode(code), code) for code in range(256))
+    values = [value for value, _ in table]
+    codes = bytearray()
+    for sample in samples:
+        i = min(bisect.bisect_left(values, sample), len(values) - 1)
+        nearest = min((j for j in (i - 1, i) if j >= 0), key=lambda j: abs(values[j] - sample))
+        codes.append(table[nearest][1])
+    return bytes(codes)
+
+
+@pytest.mark.anyio
+@pytest.mark.parametrize(("encoding", "width"), [("mulaw", 1), ("alaw", 1), ("linear32", 4)])
+async def test_usage_counts_seconds_of_the_sessions_encoding(encoding: str, width: int) -> None:
+    """A phone call's 8 kHz mu-law or A-law (one byte a sample), or linear32 (four): the usage
+    metrics count the seconds Flux receives. Pipecat's STTService takes every chunk for 16-bit
+    PCM, which counted G.711 at half its length and linear32 at twice."""
+    rate = 8000
+    audio = _telephony(spoken_turns(2), encoding)
+    size = rate * width * 20 // 1000  # 20 ms transport frames
+    frames = [InputAudioRawFrame(audio[i : i + size], rate, 1) for i in range(0, len(audio), size)]
+    async with MockFluxEndpoint(script=["first turn", "second turn"]) as endpoint:
+        down, _up = await run_test(
+            service(endpoint, encoding=encoding),
+            frames_to_send=frames,
+            pipeline_params=PipelineParams(audio_in_sample_rate=rate, enable_usage_metrics=True),
+            start_timeout=10.0,
+        )
+        received = b"".join(endpoint.received_audio())
+    found = flux_frames(list(down))
+    assert transcripts(found) == ["first turn", "second turn"]
+    assert received[: len(audio)] == audio
+    usage = [
+        d.value.audio_seconds
+        for f in found
+        if isinstance(f, MetricsFrame)
+        for d in f.data
+        if isinstance(d, STTUsageMetricsData)
+    ]
+    assert sum(usage) == pytest.approx(len(received) / (width * rate))
