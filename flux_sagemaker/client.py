@@ -782,10 +782,11 @@ class FluxClient:
         """Change any Flux setting of the running session, the best way the bundle allows.
 
         Thresholds, keyterms, language hints and numerals go out as ``Configure`` when the
-        bundle accepts it. Anything else (the model, ``redact``, ``profanity_filter``, tags,
-        ``extra_params``, resetting a threshold to ``None``), or any change on a bundle without
-        ``Configure``, moves the session to a new stream opened with the new settings,
-        replaying the audio since the last completed turn (a :class:`StreamRolledOver` says so).
+        bundle accepts it (``None`` keyterms or language hints clear them, as ``[]`` does).
+        Anything else (the model, ``redact``, ``profanity_filter``, tags, ``extra_params``,
+        resetting a threshold to ``None``), or any change on a bundle without ``Configure``,
+        moves the session to a new stream opened with the new settings, replaying the audio
+        since the last completed turn (a :class:`StreamRolledOver` says so).
 
         Raises:
             ValidationError: the new settings are invalid (nothing was changed); its subclass
@@ -810,12 +811,15 @@ class FluxClient:
         new_settings.check_capabilities(self._capabilities)
         if new_settings == self._settings == self._settings_after_pending_configures():
             return  # nothing to change, and no unanswered Configure will change it either
+        # The validated values: keyterms or language_hints None mean no terms or hints, which
+        # Configure says with [] (its None would keep them); a threshold None it cannot say.
+        configured = {name: getattr(new_settings, name) for name in changes}
         configurable = all(
             name in commands.CONFIGURABLE_FIELDS and value is not None
-            for name, value in changes.items()
+            for name, value in configured.items()
         )
         if configurable and self._capabilities.configure:
-            answer = await self.configure(**changes)
+            answer = await self.configure(**configured)
             if isinstance(answer, ConfigureFailure):
                 raise ConfigureRejected(
                     answer.code, answer.description, request_id=answer.request_id

@@ -194,6 +194,32 @@ async def test_update_settings_refused_by_flux_raises_configure_rejected(
     assert len(ep.streams) == 1
 
 
+@pytest.mark.parametrize("cleared", [None, ()], ids=["None", "empty"])
+async def test_update_settings_clearing_language_hints_sends_configure(
+    endpoint: EndpointFactory, cleared: tuple[str, ...] | None
+) -> None:
+    """None and () both mean no hints (FluxSettings.language_hints): Configure's [] says that
+    in-band, so neither moves the multilingual session to a new stream with the audio replayed."""
+    caps = BundleCapabilities.flux_multi_20260417()
+    settings = FluxSettings(model=Model.GENERAL_MULTI, language_hints=["es"])
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with (
+            endpoint(bundle=FLUX_MULTI_20260417) as ep,
+            client_for(ep, capabilities=caps, settings=settings) as flux,
+        ):
+            await flux.send_audio(FIRST_TURN)
+            await flux.update_settings(language_hints=cleared)
+            assert flux.settings.language_hints == ()
+            await send_audio(flux, SAMPLE.pcm[len(FIRST_TURN) :])
+            await flux.close()
+            events = await collect(flux)
+    assert not of_type(events, StreamRolledOver)
+    assert len(ep.streams) == 1
+    [configure, _close] = [json.loads(t) for t in ep.streams[0].texts]
+    assert configure == {"type": "Configure", "language_hints": []}
+    assert [e.languages_hinted for e in of_type(events, EndOfTurn)][-1] == ()
+
+
 async def test_configure_with_numerals_the_bundle_refuses_raises_before_sending(
     endpoint: EndpointFactory,
 ) -> None:
