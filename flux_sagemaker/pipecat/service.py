@@ -502,13 +502,14 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
         changes: dict[str, Any] = {}
         for name in fields:
             value = getattr(self._settings, name)
-            if value is None:
-                return False  # back to the server default: only the query string can say that
             if name == "language_hints":
                 if self._settings.model != _MULTILINGUAL_MODEL:
                     logger.warning(f"language_hints only supported on {_MULTILINGUAL_MODEL}")
                     continue
-                value = _language_codes(value)
+                # None clears the hints, as in Pipecat's service: Configure's [] says that.
+                value = _language_codes(value or ())
+            elif value is None:
+                return False  # back to the server default: only the query string can say that
             changes[_UPDATABLE[name]] = value
         if not changes:
             return True

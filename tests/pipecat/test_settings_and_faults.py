@@ -19,6 +19,7 @@ from pipecat.frames.frames import (
 from pipecat.pipeline.worker import PipelineParams
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.tests.utils import SleepFrame, run_test
+from pipecat.transcriptions.language import Language
 from pipecat.utils.errors import ErrorCategory
 
 from flux_sagemaker import BundleCapabilities, RetryPolicy, Timeouts, errors
@@ -186,6 +187,35 @@ async def test_updates_in_a_row_open_one_new_session() -> None:
     opened = [(s.settings.redact, s.settings.eot_threshold) for s in endpoint.streams if s.settings]
     assert opened == [(None, None), ("numbers", 0.8)]
     assert len(connects) == 2
+
+
+@pytest.mark.anyio
+async def test_language_hints_set_to_none_are_cleared_with_configure() -> None:
+    # Pipecat's service treats language_hints=None as "clear" and sends Configure with [];
+    # the hints are Configure's to change, so this is no reason for a new session.
+    multi = Settings(model="flux-general-multi", language_hints=[Language.ES])
+    async with MockFluxEndpoint(script=["first", "second"], bundle=FLUX_MULTI_20260417) as ep:
+        stt = service(ep, settings=multi, capabilities=BundleCapabilities.flux_multi_20260417())
+        connects = _record(stt, "on_connected")
+
+        @stt.event_handler("on_end_of_turn")
+        async def clear_then_end(_stt: Any, transcript: str) -> None:
+            if transcript == "first":
+                await stt.queue_frame(STTUpdateSettingsFrame(delta=Settings(language_hints=None)))
+                await stt.push_frame(EndWorkerFrame(), FrameDirection.UPSTREAM)
+
+        _, up = await run_test(
+            stt,
+            frames_to_send=audio_frames(spoken_turns(2)),
+            pipeline_params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE),
+            send_end_frame=False,  # the handler ends the pipeline, after the update
+            start_timeout=10.0,
+        )
+    assert configures(ep) == [{"type": "Configure", "language_hints": []}]
+    assert "ConfigureSuccess" in ep.streams[0].event_types
+    assert len(ep.streams) == 1
+    assert len(connects) == 1
+    assert not [f for f in up if isinstance(f, ErrorFrame)]
 
 
 @pytest.mark.anyio
