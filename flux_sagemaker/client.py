@@ -1317,10 +1317,18 @@ class FluxClient:
             return
         old = self._current
         try:
-            # From the settings in force now: a Configure answered while the switch waited
-            # for its turn is kept.
-            settings = None if changes is None else self._settings.with_changes(**changes)
-            stream = await self._open_with_retry(first_error=None, settings=settings)
+            while True:
+                # From the settings in force now: a Configure answered while the switch waited
+                # for its turn is kept.
+                before = self._settings
+                settings = None if changes is None else before.with_changes(**changes)
+                stream = await self._open_with_retry(first_error=None, settings=settings)
+                if self._settings == before or self._state not in ("open", "closing"):
+                    break
+                # The old stream answered an earlier Configure late, while this one opened
+                # without it: that change is in force (a late ConfigureSuccess applies), so
+                # this stream would run without it. Open one with it instead.
+                await self._retire(stream, end_input=False)
         except FluxError as exc:
             if outcome is not None:
                 outcome.append(exc)

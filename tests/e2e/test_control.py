@@ -597,6 +597,49 @@ async def test_a_configure_answered_while_a_new_stream_opens_is_in_force_on_it(
     assert ep.streams[1].settings.eot_threshold == 0.8
 
 
+async def test_a_late_configure_answer_read_while_a_new_stream_opens_is_in_force_on_it(
+    endpoint: EndpointFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """configure() stopped waiting, and its ConfigureSuccess arrives while update_settings()
+    opens the next stream with the settings from before it. A late ConfigureSuccess still
+    applies (configure()'s promise): the session must go on with the hints on the new stream,
+    and its settings must say so, not lose them (or claim them) silently."""
+    faults = [Fault(kind=FaultKind.LATENCY, latency=0.4)]
+    settings = FluxSettings(model=Model.GENERAL_MULTI)
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with (
+            endpoint(faults=faults) as ep,
+            client_for(ep, settings=settings) as flux,
+            anyio.create_task_group() as tg,
+        ):
+            await flux.send_audio(bytes(ms(20)))  # the fault strikes once audio came
+            monkeypatch.setattr("flux_sagemaker.client._CONFIGURE_ACK_TIMEOUT", 0.1)
+            assert await flux.configure(language_hints=["es"]) is None
+            monkeypatch.setattr("flux_sagemaker.client._CONFIGURE_ACK_TIMEOUT", 5.0)
+            held, release = hold_the_second_request(ep)
+            switched = anyio.Event()
+
+            async def update() -> None:
+                await flux.update_settings(tags=("new",))
+                switched.set()
+
+            tg.start_soon(update)
+            await held.wait()  # the next stream is being opened, without the hints
+            late = await next_of(flux, ConfigureSuccess)
+            assert late.language_hints == ("es",)
+            release.set()
+            await switched.wait()
+            await flux.send_audio(bytes(ms(20)))
+            await flux.close()
+            await collect(flux)
+    assert flux.settings.tags == ("new",)
+    assert flux.settings.language_hints == ("es",)
+    new = ep.streams[-1]
+    assert new.settings is not None
+    assert new.settings.tags == ("new",)
+    assert new.settings.language_hints == ("es",)
+
+
 async def test_update_settings_whose_configure_a_reconnect_cut_off_raises(
     endpoint: EndpointFactory,
 ) -> None:
