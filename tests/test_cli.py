@@ -625,6 +625,31 @@ def test_transcribe_mock_json(tmp_path: Path) -> None:
     assert "widened to linear16" in result.stderr
 
 
+def test_transcribe_mock_json_multilingual_reports_the_languages_of_every_turn_info() -> None:
+    """flux-general-multi: every TurnInfo carries languages and languages_hinted (flux.md 4.2);
+    the JSON lines keep both, an empty list (no transcript yet) included."""
+    result = run_cli(
+        "transcribe",
+        str(sample_path()),
+        "--mock",
+        "--fast",
+        "--json",
+        "--model",
+        "flux-general-multi",
+        "--language-hint",
+        "es",
+        "--language-hint",
+        "en-GB",
+        *[arg for turn in TURNS for arg in ("--mock-script", turn)],
+    )
+    assert result.returncode == 0, result.stderr
+    turn_infos = [r for r in map(json.loads, result.stdout.splitlines()) if r["type"] == "TurnInfo"]
+    assert all(r["languages_hinted"] == ["es", "en"] for r in turn_infos)
+    assert {tuple(r["languages"]) for r in turn_infos} == {(), ("en",)}
+    ends = [r for r in turn_infos if r["event"] == "EndOfTurn"]
+    assert [r["languages"] for r in ends] == [["en"], ["en"]]
+
+
 @pytest.mark.parametrize("json_lines", [False, True], ids=["text", "json"])
 def test_transcribe_a_transcript_stdout_cannot_encode(json_lines: bool) -> None:
     """stdout in a code page without the transcript's script (a Windows redirect): the text

@@ -78,8 +78,11 @@ def event_record(event: FluxEvent, timing: EventTiming) -> dict[str, Any]:
             "trigger": event.trigger,
             "words": _words(event),
         }
-        if event.languages:
-            record["languages"] = list(event.languages)
+        # flux-general-multi: every TurnInfo carries both (empty lists too); other models none.
+        for key in ("languages", "languages_hinted"):
+            value: tuple[str, ...] = getattr(event, key)
+            if value or key in event.raw:
+                record[key] = list(value)
         if isinstance(event, EndOfTurn):
             record["synthetic"] = event.synthetic
             record["latency"] = timing.latency
