@@ -101,7 +101,11 @@ _ERROR_CATEGORIES: Final = (
 
 
 def _language_codes(hints: Iterable[Language]) -> list[str]:
-    """Pipecat languages as Flux codes: unmapped ones dropped, first occurrence kept."""
+    """Pipecat languages as Flux codes, first occurrence kept.
+
+    Pipecat maps a language it has no Flux code for to its base code (``Language.ZH`` to
+    ``zh``), which FluxSettings then refuses before connecting, where Pipecat's service would
+    fail at the handshake; only an empty mapping is dropped."""
     codes: list[str] = []
     for hint in hints:
         code = language_to_deepgram_flux_language(hint)
