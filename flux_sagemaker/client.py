@@ -585,13 +585,16 @@ class FluxClient:
         """
         done = anyio.Event()
         result: list[_T] = []
-        failure: list[Exception] = []
+        failure: list[BaseException] = []
 
         async def work() -> None:
             try:
                 with anyio.CancelScope(shield=True):  # nor does the session's shutdown
                     result.append(await func(*args))
-            except Exception as exc:
+            except BaseException as exc:
+                # KeyboardInterrupt and SystemExit too: the caller raises them, as a write in
+                # its own task would; in ours they would stop the session's task group (the
+                # caller then had no result) or, on asyncio, the event loop.
                 failure.append(exc)
             finally:
                 done.set()

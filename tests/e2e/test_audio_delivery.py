@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import math
 import time
 
@@ -717,6 +718,41 @@ async def test_a_sender_cancelled_with_its_session_raises_the_cancellation(
                     limit.cancel()
             assert limit.cancelled_caught
     assert flux.stats.audio_bytes_sent < flux.stats.audio_bytes_accepted == len(chunk)
+
+
+async def test_an_interrupt_in_a_held_back_write_is_raised_by_the_call(
+    endpoint: EndpointFactory,
+) -> None:
+    """``SystemExit`` (or ``KeyboardInterrupt``) strikes while a held-back ``send_audio``
+    writes: here a logging handler raises it on the stream failure the write limit causes, in
+    the write. The call must raise it, as a write in the caller's own task would. The write
+    runs in a task of the session, which kept only an ``Exception``: on trio the call raised
+    IndexError ("list index out of range"), and on asyncio the event loop itself stopped."""
+    ep = endpoint(
+        faults=[Fault(kind=FaultKind.LATENCY, after_audio_s=0.5, latency=TEST_TIMEOUT)],
+        receive_window=8192,
+    )
+    timeouts = Timeouts(connect=3.0, connected=3.0, close=0.5, write=0.5, ping_interval=None)
+    quick = RetryPolicy(initial_backoff=0.01, max_backoff=0.05, jitter="none")
+
+    class ExitOnRecovery(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if record.getMessage().endswith("recovering"):
+                raise SystemExit(3)
+
+    async def send_all(flux: FluxClient) -> None:
+        for offset in range(0, len(SAMPLE.pcm), ms(100)):
+            await flux.send_audio(SAMPLE.pcm[offset : offset + ms(100)])
+
+    handler = ExitOnRecovery()
+    logging.getLogger("flux_sagemaker").addHandler(handler)
+    try:
+        with anyio.fail_after(TEST_TIMEOUT):
+            async with ep, client_for(ep, timeouts=timeouts, retry=quick) as flux:
+                with pytest.raises(SystemExit):
+                    await send_all(flux)
+    finally:
+        logging.getLogger("flux_sagemaker").removeHandler(handler)
 
 
 async def test_a_reconnect_with_nobody_reading_events_does_not_hold_up_the_sender(
