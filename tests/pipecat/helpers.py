@@ -19,6 +19,7 @@ from pipecat.frames.frames import (
     ProposedUserStoppedSpeakingFrame,
     TranscriptionFrame,
 )
+from pipecat.metrics.metrics import STTUsageMetricsData
 from pipecat.pipeline.worker import PipelineParams
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.tests.utils import run_test
@@ -122,6 +123,17 @@ async def run(
         start_timeout=10.0,
     )
     return list(down), list(up)
+
+
+def usage_seconds(frames: Sequence[Frame]) -> list[float]:
+    """The ``audio_seconds`` of every STT usage metric, in order."""
+    return [
+        d.value.audio_seconds
+        for f in frames
+        if isinstance(f, MetricsFrame)
+        for d in f.data
+        if isinstance(d, STTUsageMetricsData)
+    ]
 
 
 def transcripts(frames: Sequence[Frame]) -> list[str]:

@@ -14,12 +14,10 @@ from pipecat.frames.frames import (
     Frame,
     InputAudioRawFrame,
     InterimTranscriptionFrame,
-    MetricsFrame,
     ProposedUserStartedSpeakingFrame,
     ProposedUserStoppedSpeakingFrame,
     TranscriptionFrame,
 )
-from pipecat.metrics.metrics import STTUsageMetricsData
 from pipecat.pipeline.worker import PipelineParams
 from pipecat.processors.frame_processor import FrameDirection
 from pipecat.tests.utils import run_test
@@ -40,6 +38,7 @@ from .helpers import (
     spoken_turns,
     tone,
     transcripts,
+    usage_seconds,
 )
 
 pytestmark = pytest.mark.timeout(30)
@@ -76,15 +75,9 @@ async def test_scripted_conversation_frames() -> None:
     first_final = kinds.index(TranscriptionFrame)
     assert kinds.index(ProposedUserStartedSpeakingFrame) < first_final
     assert kinds[first_final + 1] is ProposedUserStoppedSpeakingFrame
-    usage = [
-        d.value
-        for f in frames
-        if isinstance(f, MetricsFrame)
-        for d in f.data
-        if isinstance(d, STTUsageMetricsData)
-    ]
+    usage = usage_seconds(frames)
     assert usage
-    assert sum(u.audio_seconds for u in usage) == pytest.approx(len(sample.pcm) / (2 * SAMPLE_RATE))
+    assert sum(usage) == pytest.approx(len(sample.pcm) / (2 * SAMPLE_RATE))
     names = [n for n, _ in events]
     assert names[0] == "on_connected"
     assert ("on_end_of_turn", (sample.turns[0],)) in events
@@ -200,13 +193,7 @@ async def test_keepalive_silence_counts_toward_usage() -> None:
         received = b"".join(endpoint.received_audio())
     frames = flux_frames(list(down))
     assert transcripts(frames) == ["held turn"]
-    usage = [
-        d.value.audio_seconds
-        for f in frames
-        if isinstance(f, MetricsFrame)
-        for d in f.data
-        if isinstance(d, STTUsageMetricsData)
-    ]
+    usage = usage_seconds(frames)
     assert len(received) > len(tone(1200))  # silence was sent
     assert sum(usage) == pytest.approx(len(received) / (2 * SAMPLE_RATE))
 
@@ -248,11 +235,5 @@ async def test_usage_counts_seconds_of_the_sessions_encoding(encoding: str, widt
     found = flux_frames(list(down))
     assert transcripts(found) == ["first turn", "second turn"]
     assert received[: len(audio)] == audio
-    usage = [
-        d.value.audio_seconds
-        for f in found
-        if isinstance(f, MetricsFrame)
-        for d in f.data
-        if isinstance(d, STTUsageMetricsData)
-    ]
+    usage = usage_seconds(found)
     assert sum(usage) == pytest.approx(len(received) / (width * rate))
