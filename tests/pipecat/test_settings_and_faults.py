@@ -73,6 +73,28 @@ def _record(stt: DeepgramFluxSageMakerSTTService, name: str) -> list[tuple[Any, 
     return calls
 
 
+async def _update_after_the_first_turn(
+    stt: DeepgramFluxSageMakerSTTService, delta: Settings
+) -> list[Frame]:
+    """Run two spoken turns through ``stt``; at the end of the first (``"first"``), queue a
+    settings update with ``delta`` and end the pipeline. Returns the frames pushed upstream."""
+
+    @stt.event_handler("on_end_of_turn")
+    async def update_then_end(_stt: Any, transcript: str) -> None:
+        if transcript == "first":
+            await stt.queue_frame(STTUpdateSettingsFrame(delta=delta))
+            await stt.push_frame(EndWorkerFrame(), FrameDirection.UPSTREAM)
+
+    _, up = await run_test(
+        stt,
+        frames_to_send=audio_frames(spoken_turns(2)),
+        pipeline_params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE),
+        send_end_frame=False,  # the handler ends the pipeline, after the update
+        start_timeout=10.0,
+    )
+    return list(up)
+
+
 def configures(endpoint: MockFluxEndpoint) -> list[dict[str, Any]]:
     """Every Configure message any stream of the endpoint received."""
     messages = [json.loads(t) for s in endpoint.streams for t in s.texts]
@@ -197,20 +219,7 @@ async def test_language_hints_set_to_none_are_cleared_with_configure() -> None:
     async with MockFluxEndpoint(script=["first", "second"], bundle=FLUX_MULTI_20260417) as ep:
         stt = service(ep, settings=multi, capabilities=BundleCapabilities.flux_multi_20260417())
         connects = _record(stt, "on_connected")
-
-        @stt.event_handler("on_end_of_turn")
-        async def clear_then_end(_stt: Any, transcript: str) -> None:
-            if transcript == "first":
-                await stt.queue_frame(STTUpdateSettingsFrame(delta=Settings(language_hints=None)))
-                await stt.push_frame(EndWorkerFrame(), FrameDirection.UPSTREAM)
-
-        _, up = await run_test(
-            stt,
-            frames_to_send=audio_frames(spoken_turns(2)),
-            pipeline_params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE),
-            send_end_frame=False,  # the handler ends the pipeline, after the update
-            start_timeout=10.0,
-        )
+        up = await _update_after_the_first_turn(stt, Settings(language_hints=None))
     assert configures(ep) == [{"type": "Configure", "language_hints": []}]
     assert "ConfigureSuccess" in ep.streams[0].event_types
     assert len(ep.streams) == 1
@@ -280,20 +289,7 @@ async def test_an_update_flux_never_answers_is_kept_for_a_new_session() -> None:
     fault = Fault(kind=FaultKind.STALL, after_audio_s=1.69)
     async with MockFluxEndpoint(script=["first", "second"], faults=[fault]) as endpoint:
         stt = service(endpoint)
-
-        @stt.event_handler("on_end_of_turn")
-        async def update_then_end(_stt: Any, transcript: str) -> None:
-            if transcript == "first":
-                await stt.queue_frame(STTUpdateSettingsFrame(delta=Settings(eot_threshold=0.9)))
-                await stt.push_frame(EndWorkerFrame(), FrameDirection.UPSTREAM)
-
-        _, up = await run_test(
-            stt,
-            frames_to_send=audio_frames(spoken_turns(2)),
-            pipeline_params=PipelineParams(audio_in_sample_rate=SAMPLE_RATE),
-            send_end_frame=False,  # the handler ends the pipeline, after the update
-            start_timeout=10.0,
-        )
+        up = await _update_after_the_first_turn(stt, Settings(eot_threshold=0.9))
     [configure] = configures(endpoint)
     assert configure["thresholds"] == {"eot_threshold": 0.9}
     assert not endpoint.streams[0].event_types.count("ConfigureSuccess")
