@@ -159,8 +159,9 @@ async def run_transcribe(args: argparse.Namespace) -> int:
     renderer = _renderer(args)
 
     async def run(client_kwargs: dict[str, Any]) -> SessionResult:
-        name = "mock" if args.mock else args.endpoint  # --mock or --endpoint: the parser's rule
-        async with FluxClient(name, settings=settings, **client_kwargs) as flux:
+        # --mock or --endpoint: the parser's rule
+        endpoint_name = "mock" if args.mock else args.endpoint
+        async with FluxClient(endpoint_name, settings=settings, **client_kwargs) as flux:
             return await stream_audio(
                 flux,
                 chunks,
