@@ -22,6 +22,7 @@ from collections.abc import Mapping
 import attrs
 
 from ..errors import ProtocolError, ValidationError
+from .request import host_port
 
 __all__ = [
     "MAX_CONNECT_RESPONSE_BYTES",
@@ -86,11 +87,11 @@ class Proxy:
     @property
     def address(self) -> str:
         """``host:port``, for messages (IPv6 hosts in brackets)."""
-        return _authority(self.host, self.port)
+        return host_port(self.host, self.port)
 
     def connect_request(self, host: str, port: int) -> bytes:
         """The ``CONNECT`` request for a tunnel to ``host:port``."""
-        target = _authority(host, port)
+        target = host_port(host, port)
         lines = [f"CONNECT {target} HTTP/1.1", f"Host: {target}"]
         if self.username is not None:
             token = f"{self.username}:{self.password or ''}".encode()
@@ -210,10 +211,6 @@ def _is_loopback(host: str) -> bool:
         return ipaddress.ip_address(host.strip("[]")).is_loopback
     except ValueError:
         return False
-
-
-def _authority(host: str, port: int) -> str:
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 def _without_credentials(url: str) -> str:

@@ -33,6 +33,7 @@ __all__ = [
     "STREAMING_PAYLOAD",
     "Endpoint",
     "InvokeRequest",
+    "host_port",
     "parse_endpoint_url",
     "resolve_endpoint",
     "validate_endpoint_name",
@@ -137,6 +138,11 @@ def _port_validator(_instance: object, _attribute: object, value: int) -> None:
         raise ValidationError(f"endpoint port must be an integer from 1 to 65535, got {value!r}")
 
 
+def host_port(host: str, port: int) -> str:
+    """``host:port``, an IPv6 address in brackets (an authority, RFC 3986 section 3.2)."""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def _scheme_validator(_instance: object, _attribute: object, value: str) -> None:
     if value not in ("https", "http"):
         raise ValidationError(f"endpoint scheme must be 'https' or 'http', got {value!r}")
@@ -156,8 +162,7 @@ class Endpoint:
     @property
     def authority(self) -> str:
         """``host:port``, always with the port: it is the ``:authority`` and the signed ``host``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
-        return f"{host}:{self.port}"
+        return host_port(self.host, self.port)
 
     @property
     def url(self) -> str:
