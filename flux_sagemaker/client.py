@@ -549,6 +549,10 @@ class FluxClient:
                 event = events[0]
                 data = self._sign_audio(current, event)
                 if current.h2.send_nowait(data):
+                    if current.h2.backlogged:
+                        # A burst: let the writer send it before we queue more (latency). The
+                        # event is queued whole, so a cancellation here loses nothing.
+                        await anyio.lowlevel.checkpoint()
                     return
                 lock.acquire_nowait()  # still free: nothing was awaited since locked()
                 self._sends_waiting += 1

@@ -259,6 +259,10 @@ class H2ConnectionBase:
         """
         return False
 
+    def _backlogged(self) -> bool:
+        """Whether queued frames wait for a writer task that a sender should let run."""
+        return False
+
     async def _flush_or_join(self) -> None:
         """Write what h2 has queued, unless a writer is at it: then it writes ours too.
 

@@ -137,6 +137,12 @@ class H2StreamBase:
             and self._conn._frame_nowait(self.stream_id, data)
         )
 
+    @property
+    def backlogged(self) -> bool:
+        """Whether the connection's writer has a burst to write: a sender that just queued
+        with :meth:`send_nowait` should let it run (one checkpoint) before queueing more."""
+        return self._conn._backlogged()
+
     async def _send(self, data: bytes, end_stream: bool) -> None:
         conn, h2c, sid = self._conn, self._conn._h2, self.stream_id
         if (

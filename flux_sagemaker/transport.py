@@ -434,17 +434,23 @@ class H2Connection(H2ConnectionBase):
             wanted.set()
 
     def _frame_nowait(self, stream_id: int, data: bytes) -> bool:
-        # Below the yield mark, _after_queue only wakes the writer: do that here, with no
-        # coroutine per audio event (the client's hot path).
+        # Below the high-water mark, _after_queue only wakes the writer (and past the yield
+        # mark yields once, which the caller does on seeing _backlogged): do that here, with
+        # no coroutine per audio event (the client's hot path). At 100 streams one tick's
+        # events cross the yield mark, and a sender that fell back to send() there cost the
+        # client a task per crossing.
         wanted = self._write_wanted
         if (
             wanted is None
-            or len(self._outbox) + len(data) + FRAME_HEADER_SIZE >= _BATCH_YIELD
+            or len(self._outbox) + len(data) + FRAME_HEADER_SIZE >= _BATCH_HIGH_WATER
             or not self._frame_data_fast(stream_id, data)
         ):
             return False
         wanted.set()
         return True
+
+    def _backlogged(self) -> bool:
+        return self._write_wanted is not None and len(self._outbox) >= _BATCH_YIELD
 
     async def _write_loop(self) -> None:
         """The writer task: flush what the streams queued, once per wake-up."""

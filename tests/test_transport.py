@@ -26,6 +26,7 @@ from flux_sagemaker.asyncio_stream import AsyncioStream, on_stdlib_asyncio_loop
 from flux_sagemaker.h2core import MAX_WINDOW, H2ConnectionBase
 from flux_sagemaker.testing.h2server import H2Server, Handler, ServerStream
 from flux_sagemaker.transport import (
+    _BATCH_HIGH_WATER,
     _BATCH_YIELD,
     H2Connection,
     H2Stream,
@@ -1069,19 +1070,33 @@ async def test_send_nowait_declines_what_would_wait_and_queues_nothing() -> None
             assert await read_all(stream) == chunk * 3
 
 
-async def test_send_nowait_declines_past_the_writers_yield_mark() -> None:
+async def test_send_nowait_queues_to_the_high_water_mark_and_reports_a_backlog() -> None:
+    """Past the yield mark ``send_nowait`` still queues but reports a backlog, which one
+    checkpoint lets the writer take; at the high-water mark (the sender writes itself) it
+    declines and queues nothing."""
     chunk = b"y" * 16_384
     with anyio.fail_after(10):
         async with serve_and_connect(echo) as (_server, conn):
             stream = await open_post(conn)
             await stream.response()
-            for _ in range(3):
+            while len(conn._outbox) + 2 * (9 + len(chunk)) < _BATCH_YIELD:
                 assert stream.send_nowait(chunk)
-            queued = len(conn._outbox)
-            assert queued == 3 * (9 + len(chunk))
-            assert not stream.send_nowait(b"x" * (_BATCH_YIELD - queued - 9))  # reaches the mark
+                assert not stream.backlogged
+            assert stream.send_nowait(chunk)
+            assert stream.send_nowait(chunk)
+            assert stream.backlogged  # past the yield mark, and queued all the same
+            await anyio.wait_all_tasks_blocked()  # trio may run us again before the writer
+            assert not stream.backlogged  # the writer took the burst
+            assert not conn._outbox
+            queued = 0
+            while _BATCH_HIGH_WATER - queued > 2 * 9 + len(chunk) + 10:
+                assert stream.send_nowait(chunk)
+                queued += 9 + len(chunk)
             assert len(conn._outbox) == queued
-            assert stream.send_nowait(b"x" * (_BATCH_YIELD - queued - 10))
+            assert _BATCH_HIGH_WATER - queued - 9 <= 16_384  # declined for the mark, not the size
+            assert not stream.send_nowait(b"x" * (_BATCH_HIGH_WATER - queued - 9))
+            assert len(conn._outbox) == queued
+            assert stream.send_nowait(b"x" * (_BATCH_HIGH_WATER - queued - 10))
             await stream.aclose()
             assert not stream.send_nowait(b"after aclose")
 

@@ -327,6 +327,38 @@ async def test_the_flush_alarm_waits_a_little_for_the_next_chunk(
     assert ep.streams[0].audio_event_sizes == [ms(20)]
 
 
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # trio may run the sender on first
+async def test_a_burst_of_events_past_the_yield_mark_leaves_in_parts(
+    endpoint: EndpointFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``send_audio`` queues its event and goes on, but one that leaves the connection's writer
+    a burst (past the yield mark) lets the writer send it before the next call queues more:
+    the server gets the audio as it is made, not all at the end of an application's burst."""
+    frame = ms(500)  # one 16 kB event per call with coalescing off: 4 reach the mark
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with endpoint() as ep, client_for(ep, coalesce_ms=0) as flux:
+            await flux.send_audio(SAMPLE.pcm[:frame])
+            await anyio.wait_all_tasks_blocked()
+            conn = flux._current.h2._conn if flux._current else None
+            assert conn is not None
+            writes: list[int] = []
+            real_send = conn._stream.send
+
+            async def counting_send(data: bytes) -> None:
+                writes.append(len(data))
+                await real_send(data)
+
+            monkeypatch.setattr(conn._stream, "send", counting_send)
+            for i in range(1, 9):
+                await flux.send_audio(SAMPLE.pcm[i * frame : (i + 1) * frame])
+            await anyio.wait_all_tasks_blocked()
+            monkeypatch.undo()
+            await flux.close()
+    assert len(writes) >= 2  # without the yield, the writer ran once, after the burst
+    assert sum(writes) > 8 * frame
+    assert bytes(ep.streams[0].audio) == SAMPLE.pcm[: 9 * frame]
+
+
 def hold_the_next_event(monkeypatch: pytest.MonkeyPatch) -> anyio.Event:
     """Make the next event written wait, as for a closed flow-control window, until the
     returned event is set; events after it take the slow path too, behind it."""
