@@ -35,6 +35,22 @@ def test_nothing_is_due_right_after_start() -> None:
     assert 100.0 < next_at <= 101.0
 
 
+@given(now=st.floats(0, 1e6), later=st.floats(0, 0.25))
+def test_sessions_look_on_a_shared_grid_within_a_second(now: float, later: float) -> None:
+    """With nothing else due, a session looks again within a second, at a time on a grid that
+    sessions started at other moments share: their looks fall in one event-loop iteration."""
+    looks = []
+    for start in (now, now + later):
+        t = SessionTimers(KeepalivePolicy(), coalesce_s=0.08)
+        t.start(start)
+        _, next_at = t.due(start, turn_open=False)
+        assert start + 0.75 < next_at <= start + 1.0
+        assert next_at == t.checks_due_at
+        assert (next_at * 4).is_integer()  # a multiple of 0.25 s
+        looks.append(next_at)
+    assert looks[1] - looks[0] in (0.0, 0.25)
+
+
 def test_pending_audio_is_flushed_one_window_later() -> None:
     t = timers()
     assert t.on_app_audio(100.0, 0.02, pending=True) is True
