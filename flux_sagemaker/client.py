@@ -22,7 +22,7 @@ import random
 import ssl
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from types import TracebackType
 from typing import Any, NamedTuple, Self, TypeVar
 
@@ -74,6 +74,7 @@ from .errors import (
 )
 from .event_queue import EventQueue
 from .pool import ConnectionPool, default_pool
+from .session_log import SessionLog, check_log_extra
 from .streams import LiveStream, aclose_quietly, open_stream
 from .transport import Timeouts
 
@@ -183,6 +184,9 @@ class FluxClient:
             reading, and HTTP/2 flow control slows the server down.
         pool: A :class:`ConnectionPool` to open streams from; default: the event loop's
             shared pool, so clients of one process share one connection per endpoint.
+        log_extra: Fields added to every log record of this session (logging's ``extra``),
+            such as ``{"call_id": ...}``. Records also carry ``flux_endpoint`` and
+            ``flux_request_id``, and their message starts with ``[endpoint request-id]``.
     """
 
     def __init__(
@@ -209,6 +213,7 @@ class FluxClient:
         replay_buffer_bytes: int = 8 * 1024 * 1024,
         max_buffered_events: int = 1024,
         pool: ConnectionPool | None = None,
+        log_extra: Mapping[str, object] | None = None,
     ) -> None:
         _check_types(
             settings=(settings, FluxSettings),
@@ -242,6 +247,9 @@ class FluxClient:
         self._target_variant = target_variant
         # Validates the endpoint name, variant and query string before any I/O.
         self._request_for(self._settings)
+        self._log = SessionLog(
+            logger, endpoint_name, lambda: self._request_id, check_log_extra(log_extra)
+        )
         # Checked here, under the argument's own name: the objects they configure would name
         # their own fields (target_ms, max_bytes), and Opus never builds a replay buffer.
         check_number("max_buffered_events", max_buffered_events, 1, integer=True)
@@ -395,7 +403,7 @@ class FluxClient:
                 try:
                     await self.close()
                 except FluxError as close_error:
-                    logger.warning("closing the Flux session failed: %s", close_error)
+                    self._log.warning("closing the Flux session failed: %s", close_error)
         finally:
             # Also when the graceful close is cancelled (an outer timeout, a sibling's
             # failure): the task group entered in __aenter__ must be left here, in order.
@@ -419,7 +427,7 @@ class FluxClient:
                 try:
                     await task_group.__aexit__(None, None, None)
                 except Exception:
-                    logger.exception("a Flux background task failed")
+                    self._log.exception("a Flux background task failed")
         finally:
             # Also when an outer cancellation ends the wait above: the iterator must end.
             self._events.close(discard=True)
@@ -481,7 +489,7 @@ class FluxClient:
             self._wake_supervisor()  # it watches the drain now
             await self._closed_event.wait()
         if not self._closed_event.is_set():
-            logger.warning(
+            self._log.warning(
                 "Flux did not end the stream within %.1f s of CloseStream", self._timeouts.close
             )
             # Like any other end of the stream: an open turn still gets its final EndOfTurn,
@@ -996,7 +1004,7 @@ class FluxClient:
                 delay = backoff.next_delay(_now())
                 if delay is None:
                     raise error
-                logger.info("Flux stream failed (%s); retrying in %.2f s", error, delay)
+                self._log.info("Flux stream failed (%s); retrying in %.2f s", error, delay)
                 await anyio.sleep(delay)
             self._attempts += 1
             try:
@@ -1041,7 +1049,7 @@ class FluxClient:
                 if item is not None:
                     self._deliver_now(item)
         except Exception as exc:  # the connection's reader must not die of our bug
-            logger.exception("a Flux event handler failed")
+            self._log.exception("a Flux event handler failed")
             self._finish(LocalProtocolError(f"internal error in the Flux client: {exc!r}"))
         return True
 
@@ -1177,7 +1185,7 @@ class FluxClient:
         if not (self._retry.enabled and error.retryable):
             self._task_group_start(self._fail, error)
             return
-        logger.warning("Flux stream failed (%s); recovering", error)
+        self._log.warning("Flux stream failed (%s); recovering", error)
         self._task_group_start(self._recover, stream, error)
 
     def _task_group_start(self, func: Any, *args: Any) -> None:
@@ -1193,7 +1201,7 @@ class FluxClient:
         try:
             await func(*args)
         except Exception as exc:
-            logger.exception("a Flux background task failed")
+            self._log.exception("a Flux background task failed")
             self._finish(
                 exc
                 if isinstance(exc, FluxError)
@@ -1343,7 +1351,7 @@ class FluxClient:
                 old.switch_failures += 1
                 pause = self._rollover.retry_after(old.switch_failures)
                 old.switch_held_until = _now() + pause
-                logger.warning(
+                self._log.warning(
                     "could not open the next Flux stream (%s); keeping the current one, "
                     "next try in %.0f s",
                     exc,
@@ -1429,7 +1437,7 @@ class FluxClient:
             missed = stats.audio_bytes_accepted - stats.audio_bytes_sent - stats.dropped_bytes
         stats.dropped_bytes += missed
         if missed:
-            logger.warning(
+            self._log.warning(
                 "%d bytes of accepted audio will not reach the new stream (%s)",
                 missed,
                 "the replay buffer was full" if replay.capacity else "this audio has no replay",

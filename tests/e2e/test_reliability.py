@@ -748,6 +748,43 @@ async def test_streams_broken_before_flux_answers_count_as_one_run_of_failures(
     assert len(warnings) == 4  # one per failure
 
 
+async def test_log_records_say_which_session_and_stream_they_are_about(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Sessions share a process and its log: a recovery's warning names the endpoint and the
+    failed stream's request id, and carries them and the application's ``log_extra`` as
+    fields for formatters and structured logging."""
+    caplog.set_level(logging.INFO, logger="flux_sagemaker")
+    async with MockFluxEndpoint(
+        script=SAMPLE.turns, faults=[Fault(kind=FaultKind.RESET_STREAM, after_audio_s=MID_TURN)]
+    ) as endpoint:
+        events = await run_session(endpoint, log_extra={"call_id": "call-42"})
+    assert_turns_complete(events)
+    (warning,) = [r for r in caplog.records if r.getMessage().endswith("recovering")]
+    failed_request = warning.args[0].request_id
+    assert failed_request is not None
+    assert warning.getMessage().startswith(f"[flux-ep {failed_request}] Flux stream failed (")
+    assert warning.flux_endpoint == "flux-ep"
+    assert warning.flux_request_id == failed_request
+    assert warning.call_id == "call-42"
+
+
+@pytest.mark.parametrize(
+    ("log_extra", "message"),
+    [
+        ({"message": "x"}, "'message' is a log record attribute"),
+        ({"flux_request_id": "x"}, "'flux_request_id' is a log record attribute"),
+        ({1: "x"}, "keys must be str"),
+        (["call_id"], "must be a mapping, got list"),
+    ],
+)
+def test_log_extra_that_logging_would_refuse_is_refused_at_construction(
+    log_extra: Any, message: str
+) -> None:
+    with pytest.raises(ValidationError, match=message):
+        FluxClient("flux-ep", region="us-east-1", log_extra=log_extra)
+
+
 async def test_turn_silence_keepalive_brings_end_of_turn() -> None:
     # Stop sending right after the first turn's speech: Flux needs audio to finish the turn.
     cut = int(2.35 * BYTES_PER_SECOND) // FRAME * FRAME
