@@ -95,7 +95,11 @@ async def serve(args: argparse.Namespace) -> None:
     """Run the endpoint (and, for a fixed ``--port``, a relay to it) until cancelled."""
     script = args.script if args.script else load_sample().turns
     endpoint = MockFluxEndpoint(
-        script=script, tls=args.tls, bundle=BUNDLES[args.bundle], region=args.region
+        script=script,
+        tls=args.tls,
+        bundle=BUNDLES[args.bundle],
+        region=args.region,
+        keep_streams=0,  # nobody reads them, and each holds its stream's audio
     )
     async with endpoint:
         if args.port == 0:

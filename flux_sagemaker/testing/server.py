@@ -101,6 +101,9 @@ class MockFluxEndpoint:
             (``ModelInvocationTimeExceeded``) after this many seconds, like SageMaker's limit.
         receive_window: The HTTP/2 flow-control window each request body gets, in bytes; a
             small one makes the client wait for ``WINDOW_UPDATE`` (back-pressure tests).
+        keep_streams: Keep the records (:attr:`streams`) of at most this many streams, the
+            newest; ``None`` (tests) keeps every one. A record holds all of its stream's audio,
+            so a long-running endpoint (``serve``) bounds its memory with this.
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class MockFluxEndpoint:
         script_scope: str = "endpoint",
         max_stream_duration: float | None = None,
         receive_window: int = DEFAULT_RECEIVE_WINDOW,
+        keep_streams: int | None = None,
     ) -> None:
         if script_scope not in ("endpoint", "stream"):
             raise ValidationError(
@@ -149,6 +153,9 @@ class MockFluxEndpoint:
             check_number("max_stream_duration", max_stream_duration, 0, above_low=True)
         # 0 would let the client send no audio at all; over 2**31 - 1 is not HTTP/2.
         check_number("receive_window", receive_window, 1, MAX_WINDOW, integer=True)
+        if keep_streams is not None:
+            check_number("keep_streams", keep_streams, 0, integer=True)
+        self._keep_streams = keep_streams
         self.bundle = bundle
         self.region = region
         self.endpoint_name = endpoint_name
@@ -177,7 +184,8 @@ class MockFluxEndpoint:
         self._turns_done = 0
         self._entered = False
         self.streams: list[RecordedStream] = []
-        """Every stream the endpoint accepted or refused, in order."""
+        """Every stream the endpoint accepted or refused, in order (the newest ``keep_streams``
+        of them, when that is set)."""
 
     # -- configuration ------------------------------------------------------------------------
 
@@ -316,12 +324,12 @@ class MockFluxEndpoint:
         headers = [(k, v) for k, v in header_fields(event.headers) if not k.startswith(":")]
         record = RecordedStream(index=next(self._stream_counter), headers=headers)
         record.error = "GOAWAY before handling the request"
-        self.streams.append(record)
+        self._record(record)
         return False
 
     async def _handle(self, stream: ServerStream) -> None:
         record = RecordedStream(index=next(self._stream_counter), headers=list(stream.headers))
-        self.streams.append(record)
+        self._record(record)
         request_id = str(uuid.uuid4())
         try:
             verified = self._verifier.verify(
@@ -362,6 +370,15 @@ class MockFluxEndpoint:
         )
         record.status = 200
         await StreamSession(self, stream, record, events, engine).run()
+
+    def _record(self, record: RecordedStream) -> None:
+        """Add ``record`` to :attr:`streams`, dropping the oldest past ``keep_streams`` (a live
+        stream's handler still holds its own)."""
+        self.streams.append(record)
+        if self._keep_streams is not None:
+            excess = len(self.streams) - self._keep_streams
+            if excess > 0:
+                del self.streams[:excess]
 
     def _check_endpoint_name(self, name: str) -> None:
         if self.endpoint_name is not None and name != self.endpoint_name:

@@ -20,6 +20,7 @@ from flux_sagemaker.core.request import Endpoint, InvokeRequest
 from flux_sagemaker.core.signing import EventSigner, sign_request
 from flux_sagemaker.h2core import DrainingH2Connection
 from flux_sagemaker.testing import Fault, FaultKind, MockFluxEndpoint, RequestFailure
+from flux_sagemaker.testing import __main__ as testing_main
 from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
 from flux_sagemaker.transport import H2Stream, Timeouts, open_connection
 
@@ -208,6 +209,8 @@ def test_fault_fields_of_the_wrong_type_or_range_are_refused(kwargs: dict[str, A
         {"max_stream_duration": "30"},  # failed mid-stream
         {"receive_window": 0},  # the client could never send audio
         {"receive_window": 2**31},  # not HTTP/2
+        {"keep_streams": -1},
+        {"keep_streams": 1.5},
     ],
 )
 def test_endpoint_arguments_that_could_not_work_are_refused(kwargs: dict[str, Any]) -> None:
@@ -341,3 +344,42 @@ async def test_an_endpoint_can_be_entered_only_once() -> None:
         with pytest.raises(UsageError, match="entered only once"):
             async with ep:
                 pass
+
+
+@pytest.mark.parametrize("keep", [0, 2])
+async def test_keep_streams_keeps_the_records_of_the_newest_streams_only(keep: int) -> None:
+    """A long-running endpoint would otherwise hold every stream's audio for ever."""
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with MockFluxEndpoint(keep_streams=keep) as ep:
+            for n in range(1, 4):
+                async with FluxClient("any", **ep.client_kwargs()) as flux:
+                    await flux.send_audio(bytes(640 * n))
+                    await flux.close()
+    assert [(s.index, len(s.audio)) for s in ep.streams] == [(1, 1280), (2, 1920)][2 - keep :]
+
+
+async def test_the_served_endpoint_keeps_no_stream_records(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    made: list[MockFluxEndpoint] = []
+    listening = anyio.Event()
+
+    class Recorded(MockFluxEndpoint):
+        async def __aenter__(self) -> MockFluxEndpoint:
+            entered = await super().__aenter__()
+            made.append(self)
+            listening.set()
+            return entered
+
+    monkeypatch.setattr(testing_main, "MockFluxEndpoint", Recorded)
+    args = testing_main.build_parser().parse_args(["serve"])
+    with anyio.fail_after(TEST_TIMEOUT):
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(testing_main.serve, args)
+            await listening.wait()
+            (ep,) = made
+            async with FluxClient("any", **ep.client_kwargs()) as flux:
+                await flux.send_audio(bytes(640))
+                await flux.close()
+            tg.cancel_scope.cancel()
+    assert ep.streams == []
