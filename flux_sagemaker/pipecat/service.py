@@ -60,6 +60,7 @@ _CLIENT_OPTIONS: Final = frozenset(
         "endpoint_url", "use_fips", "use_dualstack", "target_variant", "session", "profile",
         "credentials", "ssl_context", "timeouts", "retry", "keepalive", "rollover",
         "capabilities", "coalesce_ms", "replay_buffer_bytes", "max_buffered_events", "pool",
+        "proxy", "log_extra",
     }
 )  # fmt: skip
 # Settings the running session takes (FluxClient.update_settings: Configure, or a new stream of
@@ -200,8 +201,8 @@ class DeepgramFluxSageMakerSTTService(FluxTurnFrames):
             settings: A settings delta applied over the defaults.
             **kwargs: FluxClient options (``endpoint_url``, ``ssl_context``, ``session``,
                 ``profile``, ``credentials``, ``timeouts``, ``retry``, ``keepalive``,
-                ``rollover``, ``capabilities``, ``coalesce_ms``, ``pool``, ...); the rest go
-                to Pipecat's ``STTService``.
+                ``rollover``, ``capabilities``, ``coalesce_ms``, ``pool``, ``proxy``,
+                ``log_extra``, ...); the rest go to Pipecat's ``STTService``.
         """
         self._client_options: dict[str, Any] = {
             name: kwargs.pop(name) for name in _CLIENT_OPTIONS & kwargs.keys()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import json
 from typing import Any
 
@@ -22,7 +23,7 @@ from pipecat.tests.utils import SleepFrame, run_test
 from pipecat.transcriptions.language import Language
 from pipecat.utils.errors import ErrorCategory
 
-from flux_sagemaker import BundleCapabilities, RetryPolicy, Timeouts, errors
+from flux_sagemaker import BundleCapabilities, FluxClient, RetryPolicy, Timeouts, errors
 from flux_sagemaker.pipecat import DeepgramFluxSageMakerSTTService
 from flux_sagemaker.pipecat import service as service_module
 from flux_sagemaker.samples import load_sample
@@ -528,3 +529,10 @@ async def test_a_reconnect_does_not_withdraw_a_prediction_made_again_after_a_res
     assert kinds == [EagerTranscriptionFrame, EagerEndOfTurnCancelFrame, EagerTranscriptionFrame]
     assert texts(down) == ["a table for two"]
     assert resumed == [()]
+
+
+def test_every_flux_client_option_is_taken_as_a_service_option() -> None:
+    """What FluxClient takes, the service passes on (proxy came to FluxClient later and went
+    to Pipecat's STTService instead); the service sets the endpoint, region and settings."""
+    taken = set(inspect.signature(FluxClient).parameters) - {"endpoint_name", "region", "settings"}
+    assert taken == service_module._CLIENT_OPTIONS
