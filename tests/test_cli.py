@@ -500,6 +500,17 @@ def test_transcribe_unsupported_wav_exit_1(tmp_path: Path) -> None:
     assert result.stdout == ""
 
 
+def test_transcribe_a_wav_without_audio_exit_1_before_connecting(tmp_path: Path) -> None:
+    path = write_pcm_wav(tmp_path / "empty.wav", b"")
+    # An endpoint nobody serves: the error must come before any connection is tried.
+    result = run_cli(
+        "transcribe", str(path), "--endpoint", "x", "--endpoint-url", "http://127.0.0.1:9"
+    )
+    assert result.returncode == 1
+    assert "empty.wav holds no audio: nothing to transcribe" in result.stderr
+    assert "connect" not in result.stderr
+
+
 def test_transcribe_not_a_wav(tmp_path: Path) -> None:
     (tmp_path / "x.wav").write_bytes(b"ID3 not audio")
     result = run_cli("transcribe", str(tmp_path / "x.wav"), "--mock", "--fast")

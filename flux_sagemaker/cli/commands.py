@@ -145,6 +145,8 @@ async def run_transcribe(args: argparse.Namespace) -> int:
             audio = parse_wav(await anyio.to_thread.run_sync(sys.stdin.buffer.read), name)
         else:
             audio = read_wav(args.file)
+        if not audio.data:  # checked before connecting: a stream would carry nothing
+            raise ValidationError(f"{name} holds no audio: nothing to transcribe")
         wav, live = audio, not args.fast
         chunks = file_chunks(
             audio.data,
