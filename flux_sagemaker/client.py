@@ -247,9 +247,7 @@ class FluxClient:
         self._target_variant = target_variant
         # Validates the endpoint name, variant and query string before any I/O.
         self._request_for(self._settings)
-        self._log = SessionLog(
-            logger, endpoint_name, lambda: self._request_id, check_log_extra(log_extra)
-        )
+        self._log = SessionLog(logger, endpoint_name, check_log_extra(log_extra))
         # Checked here, under the argument's own name: the objects they configure would name
         # their own fields (target_ms, max_bytes), and Opus never builds a replay buffer.
         check_number("max_buffered_events", max_buffered_events, 1, integer=True)
@@ -292,7 +290,6 @@ class FluxClient:
         # The stream the last recovery opened, and that recovery's run of failures: it goes on
         # if the stream breaks before Flux answers anything (see _reconnect).
         self._recovered: tuple[LiveStream, Backoff] | None = None
-        self._request_id: str | None = None
         self._switching = False
         self._switch_finished = anyio.Event()
         # One stream replacement at a time (a rollover, a settings change, a recovery): each
@@ -346,7 +343,7 @@ class FluxClient:
     @property
     def request_id(self) -> str | None:
         """SageMaker's request id of the current stream."""
-        return self._request_id
+        return self._log.request_id
 
     @property
     def stats(self) -> ClientStats:
@@ -976,7 +973,7 @@ class FluxClient:
             self._request_for(settings if settings is not None else self._settings),
             self._timeouts,
         )
-        self._request_id = stream.request_id
+        self._log.request_id = stream.request_id
         self._streams.append(stream)
         self._timers.on_server_data(stream.opened_at)
         for event in early:

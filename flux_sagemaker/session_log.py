@@ -10,7 +10,7 @@ formatters and structured logging, ``flux_endpoint``, ``flux_request_id`` (the c
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping, MutableMapping
+from collections.abc import Mapping, MutableMapping
 from typing import Any
 
 from .errors import ValidationError
@@ -51,23 +51,20 @@ class SessionLog(logging.LoggerAdapter[logging.Logger]):
     """``logger`` for one session: prefixes the message and adds the session's fields."""
 
     def __init__(
-        self,
-        logger: logging.Logger,
-        endpoint_name: str,
-        request_id: Callable[[], str | None],
-        extra: Mapping[str, object],
+        self, logger: logging.Logger, endpoint_name: str, extra: Mapping[str, object]
     ) -> None:
         super().__init__(logger, dict(extra))
         # %-escaped: the prefix becomes part of the format string.
         self._endpoint = endpoint_name.replace("%", "%%")
         self._endpoint_name = endpoint_name
-        self._request_id = request_id
+        self.request_id: str | None = None
+        """The current stream's request id (the client sets it as streams open)."""
 
     def process(
         self, msg: Any, kwargs: MutableMapping[str, Any]
     ) -> tuple[Any, MutableMapping[str, Any]]:
         """Add ``[endpoint request-id]`` and the session's fields to one record."""
-        request_id = self._request_id()
+        request_id = self.request_id
         kwargs["extra"] = {
             **(self.extra or {}),
             "flux_endpoint": self._endpoint_name,

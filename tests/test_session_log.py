@@ -12,11 +12,10 @@ from flux_sagemaker.session_log import SessionLog, check_log_extra
 def test_records_before_the_first_stream_name_the_endpoint_only(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    request_id: list[str | None] = [None]
-    log = SessionLog(logging.getLogger("flux_sagemaker"), "ep", lambda: request_id[0], {"a": 1})
+    log = SessionLog(logging.getLogger("flux_sagemaker"), "ep", {"a": 1})
     with caplog.at_level(logging.INFO, logger="flux_sagemaker"):
         log.info("opening %s", "now")
-        request_id[0] = "r-1"
+        log.request_id = "r-1"
         log.info("open")
     first, second = caplog.records
     assert first.getMessage() == "[ep] opening now"
@@ -28,7 +27,8 @@ def test_records_before_the_first_stream_name_the_endpoint_only(
 def test_a_percent_sign_from_the_server_is_text_not_a_format(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    log = SessionLog(logging.getLogger("flux_sagemaker"), "ep", lambda: "id%s%d", {})
+    log = SessionLog(logging.getLogger("flux_sagemaker"), "ep", {})
+    log.request_id = "id%s%d"
     with caplog.at_level(logging.INFO, logger="flux_sagemaker"):
         log.warning("failed (%s)", "reset")
     (record,) = caplog.records
