@@ -9,6 +9,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from flux_sagemaker.core.timers import (
+    _LOOK_GRID,
     FLUSH_SLACK,
     SILENCE_STEP,
     STALL_CONFIRM,
@@ -35,6 +36,10 @@ def test_nothing_is_due_right_after_start() -> None:
     assert 100.0 < next_at <= 101.0
 
 
+def _grid_steps(seconds: float) -> float:
+    return seconds / _LOOK_GRID
+
+
 @given(now=st.floats(0, 1e6), later=st.floats(0, 0.25))
 def test_sessions_look_on_a_shared_grid_within_a_second(now: float, later: float) -> None:
     """With nothing else due, a session looks again within a second, at a time on a grid that
@@ -44,11 +49,13 @@ def test_sessions_look_on_a_shared_grid_within_a_second(now: float, later: float
         t = SessionTimers(KeepalivePolicy(), coalesce_s=0.08)
         t.start(start)
         _, next_at = t.due(start, turn_open=False)
-        assert start + 0.75 < next_at <= start + 1.0
+        assert start + 1.0 - _LOOK_GRID - 1e-6 < next_at <= start + 1.0 + 1e-6
         assert next_at == t.checks_due_at
-        assert (next_at * 4).is_integer()  # a multiple of 0.25 s
+        steps = _grid_steps(next_at)
+        assert steps == pytest.approx(round(steps), abs=1e-6)  # on the grid
         looks.append(next_at)
-    assert looks[1] - looks[0] in (0.0, 0.25)
+    apart = _grid_steps(looks[1] - looks[0])
+    assert apart == pytest.approx(round(apart), abs=1e-6)
 
 
 def test_pending_audio_is_flushed_one_window_later() -> None:
