@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
 import time
+from collections.abc import AsyncIterator
+from typing import Any
 
 import anyio
 import pytest
@@ -24,7 +27,7 @@ from flux_sagemaker import (
     UsageError,
 )
 from flux_sagemaker.core.timers import FLUSH_SLACK, SILENCE_STEP
-from flux_sagemaker.testing import Fault, FaultKind
+from flux_sagemaker.testing import Fault, FaultKind, MockFluxEndpoint
 from flux_sagemaker.transport import H2Stream
 
 from .helpers import (
@@ -474,6 +477,21 @@ async def test_sends_cut_short_by_a_timeout_under_back_pressure_lose_no_audio(
     assert of_type(events, EndOfTurn)[0].transcript == SAMPLE.turns[0]
 
 
+@contextlib.asynccontextmanager
+async def held_back_session(
+    endpoint: EndpointFactory, **client_options: Any
+) -> AsyncIterator[tuple[MockFluxEndpoint, FluxClient]]:
+    """A session that our own consumer can hold back: with a 512-byte receive window and one
+    buffered event, the server's events wait for the consumer, and the server (window 4096)
+    stops reading our audio behind them."""
+    async with (
+        endpoint(receive_window=4096) as ep,
+        ConnectionPool(receive_window=512) as pool,
+        client_for(ep, pool=pool, max_buffered_events=1, **client_options) as flux,
+    ):
+        yield ep, flux
+
+
 async def test_no_keepalive_silence_goes_into_audio_a_slow_consumer_holds_back(
     endpoint: EndpointFactory,
 ) -> None:
@@ -503,9 +521,7 @@ async def test_no_keepalive_silence_goes_into_audio_a_slow_consumer_holds_back(
 
     with anyio.fail_after(TEST_TIMEOUT):
         async with (
-            endpoint(receive_window=4096) as ep,
-            ConnectionPool(receive_window=512) as pool,
-            client_for(ep, pool=pool, keepalive=keepalive, max_buffered_events=1) as flux,
+            held_back_session(endpoint, keepalive=keepalive) as (ep, flux),
             anyio.create_task_group() as tg,
         ):
             tg.start_soon(consume)
@@ -559,9 +575,7 @@ async def test_a_consumer_behind_for_longer_than_the_write_limit_does_not_fail_t
 
     with anyio.fail_after(TEST_TIMEOUT):
         async with (
-            endpoint(receive_window=4096) as ep,
-            ConnectionPool(receive_window=512) as pool,
-            client_for(ep, pool=pool, timeouts=timeouts, max_buffered_events=1) as flux,
+            held_back_session(endpoint, timeouts=timeouts) as (ep, flux),
             anyio.create_task_group() as tg,
         ):
             assert flux._current is not None
@@ -607,13 +621,7 @@ async def test_a_sender_cancelled_while_its_own_consumer_holds_it_back_still_end
         raise AssertionError("the sender was never held back")
 
     with anyio.fail_after(TEST_TIMEOUT):
-        async with (
-            endpoint(receive_window=4096) as ep,
-            ConnectionPool(receive_window=512) as pool,
-            client_for(
-                ep, pool=pool, timeouts=timeouts, retry=quick, max_buffered_events=1
-            ) as flux,
-        ):
+        async with held_back_session(endpoint, timeouts=timeouts, retry=quick) as (_, flux):
             async with anyio.create_task_group() as tg:
                 tg.start_soon(send, flux)
                 tg.start_soon(_set_once_held_back_by_our_consumer, flux, held_back)
@@ -644,9 +652,7 @@ async def test_a_sender_its_own_consumer_holds_back_ends_once_the_session_closed
 
     with anyio.fail_after(TEST_TIMEOUT):
         async with (
-            endpoint(receive_window=4096) as ep,
-            ConnectionPool(receive_window=512) as pool,
-            client_for(ep, pool=pool, timeouts=timeouts, max_buffered_events=1) as flux,
+            held_back_session(endpoint, timeouts=timeouts) as (_, flux),
             anyio.create_task_group() as tg,
         ):
             tg.start_soon(send, flux)
