@@ -55,7 +55,7 @@ from flux_sagemaker.streams import UNPROCESSED_RETRIES
 from flux_sagemaker.testing import Fault, FaultKind, MockFluxEndpoint, RequestFailure
 from flux_sagemaker.testing.server import DEFAULT_ACCESS_KEY, DEFAULT_SECRET_KEY
 
-from .helpers import credentials_going_stale, next_of, refreshable_credentials
+from .helpers import client_for, credentials_going_stale, next_of, refreshable_credentials
 
 pytestmark = pytest.mark.anyio
 
@@ -235,12 +235,7 @@ async def test_a_switch_between_turns_replays_only_the_tail_of_a_long_quiet() ->
     with anyio.fail_after(30):
         async with (
             MockFluxEndpoint(script=SAMPLE.turns) as endpoint,
-            FluxClient(
-                "flux-ep",
-                **endpoint.client_kwargs(),
-                timeouts=FAST_TIMEOUTS,
-                keepalive=KeepalivePolicy.disabled(),
-            ) as flux,
+            client_for(endpoint, timeouts=FAST_TIMEOUTS, retry=RetryPolicy()) as flux,
         ):
             await flux.send_audio(first_turn)
             async for event in flux:
@@ -275,12 +270,7 @@ async def test_a_long_quiet_between_turns_is_not_kept_for_replay() -> None:
     with anyio.fail_after(30):
         async with (
             MockFluxEndpoint(script=SAMPLE.turns, faults=[fault]) as endpoint,
-            FluxClient(
-                "flux-ep",
-                **endpoint.client_kwargs(),
-                timeouts=FAST_TIMEOUTS,
-                keepalive=KeepalivePolicy.disabled(),
-            ) as flux,
+            client_for(endpoint, timeouts=FAST_TIMEOUTS, retry=RetryPolicy()) as flux,
         ):
             await flux.send_audio(quiet)
             async for event in flux:  # until the server reported hearing all of the quiet
